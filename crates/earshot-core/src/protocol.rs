@@ -1,0 +1,548 @@
+//! The signalling protocol's messages, as `PROTOCOL.md` describes them, and
+//! the decoder of client frames.
+//!
+//! Decoding is strict about what it relays: a `signal` is parsed into typed
+//! fields and re-encoded, so nothing but a session description or an ICE
+//! candidate ever passes from one client to another. `Debug` of anything that
+//! carries SDP or a candidate prints its length only, so a stray `?msg` in a
+//! log line cannot leak it.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this server speaks (`hello.version`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Identifies one call (one matched pair) for the lifetime of the process.
+pub type CallId = u64;
+
+/// A message from a client, after decoding and validation of its shape.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMsg {
+    Hello { version: u32 },
+    Search { interests: Vec<String> },
+    Signal(Signal),
+    Skip,
+    End,
+}
+
+/// WebRTC negotiation for one call: exactly one of a description or a candidate.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct Signal {
+    pub call: CallId,
+    #[serde(flatten)]
+    pub payload: SignalPayload,
+}
+
+#[derive(Clone, PartialEq, Serialize)]
+pub enum SignalPayload {
+    #[serde(rename = "description")]
+    Description(SessionDescription),
+    #[serde(rename = "candidate")]
+    Candidate(IceCandidate),
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionDescription {
+    #[serde(rename = "type")]
+    pub kind: SdpType,
+    #[serde(default)]
+    pub sdp: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SdpType {
+    Offer,
+    Answer,
+    Pranswer,
+    Rollback,
+}
+
+/// `RTCIceCandidate.toJSON()`, with only the fields a peer needs.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(rename = "sdpMid", default)]
+    pub sdp_mid: Option<String>,
+    #[serde(rename = "sdpMLineIndex", default)]
+    pub sdp_m_line_index: Option<u16>,
+    #[serde(rename = "usernameFragment", default)]
+    pub username_fragment: Option<String>,
+}
+
+impl fmt::Debug for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signal")
+            .field("call", &self.call)
+            .field("payload", &self.payload)
+            .finish()
+    }
+}
+
+impl fmt::Debug for SignalPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SignalPayload::Description(d) => d.fmt(f),
+            SignalPayload::Candidate(c) => c.fmt(f),
+        }
+    }
+}
+
+impl fmt::Debug for SessionDescription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}(<{} bytes of sdp>)", self.kind, self.sdp.len())
+    }
+}
+
+impl fmt::Debug for IceCandidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Candidate(<redacted>)")
+    }
+}
+
+/// An ISO 3166-1 alpha-2 country code, upper case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Country([u8; 2]);
+
+impl Country {
+    /// Accepts two ASCII letters in either case.
+    pub fn new(code: &str) -> Option<Country> {
+        match code.as_bytes() {
+            [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+                Some(Country([a.to_ascii_uppercase(), b.to_ascii_uppercase()]))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII letters are ever stored.
+        std::str::from_utf8(&self.0).expect("country codes are ASCII")
+    }
+}
+
+impl Serialize for Country {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// One entry of `RTCConfiguration.iceServers`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// Limits advertised in `welcome`, so a client can stay within them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_interests: usize,
+    pub max_interest_chars: usize,
+    pub interest_wait_ms: u64,
+    pub rematch_cooldown_ms: u64,
+    pub messages_per_second: u32,
+    pub message_burst: u32,
+}
+
+/// Why a call ended, as told to the partner who did not end it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    PartnerSkipped,
+    PartnerEnded,
+    PartnerLeft,
+}
+
+/// A message to a client.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    Welcome {
+        version: u32,
+        ice_servers: Vec<IceServer>,
+        limits: Limits,
+        country: Option<Country>,
+    },
+    Searching {
+        interests: Vec<String>,
+    },
+    Matched {
+        call: CallId,
+        polite: bool,
+        interests: Vec<String>,
+        country: Option<Country>,
+    },
+    Signal(Signal),
+    CallEnded {
+        call: CallId,
+        reason: EndReason,
+    },
+    Idle,
+    Error {
+        code: ErrorCode,
+        message: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+}
+
+impl ServerMsg {
+    pub fn error(code: ErrorCode) -> ServerMsg {
+        ServerMsg::Error {
+            code,
+            message: code.message(),
+            retry_after_ms: None,
+        }
+    }
+
+    /// The JSON text frame for this message.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server messages always serialize")
+    }
+}
+
+/// The stable error codes of `error` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame is not a JSON object with a string `type`.
+    BadJson,
+    /// A known type with missing or invalid fields, or a binary frame.
+    BadMessage,
+    /// `type` is not a client message of this version.
+    UnknownType,
+    /// Longer than the advertised `max_message_bytes`.
+    TooLarge,
+    /// A message before a successful `hello`.
+    HelloRequired,
+    /// A second `hello`.
+    AlreadyHello,
+    /// `hello.version` is not spoken here.
+    UnsupportedVersion,
+    /// Interests invalid: count, length or characters.
+    BadInterests,
+    /// `search` while already in the queue.
+    AlreadySearching,
+    /// `search` while in a call.
+    AlreadyInCall,
+    /// `signal` or `skip` while not in a call.
+    NotInCall,
+    /// `signal` for a call that is not the current one.
+    WrongCall,
+    /// Too many messages; `retry_after_ms` says when to try again.
+    RateLimited,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::BadJson,
+        ErrorCode::BadMessage,
+        ErrorCode::UnknownType,
+        ErrorCode::TooLarge,
+        ErrorCode::HelloRequired,
+        ErrorCode::AlreadyHello,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::BadInterests,
+        ErrorCode::AlreadySearching,
+        ErrorCode::AlreadyInCall,
+        ErrorCode::NotInCall,
+        ErrorCode::WrongCall,
+        ErrorCode::RateLimited,
+    ];
+
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::HelloRequired => "hello_required",
+            ErrorCode::AlreadyHello => "already_hello",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::BadInterests => "bad_interests",
+            ErrorCode::AlreadySearching => "already_searching",
+            ErrorCode::AlreadyInCall => "already_in_call",
+            ErrorCode::NotInCall => "not_in_call",
+            ErrorCode::WrongCall => "wrong_call",
+            ErrorCode::RateLimited => "rate_limited",
+        }
+    }
+
+    /// A sentence for people; clients should act on the code.
+    pub fn message(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "the message is not a JSON object with a string type",
+            ErrorCode::BadMessage => "the message has missing or invalid fields",
+            ErrorCode::UnknownType => "unknown message type",
+            ErrorCode::TooLarge => "the message is too large",
+            ErrorCode::HelloRequired => "send hello first",
+            ErrorCode::AlreadyHello => "hello was already sent on this connection",
+            ErrorCode::UnsupportedVersion => "this server speaks protocol version 1",
+            ErrorCode::BadInterests => {
+                "interests must be at most 5 words of letters, digits, spaces or -"
+            }
+            ErrorCode::AlreadySearching => "already looking for someone",
+            ErrorCode::AlreadyInCall => "already in a call",
+            ErrorCode::NotInCall => "not in a call",
+            ErrorCode::WrongCall => "that call is over",
+            ErrorCode::RateLimited => "too many messages, slow down",
+        }
+    }
+}
+
+/// Why a client frame could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Not a JSON object with a string `type`.
+    #[error("not a JSON object with a string type")]
+    BadJson,
+    /// A type this version does not know.
+    #[error("unknown message type")]
+    UnknownType,
+    /// A known type whose fields are missing or invalid.
+    #[error("invalid fields for this message type")]
+    BadMessage,
+}
+
+impl From<DecodeError> for ErrorCode {
+    fn from(e: DecodeError) -> ErrorCode {
+        match e {
+            DecodeError::BadJson => ErrorCode::BadJson,
+            DecodeError::UnknownType => ErrorCode::UnknownType,
+            DecodeError::BadMessage => ErrorCode::BadMessage,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct HelloFields {
+    version: u32,
+}
+
+#[derive(Deserialize)]
+struct SearchFields {
+    #[serde(default)]
+    interests: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct SignalFields {
+    call: CallId,
+    #[serde(default)]
+    description: Option<SessionDescription>,
+    #[serde(default)]
+    candidate: Option<IceCandidate>,
+}
+
+/// Decodes one text frame from a client.
+///
+/// The type is read first so that an unknown type and a bad field of a known
+/// type get different error codes.
+pub fn decode(text: &str) -> Result<ClientMsg, DecodeError> {
+    let envelope: Envelope = serde_json::from_str(text).map_err(|_| DecodeError::BadJson)?;
+    fn fields<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, DecodeError> {
+        serde_json::from_str(text).map_err(|_| DecodeError::BadMessage)
+    }
+    match &*envelope.kind {
+        "hello" => {
+            let f: HelloFields = fields(text)?;
+            Ok(ClientMsg::Hello { version: f.version })
+        }
+        "search" => {
+            let f: SearchFields = fields(text)?;
+            Ok(ClientMsg::Search {
+                interests: f.interests,
+            })
+        }
+        "signal" => {
+            let f: SignalFields = fields(text)?;
+            let payload = match (f.description, f.candidate) {
+                (Some(d), None) => SignalPayload::Description(d),
+                (None, Some(c)) => SignalPayload::Candidate(c),
+                _ => return Err(DecodeError::BadMessage),
+            };
+            Ok(ClientMsg::Signal(Signal {
+                call: f.call,
+                payload,
+            }))
+        }
+        "skip" => Ok(ClientMsg::Skip),
+        "end" => Ok(ClientMsg::End),
+        _ => Err(DecodeError::UnknownType),
+    }
+}
+
+/// Trims, lower-cases, checks and de-duplicates interests, keeping their order.
+pub fn normalize_interests(
+    raw: &[String],
+    max_count: usize,
+    max_chars: usize,
+) -> Result<Vec<String>, ErrorCode> {
+    if raw.len() > max_count {
+        return Err(ErrorCode::BadInterests);
+    }
+    let mut out: Vec<String> = Vec::with_capacity(raw.len());
+    for r in raw {
+        let tag = r.trim().to_lowercase();
+        let chars = tag.chars().count();
+        let valid = (1..=max_chars).contains(&chars)
+            && tag
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == ' ' || c == '-');
+        if !valid {
+            return Err(ErrorCode::BadInterests);
+        }
+        if !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_each_client_message() {
+        assert_eq!(
+            decode(r#"{"type":"hello","version":1}"#),
+            Ok(ClientMsg::Hello { version: 1 })
+        );
+        assert_eq!(
+            decode(r#"{"type":"search"}"#),
+            Ok(ClientMsg::Search { interests: vec![] })
+        );
+        assert_eq!(decode(r#"{"type":"skip","extra":1}"#), Ok(ClientMsg::Skip));
+        assert_eq!(decode(r#"{"type":"end"}"#), Ok(ClientMsg::End));
+        let m = decode(r#"{"type":"signal","call":3,"description":{"type":"offer","sdp":"v=0"}}"#)
+            .unwrap();
+        assert!(matches!(
+            m,
+            ClientMsg::Signal(Signal {
+                call: 3,
+                payload: SignalPayload::Description(SessionDescription {
+                    kind: SdpType::Offer,
+                    ..
+                })
+            })
+        ));
+    }
+
+    #[test]
+    fn classifies_bad_frames() {
+        assert_eq!(decode("not json"), Err(DecodeError::BadJson));
+        assert_eq!(decode("[1,2]"), Err(DecodeError::BadJson));
+        assert_eq!(decode(r#"{"type":5}"#), Err(DecodeError::BadJson));
+        assert_eq!(decode(r#"{"type":"nope"}"#), Err(DecodeError::UnknownType));
+        assert_eq!(decode(r#"{"type":"hello"}"#), Err(DecodeError::BadMessage));
+        assert_eq!(
+            decode(r#"{"type":"signal","call":1}"#),
+            Err(DecodeError::BadMessage)
+        );
+        assert_eq!(
+            decode(
+                r#"{"type":"signal","call":1,"description":{"type":"offer","sdp":""},"candidate":{"candidate":""}}"#
+            ),
+            Err(DecodeError::BadMessage)
+        );
+        assert_eq!(
+            decode(r#"{"type":"signal","call":1,"description":{"type":"bogus","sdp":""}}"#),
+            Err(DecodeError::BadMessage)
+        );
+    }
+
+    #[test]
+    fn escaped_type_names_still_decode() {
+        assert_eq!(decode(r#"{"type":"sk\u0069p"}"#), Ok(ClientMsg::Skip));
+    }
+
+    #[test]
+    fn signal_relay_drops_unknown_fields() {
+        let m = decode(
+            r#"{"type":"signal","call":9,"candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0,"evil":"x"},"evil":"y"}"#,
+        )
+        .unwrap();
+        let ClientMsg::Signal(s) = m else {
+            panic!("not a signal")
+        };
+        let out = ServerMsg::Signal(s).to_json();
+        assert!(!out.contains("evil"), "{out}");
+        assert!(out.contains(r#""type":"signal""#));
+        assert!(out.contains(r#""call":9"#));
+        assert!(out.contains(r#""sdpMLineIndex":0"#));
+    }
+
+    #[test]
+    fn debug_never_shows_sdp_or_candidates() {
+        let d = Signal {
+            call: 1,
+            payload: SignalPayload::Description(SessionDescription {
+                kind: SdpType::Offer,
+                sdp: "c=IN IP4 192.0.2.7".into(),
+            }),
+        };
+        let c = Signal {
+            call: 1,
+            payload: SignalPayload::Candidate(IceCandidate {
+                candidate: "candidate:1 1 udp 1 192.0.2.7 5000 typ host".into(),
+                sdp_mid: Some("0".into()),
+                sdp_m_line_index: Some(0),
+                username_fragment: None,
+            }),
+        };
+        for s in [d, c] {
+            let text = format!("{s:?} {:?}", ClientMsg::Signal(s.clone()));
+            assert!(!text.contains("192.0.2.7"), "{text}");
+        }
+    }
+
+    #[test]
+    fn error_codes_serialize_as_documented() {
+        for code in ErrorCode::ALL {
+            let json = ServerMsg::error(code).to_json();
+            assert!(
+                json.contains(&format!(r#""code":"{}""#, code.as_str())),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn interests_are_normalized() {
+        let raw = vec![" Chess ".to_string(), "chess".into(), "Indie-Rock".into()];
+        assert_eq!(
+            normalize_interests(&raw, 5, 24),
+            Ok(vec!["chess".to_string(), "indie-rock".into()])
+        );
+        assert!(normalize_interests(&["".into()], 5, 24).is_err());
+        assert!(normalize_interests(&["a<b".into()], 5, 24).is_err());
+        assert!(normalize_interests(&["x".repeat(25)], 5, 24).is_err());
+        assert!(normalize_interests(&vec!["a".into(); 6], 5, 24).is_err());
+    }
+
+    #[test]
+    fn countries_are_two_letters() {
+        assert_eq!(Country::new("de").unwrap().as_str(), "DE");
+        assert!(Country::new("DEU").is_none());
+        assert!(Country::new("1A").is_none());
+        assert!(Country::new("é").is_none());
+    }
+}

@@ -1,0 +1,425 @@
+//! The switchboard driven through its public API on a virtual clock.
+
+use std::time::{Duration, Instant};
+
+use earshot_core::protocol::{EndReason, ServerMsg};
+use earshot_core::{CloseReason, Config, ConnId, ConnInfo, Country, ErrorCode, Output, Switchboard};
+
+/// A switchboard, a virtual clock and the outputs collected so far.
+struct Harness {
+    board: Switchboard,
+    now: Instant,
+    out: Vec<Output>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with(Config::default())
+    }
+
+    fn with(config: Config) -> Harness {
+        Harness {
+            board: Switchboard::new(config),
+            now: Instant::now(),
+            out: Vec::new(),
+        }
+    }
+
+    fn pump(&mut self) {
+        while let Some(o) = self.board.poll_output() {
+            self.out.push(o);
+        }
+        self.board.check_invariants().unwrap();
+    }
+
+    /// Connects and greets a client.
+    fn client(&mut self, id: u64) -> ConnId {
+        let id = ConnId(id);
+        self.board.connect(self.now, id, ConnInfo::default());
+        self.text(id, r#"{"type":"hello","version":1}"#);
+        assert!(matches!(self.take(id)[..], [ServerMsg::Welcome { .. }]));
+        id
+    }
+
+    fn text(&mut self, id: ConnId, text: &str) {
+        self.board.handle_text(self.now, id, text);
+        self.pump();
+    }
+
+    fn search(&mut self, id: ConnId, interests: &[&str]) {
+        let json = serde_json::json!({"type": "search", "interests": interests}).to_string();
+        self.text(id, &json);
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let until = self.now + d;
+        while let Some(at) = self.board.poll_timeout() {
+            if at > until {
+                break;
+            }
+            self.now = self.now.max(at);
+            self.board.handle_timeout(self.now);
+            self.pump();
+        }
+        self.now = until;
+    }
+
+    /// Takes the messages sent to `id` so far.
+    fn take(&mut self, id: ConnId) -> Vec<ServerMsg> {
+        let mut mine = Vec::new();
+        self.out.retain(|o| match o {
+            Output::Send(to, m) if *to == id => {
+                mine.push(m.clone());
+                false
+            }
+            _ => true,
+        });
+        mine
+    }
+
+    fn closes(&mut self) -> Vec<(ConnId, CloseReason)> {
+        let mut closes = Vec::new();
+        self.out.retain(|o| match o {
+            Output::Close(id, r) => {
+                closes.push((*id, *r));
+                false
+            }
+            _ => true,
+        });
+        closes
+    }
+
+    /// The call id and politeness of `id`'s latest `matched`, if any.
+    fn matched(&mut self, id: ConnId) -> Option<(u64, bool, Vec<String>)> {
+        self.take(id).into_iter().rev().find_map(|m| match m {
+            ServerMsg::Matched {
+                call,
+                polite,
+                interests,
+                ..
+            } => Some((call, polite, interests)),
+            _ => None,
+        })
+    }
+
+    fn error_codes(&mut self, id: ConnId) -> Vec<ErrorCode> {
+        self.take(id)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServerMsg::Error { code, .. } => Some(code),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn signal(call: u64) -> String {
+    format!(r#"{{"type":"signal","call":{call},"description":{{"type":"offer","sdp":"v=0"}}}}"#)
+}
+
+#[test]
+fn two_strangers_are_matched_with_opposite_roles() {
+    let mut h = Harness::new();
+    let a = h.client(1);
+    let b = h.client(2);
+    h.search(a, &[]);
+    assert!(matches!(h.take(a)[..], [ServerMsg::Searching { .. }]));
+    h.search(b, &[]);
+    let (call_b, polite_b, _) = h.matched(b).unwrap();
+    let (call_a, polite_a, _) = h.matched(a).unwrap();
+    assert_eq!(call_a, call_b);
+    assert!(polite_a, "the one who waited is polite");
+    assert!(!polite_b, "the newcomer makes the offer");
+    assert_eq!(h.board.stats().calls, 1);
+}
+
+#[test]
+fn signals_go_to_the_partner_only_and_only_for_the_current_call() {
+    let mut h = Harness::new();
+    let a = h.client(1);
+    let b = h.client(2);
+    let c = h.client(3);
+    h.search(a, &[]);
+    h.search(b, &[]);
+    let (call, _, _) = h.matched(a).unwrap();
+    h.take(b);
+    h.text(a, &signal(call));
+    assert!(matches!(&h.take(b)[..], [ServerMsg::Signal(s)] if s.call == call));
+    assert!(h.take(c).is_empty());
+    assert!(h.take(a).is_empty());
+
+    h.text(a, &signal(call + 1));
+    assert_eq!(h.error_codes(a), [ErrorCode::WrongCall]);
+    assert!(h.take(b).is_empty());
+
+    h.text(c, &signal(call));
+    assert_eq!(h.error_codes(c), [ErrorCode::NotInCall]);
+    assert!(h.take(a).is_empty() && h.take(b).is_empty());
+}
+
+#[test]
+fn queue_is_first_come_first_served() {
+    let mut h = Harness::new();
+    let ids: Vec<ConnId> = (1..=5).map(|i| h.client(i)).collect();
+    for &id in &ids {
+        h.search(id, &[]);
+    }
+    // 1 waits, 2 takes 1; 3 waits, 4 takes 3; 5 waits.
+    let calls: Vec<_> = ids.iter().map(|&id| h.matched(id).map(|m| m.0)).collect();
+    assert_eq!(calls[0], calls[1]);
+    assert_eq!(calls[2], calls[3]);
+    assert_ne!(calls[0], calls[2]);
+    assert_eq!(calls[4], None);
+    assert_eq!(h.board.stats().waiting, 1);
+}
+
+#[test]
+fn skip_requeues_both_and_keeps_them_apart_for_the_cooldown() {
+    let mut h = Harness::new();
+    let a = h.client(1);
+    let b = h.client(2);
+    h.search(a, &[]);
+    h.search(b, &[]);
+    let (call, _, _) = h.matched(a).unwrap();
+    h.take(b);
+
+    h.text(a, r#"{"type":"skip"}"#);
+    let to_b = h.take(b);
+    assert!(matches!(
+        &to_b[..],
+        [ServerMsg::CallEnded { call: c, reason: EndReason::PartnerSkipped }, ServerMsg::Searching { .. }]
+            if *c == call
+    ));
+    assert!(matches!(&h.take(a)[..], [ServerMsg::Searching { .. }]));
+    assert_eq!(h.board.stats().waiting, 2, "both searching, not re-matched");
+
+    // A third person gets the one who was skipped (re-queued first).
+    let c = h.client(3);
+    h.search(c, &[]);
+    assert!(h.matched(b).is_some());
+    assert!(h.matched(c).is_some());
+    assert!(h.matched(a).is_none());
+    h.text(c, r#"{"type":"end"}"#);
+    // b is back in the queue, next to a, but they skipped each other.
+    assert!(h.matched(a).is_none());
+    assert!(h.matched(b).is_none());
+
+    // Once the cooldown is over, they may meet again without anyone joining.
+    h.advance(Duration::from_secs(29));
+    assert!(h.matched(a).is_none());
+    h.advance(Duration::from_secs(2));
+    assert!(h.matched(a).is_some());
+    assert!(h.matched(b).is_some());
+}
+
+#[test]
+fn end_makes_the_ender_idle_and_requeues_the_partner() {
+    let mut h = Harness::new();
+    let a = h.client(1);
+    let b = h.client(2);
+    h.search(a, &[]);
+    h.search(b, &[]);
+    let (call, _, _) = h.matched(a).unwrap();
+    h.take(b);
+    h.text(b, r#"{"type":"end"}"#);
+    assert_eq!(h.take(b), [ServerMsg::Idle]);
+    assert!(matches!(
+        &h.take(a)[..],
+        [ServerMsg::CallEnded { call: c, reason: EndReason::PartnerEnded }, ServerMsg::Searching { .. }]
+            if *c == call
+    ));
+    // End when idle is harmless and answered.
+    h.text(b, r#"{"type":"end"}"#);
+    assert_eq!(h.take(b), [ServerMsg::Idle]);
+    // End while searching leaves the queue.
+    h.text(a, r#"{"type":"end"}"#);
+    assert_eq!(h.board.stats().waiting, 0);
+}
+
+#[test]
+fn a_vanished_partner_ends_the_call() {
+    let mut h = Harness::new();
+    let a = h.client(1);
+    let b = h.client(2);
+    h.search(a, &[]);
+    h.search(b, &[]);
+    h.take(a);
+    h.take(b);
+    h.board.disconnect(h.now, b);
+    h.pump();
+    assert!(matches!(
+        &h.take(a)[..],
+        [ServerMsg::CallEnded { reason: EndReason::PartnerLeft, .. }, ServerMsg::Searching { .. }]
+    ));
+    assert_eq!(h.board.stats().connections, 1);
+    assert!(h.take(b).is_empty(), "nothing is sent to a closed connection");
+}
+
+#[test]
+fn shared_interests_come_first_then_anyone_after_the_wait() {
+    let mut h = Harness::new();
+    let a = h.client(1);
+    let b = h.client(2);
+    let c = h.client(3);
+    h.search(a, &["Chess", "music"]);
+    h.search(b, &[]);
+    assert!(h.matched(b).is_none(), "a waits for a shared interest first");
+    h.search(c, &["hiking", "chess"]);
+    let (_, _, shared) = h.matched(c).unwrap();
+    assert_eq!(shared, ["chess"]);
+    assert!(h.matched(a).is_some());
+
+    // d has interests nobody shares: after 5 s it takes the untagged b.
+    let d = h.client(4);
+    h.search(d, &["knitting"]);
+    h.advance(Duration::from_millis(4900));
+    assert!(h.matched(d).is_none());
+    h.advance(Duration::from_millis(200));
+    let (_, _, shared) = h.matched(d).unwrap();
+    assert!(shared.is_empty());
+    assert!(h.matched(b).is_some());
+}
+
+#[test]
+fn countries_are_told_to_the_partner_only() {
+    let mut h = Harness::new();
+    let a = ConnId(1);
+    h.board.connect(
+        h.now,
+        a,
+        ConnInfo {
+            country: Country::new("DE"),
+            ..ConnInfo::default()
+        },
+    );
+    h.text(a, r#"{"type":"hello","version":1}"#);
+    assert!(matches!(&h.take(a)[..], [ServerMsg::Welcome { country: Some(c), .. }] if c.as_str() == "DE"));
+    let b = h.client(2);
+    h.search(a, &[]);
+    h.search(b, &[]);
+    let to_b = h.take(b);
+    assert!(to_b.iter().any(
+        |m| matches!(m, ServerMsg::Matched { country: Some(c), .. } if c.as_str() == "DE")
+    ));
+    let to_a = h.take(a);
+    assert!(to_a.iter().any(|m| matches!(m, ServerMsg::Matched { country: None, .. })));
+}
+
+#[test]
+fn bad_messages_get_typed_errors_and_the_connection_stays_usable() {
+    let mut h = Harness::new();
+    let a = ConnId(1);
+    h.board.connect(h.now, a, ConnInfo::default());
+    h.text(a, r#"{"type":"search"}"#);
+    assert_eq!(h.error_codes(a), [ErrorCode::HelloRequired]);
+    h.text(a, r#"{"type":"hello","version":2}"#);
+    assert_eq!(h.error_codes(a), [ErrorCode::UnsupportedVersion]);
+    h.text(a, r#"{"type":"hello","version":1}"#);
+    assert!(matches!(h.take(a)[..], [ServerMsg::Welcome { .. }]));
+    let cases: &[(&str, ErrorCode)] = &[
+        ("{", ErrorCode::BadJson),
+        (r#"{"type":"dance"}"#, ErrorCode::UnknownType),
+        (r#"{"type":"signal"}"#, ErrorCode::BadMessage),
+        (r#"{"type":"hello","version":1}"#, ErrorCode::AlreadyHello),
+        (r#"{"type":"skip"}"#, ErrorCode::NotInCall),
+        (r#"{"type":"search","interests":["<script>"]}"#, ErrorCode::BadInterests),
+    ];
+    for (text, code) in cases {
+        h.text(a, text);
+        assert_eq!(h.error_codes(a), [*code], "{text}");
+    }
+    h.text(a, &"x".repeat(16 * 1024 + 1));
+    assert_eq!(h.error_codes(a), [ErrorCode::TooLarge]);
+    h.board.handle_binary(h.now, a);
+    h.pump();
+    assert_eq!(h.error_codes(a), [ErrorCode::BadMessage]);
+    h.search(a, &[]);
+    assert!(matches!(h.take(a)[..], [ServerMsg::Searching { .. }]));
+    h.search(a, &[]);
+    assert_eq!(h.error_codes(a), [ErrorCode::AlreadySearching]);
+    assert!(h.closes().is_empty());
+}
+
+#[test]
+fn persistent_errors_close_the_connection() {
+    let mut h = Harness::new();
+    let a = h.client(1);
+    let b = h.client(2);
+    h.search(a, &[]);
+    h.search(b, &[]);
+    for _ in 0..20 {
+        h.text(a, "nonsense");
+    }
+    assert!(h.closes().is_empty(), "twenty errors are within budget");
+    h.text(a, "nonsense");
+    assert_eq!(h.closes(), [(a, CloseReason::TooManyErrors)]);
+    assert!(
+        h.take(b)
+            .iter()
+            .any(|m| matches!(m, ServerMsg::CallEnded { reason: EndReason::PartnerLeft, .. })),
+        "the partner learns at once"
+    );
+    // Input after the close is ignored.
+    h.take(a);
+    h.text(a, r#"{"type":"end"}"#);
+    assert!(h.take(a).is_empty());
+}
+
+#[test]
+fn message_rate_is_limited_with_a_retry_hint() {
+    let mut h = Harness::new();
+    let a = h.client(1);
+    // The hello used one token of the burst of 60.
+    for _ in 0..59 {
+        h.text(a, r#"{"type":"end"}"#);
+    }
+    assert_eq!(h.take(a).len(), 59);
+    h.text(a, r#"{"type":"end"}"#);
+    match &h.take(a)[..] {
+        [
+            ServerMsg::Error {
+                code: ErrorCode::RateLimited,
+                retry_after_ms: Some(ms),
+                ..
+            },
+        ] => assert_eq!(*ms, 50),
+        other => panic!("{other:?}"),
+    }
+    h.advance(Duration::from_millis(50));
+    h.text(a, r#"{"type":"end"}"#);
+    assert_eq!(h.take(a), [ServerMsg::Idle]);
+}
+
+#[test]
+fn silent_connections_are_closed_after_the_hello_timeout() {
+    let mut h = Harness::new();
+    let quiet = ConnId(1);
+    h.board.connect(h.now, quiet, ConnInfo::default());
+    let talker = h.client(2);
+    h.advance(Duration::from_secs(11));
+    assert_eq!(h.closes(), [(quiet, CloseReason::HelloTimeout)]);
+    h.board.disconnect(h.now, quiet);
+    h.pump();
+    h.search(talker, &[]);
+    assert!(matches!(h.take(talker)[..], [ServerMsg::Searching { .. }]));
+}
+
+#[test]
+fn regression_late_signal_from_a_previous_call_is_not_relayed() {
+    // b is skipped and instantly matched with c; b's candidate for the old
+    // call must not reach c.
+    let mut h = Harness::new();
+    let a = h.client(1);
+    let b = h.client(2);
+    let c = h.client(3);
+    h.search(a, &[]);
+    h.search(b, &[]);
+    let (old_call, _, _) = h.matched(b).unwrap();
+    h.search(c, &[]);
+    h.text(a, r#"{"type":"skip"}"#);
+    assert!(h.matched(c).is_some());
+    h.take(b);
+    h.text(b, &signal(old_call));
+    assert_eq!(h.error_codes(b), [ErrorCode::WrongCall]);
+    assert!(h.take(c).is_empty());
+}

@@ -1,0 +1,167 @@
+//! Command-line flags and environment, parsed once at the edge into
+//! [`Settings`], which is all the rest of the server sees.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+/// Anonymous peer-to-peer voice chat in the browser.
+///
+/// Every flag can also be set with the environment variable shown.
+#[derive(Debug, Parser)]
+#[command(name = "earshot", version, about, long_about = None)]
+pub struct Args {
+    /// Address for HTTP and the signalling WebSocket.
+    #[arg(long, env = "EARSHOT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// UDP address of the embedded STUN server [default: port 3478 on the
+    /// --listen host]. Port 0 picks a free port.
+    #[arg(long, env = "EARSHOT_STUN_LISTEN")]
+    pub stun_listen: Option<SocketAddr>,
+
+    /// Run without the embedded STUN server (clients then get no ICE servers
+    /// unless --stun-url names one of your own).
+    #[arg(long, env = "EARSHOT_NO_STUN")]
+    pub no_stun: bool,
+
+    /// STUN URL given to clients, e.g. stun:chat.example.org:3478
+    /// [default: the host the client used to reach this server, with the
+    /// STUN port].
+    #[arg(long, env = "EARSHOT_STUN_URL")]
+    pub stun_url: Option<String>,
+
+    /// Most signalling connections at once; more are closed with 1013.
+    #[arg(long, env = "EARSHOT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Seconds someone with interests waits for a shared one before being
+    /// matched with anyone.
+    #[arg(long, env = "EARSHOT_INTEREST_WAIT", default_value_t = 5.0)]
+    pub interest_wait: f64,
+
+    /// Seconds two people who skipped each other are kept apart.
+    #[arg(long, env = "EARSHOT_REMATCH_COOLDOWN", default_value_t = 30.0)]
+    pub rematch_cooldown: f64,
+
+    /// Log filter (tracing syntax: error, warn, info, debug, trace, or
+    /// per-module like earshot_server=debug). Logs never contain addresses,
+    /// SDP, candidates or chat text at any level.
+    #[arg(long, env = "EARSHOT_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Validated settings for one server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    /// `None`: no embedded STUN server.
+    pub stun_listen: Option<SocketAddr>,
+    pub stun_url: Option<String>,
+    pub max_connections: usize,
+    /// How often the server pings an idle WebSocket.
+    pub ping_interval: Duration,
+    /// A socket silent for this long is closed.
+    pub idle_timeout: Duration,
+    /// Messages queued for one socket before it counts as a slow reader.
+    pub outbound_queue: usize,
+    /// How long one WebSocket write may take before the socket is dropped.
+    pub write_timeout: Duration,
+    /// Frames over this size close the connection with 1009.
+    pub max_frame_bytes: usize,
+    /// How long shutdown waits for connections to close.
+    pub drain_timeout: Duration,
+    pub core: earshot_core::Config,
+}
+
+impl Settings {
+    /// Defaults for a server on `listen`, STUN on port 0 of the same host:
+    /// what tests and benchmarks start from.
+    pub fn for_tests(listen: SocketAddr) -> Settings {
+        Settings {
+            listen,
+            stun_listen: Some(SocketAddr::new(listen.ip(), 0)),
+            stun_url: None,
+            max_connections: 10_000,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            outbound_queue: 64,
+            write_timeout: Duration::from_secs(10),
+            max_frame_bytes: 64 * 1024,
+            drain_timeout: Duration::from_secs(5),
+            core: earshot_core::Config::default(),
+        }
+    }
+}
+
+fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value).with_context(|| format!("--{name} must be a number of seconds >= 0"))
+}
+
+impl TryFrom<&Args> for Settings {
+    type Error = anyhow::Error;
+
+    fn try_from(args: &Args) -> anyhow::Result<Settings> {
+        if args.max_connections == 0 {
+            bail!("--max-connections must be at least 1");
+        }
+        if let Some(url) = &args.stun_url
+            && !(url.starts_with("stun:") || url.starts_with("stuns:"))
+        {
+            bail!("--stun-url must start with stun: or stuns:");
+        }
+        let stun_listen = if args.no_stun {
+            None
+        } else {
+            Some(
+                args.stun_listen
+                    .unwrap_or_else(|| SocketAddr::new(args.listen.ip(), 3478)),
+            )
+        };
+        let mut settings = Settings::for_tests(args.listen);
+        settings.stun_listen = stun_listen;
+        settings.stun_url = args.stun_url.clone();
+        settings.max_connections = args.max_connections;
+        settings.core.interest_wait = seconds("interest-wait", args.interest_wait)?;
+        settings.core.rematch_cooldown = seconds("rematch-cooldown", args.rematch_cooldown)?;
+        Ok(settings)
+    }
+}
+
+/// The address to show people for a listening socket: a wildcard becomes
+/// loopback, which is reachable from the same machine.
+pub fn display_addr(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+    } else {
+        addr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Settings> {
+        let args = Args::try_parse_from(std::iter::once("earshot").chain(args.iter().copied()))?;
+        Settings::try_from(&args)
+    }
+
+    #[test]
+    fn defaults_put_stun_on_3478_of_the_listen_host() {
+        let s = parse(&["--listen", "127.0.0.2:9000"]).unwrap();
+        assert_eq!(s.stun_listen, Some("127.0.0.2:3478".parse().unwrap()));
+        assert_eq!(s.core.interest_wait, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_reason() {
+        assert!(parse(&["--max-connections", "0"]).is_err());
+        assert!(parse(&["--interest-wait", "-1"]).is_err());
+        assert!(parse(&["--stun-url", "http://x"]).is_err());
+        assert!(parse(&["--listen", "nowhere"]).is_err());
+        assert_eq!(parse(&["--no-stun"]).unwrap().stun_listen, None);
+    }
+}

@@ -1,0 +1,148 @@
+//! One task per signalling WebSocket: frames in to the hub, the hub's
+//! messages out, pings, the idle timeout and the close handshake.
+//!
+//! Bounds: frames over `max_frame_bytes` close the socket (1009); a write
+//! that takes longer than `write_timeout` drops it; a socket silent for
+//! `idle_timeout` is closed (1001). The task never logs the peer's address:
+//! it never even learns it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use earshot_core::{CloseReason, ConnInfo};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, timeout};
+use tracing::Instrument;
+
+use crate::App;
+use crate::hub::Outbound;
+
+/// Applies the per-socket buffer limits: signalling sockets are mostly idle,
+/// so buffers start small and only grow for the rare large SDP.
+pub fn configure(upgrade: WebSocketUpgrade, max_frame_bytes: usize) -> WebSocketUpgrade {
+    upgrade
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_frame_bytes * 4)
+        .max_message_size(max_frame_bytes)
+        .max_frame_size(max_frame_bytes)
+}
+
+/// Serves one upgraded socket until it closes, the hub drops it, or shutdown.
+pub async fn serve(
+    mut socket: WebSocket,
+    app: Arc<App>,
+    info: ConnInfo,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let Some(_permit) = permit else {
+        let _ = send_close(&mut socket, CloseReason::ServerFull, app.settings.write_timeout).await;
+        return;
+    };
+    let (id, mut outbound) = app.hub.connect(info);
+    let span = tracing::debug_span!("conn", conn = %id);
+    async {
+        tracing::debug!("connected");
+        let settings = &app.settings;
+        let mut last_heard = Instant::now();
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + settings.ping_interval,
+            settings.ping_interval,
+        );
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = loop {
+            tokio::select! {
+                // Shutdown first, then our own output before reading more, so
+                // a client's replies never pile up behind its own requests.
+                biased;
+                () = app.shutdown.cancelled() => {
+                    // Peer connections outlive signalling: clients keep their
+                    // calls and reconnect.
+                    let _ = send_close(&mut socket, CloseReason::ServerRestart, Duration::from_secs(1)).await;
+                    break "server shutting down";
+                }
+                out = outbound.recv() => match out {
+                    Some(Outbound::Text(text)) => {
+                        if !write(&mut socket, Message::Text(text), settings.write_timeout).await {
+                            break "write failed or timed out";
+                        }
+                    }
+                    Some(Outbound::Close(reason)) => {
+                        let _ = send_close(&mut socket, reason, settings.write_timeout).await;
+                        break reason.reason();
+                    }
+                    None => break "dropped as a slow reader",
+                },
+                frame = socket.recv() => {
+                    last_heard = Instant::now();
+                    match frame {
+                        Some(Ok(Message::Text(text))) => app.hub.text(id, text.as_str()),
+                        Some(Ok(Message::Binary(_))) => app.hub.binary(id),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Close(_))) | None => break "client closed",
+                        Some(Err(e)) => {
+                            if is_too_big(&e) {
+                                app.hub.close(id, CloseReason::MessageTooBig);
+                                let _ = send_close(&mut socket, CloseReason::MessageTooBig, settings.write_timeout).await;
+                                break "frame too big";
+                            }
+                            break "read error";
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= settings.idle_timeout {
+                        app.hub.close(id, CloseReason::IdleTimeout);
+                        let _ = send_close(&mut socket, CloseReason::IdleTimeout, settings.write_timeout).await;
+                        break "idle timeout";
+                    }
+                    if !write(&mut socket, Message::Ping(Default::default()), settings.write_timeout).await {
+                        break "ping failed";
+                    }
+                }
+            }
+        };
+        app.hub.disconnect(id);
+        tracing::debug!(why = end, "disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+async fn write(socket: &mut WebSocket, msg: Message, limit: Duration) -> bool {
+    matches!(timeout(limit, socket.send(msg)).await, Ok(Ok(())))
+}
+
+/// Starts the closing handshake and reads until the client answers it (or
+/// `limit` passes), so that unread input does not turn the close into a reset
+/// that would hide the reason from the client.
+async fn send_close(socket: &mut WebSocket, reason: CloseReason, limit: Duration) -> bool {
+    let frame = CloseFrame {
+        code: reason.code(),
+        reason: reason.reason().into(),
+    };
+    if !write(socket, Message::Close(Some(frame)), limit).await {
+        return false;
+    }
+    let drain = async {
+        while let Some(Ok(msg)) = socket.recv().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    timeout(limit.min(Duration::from_secs(2)), drain).await.is_ok()
+}
+
+/// Whether a read error is tungstenite refusing an oversized frame or message.
+fn is_too_big(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
