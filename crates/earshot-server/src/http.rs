@@ -154,7 +154,20 @@ fn host_of(value: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::host_of;
+
+    proptest! {
+        /// The Host header is client input that ends up in a URL we hand out.
+        #[test]
+        fn host_of_never_panics_and_returns_only_plain_hosts(value in ".{0,300}") {
+            if let Some(host) = host_of(&value) {
+                prop_assert!(!host.is_empty() && host.len() <= 253);
+                prop_assert!(host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)));
+            }
+        }
+    }
 
     #[test]
     fn host_header_parsing() {

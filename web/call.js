@@ -1,0 +1,300 @@
+// call.js: one call with one stranger, i.e. one RTCPeerConnection.
+//
+// Implements PROTOCOL.md "Peer to peer": perfect negotiation with the role
+// (`polite`) given by the server's `matched`, trickle ICE, the microphone
+// track (Opus preferred) and the ordered, reliable data channel `chat`.
+// The impolite side adds its track and creates `chat` at once, so it makes
+// the first offer; the polite side adds its track when that offer arrives,
+// before answering, so one round trip is enough.
+//
+// A Call knows nothing of the WebSocket or the page: outgoing signals go to
+// the `sendSignal` callback as `{description}` or `{candidate}`, incoming ones
+// come in through handleSignal(). Events: `connectionstate` (detail: state),
+// `track` (detail: stream), `chatopen`, `chat` (detail: text), `failed`
+// (detail: reason = 'connection_failed' | 'channel_closed' | 'timeout').
+// Once close() has been called no event fires and nothing is sent.
+// SDP, candidates and chat text are never logged.
+
+export const CHAT_LABEL = 'chat';
+export const MAX_CHAT_CHARS = 2000;
+// JSON of 2000 characters, each escaped as \uXXXX at worst, plus the wrapper.
+const MAX_CHAT_FRAME_CHARS = MAX_CHAT_CHARS * 6 + 64;
+// When the stranger skips, their browser closes its side and our data channel
+// closes at once, usually just before the server's call_ended reaches us. Wait
+// a moment for that message so the user hears "Stranger skipped you" and is
+// re-queued, rather than "the connection dropped".
+const CHANNEL_CLOSE_GRACE_MS = 2500;
+const CONNECT_TIMEOUT_MS = 45000;
+
+export class Call extends EventTarget {
+  #pc;
+  #polite;
+  #sendSignal;
+  #localStream;
+  #micAdded = false;
+  #channel = null;
+  #closed = false;
+  // Perfect negotiation state (W3C WebRTC 1.0, section 10.7).
+  #makingOffer = false;
+  #ignoreOffer = false;
+  #settingRemoteAnswerPending = false;
+  // Incoming signals are handled one at a time, in arrival order.
+  #inbox = Promise.resolve();
+  #connectTimer = 0;
+  #graceTimer = 0;
+  #everConnected = false;
+
+  /**
+   * @param {object} o
+   * @param {number} o.id  the `call` id from `matched`
+   * @param {boolean} o.polite  our role, from `matched`
+   * @param {RTCIceServer[]} o.iceServers  from `welcome`
+   * @param {MediaStream} o.localStream  the microphone
+   * @param {(payload: object) => void} o.sendSignal
+   */
+  constructor({ id, polite, iceServers, localStream, sendSignal }) {
+    super();
+    this.id = id;
+    this.#polite = Boolean(polite);
+    this.#localStream = localStream;
+    this.#sendSignal = sendSignal;
+
+    const servers = Array.isArray(iceServers) ? iceServers : [];
+    try {
+      this.#pc = new RTCPeerConnection({ iceServers: servers });
+    } catch {
+      // A server list the browser rejects should not cost the call: host
+      // candidates still work on the same network.
+      console.warn('earshot: ice_servers rejected by the browser; calling without them');
+      this.#pc = new RTCPeerConnection();
+    }
+    const pc = this.#pc;
+    pc.onicecandidate = ({ candidate }) => {
+      // The end-of-candidates null (and Firefox's empty one) is not sent.
+      if (candidate && candidate.candidate) this.#send({ candidate: candidate.toJSON() });
+    };
+    pc.onnegotiationneeded = () => this.#negotiate();
+    pc.onconnectionstatechange = () => this.#onConnectionState();
+    pc.ontrack = ({ track, streams }) => {
+      if (this.#closed) return;
+      const stream = streams && streams[0] ? streams[0] : new MediaStream([track]);
+      this.#emit('track', { stream, track });
+    };
+    pc.ondatachannel = ({ channel }) => this.#adoptChannel(channel);
+
+    if (!this.#polite) {
+      this.#addMic();
+      this.#adoptChannel(pc.createDataChannel(CHAT_LABEL, { ordered: true }));
+    }
+    this.#connectTimer = setTimeout(() => this.#fail('timeout'), CONNECT_TIMEOUT_MS);
+  }
+
+  /** The RTCPeerConnection (read-only; for the test hook). */
+  get pc() { return this.#pc; }
+
+  get polite() { return this.#polite; }
+
+  /** 'new' | 'connecting' | 'connected' | 'disconnected' | 'failed' | 'closed'. */
+  get connectionState() { return this.#pc.connectionState; }
+
+  get chatOpen() { return !this.#closed && this.#channel !== null && this.#channel.readyState === 'open'; }
+
+  /** Feed one server `signal` message (the whole message, or its payload). */
+  handleSignal(msg) {
+    this.#inbox = this.#inbox.then(() => this.#handle(msg)).catch((err) => {
+      if (!this.#closed) console.warn('earshot: negotiation step failed:', errorName(err));
+    });
+  }
+
+  /** Send a chat line; false if the channel is not open or the text is invalid. */
+  sendChat(text) {
+    if (!this.chatOpen || typeof text !== 'string' || text.length === 0) return false;
+    if ([...text].length > MAX_CHAT_CHARS) return false;
+    try {
+      this.#channel.send(JSON.stringify({ type: 'chat', text }));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Hang up locally. Idempotent; the local microphone is not stopped. */
+  close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearTimeout(this.#connectTimer);
+    clearTimeout(this.#graceTimer);
+    const ch = this.#channel;
+    if (ch) {
+      ch.onopen = ch.onmessage = ch.onclose = null;
+      try { ch.close(); } catch { /* already closed */ }
+    }
+    const pc = this.#pc;
+    pc.onicecandidate = pc.onnegotiationneeded = pc.onconnectionstatechange = null;
+    pc.ontrack = pc.ondatachannel = null;
+    pc.close();
+  }
+
+  async #negotiate() {
+    if (this.#closed) return;
+    try {
+      this.#makingOffer = true;
+      await this.#pc.setLocalDescription();
+      if (this.#closed) return;
+      this.#send({ description: descriptionJSON(this.#pc.localDescription) });
+    } catch (err) {
+      if (!this.#closed) console.warn('earshot: could not make an offer:', errorName(err));
+    } finally {
+      this.#makingOffer = false;
+    }
+  }
+
+  async #handle(msg) {
+    if (this.#closed || !msg) return;
+    const pc = this.#pc;
+    const description = validDescription(msg.description);
+    if (description) {
+      const readyForOffer = !this.#makingOffer
+        && (pc.signalingState === 'stable' || this.#settingRemoteAnswerPending);
+      const offerCollision = description.type === 'offer' && !readyForOffer;
+      this.#ignoreOffer = !this.#polite && offerCollision;
+      if (this.#ignoreOffer) return;
+      this.#settingRemoteAnswerPending = description.type === 'answer';
+      try {
+        // On the polite side, an offer in have-local-offer rolls ours back
+        // implicitly.
+        await pc.setRemoteDescription(description);
+      } finally {
+        this.#settingRemoteAnswerPending = false;
+      }
+      if (this.#closed) return;
+      if (description.type === 'offer') {
+        // Polite side: the microphone goes into the transceiver the offer
+        // just created, so the answer already sends audio.
+        this.#addMic();
+        await pc.setLocalDescription();
+        if (this.#closed) return;
+        this.#send({ description: descriptionJSON(pc.localDescription) });
+      }
+      return;
+    }
+    const candidate = validCandidate(msg.candidate);
+    if (candidate) {
+      try {
+        await pc.addIceCandidate(candidate);
+      } catch (err) {
+        // Candidates for an offer we ignored are expected to fail.
+        if (!this.#ignoreOffer) throw err;
+      }
+    }
+  }
+
+  #addMic() {
+    if (this.#micAdded || !this.#localStream) return;
+    const track = this.#localStream.getAudioTracks()[0];
+    if (!track) return;
+    this.#micAdded = true;
+    const sender = this.#pc.addTrack(track, this.#localStream);
+    const transceiver = this.#pc.getTransceivers().find((t) => t.sender === sender);
+    preferOpus(transceiver);
+  }
+
+  #adoptChannel(channel) {
+    if (this.#closed) return;
+    if (channel.label !== CHAT_LABEL || this.#channel) {
+      channel.close(); // not part of the protocol
+      return;
+    }
+    this.#channel = channel;
+    channel.onopen = () => { if (!this.#closed) this.#emit('chatopen', {}); };
+    channel.onmessage = ({ data }) => {
+      if (this.#closed || typeof data !== 'string' || data.length > MAX_CHAT_FRAME_CHARS) return;
+      let msg;
+      try {
+        msg = JSON.parse(data);
+      } catch {
+        return;
+      }
+      if (!msg || msg.type !== 'chat' || typeof msg.text !== 'string') return;
+      if (msg.text.length === 0 || [...msg.text].length > MAX_CHAT_CHARS) return;
+      this.#emit('chat', { text: msg.text });
+    };
+    // A channel handed over by ondatachannel may be open already.
+    if (channel.readyState === 'open') queueMicrotask(() => { if (!this.#closed) this.#emit('chatopen', {}); });
+    channel.onclose = () => {
+      if (this.#closed) return;
+      clearTimeout(this.#graceTimer);
+      this.#graceTimer = setTimeout(() => this.#fail('channel_closed'), CHANNEL_CLOSE_GRACE_MS);
+    };
+  }
+
+  #onConnectionState() {
+    if (this.#closed) return;
+    const state = this.#pc.connectionState;
+    if (state === 'connected') {
+      this.#everConnected = true;
+      clearTimeout(this.#connectTimer);
+    }
+    this.#emit('connectionstate', { state, everConnected: this.#everConnected });
+    if (state === 'failed') this.#fail('connection_failed');
+  }
+
+  #fail(reason) {
+    if (this.#closed) return;
+    clearTimeout(this.#connectTimer);
+    clearTimeout(this.#graceTimer);
+    this.#emit('failed', { reason });
+  }
+
+  #send(payload) {
+    if (!this.#closed) this.#sendSignal(payload);
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
+
+function descriptionJSON(desc) {
+  return { type: desc.type, sdp: desc.sdp };
+}
+
+const DESCRIPTION_TYPES = ['offer', 'answer', 'pranswer', 'rollback'];
+
+function validDescription(d) {
+  if (!d || typeof d !== 'object' || !DESCRIPTION_TYPES.includes(d.type)) return null;
+  if (d.type === 'rollback') return { type: 'rollback' };
+  if (typeof d.sdp !== 'string') return null;
+  return { type: d.type, sdp: d.sdp };
+}
+
+function validCandidate(c) {
+  if (!c || typeof c !== 'object' || typeof c.candidate !== 'string') return null;
+  const out = { candidate: c.candidate };
+  if (typeof c.sdpMid === 'string' || c.sdpMid === null) out.sdpMid = c.sdpMid;
+  if (Number.isInteger(c.sdpMLineIndex) || c.sdpMLineIndex === null) out.sdpMLineIndex = c.sdpMLineIndex;
+  if (typeof c.usernameFragment === 'string' || c.usernameFragment === null) out.usernameFragment = c.usernameFragment;
+  if (out.sdpMid == null && out.sdpMLineIndex == null) out.sdpMLineIndex = 0;
+  return out;
+}
+
+// Opus is every browser's default already; saying so keeps it first even
+// where a browser would otherwise pick something else.
+function preferOpus(transceiver) {
+  if (!transceiver || typeof transceiver.setCodecPreferences !== 'function') return;
+  if (typeof RTCRtpReceiver === 'undefined' || !RTCRtpReceiver.getCapabilities) return;
+  try {
+    const caps = RTCRtpReceiver.getCapabilities('audio');
+    if (!caps || !caps.codecs) return;
+    const isOpus = (c) => c.mimeType.toLowerCase() === 'audio/opus';
+    const codecs = [...caps.codecs.filter(isOpus), ...caps.codecs.filter((c) => !isOpus(c))];
+    if (codecs.length > 0 && isOpus(codecs[0])) transceiver.setCodecPreferences(codecs);
+  } catch {
+    /* keep the browser's default order */
+  }
+}
+
+// Error messages from the WebRTC stack can quote SDP lines; log only the name.
+function errorName(err) {
+  return err && typeof err === 'object' && typeof err.name === 'string' ? err.name : 'Error';
+}
