@@ -364,7 +364,10 @@ mod tests {
         for i in 1..=1000 {
             // Waiters are also blocked from each other by construction here:
             // join them with a filter that refuses every pair.
-            assert!(m.join(now, ConnId(i), vec![], &|_, _| Some(until)).is_none());
+            assert!(
+                m.join(now, ConnId(i), vec![], &|_, _| Some(until))
+                    .is_none()
+            );
         }
         asked.set(0);
         assert!(m.join(now, newcomer, vec![], &blocked).is_none());

@@ -356,6 +356,13 @@ struct SignalFields {
 /// The type is read first so that an unknown type and a bad field of a known
 /// type get different error codes.
 pub fn decode(text: &str) -> Result<ClientMsg, DecodeError> {
+    // serde also reads structs from JSON arrays; the protocol has objects only.
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err(DecodeError::BadJson);
+    }
     let envelope: Envelope = serde_json::from_str(text).map_err(|_| DecodeError::BadJson)?;
     fn fields<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, DecodeError> {
         serde_json::from_str(text).map_err(|_| DecodeError::BadMessage)
@@ -450,6 +457,8 @@ mod tests {
     fn classifies_bad_frames() {
         assert_eq!(decode("not json"), Err(DecodeError::BadJson));
         assert_eq!(decode("[1,2]"), Err(DecodeError::BadJson));
+        assert_eq!(decode(r#"["hello", 1]"#), Err(DecodeError::BadJson));
+        assert_eq!(decode(r#" {"type":"end"}"#), Ok(ClientMsg::End));
         assert_eq!(decode(r#"{"type":5}"#), Err(DecodeError::BadJson));
         assert_eq!(decode(r#"{"type":"nope"}"#), Err(DecodeError::UnknownType));
         assert_eq!(decode(r#"{"type":"hello"}"#), Err(DecodeError::BadMessage));

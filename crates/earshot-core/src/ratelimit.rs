@@ -93,9 +93,6 @@ mod tests {
         let t0 = Instant::now();
         let mut b = TokenBucket::new(t0, 0, 1);
         assert!(b.take(t0).is_ok());
-        assert_eq!(
-            b.take(t0 + Duration::from_secs(3600)),
-            Err(Duration::MAX)
-        );
+        assert_eq!(b.take(t0 + Duration::from_secs(3600)), Err(Duration::MAX));
     }
 }

@@ -387,11 +387,8 @@ impl Switchboard {
         self.cooldowns.expire(now);
         let mut pairs = Vec::new();
         let cooldowns = &self.cooldowns;
-        self.queue.handle_timeout(
-            now,
-            &|a, b| cooldowns.blocked_until(now, a, b),
-            &mut pairs,
-        );
+        self.queue
+            .handle_timeout(now, &|a, b| cooldowns.blocked_until(now, a, b), &mut pairs);
         for p in pairs {
             self.start_call(p);
         }
@@ -582,7 +579,9 @@ impl Switchboard {
                     }
                     let back = self.conns.get(&partner).map(|p| p.phase);
                     if back != Some(Phase::InCall { call, partner: id }) {
-                        return Err(format!("{id}'s partner {partner} is not in call {call} with it"));
+                        return Err(format!(
+                            "{id}'s partner {partner} is not in call {call} with it"
+                        ));
                     }
                 }
             }
@@ -593,7 +592,10 @@ impl Switchboard {
             }
         }
         if in_call != 2 * self.calls {
-            return Err(format!("{in_call} people in calls but {} calls", self.calls));
+            return Err(format!(
+                "{in_call} people in calls but {} calls",
+                self.calls
+            ));
         }
         Ok(())
     }

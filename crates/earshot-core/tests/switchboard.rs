@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use earshot_core::protocol::{EndReason, ServerMsg};
-use earshot_core::{CloseReason, Config, ConnId, ConnInfo, Country, ErrorCode, Output, Switchboard};
+use earshot_core::{
+    CloseReason, Config, ConnId, ConnInfo, Country, ErrorCode, Output, Switchboard,
+};
 
 /// A switchboard, a virtual clock and the outputs collected so far.
 struct Harness {
@@ -249,10 +251,19 @@ fn a_vanished_partner_ends_the_call() {
     h.pump();
     assert!(matches!(
         &h.take(a)[..],
-        [ServerMsg::CallEnded { reason: EndReason::PartnerLeft, .. }, ServerMsg::Searching { .. }]
+        [
+            ServerMsg::CallEnded {
+                reason: EndReason::PartnerLeft,
+                ..
+            },
+            ServerMsg::Searching { .. }
+        ]
     ));
     assert_eq!(h.board.stats().connections, 1);
-    assert!(h.take(b).is_empty(), "nothing is sent to a closed connection");
+    assert!(
+        h.take(b).is_empty(),
+        "nothing is sent to a closed connection"
+    );
 }
 
 #[test]
@@ -263,7 +274,10 @@ fn shared_interests_come_first_then_anyone_after_the_wait() {
     let c = h.client(3);
     h.search(a, &["Chess", "music"]);
     h.search(b, &[]);
-    assert!(h.matched(b).is_none(), "a waits for a shared interest first");
+    assert!(
+        h.matched(b).is_none(),
+        "a waits for a shared interest first"
+    );
     h.search(c, &["hiking", "chess"]);
     let (_, _, shared) = h.matched(c).unwrap();
     assert_eq!(shared, ["chess"]);
@@ -293,16 +307,23 @@ fn countries_are_told_to_the_partner_only() {
         },
     );
     h.text(a, r#"{"type":"hello","version":1}"#);
-    assert!(matches!(&h.take(a)[..], [ServerMsg::Welcome { country: Some(c), .. }] if c.as_str() == "DE"));
+    assert!(
+        matches!(&h.take(a)[..], [ServerMsg::Welcome { country: Some(c), .. }] if c.as_str() == "DE")
+    );
     let b = h.client(2);
     h.search(a, &[]);
     h.search(b, &[]);
     let to_b = h.take(b);
-    assert!(to_b.iter().any(
-        |m| matches!(m, ServerMsg::Matched { country: Some(c), .. } if c.as_str() == "DE")
-    ));
+    assert!(
+        to_b.iter().any(
+            |m| matches!(m, ServerMsg::Matched { country: Some(c), .. } if c.as_str() == "DE")
+        )
+    );
     let to_a = h.take(a);
-    assert!(to_a.iter().any(|m| matches!(m, ServerMsg::Matched { country: None, .. })));
+    assert!(
+        to_a.iter()
+            .any(|m| matches!(m, ServerMsg::Matched { country: None, .. }))
+    );
 }
 
 #[test]
@@ -322,7 +343,10 @@ fn bad_messages_get_typed_errors_and_the_connection_stays_usable() {
         (r#"{"type":"signal"}"#, ErrorCode::BadMessage),
         (r#"{"type":"hello","version":1}"#, ErrorCode::AlreadyHello),
         (r#"{"type":"skip"}"#, ErrorCode::NotInCall),
-        (r#"{"type":"search","interests":["<script>"]}"#, ErrorCode::BadInterests),
+        (
+            r#"{"type":"search","interests":["<script>"]}"#,
+            ErrorCode::BadInterests,
+        ),
     ];
     for (text, code) in cases {
         h.text(a, text);
@@ -354,9 +378,13 @@ fn persistent_errors_close_the_connection() {
     h.text(a, "nonsense");
     assert_eq!(h.closes(), [(a, CloseReason::TooManyErrors)]);
     assert!(
-        h.take(b)
-            .iter()
-            .any(|m| matches!(m, ServerMsg::CallEnded { reason: EndReason::PartnerLeft, .. })),
+        h.take(b).iter().any(|m| matches!(
+            m,
+            ServerMsg::CallEnded {
+                reason: EndReason::PartnerLeft,
+                ..
+            }
+        )),
         "the partner learns at once"
     );
     // Input after the close is ignored.

@@ -97,7 +97,8 @@ impl Settings {
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value).with_context(|| format!("--{name} must be a number of seconds >= 0"))
+    Duration::try_from_secs_f64(value)
+        .with_context(|| format!("--{name} must be a number of seconds >= 0"))
 }
 
 impl TryFrom<&Args> for Settings {

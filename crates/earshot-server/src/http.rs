@@ -79,13 +79,28 @@ pub fn router(app: Arc<App>) -> Router {
 
 async fn security_headers(mut response: Response) -> Response {
     let h = response.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert("permissions-policy", HeaderValue::from_static(PERMISSIONS));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
-    h.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
     response
 }
 
@@ -172,7 +187,10 @@ mod tests {
     #[test]
     fn host_header_parsing() {
         assert_eq!(host_of("127.0.0.1:8080").as_deref(), Some("127.0.0.1"));
-        assert_eq!(host_of("chat.example.org").as_deref(), Some("chat.example.org"));
+        assert_eq!(
+            host_of("chat.example.org").as_deref(),
+            Some("chat.example.org")
+        );
         assert_eq!(host_of("[::1]:8080").as_deref(), Some("[::1]"));
         assert_eq!(host_of("evil\"host:1"), None);
         assert_eq!(host_of("a b"), None);

@@ -37,7 +37,12 @@ pub async fn serve(
     permit: Option<OwnedSemaphorePermit>,
 ) {
     let Some(_permit) = permit else {
-        let _ = send_close(&mut socket, CloseReason::ServerFull, app.settings.write_timeout).await;
+        let _ = send_close(
+            &mut socket,
+            CloseReason::ServerFull,
+            app.settings.write_timeout,
+        )
+        .await;
         return;
     };
     let (id, mut outbound) = app.hub.connect(info);
@@ -132,7 +137,9 @@ async fn send_close(socket: &mut WebSocket, reason: CloseReason, limit: Duration
             }
         }
     };
-    timeout(limit.min(Duration::from_secs(2)), drain).await.is_ok()
+    timeout(limit.min(Duration::from_secs(2)), drain)
+        .await
+        .is_ok()
 }
 
 /// Whether a read error is tungstenite refusing an oversized frame or message.

@@ -44,7 +44,9 @@ async fn connect_from(source: &str, server: SocketAddr) -> Ws {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
     let tcp = socket.connect(server).await.unwrap();
-    let (ws, _) = client_async(format!("ws://{server}/ws"), tcp).await.unwrap();
+    let (ws, _) = client_async(format!("ws://{server}/ws"), tcp)
+        .await
+        .unwrap();
     ws
 }
 
@@ -135,7 +137,16 @@ fn a_whole_session_at_trace_level_logs_no_address_sdp_or_user_text() {
         logs.contains("matched") && logs.contains("TRACE"),
         "the capture must see the session, or this test proves nothing:\n{logs}"
     );
-    for secret in [CLIENT_A, CLIENT_B, STUN_CLIENT, SDP_ADDR, CANDIDATE_ADDR, INTEREST, "v=0", "candidate:"] {
+    for secret in [
+        CLIENT_A,
+        CLIENT_B,
+        STUN_CLIENT,
+        SDP_ADDR,
+        CANDIDATE_ADDR,
+        INTEREST,
+        "v=0",
+        "candidate:",
+    ] {
         if let Some(line) = logs.lines().find(|l| l.contains(secret)) {
             panic!("a log line contains {secret:?}: {line}");
         }

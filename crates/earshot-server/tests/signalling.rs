@@ -110,7 +110,8 @@ async fn welcome_names_only_our_own_stun() {
 async fn a_matched_pair_exchanges_offer_answer_and_candidates() {
     let s = server(|_| {}).await;
     let (mut offerer, mut answerer, call) = pair(s.http_addr).await;
-    let offer = json!({"type": "signal", "call": call, "description": {"type": "offer", "sdp": "v=0\r\n"}});
+    let offer =
+        json!({"type": "signal", "call": call, "description": {"type": "offer", "sdp": "v=0\r\n"}});
     send(&mut offerer, offer).await;
     let got = recv_type(&mut answerer, "signal").await;
     assert_eq!(got["description"]["sdp"], "v=0\r\n");
@@ -145,7 +146,10 @@ async fn bad_input_gets_typed_errors_and_the_socket_stays_usable() {
     let cases = [
         (Message::text("{nope"), "bad_json"),
         (Message::text(r#"{"type":"teleport"}"#), "unknown_type"),
-        (Message::text(r#"{"type":"hello","version":1}"#), "already_hello"),
+        (
+            Message::text(r#"{"type":"hello","version":1}"#),
+            "already_hello",
+        ),
         (
             Message::text(r#"{"type":"signal","call":1,"candidate":{"candidate":"x"}}"#),
             "not_in_call",
@@ -206,7 +210,11 @@ async fn a_flood_is_rate_limited_then_closed_while_others_keep_talking() {
     assert!(rate_limited > 0);
     assert_eq!(code, (1008, "too many errors".to_string()));
     // The pair was never disturbed.
-    send(&mut a, json!({"type": "signal", "call": call, "description": {"type": "offer", "sdp": "x"}})).await;
+    send(
+        &mut a,
+        json!({"type": "signal", "call": call, "description": {"type": "offer", "sdp": "x"}}),
+    )
+    .await;
     recv_type(&mut b, "signal").await;
 }
 
@@ -243,7 +251,8 @@ async fn a_slow_reader_is_dropped_without_stalling_its_partner() {
     let big = "a".repeat(15_000);
     let mut ended = None;
     for _ in 0..5_000 {
-        let msg = json!({"type": "signal", "call": call, "description": {"type": "offer", "sdp": big}});
+        let msg =
+            json!({"type": "signal", "call": call, "description": {"type": "offer", "sdp": big}});
         send(&mut a, msg).await;
         if let Ok(Some(Ok(Message::Text(t)))) =
             tokio::time::timeout(Duration::from_millis(1), a.next()).await
@@ -289,21 +298,33 @@ async fn http_responses_carry_security_headers_and_no_cookies() {
         let head = raw_get(s.http_addr, path).await;
         let lower = head.to_ascii_lowercase();
         assert!(!lower.contains("set-cookie"), "{path}: {head}");
-        assert!(lower.contains("content-security-policy: default-src 'self'"), "{path}");
+        assert!(
+            lower.contains("content-security-policy: default-src 'self'"),
+            "{path}"
+        );
         assert!(lower.contains("referrer-policy: no-referrer"), "{path}");
-        assert!(lower.contains("permissions-policy: microphone=(self)"), "{path}");
+        assert!(
+            lower.contains("permissions-policy: microphone=(self)"),
+            "{path}"
+        );
     }
     assert!(raw_get(s.http_addr, "/").await.starts_with("HTTP/1.1 200"));
-    assert!(raw_get(s.http_addr, "/missing").await.starts_with("HTTP/1.1 404"));
+    assert!(
+        raw_get(s.http_addr, "/missing")
+            .await
+            .starts_with("HTTP/1.1 404")
+    );
 }
 
 /// A bare HTTP/1.1 GET, returning the status line and headers.
 async fn raw_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut buf = Vec::new();
     tcp.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf).to_string();

@@ -1,0 +1,59 @@
+//! Helpers shared by the integration tests that drive real processes.
+//!
+//! - [`webdriver`]: a tiny blocking W3C WebDriver client (std `TcpStream` +
+//!   serde_json) and the chromedriver process it talks to.
+//! - [`server`]: the real `earshot` binary on loopback ports, with its output
+//!   kept for failure messages.
+//! - [`netns`]: the loopback-only network guard that every WebRTC test runs
+//!   behind, so no candidate or packet ever leaves 127.0.0.1.
+//!
+//! Everything that starts a process or makes a directory hands back a guard
+//! that undoes it on drop, so a failing test leaves nothing behind.
+
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
+
+pub mod netns;
+pub mod server;
+pub mod webdriver;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A directory under the system temp dir, removed with everything in it on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> std::io::Result<TempDir> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a child process
+/// that can only be told a port number (chromedriver has no `--port=0`).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

@@ -1,0 +1,403 @@
+//! A tiny blocking W3C WebDriver client, enough to drive Chromium through
+//! chromedriver: sessions, navigation, elements, scripts.
+//!
+//! WebDriver is JSON over HTTP/1.1, so this is one `TcpStream` per command
+//! (`Connection: close`) and serde_json, nothing more. Every response is
+//! `{"value": ...}`; an error is a `value` with an `error` code, returned as
+//! an `Err` naming the command.
+//!
+//! [`ChromeDriver`] owns the chromedriver process; each [`Session`] is its own
+//! Chromium process with a fresh profile directory. Both clean up on drop, and
+//! a session borrows its driver so it is always deleted before the driver is
+//! killed (killing chromedriver first would orphan its Chromium).
+
+use super::TempDir;
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The browser: Debian's `chromium`, overridable with `EARSHOT_CHROMIUM`.
+pub fn chromium_path() -> String {
+    std::env::var("EARSHOT_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
+}
+
+/// The driver: Debian's `chromium-driver`, overridable with `EARSHOT_CHROMEDRIVER`.
+pub fn chromedriver_path() -> String {
+    std::env::var("EARSHOT_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into())
+}
+
+/// What is missing to run browser tests, if anything.
+pub fn missing_browser() -> Option<String> {
+    let missing: Vec<String> = [chromium_path(), chromedriver_path()]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "{} not found (apt-get install chromium chromium-driver, or run scripts/test)",
+            missing.join(" and ")
+        )
+    })
+}
+
+/// The key of a web element reference in WebDriver JSON.
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// Longest a single command may take; `execute/async` has its own, shorter,
+/// script timeout inside this.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Chromium flags for a headless browser with a fake microphone that is
+/// allowed to use it, and that talks WebRTC over loopback and nothing else.
+const CHROMIUM_ARGS: &[&str] = &[
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+];
+
+/// A running chromedriver on a loopback port.
+pub struct ChromeDriver {
+    child: Child,
+    port: u16,
+}
+
+impl ChromeDriver {
+    pub fn start() -> Result<ChromeDriver> {
+        let port = super::free_port()?;
+        let binary = chromedriver_path();
+        let child = Command::new(&binary)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {binary}"))?;
+        let mut driver = ChromeDriver { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(status) = driver.request("GET", "/status", None) {
+                if status["ready"] == json!(true) {
+                    return Ok(driver);
+                }
+            }
+            if let Ok(Some(exit)) = driver.child.try_wait() {
+                bail!("{binary} exited at startup with {exit}");
+            }
+            if Instant::now() > deadline {
+                bail!("{binary} --port={port} not ready within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A new Chromium with its own fresh profile.
+    pub fn session(&self) -> Result<Session<'_>> {
+        let profile = TempDir::new("earshot-chromium")?;
+        let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|a| a.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
+        let caps = json!({
+            "capabilities": {
+                "alwaysMatch": {
+                    "browserName": "chrome",
+                    "pageLoadStrategy": "normal",
+                    "timeouts": {"script": 30_000, "pageLoad": 30_000, "implicit": 0},
+                    "goog:chromeOptions": {"binary": chromium_path(), "args": args},
+                    "goog:loggingPrefs": {"browser": "ALL"},
+                }
+            }
+        });
+        let value = self
+            .request("POST", "/session", Some(&caps))
+            .context("cannot create a Chromium session")?;
+        let id = value["sessionId"]
+            .as_str()
+            .ok_or_else(|| anyhow!("new session without sessionId: {value}"))?
+            .to_string();
+        Ok(Session {
+            driver: self,
+            id,
+            _profile: profile,
+        })
+    }
+
+    /// One WebDriver command; the response's `value`, or its error.
+    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        http_json(self.port, method, path, body)
+            .with_context(|| format!("WebDriver {method} {path}"))
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One browser (one Chromium process), deleted on drop.
+pub struct Session<'d> {
+    driver: &'d ChromeDriver,
+    id: String,
+    _profile: TempDir,
+}
+
+impl<'d> Session<'d> {
+    fn cmd(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        self.driver
+            .request(method, &format!("/session/{}{path}", self.id), body)
+    }
+
+    pub fn goto(&self, url: &str) -> Result<()> {
+        self.cmd("POST", "/url", Some(&json!({ "url": url })))?;
+        Ok(())
+    }
+
+    /// The first element matching a CSS selector.
+    pub fn find(&self, css: &str) -> Result<Element<'_, 'd>> {
+        let value = self
+            .cmd(
+                "POST",
+                "/element",
+                Some(&json!({"using": "css selector", "value": css})),
+            )
+            .with_context(|| format!("no element {css}"))?;
+        Ok(Element {
+            session: self,
+            id: element_id(&value)?,
+        })
+    }
+
+    /// The element with `data-testid="{id}"`.
+    pub fn testid(&self, id: &str) -> Result<Element<'_, 'd>> {
+        self.find(&format!("[data-testid=\"{id}\"]"))
+    }
+
+    /// Runs `script` as a function body with `args`; its return value.
+    pub fn execute(&self, script: &str, args: Value) -> Result<Value> {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(&json!({"script": script, "args": args})),
+        )
+    }
+
+    /// Runs `script` with a callback as its last argument; what it passed.
+    pub fn execute_async(&self, script: &str, args: Value) -> Result<Value> {
+        self.cmd(
+            "POST",
+            "/execute/async",
+            Some(&json!({"script": script, "args": args})),
+        )
+    }
+
+    /// The page's console messages since the last call (a chromedriver
+    /// extension, for failure messages), one per line.
+    pub fn console_log(&self) -> String {
+        match self.cmd("POST", "/se/log", Some(&json!({"type": "browser"}))) {
+            Ok(Value::Array(entries)) => entries
+                .iter()
+                .map(|e| format!("{} {}", e["level"], e["message"]))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Ok(other) => other.to_string(),
+            Err(e) => format!("(no console log: {e:#})"),
+        }
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .driver
+            .request("DELETE", &format!("/session/{}", self.id), None);
+    }
+}
+
+/// A reference to an element of a session's current page.
+pub struct Element<'s, 'd> {
+    session: &'s Session<'d>,
+    id: String,
+}
+
+impl Element<'_, '_> {
+    fn cmd(&self, method: &str, what: &str, body: Option<&Value>) -> Result<Value> {
+        self.session
+            .cmd(method, &format!("/element/{}{what}", self.id), body)
+    }
+
+    pub fn click(&self) -> Result<()> {
+        self.cmd("POST", "/click", Some(&json!({})))?;
+        Ok(())
+    }
+
+    /// Types `text` into the element, as keystrokes.
+    pub fn send_keys(&self, text: &str) -> Result<()> {
+        self.cmd("POST", "/value", Some(&json!({ "text": text })))?;
+        Ok(())
+    }
+
+    pub fn clear(&self) -> Result<()> {
+        self.cmd("POST", "/clear", Some(&json!({})))?;
+        Ok(())
+    }
+
+    pub fn text(&self) -> Result<String> {
+        let value = self.cmd("GET", "/text", None)?;
+        Ok(value.as_str().unwrap_or_default().to_string())
+    }
+
+    pub fn attribute(&self, name: &str) -> Result<Option<String>> {
+        let value = self.cmd("GET", &format!("/attribute/{name}"), None)?;
+        Ok(value.as_str().map(str::to_string))
+    }
+
+    /// A DOM property (such as `value`), as JSON.
+    pub fn property(&self, name: &str) -> Result<Value> {
+        self.cmd("GET", &format!("/property/{name}"), None)
+    }
+
+    pub fn enabled(&self) -> Result<bool> {
+        Ok(self.cmd("GET", "/enabled", None)? == json!(true))
+    }
+}
+
+fn element_id(value: &Value) -> Result<String> {
+    value[ELEMENT_KEY]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("not an element reference: {value}"))
+}
+
+/// One HTTP/1.1 exchange with 127.0.0.1:`port`; the `value` of the JSON body.
+fn http_json(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+    stream.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Accept: application/json\r\nConnection: close\r\n"
+    );
+    let body = body.map(Value::to_string);
+    if let Some(body) = &body {
+        request.push_str(&format!(
+            "Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    if let Some(body) = &body {
+        request.push_str(body);
+    }
+    stream.write_all(request.as_bytes())?;
+    let (status, payload) = read_response(&mut stream)?;
+
+    let mut json: Value = serde_json::from_slice(&payload).with_context(|| {
+        format!(
+            "HTTP {status}, body not JSON: {}",
+            String::from_utf8_lossy(&payload)
+        )
+    })?;
+    let value = json["value"].take();
+    if let Some(error) = value["error"].as_str() {
+        bail!(
+            "HTTP {status} {error}: {}",
+            value["message"].as_str().unwrap_or_default()
+        );
+    }
+    if status != 200 {
+        bail!("HTTP {status}: {value}");
+    }
+    Ok(value)
+}
+
+/// Reads one HTTP response: its status and body. chromedriver keeps the
+/// connection open despite `Connection: close`, so the body ends where
+/// `Content-Length` (or the last chunk) says, not at end of stream.
+fn read_response(stream: &mut TcpStream) -> Result<(u16, Vec<u8>)> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let mut fill = |raw: &mut Vec<u8>| -> Result<bool> {
+        let n = stream.read(&mut buf)?;
+        raw.extend_from_slice(&buf[..n]);
+        Ok(n > 0)
+    };
+    let split = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if !fill(&mut raw)? {
+            bail!("connection closed before the end of the response headers");
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line in {head:?}"))?;
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    let body_start = split + 4;
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            if let Some(body) = dechunk(&raw[body_start..])? {
+                return Ok((status, body));
+            }
+            if !fill(&mut raw)? {
+                bail!("connection closed inside a chunked body");
+            }
+        }
+    }
+    if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while raw.len() < body_start + len {
+            if !fill(&mut raw)? {
+                bail!("connection closed inside the body");
+            }
+        }
+        return Ok((status, raw[body_start..body_start + len].to_vec()));
+    }
+    while fill(&mut raw)? {}
+    Ok((status, raw[body_start..].to_vec()))
+}
+
+/// The body of a `Transfer-Encoding: chunked` payload, or `None` while the
+/// last chunk has not arrived yet.
+fn dechunk(mut data: &[u8]) -> Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    loop {
+        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let size_text = String::from_utf8_lossy(&data[..line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .with_context(|| format!("bad chunk size {size_text:?}"))?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(Some(out));
+        }
+        if data.len() < size + 2 {
+            return Ok(None);
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
