@@ -1,11 +1,22 @@
 //! Property tests of the switchboard and the decoder, on a virtual clock.
 //!
-//! - `random_sessions_keep_every_promise`: random operation sequences over a
-//!   few connection slots; every output is checked against a [`Model`] built
-//!   only from the outputs themselves (plus the shell's own connects and
-//!   disconnects), and `check_invariants` runs after every step.
-//! - The decoder and `handle_text` on arbitrary strings and JSON trees.
-//! - First come, first served pairing of untagged searchers.
+//! - `random_sessions_keep_every_promise`: random operation sequences over six
+//!   connection slots. Every output is checked against a [`Model`] built only
+//!   from the outputs (plus the shell's own connects and disconnects):
+//!   (a) a `matched` pairs two different live searchers with one fresh call id
+//!   and exactly one polite side; (b) a signal is relayed only to the sender's
+//!   partner, for the sender's current call; (c) a skipped pair is not matched
+//!   again before the cooldown ends; (d) nothing goes to a connection after
+//!   its disconnect or `Close`; (e) error codes are documented, with
+//!   `retry_after_ms` on `rate_limited` only. Between steps: no two searchers
+//!   who could be paired are both still waiting, a `call_ended` is followed by
+//!   `searching`, `stats()` agrees with the model and `check_invariants` holds.
+//!   `random_sessions_reach_calls_skips_and_relays` shows the sequences get
+//!   that far.
+//! - `decode_*` and `handle_text_*`: the decoder and the switchboard's answer
+//!   on arbitrary text, arbitrary JSON trees and message-shaped objects.
+//! - `searchers_are_paired_in_arrival_order`, `the_queue_is_first_come_first_served_across_ends`:
+//!   untagged searchers are paired first come, first served.
 //!
 //! Failure persistence is off so that a failing run writes no
 //! `proptest-regressions` file; proptest prints the minimal input instead.
@@ -34,12 +45,14 @@ fn proptest_config(cases: u32) -> ProptestConfig {
     }
 }
 
-/// Short timers, so interest fallbacks, cooldowns and hello deadlines all
-/// happen within one sequence.
+/// Short timers and a small burst, so interest fallbacks, cooldowns, hello
+/// deadlines and rate limits all happen within one sequence.
 fn session_config() -> Config {
     Config {
         interest_wait: Duration::from_secs(2),
         rematch_cooldown: Duration::from_secs(3),
+        messages_per_second: 10,
+        message_burst: 12,
         ..Config::default()
     }
 }
@@ -134,6 +147,7 @@ struct Counts {
     rematches_after_cooldown: u64,
     shared_interest_matches: u64,
     errors: u64,
+    rate_limited: u64,
     closes: u64,
 }
 
@@ -147,6 +161,8 @@ struct Model {
     calls_seen: HashSet<CallId>,
     /// Pairs whose call ended by a skip, with when they may meet again.
     cooldowns: HashMap<(ConnId, ConnId), Instant>,
+    /// Told their call ended, so `searching` must be the next thing they hear.
+    requeued: HashSet<ConnId>,
     counts: Counts,
 }
 
@@ -163,6 +179,7 @@ impl Model {
             half: None,
             calls_seen: HashSet::new(),
             cooldowns: HashMap::new(),
+            requeued: HashSet::new(),
             counts: Counts::default(),
         }
     }
@@ -202,7 +219,12 @@ impl Model {
     }
 
     /// Checks one output against everything seen so far, then learns from it.
-    fn observe(&mut self, now: Instant, out: &Output, step: &mut Step) -> Result<(), TestCaseError> {
+    fn observe(
+        &mut self,
+        now: Instant,
+        out: &Output,
+        step: &mut Step,
+    ) -> Result<(), TestCaseError> {
         step.outputs += 1;
         if let Some((first, call, ..)) = &self.half {
             prop_assert!(
@@ -234,6 +256,12 @@ impl Model {
         }
         if step.sender == Some(to) {
             step.to_sender += 1;
+        }
+        if self.requeued.remove(&to) {
+            prop_assert!(
+                matches!(msg, ServerMsg::Searching { .. }),
+                "{to} was told its call ended, then {msg:?} instead of searching"
+            );
         }
         match msg {
             ServerMsg::Welcome { .. } => {
@@ -287,7 +315,10 @@ impl Model {
                 prop_assert_eq!(c, *call, "{} told the wrong call ended", to);
                 prop_assert_eq!(
                     self.phase(partner),
-                    Some(&Phase::InCall { call: c, partner: to }),
+                    Some(&Phase::InCall {
+                        call: c,
+                        partner: to
+                    }),
                     "{}'s partner {} is not in the call",
                     to,
                     partner
@@ -295,6 +326,7 @@ impl Model {
                 for who in [to, partner] {
                     self.peer(who)?.phase = Phase::Idle;
                 }
+                self.requeued.insert(to);
                 if *reason == EndReason::PartnerSkipped {
                     self.counts.skips += 1;
                     self.cooldowns
@@ -315,7 +347,10 @@ impl Model {
                 message,
                 retry_after_ms,
             } => {
-                prop_assert!(ErrorCode::ALL.contains(code), "(e) undocumented code {code:?}");
+                prop_assert!(
+                    ErrorCode::ALL.contains(code),
+                    "(e) undocumented code {code:?}"
+                );
                 prop_assert_eq!(*message, code.message());
                 prop_assert_eq!(
                     retry_after_ms.is_some(),
@@ -327,6 +362,9 @@ impl Model {
                     step.sender_errors.push(*code);
                 }
                 self.counts.errors += 1;
+                if *code == ErrorCode::RateLimited {
+                    self.counts.rate_limited += 1;
+                }
             }
         }
         Ok(())
@@ -359,10 +397,18 @@ impl Model {
             self.half = Some((to, call, polite, shared.to_vec()));
             return Ok(());
         };
-        prop_assert_eq!(first_call, call, "(a) the two halves of a pair differ in call id");
+        prop_assert_eq!(
+            first_call,
+            call,
+            "(a) the two halves of a pair differ in call id"
+        );
         prop_assert_ne!(first, to, "(a) {} matched with itself", to);
         prop_assert_ne!(first_polite, polite, "(a) exactly one of a pair is polite");
-        prop_assert_eq!(&first_shared[..], shared, "(a) the two differ on shared interests");
+        prop_assert_eq!(
+            &first_shared[..],
+            shared,
+            "(a) the two differ on shared interests"
+        );
         if let Some(&until) = self.cooldowns.get(&pair_key(first, to)) {
             prop_assert!(
                 now >= until,
@@ -393,7 +439,15 @@ impl Model {
     /// no two searchers who could be paired are both still waiting, and the
     /// board's counts agree with the model's.
     fn check_settled(&self, now: Instant, board: &Switchboard) -> Result<(), TestCaseError> {
-        prop_assert!(self.half.is_none(), "(a) a matched was sent to one side only");
+        prop_assert!(
+            self.half.is_none(),
+            "(a) a matched was sent to one side only"
+        );
+        prop_assert!(
+            self.requeued.is_empty(),
+            "told their call ended but not put back in the queue: {:?}",
+            self.requeued
+        );
         let searching: Vec<(ConnId, Instant, &[String])> = self
             .peers
             .iter()
@@ -446,7 +500,9 @@ enum Frame {
     Skip,
     End,
     /// A signal for the slot's current (or latest) call.
-    SignalCurrent { candidate: bool },
+    SignalCurrent {
+        candidate: bool,
+    },
     /// A signal for an arbitrary call id.
     SignalTo(CallId),
     Garbage(String),
@@ -482,7 +538,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         1 => Just(Frame::Hello(2)),
         8 => Just(Frame::Search(Vec::new())),
         4 => prop::collection::vec(select(TAGS), 1..=3).prop_map(Frame::Search),
-        3 => Just(Frame::Skip),
+        5 => Just(Frame::Skip),
         2 => Just(Frame::End),
         5 => any::<bool>().prop_map(|candidate| Frame::SignalCurrent { candidate }),
         1 => (0u64..16).prop_map(Frame::SignalTo),
@@ -495,18 +551,31 @@ fn op() -> impl Strategy<Value = Op> {
     let slot = 0..SLOTS;
     prop_oneof![
         1 => slot.clone().prop_map(Op::Connect),
-        3 => slot.clone().prop_map(Op::Join),
+        6 => slot.clone().prop_map(Op::Join),
         1 => slot.clone().prop_map(Op::Disconnect),
         1 => slot.clone().prop_map(Op::Close),
         30 => (slot.clone(), frame()).prop_map(|(s, f)| Op::Text(s, f)),
         1 => slot.prop_map(Op::Binary),
-        2 => (0u64..=500).prop_map(|ms| Op::Advance(Duration::from_millis(ms))),
-        1 => (0u64..=10_000).prop_map(|ms| Op::Advance(Duration::from_millis(ms))),
+        // Whole quarter seconds, so steps often land exactly on a deadline.
+        2 => (0u64..=4).prop_map(|q| Op::Advance(Duration::from_millis(250 * q))),
+        1 => (0u64..=40).prop_map(|q| Op::Advance(Duration::from_millis(250 * q))),
     ]
 }
 
+/// Up to about 200 operations; now and then a burst of chatter (candidates,
+/// searches, ends) from one slot, to reach the rate limit.
 fn ops() -> impl Strategy<Value = Vec<Op>> {
-    prop::collection::vec(op(), 1..=200)
+    let chatter = prop_oneof![
+        Just(Frame::SignalCurrent { candidate: true }),
+        Just(Frame::Search(Vec::new())),
+        Just(Frame::End),
+    ];
+    let burst = (0..SLOTS, chatter, 2usize..=16).prop_map(|(s, f, n)| vec![Op::Text(s, f); n]);
+    let step = prop_oneof![
+        40 => op().prop_map(|o| vec![o]),
+        1 => burst,
+    ];
+    prop::collection::vec(step, 1..=180).prop_map(|steps| steps.concat())
 }
 
 /// A switchboard on a virtual clock, the shell's connection slots and the model.
@@ -578,7 +647,11 @@ impl World {
                 if was_open {
                     prop_assert_eq!(step.closes, vec![(id, CloseReason::IdleTimeout)]);
                 } else {
-                    prop_assert_eq!(step.outputs, 0, "closing a closed connection said something");
+                    prop_assert_eq!(
+                        step.outputs,
+                        0,
+                        "closing a closed connection said something"
+                    );
                 }
             }
             Op::Text(slot, frame) => {
@@ -658,7 +731,11 @@ impl World {
             "a frame from {id} got no answer and was not relayed"
         );
         if relay_to.is_some() && step.sender_errors.is_empty() {
-            prop_assert_eq!(step.relayed, 1, "(b) a signal for the current call was dropped");
+            prop_assert_eq!(
+                step.relayed,
+                1,
+                "(b) a signal for the current call was dropped"
+            );
         }
         Ok(())
     }
@@ -737,36 +814,47 @@ proptest! {
 fn random_sessions_reach_calls_skips_and_relays() {
     let mut runner = TestRunner::deterministic();
     let strategy = ops();
-    let cases = 256;
-    let (mut with_match, mut with_skip, mut with_relay, mut with_rematch, mut with_shared) =
-        (0, 0, 0, 0, 0);
+    let cases: u64 = 256;
     let mut total = Counts::default();
+    let mut with = Counts::default();
     for _ in 0..cases {
         let ops = strategy.new_tree(&mut runner).unwrap().current();
         let c = World::run(&ops).unwrap_or_else(|e| panic!("{e}\n{ops:?}"));
-        with_match += u32::from(c.matches > 0);
-        with_skip += u32::from(c.skips > 0);
-        with_relay += u32::from(c.relays > 0);
-        with_rematch += u32::from(c.rematches_after_cooldown > 0);
-        with_shared += u32::from(c.shared_interest_matches > 0);
-        total.matches += c.matches;
-        total.skips += c.skips;
-        total.relays += c.relays;
-        total.rematches_after_cooldown += c.rematches_after_cooldown;
-        total.shared_interest_matches += c.shared_interest_matches;
-        total.closes += c.closes;
-        total.errors += c.errors;
+        for (sum, seen, n) in [
+            (&mut total.matches, &mut with.matches, c.matches),
+            (&mut total.skips, &mut with.skips, c.skips),
+            (&mut total.relays, &mut with.relays, c.relays),
+            (
+                &mut total.rematches_after_cooldown,
+                &mut with.rematches_after_cooldown,
+                c.rematches_after_cooldown,
+            ),
+            (
+                &mut total.shared_interest_matches,
+                &mut with.shared_interest_matches,
+                c.shared_interest_matches,
+            ),
+            (&mut total.errors, &mut with.errors, c.errors),
+            (
+                &mut total.rate_limited,
+                &mut with.rate_limited,
+                c.rate_limited,
+            ),
+            (&mut total.closes, &mut with.closes, c.closes),
+        ] {
+            *sum += n;
+            *seen += u64::from(n > 0);
+        }
     }
-    println!(
-        "of {cases}: {with_match} matched, {with_skip} skipped, {with_relay} relayed, \
-         {with_rematch} re-matched after a cooldown, {with_shared} shared interests; {total:?}"
-    );
-    assert!(with_match * 10 >= cases * 8, "{with_match} of {cases} sequences matched anyone");
-    assert!(with_skip * 2 >= cases, "{with_skip} of {cases} sequences skipped");
-    assert!(with_relay * 2 >= cases, "{with_relay} of {cases} sequences relayed a signal");
-    assert!(with_rematch >= 5, "{with_rematch} sequences re-matched a skipped pair");
-    assert!(with_shared >= 10, "{with_shared} sequences matched on a shared interest");
-    assert!(total.closes > 0);
+    println!("sequences (of {cases}) that saw each: {with:?}\ntotals: {total:?}");
+    let percent = |n: u64| n * 100 / cases;
+    assert!(percent(with.matches) >= 65, "{with:?}");
+    assert!(percent(with.skips) >= 35, "{with:?}");
+    assert!(percent(with.relays) >= 35, "{with:?}");
+    assert!(percent(with.rate_limited) >= 10, "{with:?}");
+    assert!(with.rematches_after_cooldown >= 8, "{with:?}");
+    assert!(with.shared_interest_matches >= 10, "{with:?}");
+    assert!(percent(with.closes) >= 20, "{with:?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -880,7 +968,14 @@ fn junk_fields() -> impl Strategy<Value = Map<String, Value>> {
 }
 
 fn sdp_type() -> impl Strategy<Value = SdpType> {
-    select(&[SdpType::Offer, SdpType::Answer, SdpType::Pranswer, SdpType::Rollback][..])
+    select(
+        &[
+            SdpType::Offer,
+            SdpType::Answer,
+            SdpType::Pranswer,
+            SdpType::Rollback,
+        ][..],
+    )
 }
 
 fn signal_payload() -> impl Strategy<Value = SignalPayload> {
@@ -893,14 +988,16 @@ fn signal_payload() -> impl Strategy<Value = SignalPayload> {
             any::<Option<u16>>(),
             any::<Option<String>>()
         )
-            .prop_map(|(candidate, sdp_mid, sdp_m_line_index, username_fragment)| {
-                SignalPayload::Candidate(IceCandidate {
-                    candidate,
-                    sdp_mid,
-                    sdp_m_line_index,
-                    username_fragment,
-                })
-            }),
+            .prop_map(
+                |(candidate, sdp_mid, sdp_m_line_index, username_fragment)| {
+                    SignalPayload::Candidate(IceCandidate {
+                        candidate,
+                        sdp_mid,
+                        sdp_m_line_index,
+                        username_fragment,
+                    })
+                }
+            ),
     ]
 }
 
@@ -1058,8 +1155,10 @@ fn expected_outputs(
     };
     let searching = |interests| send(PARTNER, ServerMsg::Searching { interests });
     Some(match (scenario, msg) {
-        (Scenario::Ungreeted, ClientMsg::Hello { version }) if version == 1 => return None,
-        (Scenario::Ungreeted, ClientMsg::Hello { .. }) => vec![error(ErrorCode::UnsupportedVersion)],
+        (Scenario::Ungreeted, ClientMsg::Hello { version: 1 }) => return None,
+        (Scenario::Ungreeted, ClientMsg::Hello { .. }) => {
+            vec![error(ErrorCode::UnsupportedVersion)]
+        }
         (Scenario::Ungreeted, _) => vec![error(ErrorCode::HelloRequired)],
         (_, ClientMsg::Hello { .. }) => vec![error(ErrorCode::AlreadyHello)],
         (Scenario::Idle, ClientMsg::Search { interests }) => {
@@ -1080,12 +1179,24 @@ fn expected_outputs(
         (_, ClientMsg::Signal(s)) if s.call == 1 => vec![send(PARTNER, ServerMsg::Signal(s))],
         (_, ClientMsg::Signal(_)) => vec![error(ErrorCode::WrongCall)],
         (_, ClientMsg::Skip) => vec![
-            send(PARTNER, ServerMsg::CallEnded { call: 1, reason: EndReason::PartnerSkipped }),
+            send(
+                PARTNER,
+                ServerMsg::CallEnded {
+                    call: 1,
+                    reason: EndReason::PartnerSkipped,
+                },
+            ),
             searching(vec![]),
             send(SENDER, ServerMsg::Searching { interests: vec![] }),
         ],
         (_, ClientMsg::End) => vec![
-            send(PARTNER, ServerMsg::CallEnded { call: 1, reason: EndReason::PartnerEnded }),
+            send(
+                PARTNER,
+                ServerMsg::CallEnded {
+                    call: 1,
+                    reason: EndReason::PartnerEnded,
+                },
+            ),
             searching(vec![]),
             send(SENDER, ServerMsg::Idle),
         ],
@@ -1174,7 +1285,11 @@ fn drain_pairs(board: &mut Switchboard) -> Vec<(ConnId, ConnId)> {
                 Some((first, c, first_polite)) => {
                     assert_eq!(c, call);
                     assert_ne!(first_polite, polite);
-                    pairs.push(if first_polite { (first, to) } else { (to, first) });
+                    pairs.push(if first_polite {
+                        (first, to)
+                    } else {
+                        (to, first)
+                    });
                 }
             }
         }
