@@ -53,6 +53,18 @@ impl Harness {
         self.text(id, &json);
     }
 
+    /// Connects `x` and `y` and puts them in a call: (waiter, newcomer, call id).
+    /// Their messages so far are consumed.
+    fn pair(&mut self, x: u64, y: u64) -> (ConnId, ConnId, u64) {
+        let a = self.client(x);
+        let b = self.client(y);
+        self.search(a, &[]);
+        self.search(b, &[]);
+        let (call, _, _) = self.matched(a).expect("a is matched");
+        assert_eq!(self.matched(b).expect("b is matched").0, call);
+        (a, b, call)
+    }
+
     fn advance(&mut self, d: Duration) {
         let until = self.now + d;
         while let Some(at) = self.board.poll_timeout() {
@@ -138,13 +150,8 @@ fn two_strangers_are_matched_with_opposite_roles() {
 #[test]
 fn signals_go_to_the_partner_only_and_only_for_the_current_call() {
     let mut h = Harness::new();
-    let a = h.client(1);
-    let b = h.client(2);
+    let (a, b, call) = h.pair(1, 2);
     let c = h.client(3);
-    h.search(a, &[]);
-    h.search(b, &[]);
-    let (call, _, _) = h.matched(a).unwrap();
-    h.take(b);
     h.text(a, &signal(call));
     assert!(matches!(&h.take(b)[..], [ServerMsg::Signal(s)] if s.call == call));
     assert!(h.take(c).is_empty());
@@ -178,12 +185,7 @@ fn queue_is_first_come_first_served() {
 #[test]
 fn skip_requeues_both_and_keeps_them_apart_for_the_cooldown() {
     let mut h = Harness::new();
-    let a = h.client(1);
-    let b = h.client(2);
-    h.search(a, &[]);
-    h.search(b, &[]);
-    let (call, _, _) = h.matched(a).unwrap();
-    h.take(b);
+    let (a, b, call) = h.pair(1, 2);
 
     h.text(a, r#"{"type":"skip"}"#);
     let to_b = h.take(b);
@@ -217,12 +219,7 @@ fn skip_requeues_both_and_keeps_them_apart_for_the_cooldown() {
 #[test]
 fn end_makes_the_ender_idle_and_requeues_the_partner() {
     let mut h = Harness::new();
-    let a = h.client(1);
-    let b = h.client(2);
-    h.search(a, &[]);
-    h.search(b, &[]);
-    let (call, _, _) = h.matched(a).unwrap();
-    h.take(b);
+    let (a, b, call) = h.pair(1, 2);
     h.text(b, r#"{"type":"end"}"#);
     assert_eq!(h.take(b), [ServerMsg::Idle]);
     assert!(matches!(
@@ -241,12 +238,7 @@ fn end_makes_the_ender_idle_and_requeues_the_partner() {
 #[test]
 fn a_vanished_partner_ends_the_call() {
     let mut h = Harness::new();
-    let a = h.client(1);
-    let b = h.client(2);
-    h.search(a, &[]);
-    h.search(b, &[]);
-    h.take(a);
-    h.take(b);
+    let (a, b, _) = h.pair(1, 2);
     h.board.disconnect(h.now, b);
     h.pump();
     assert!(matches!(
@@ -367,10 +359,7 @@ fn bad_messages_get_typed_errors_and_the_connection_stays_usable() {
 #[test]
 fn persistent_errors_close_the_connection() {
     let mut h = Harness::new();
-    let a = h.client(1);
-    let b = h.client(2);
-    h.search(a, &[]);
-    h.search(b, &[]);
+    let (a, b, _) = h.pair(1, 2);
     for _ in 0..20 {
         h.text(a, "nonsense");
     }
