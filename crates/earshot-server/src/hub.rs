@@ -1,20 +1,24 @@
 //! The hub drives the sans-IO [`Switchboard`]: it feeds it events with the
 //! current time, delivers its outputs to connection tasks, and runs its timer.
 //!
-//! One mutex guards the switchboard and the outbound queues together, so an
-//! event and the delivery of everything it caused happen as one step.
-//! Delivery never waits: each connection has a bounded queue, and a full
-//! queue means a slow reader, which is disconnected at once (its partner is
-//! told) rather than allowed to hold up anyone else.
+//! One mutex guards the switchboard and the outboxes together, so an event
+//! and the delivery of everything it caused happen as one step. Delivery
+//! never waits: each connection has a bounded outbox, and a full outbox means
+//! a slow reader, which is disconnected at once (its partner is told) rather
+//! than allowed to hold up anyone else.
+//!
+//! Outboxes are plain `VecDeque`s owned by the hub plus a `Notify` to wake the
+//! connection task: an empty one allocates nothing, which matters because
+//! almost every signalling socket is idle (see BENCHMARKS.md).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 use earshot_core::{CloseReason, ConnId, ConnInfo, Output, Switchboard};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// What a connection task is asked to do.
@@ -24,9 +28,25 @@ pub enum Outbound {
     Close(CloseReason),
 }
 
+/// Messages waiting for one connection's task.
+struct Outbox {
+    items: VecDeque<Outbound>,
+    wake: Arc<Notify>,
+}
+
 struct State {
     board: Switchboard,
-    queues: HashMap<ConnId, mpsc::Sender<Outbound>>,
+    outboxes: HashMap<ConnId, Outbox>,
+    /// Most messages an outbox holds before its reader counts as slow.
+    outbox_len: usize,
+}
+
+/// What a connection task finds in its outbox.
+pub enum Pop {
+    Item(Outbound),
+    Empty,
+    /// The hub dropped this connection (a slow reader): stop without a close frame.
+    Gone,
 }
 
 /// Shared by every connection task and the timer task.
@@ -35,7 +55,6 @@ pub struct Hub {
     /// Woken when the switchboard's next deadline may have moved earlier.
     timer: Notify,
     next_id: AtomicU64,
-    queue_len: usize,
 }
 
 /// The shell's clock. Tokio's, so that tests with paused time drive the core too.
@@ -44,15 +63,15 @@ fn now() -> Instant {
 }
 
 impl Hub {
-    pub fn new(config: earshot_core::Config, queue_len: usize) -> Arc<Hub> {
+    pub fn new(config: earshot_core::Config, outbox_len: usize) -> Arc<Hub> {
         Arc::new(Hub {
             state: Mutex::new(State {
                 board: Switchboard::new(config),
-                queues: HashMap::new(),
+                outboxes: HashMap::new(),
+                outbox_len,
             }),
             timer: Notify::new(),
             next_id: AtomicU64::new(1),
-            queue_len,
         })
     }
 
@@ -74,13 +93,32 @@ impl Hub {
         }
     }
 
-    /// Registers a new connection; its outbound messages arrive on the receiver.
-    pub fn connect(&self, info: ConnInfo) -> (ConnId, mpsc::Receiver<Outbound>) {
+    /// Registers a new connection. The `Notify` is signalled whenever its
+    /// outbox may have something to `pop`.
+    pub fn connect(&self, info: ConnInfo) -> (ConnId, Arc<Notify>) {
         let id = ConnId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = mpsc::channel(self.queue_len);
-        self.lock().queues.insert(id, tx);
+        let wake = Arc::new(Notify::new());
+        let outbox = Outbox {
+            items: VecDeque::new(),
+            wake: wake.clone(),
+        };
+        self.lock().outboxes.insert(id, outbox);
         self.step(|board, now| board.connect(now, id, info));
-        (id, rx)
+        (id, wake)
+    }
+
+    /// Takes the next message for `id`.
+    pub fn pop(&self, id: ConnId) -> Pop {
+        let mut state = self.lock();
+        let Some(outbox) = state.outboxes.get_mut(&id) else {
+            return Pop::Gone;
+        };
+        let item = outbox.items.pop_front();
+        if outbox.items.is_empty() && outbox.items.capacity() > 0 {
+            // Give the memory back: most sockets go idle again right away.
+            outbox.items = VecDeque::new();
+        }
+        item.map_or(Pop::Empty, Pop::Item)
     }
 
     pub fn text(&self, id: ConnId, text: &str) {
@@ -100,7 +138,7 @@ impl Hub {
         self.step(|board, now| {
             board.disconnect(now, id);
         });
-        self.lock().queues.remove(&id);
+        self.lock().outboxes.remove(&id);
     }
 
     pub fn stats(&self) -> earshot_core::switchboard::Stats {
@@ -131,21 +169,30 @@ impl State {
         while let Some(output) = self.board.poll_output() {
             match output {
                 Output::Send(id, msg) => {
-                    let Some(queue) = self.queues.get(&id) else {
+                    let Some(outbox) = self.outboxes.get_mut(&id) else {
                         continue;
                     };
-                    let text = Utf8Bytes::from(msg.to_json());
-                    if queue.try_send(Outbound::Text(text)).is_err() {
-                        // A slow reader: dropping the sender ends its task
+                    if outbox.items.len() >= self.outbox_len {
+                        // A slow reader: removing its outbox ends its task
                         // without a close frame, as PROTOCOL.md says.
-                        tracing::debug!(conn = %id, "outbound queue full; dropping a slow reader");
-                        self.queues.remove(&id);
+                        tracing::debug!(conn = %id, "outbox full; dropping a slow reader");
+                        if let Some(outbox) = self.outboxes.remove(&id) {
+                            outbox.wake.notify_one();
+                        }
                         self.board.disconnect(now, id);
+                        continue;
                     }
+                    outbox
+                        .items
+                        .push_back(Outbound::Text(Utf8Bytes::from(msg.to_json())));
+                    outbox.wake.notify_one();
                 }
                 Output::Close(id, reason) => {
-                    if let Some(queue) = self.queues.remove(&id) {
-                        let _ = queue.try_send(Outbound::Close(reason));
+                    if let Some(outbox) = self.outboxes.get_mut(&id) {
+                        // Nothing queued behind a close matters any more.
+                        outbox.items.clear();
+                        outbox.items.push_back(Outbound::Close(reason));
+                        outbox.wake.notify_one();
                     }
                 }
             }

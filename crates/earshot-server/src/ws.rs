@@ -16,13 +16,13 @@ use tokio::time::{Instant, timeout};
 use tracing::Instrument;
 
 use crate::App;
-use crate::hub::Outbound;
+use crate::hub::{Outbound, Pop};
 
 /// Applies the per-socket buffer limits: signalling sockets are mostly idle,
 /// so buffers start small and only grow for the rare large SDP.
 pub fn configure(upgrade: WebSocketUpgrade, max_frame_bytes: usize) -> WebSocketUpgrade {
     upgrade
-        .read_buffer_size(1024)
+        .read_buffer_size(256)
         .write_buffer_size(0)
         .max_write_buffer_size(max_frame_bytes * 4)
         .max_message_size(max_frame_bytes)
@@ -30,22 +30,33 @@ pub fn configure(upgrade: WebSocketUpgrade, max_frame_bytes: usize) -> WebSocket
 }
 
 /// Serves one upgraded socket until it closes, the hub drops it, or shutdown.
-pub async fn serve(
-    mut socket: WebSocket,
+///
+/// A plain `fn` returning an `async move` block: an `async fn` would keep its
+/// arguments twice in every connection's future.
+pub fn serve(
+    socket: WebSocket,
     app: Arc<App>,
     info: ConnInfo,
     permit: Option<OwnedSemaphorePermit>,
-) {
-    let Some(_permit) = permit else {
-        let _ = send_close(
-            &mut socket,
-            CloseReason::ServerFull,
-            app.settings.write_timeout,
-        )
-        .await;
-        return;
-    };
-    let (id, mut outbound) = app.hub.connect(info);
+) -> impl Future<Output = ()> {
+    async move {
+        let mut socket = socket;
+        match permit {
+            Some(_permit) => connection(&mut socket, &app, info).await,
+            None => {
+                send_close(
+                    &mut socket,
+                    CloseReason::ServerFull,
+                    app.settings.write_timeout,
+                )
+                .await;
+            }
+        }
+    }
+}
+
+async fn connection(socket: &mut WebSocket, app: &App, info: ConnInfo) {
+    let (id, wake) = app.hub.connect(info);
     let span = tracing::debug_span!("conn", conn = %id);
     async {
         tracing::debug!("connected");
@@ -64,20 +75,12 @@ pub async fn serve(
                 () = app.shutdown.cancelled() => {
                     // Peer connections outlive signalling: clients keep their
                     // calls and reconnect.
-                    let _ = send_close(&mut socket, CloseReason::ServerRestart, Duration::from_secs(1)).await;
+                    send_close(socket, CloseReason::ServerRestart, Duration::from_secs(1)).await;
                     break "server shutting down";
                 }
-                out = outbound.recv() => match out {
-                    Some(Outbound::Text(text)) => {
-                        if !write(&mut socket, Message::Text(text), settings.write_timeout).await {
-                            break "write failed or timed out";
-                        }
-                    }
-                    Some(Outbound::Close(reason)) => {
-                        let _ = send_close(&mut socket, reason, settings.write_timeout).await;
-                        break reason.reason();
-                    }
-                    None => break "dropped as a slow reader",
+                () = wake.notified() => match drain(app, id, socket).await {
+                    Ok(()) => {}
+                    Err(why) => break why,
                 },
                 frame = socket.recv() => {
                     last_heard = Instant::now();
@@ -89,7 +92,7 @@ pub async fn serve(
                         Some(Err(e)) => {
                             if is_too_big(&e) {
                                 app.hub.close(id, CloseReason::MessageTooBig);
-                                let _ = send_close(&mut socket, CloseReason::MessageTooBig, settings.write_timeout).await;
+                                send_close(socket, CloseReason::MessageTooBig, settings.write_timeout).await;
                                 break "frame too big";
                             }
                             break "read error";
@@ -99,10 +102,10 @@ pub async fn serve(
                 _ = ping.tick() => {
                     if last_heard.elapsed() >= settings.idle_timeout {
                         app.hub.close(id, CloseReason::IdleTimeout);
-                        let _ = send_close(&mut socket, CloseReason::IdleTimeout, settings.write_timeout).await;
+                        send_close(socket, CloseReason::IdleTimeout, settings.write_timeout).await;
                         break "idle timeout";
                     }
-                    if !write(&mut socket, Message::Ping(Default::default()), settings.write_timeout).await {
+                    if !write(socket, Message::Ping(Default::default()), settings.write_timeout).await {
                         break "ping failed";
                     }
                 }
@@ -115,14 +118,44 @@ pub async fn serve(
     .await
 }
 
+/// Sends everything in the outbox; `Err` says why the connection must end.
+async fn drain(
+    app: &App,
+    id: earshot_core::ConnId,
+    socket: &mut WebSocket,
+) -> Result<(), &'static str> {
+    let limit = app.settings.write_timeout;
+    loop {
+        match app.hub.pop(id) {
+            Pop::Empty => return Ok(()),
+            Pop::Gone => return Err("dropped as a slow reader"),
+            Pop::Item(Outbound::Text(text)) => {
+                if !write(socket, Message::Text(text), limit).await {
+                    return Err("write failed or timed out");
+                }
+            }
+            Pop::Item(Outbound::Close(reason)) => {
+                send_close(socket, reason, limit).await;
+                return Err(reason.reason());
+            }
+        }
+    }
+}
+
+/// Boxed so that the rarely-running write does not size every idle task's future.
 async fn write(socket: &mut WebSocket, msg: Message, limit: Duration) -> bool {
-    matches!(timeout(limit, socket.send(msg)).await, Ok(Ok(())))
+    matches!(Box::pin(timeout(limit, socket.send(msg))).await, Ok(Ok(())))
 }
 
 /// Starts the closing handshake and reads until the client answers it (or
 /// `limit` passes), so that unread input does not turn the close into a reset
 /// that would hide the reason from the client.
 async fn send_close(socket: &mut WebSocket, reason: CloseReason, limit: Duration) -> bool {
+    // Boxed, like `write`, to keep idle tasks small.
+    Box::pin(close_handshake(socket, reason, limit)).await
+}
+
+async fn close_handshake(socket: &mut WebSocket, reason: CloseReason, limit: Duration) -> bool {
     let frame = CloseFrame {
         code: reason.code(),
         reason: reason.reason().into(),
