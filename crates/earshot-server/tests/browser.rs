@@ -18,10 +18,11 @@ mod support;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
+use std::cell::RefCell;
 use std::fmt;
 use std::time::{Duration, Instant};
 use support::netns::{self, Gate};
-use support::server::Server;
+use support::server::{Server, check_log};
 use support::webdriver::{self, ChromeDriver, Session};
 
 /// How long any one step (a match, a call, audio, a chat message) may take.
@@ -90,77 +91,359 @@ fn browser_webdriver_client_drives_chromium() -> Result<()> {
     Ok(())
 }
 
+/// Every server these tests start logs at trace level, so that the privacy
+/// check at the end of each scenario sees all the server can log.
+const SERVER_ARGS: &[&str] = &["--log", "trace"];
+/// Strings no server log may contain, besides the chat texts a scenario sent
+/// (see `Run::finish`): ICE candidates and SDP (`v=0`, and two lines every
+/// browser's SDP has).
+const NEVER_LOGGED: &[&str] = &["candidate:", "v=0", "a=ice-ufrag", "a=fingerprint"];
+/// How long the restart scenario keeps the server down.
+const DOWNTIME: Duration = Duration::from_secs(2);
+/// How long a SIGTERM'd server may take to exit (it closes every socket with
+/// 1012 and waits for the clients to answer, a second at most each).
+const STOP: Duration = Duration::from_secs(10);
+
 /// Two strangers meet, hear each other and chat; skips re-queue both sides
 /// without re-matching the pair; End goes idle and re-queues the partner;
 /// shared interests show; and the time to audio of every call is printed.
+/// Ends with the privacy checks of `Run::finish`.
 #[test]
 fn browser_strangers_talk_and_chat() -> Result<()> {
-    if !should_run("browser_strangers_talk_and_chat")? {
-        return Ok(());
-    }
-    let mut server = Server::start(env!("CARGO_BIN_EXE_earshot"), &[])?;
-    let driver = ChromeDriver::start()?;
-    let url = server.url.clone();
-    let opened: Vec<Result<Browser>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = ["A", "B", "C"]
-            .into_iter()
-            .map(|name| {
-                let (driver, url) = (&driver, &url);
-                scope.spawn(move || Browser::open(driver, name, url))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))
-            })
-            .collect()
-    });
-    let browsers = opened
-        .into_iter()
-        .collect::<Result<Vec<_>>>()
-        .with_context(|| {
+    Run::scenario("browser_strangers_talk_and_chat", &["A", "B", "C"], |run| {
+        let mut times = Vec::new();
+        let result = strangers_scenario(run, &mut times);
+        report(&times);
+        result
+    })
+}
+
+/// A call survives a server restart: A and B talk; the server is stopped
+/// with SIGTERM (it closes the WebSockets with 1012) and stays down for
+/// [`DOWNTIME`], during which both pages stay connected, audio keeps coming
+/// and chat still goes through (all of it peer to peer); a new server comes
+/// up on the same port, both pages reconnect their signalling on their own,
+/// and the call from before is the same peer connection, never having left
+/// `connected`. Then A skips and B starts again: a new call through the new
+/// server. Ends with the privacy checks of `Run::finish`, over the logs of
+/// both servers.
+#[test]
+fn browser_call_survives_a_server_restart() -> Result<()> {
+    Run::scenario(
+        "browser_call_survives_a_server_restart",
+        &["A", "B"],
+        restart_scenario,
+    )
+}
+
+/// One scenario's world: its browsers, its servers (the current one last)
+/// and every chat text it sent.
+struct Run<'d> {
+    browsers: Vec<Browser<'d>>,
+    servers: RefCell<Vec<Server>>,
+    said: RefCell<Vec<String>>,
+}
+
+impl Run<'_> {
+    /// Starts a server, a chromedriver and one browser per name with the page
+    /// open, runs `scenario`, then `finish`. On failure, prints what every
+    /// page shows, its console and the servers' output.
+    fn scenario(
+        test: &str,
+        names: &[&'static str],
+        scenario: impl FnOnce(&Run) -> Result<()>,
+    ) -> Result<()> {
+        if !should_run(test)? {
+            return Ok(());
+        }
+        let server = Server::start(env!("CARGO_BIN_EXE_earshot"), SERVER_ARGS)?;
+        let driver = ChromeDriver::start()?;
+        let browsers = Browser::open_all(&driver, names, &server.url).with_context(|| {
             format!(
                 "cannot open the page in Chromium; earshot output:\n{}",
                 server.output_tail(40)
             )
         })?;
-
-    let mut times = Vec::new();
-    let started = Instant::now();
-    let result = scenario(&browsers, &mut times);
-    let elapsed = started.elapsed();
-    report(&times);
-    let verbose = std::env::var_os("EARSHOT_E2E_VERBOSE").is_some();
-    if let Err(e) = &result {
-        eprintln!("scenario failed after {elapsed:.1?}: {e:#}");
-        for b in &browsers {
-            match b.snapshot() {
-                Ok(snap) => eprintln!("{snap}"),
-                Err(e) => eprintln!("{}: no snapshot: {e:#}", b.name),
+        let run = Run {
+            browsers,
+            servers: RefCell::new(vec![server]),
+            said: RefCell::new(Vec::new()),
+        };
+        let started = Instant::now();
+        let result = scenario(&run).and_then(|()| run.finish());
+        let elapsed = started.elapsed();
+        let verbose = std::env::var_os("EARSHOT_E2E_VERBOSE").is_some();
+        if let Err(e) = &result {
+            eprintln!("{test} failed after {elapsed:.1?}: {e:#}");
+            for b in &run.browsers {
+                match b.snapshot() {
+                    Ok(snap) => eprintln!("{snap}"),
+                    Err(e) => eprintln!("{}: no snapshot: {e:#}", b.name),
+                }
+                eprintln!("--- console of {} ---\n{}", b.name, b.session.console_log());
             }
-            eprintln!("--- console of {} ---\n{}", b.name, b.session.console_log());
-        }
-        eprintln!(
-            "--- earshot output (running: {}) ---\n{}",
-            server.is_running(),
-            server.output_tail(80)
-        );
-    } else {
-        println!("browser scenario took {elapsed:.1?}");
-        if verbose {
-            for b in &browsers {
-                println!("--- console of {} ---\n{}", b.name, b.session.console_log());
+            for (i, server) in run.servers.borrow_mut().iter_mut().enumerate() {
+                eprintln!(
+                    "--- earshot #{} output (running: {}) ---\n{}",
+                    i + 1,
+                    server.is_running(),
+                    server.output_tail(80)
+                );
             }
-            println!("--- earshot output ---\n{}", server.output_tail(200));
+        } else {
+            println!("{test}: scenario took {elapsed:.1?}");
+            if verbose {
+                for b in &run.browsers {
+                    println!("--- console of {} ---\n{}", b.name, b.session.console_log());
+                }
+                for (i, server) in run.servers.borrow().iter().enumerate() {
+                    println!(
+                        "--- earshot #{} output ---\n{}",
+                        i + 1,
+                        server.output_tail(200)
+                    );
+                }
+            }
         }
+        result
     }
-    result
+
+    /// The privacy checks that end every scenario. Every page: no cookie (as
+    /// `document.cookie` and as WebDriver sees them, `HttpOnly` included),
+    /// empty `localStorage` and `sessionStorage`, no IndexedDB database.
+    /// Then the server is stopped (SIGTERM, so that its last lines are in)
+    /// and the output of every server of the run is checked with
+    /// `server::check_log`: no chat text the run sent, nothing of
+    /// [`NEVER_LOGGED`], and proof that it was a trace log of the session.
+    fn finish(&self) -> Result<()> {
+        for b in &self.browsers {
+            b.check_nothing_stored()?;
+        }
+        let status = self.stop_server()?;
+        ensure!(
+            status.success(),
+            "earshot exited with {status} after SIGTERM"
+        );
+        let said = self.said.borrow();
+        ensure!(
+            !said.is_empty(),
+            "the scenario sent no chat text to look for"
+        );
+        let mut secrets: Vec<&str> = NEVER_LOGGED.to_vec();
+        secrets.extend(said.iter().map(String::as_str));
+        for (i, server) in self.servers.borrow().iter().enumerate() {
+            check_log(&server.output(), &secrets, &["matched"])
+                .with_context(|| format!("privacy: the log of earshot #{}", i + 1))?;
+        }
+        Ok(())
+    }
+
+    /// Stops the current server with SIGTERM and waits for it to exit.
+    fn stop_server(&self) -> Result<std::process::ExitStatus> {
+        let mut servers = self.servers.borrow_mut();
+        let server = servers.last_mut().context("no server")?;
+        server.stop(STOP)
+    }
+
+    /// Starts a new server on the port of the last one (stopped by now).
+    fn restart_server(&self) -> Result<()> {
+        let port = self.servers.borrow().last().context("no server")?.port();
+        let server = Server::start_on(
+            env!("CARGO_BIN_EXE_earshot"),
+            "127.0.0.1:0",
+            SERVER_ARGS,
+        )?;
+        ensure!(
+            server.port() != port,
+            "the new server announced {} instead of port {port}",
+            server.url
+        );
+        self.servers.borrow_mut().push(server);
+        Ok(())
+    }
+
+    /// `from` types `text` into the chat and sends it; it must show up in
+    /// `to`'s chat log. The text is remembered for the log check.
+    fn chat(&self, from: &Browser, to: &Browser, text: &str) -> Result<()> {
+        self.said.borrow_mut().push(text.to_string());
+        from.testid("chat-input")?.send_keys(text)?;
+        from.click("chat-send")?;
+        wait_for(&format!("{text:?} in {}'s chat log", to.name), &[to], |s| {
+            s[0].chat.iter().any(|line| line.contains(text))
+        })?;
+        Ok(())
+    }
 }
 
-fn scenario(browsers: &[Browser], times: &mut Vec<f64>) -> Result<()> {
-    let [a, b, c] = browsers else {
+/// `a` presses Start, then `b`: they meet, hear each other (see
+/// [`check_audio_flows`]) and chat both ways. The time to audio.
+fn meet_and_chat(run: &Run, a: &Browser, b: &Browser) -> Result<f64> {
+    a.arm()?;
+    b.arm()?;
+    a.click("start")?;
+    wait_for(&format!("{} searching", a.name), &[a], |s| {
+        s[0].state == "searching"
+    })?;
+    b.click("start")?;
+    wait_for(
+        &format!("{} and {} connected", a.name, b.name),
+        &[a, b],
+        |s| s.iter().all(|s| s.state == "connected"),
+    )?;
+    let since = a.clicked_at("start")?.max(b.clicked_at("start")?);
+    let time = time_to_audio(a, b, since)?;
+    check_audio_flows(&[a, b])?;
+    for (from, to) in [(a, b), (b, a)] {
+        run.chat(
+            from,
+            to,
+            &format!("hello from {} to {}", from.name, to.name),
+        )?;
+    }
+    Ok(time)
+}
+
+fn restart_scenario(run: &Run) -> Result<()> {
+    let [a, b] = &run.browsers[..] else {
+        bail!("expected two browsers")
+    };
+    let time = meet_and_chat(run, a, b)?;
+    println!("restart scenario: time to audio {time:.0} ms");
+
+    // From here on, any change of data-state or of the peer connection's
+    // state is recorded.
+    for x in [a, b] {
+        x.arm()?;
+        x.watch_call()?;
+    }
+    let stopping = Instant::now();
+    let status = run.stop_server()?;
+    let down_at = Instant::now();
+    ensure!(
+        status.success(),
+        "earshot exited with {status} after SIGTERM"
+    );
+    println!(
+        "restart scenario: earshot exited {:.0?} after SIGTERM",
+        down_at - stopping
+    );
+
+    // While it is down: the pages say they are reconnecting, yet stay
+    // connected; the socket they had was closed with 1012; chat goes
+    // through and audio keeps coming.
+    wait_for(
+        "both pages connected and reconnecting to the server",
+        &[a, b],
+        |s| {
+            s.iter()
+                .all(|s| s.state == "connected" && s.status.contains("Reconnecting"))
+        },
+    )?;
+    for x in [a, b] {
+        let sockets = x.sockets()?;
+        let last_ready = sockets
+            .iter()
+            .rev()
+            .find(|s| s["welcome"].as_f64().is_some())
+            .with_context(|| format!("{}: no socket ever got a welcome: {sockets:?}", x.name))?;
+        ensure!(
+            last_ready["close"]["code"] == json!(1012)
+                && last_ready["close"]["reason"] == json!("server restart"),
+            "{}: the signalling socket was not closed with 1012 \"server restart\": {last_ready}",
+            x.name
+        );
+    }
+    let before = [a.stats()?, b.stats()?];
+    for (from, to) in [(a, b), (b, a)] {
+        let text = format!("{} to {}, server down", from.name, to.name);
+        run.chat(from, to, &text)?;
+    }
+    hold(
+        "both pages connected while the server is down",
+        &[a, b],
+        DOWNTIME.saturating_sub(down_at.elapsed()),
+        |s| s.state == "connected",
+    )?;
+    let after = [a.stats()?, b.stats()?];
+    for (x, (first, second)) in [a, b].into_iter().zip(before.iter().zip(&after)) {
+        check_audio_between(x, first, second, "while the server was down")?;
+    }
+    for x in [a, b] {
+        x.check_call_unbroken()?;
+    }
+    let downtime = down_at.elapsed();
+
+    // A new server on the same port: the pages reconnect on their own and
+    // the call carries on, untouched.
+    run.restart_server()?;
+    let up_at = Instant::now();
+    wait_for(
+        "both pages back on the server, still connected",
+        &[a, b],
+        |s| {
+            s.iter()
+                .all(|s| s.state == "connected" && !s.status.contains("Reconnecting"))
+        },
+    )?;
+    let back = up_at.elapsed();
+    for x in [a, b] {
+        let sockets = x.sockets()?;
+        let welcomed = sockets
+            .iter()
+            .filter(|s| s["welcome"].as_f64().is_some())
+            .count();
+        ensure!(
+            welcomed == 2,
+            "{}: expected one welcome before and one after the restart: {sockets:?}",
+            x.name
+        );
+        println!(
+            "restart scenario: {} opened {} sockets in all ({} refused while down)",
+            x.name,
+            sockets.len(),
+            sockets.len() - welcomed
+        );
+    }
+    println!(
+        "restart scenario: down for {downtime:.1?}; pages back on the new server {back:.1?} after it started"
+    );
+    check_audio_flows(&[a, b])?;
+    for x in [a, b] {
+        x.check_call_unbroken()?;
+    }
+
+    // A new call through the new server: A skips (the new server does not
+    // know the old call, so the page searches afresh), B sees the stranger
+    // leave, presses Start and meets A.
+    for x in [a, b] {
+        x.arm()?;
+    }
+    a.click("skip")?;
+    wait_for("A searching, B told the stranger left", &[a, b], |s| {
+        s[0].state == "searching" && is_ended(&s[1])
+    })?;
+    b.click("start")?;
+    wait_for("A and B in a new call", &[a, b], |_| {
+        a.newly_connected().unwrap_or(false) && b.newly_connected().unwrap_or(false)
+    })?;
+    let time = time_to_audio(a, b, b.clicked_at("start")?)?;
+    println!("restart scenario: new call through the new server, time to audio {time:.0} ms");
+    let log = run.servers.borrow().last().context("no server")?.output();
+    ensure!(
+        log.contains("matched"),
+        "the new call did not go through the new server: its log has no \"matched\""
+    );
+    a.click("end")?;
+    wait_for("A idle, B searching", &[a, b], |s| {
+        is_ended(&s[0]) && s[1].state == "searching"
+    })?;
+    b.click("end")?;
+    wait_for("B idle", &[b], |s| is_ended(&s[0]))?;
+    Ok(())
+}
+
+fn strangers_scenario(run: &Run, times: &mut Vec<f64>) -> Result<()> {
+    let [a, b, c] = &run.browsers[..] else {
         bail!("expected three browsers")
     };
     for x in [a, b, c] {
@@ -172,27 +455,7 @@ fn scenario(browsers: &[Browser], times: &mut Vec<f64>) -> Result<()> {
     }
 
     // 1. A and B press Start, meet, hear each other and chat both ways.
-    a.arm()?;
-    b.arm()?;
-    a.click("start")?;
-    wait_for("A searching", &[a], |s| s[0].state == "searching")?;
-    b.click("start")?;
-    wait_for("A and B connected", &[a, b], |s| {
-        s.iter().all(|s| s.state == "connected")
-    })?;
-    let since = a.clicked_at("start")?.max(b.clicked_at("start")?);
-    times.push(time_to_audio(a, b, since)?);
-    for x in [a, b] {
-        check_audio_flows(x)?;
-    }
-    for (from, to) in [(a, b), (b, a)] {
-        let text = format!("hello from {} to {}", from.name, to.name);
-        from.testid("chat-input")?.send_keys(&text)?;
-        from.click("chat-send")?;
-        wait_for(&format!("{text:?} in {}'s chat log", to.name), &[to], |s| {
-            s[0].chat.iter().any(|line| line.contains(&text))
-        })?;
-    }
+    times.push(meet_and_chat(run, a, b)?);
 
     // 2. C waits; A skips B. Both are back in the queue, C meets one of
     //    them (X) and the other (Y) keeps searching.
@@ -237,7 +500,7 @@ fn scenario(browsers: &[Browser], times: &mut Vec<f64>) -> Result<()> {
     )?;
     hold(
         &format!("{} still searching (no re-match with A/B partner)", x.name),
-        x,
+        &[x],
         Duration::from_millis(1500),
         |s| s.state == "searching",
     )?;
@@ -256,7 +519,7 @@ fn scenario(browsers: &[Browser], times: &mut Vec<f64>) -> Result<()> {
         &[y, c],
         |s| is_ended(&s[0]) && s[1].state == "searching",
     )?;
-    hold("C still searching", c, Duration::from_millis(500), |s| {
+    hold("C still searching", &[c], Duration::from_millis(500), |s| {
         s.state == "searching"
     })?;
 
@@ -342,21 +605,39 @@ fn time_to_audio(x: &Browser, y: &Browser, since: f64) -> Result<f64> {
     }
 }
 
-/// Inbound audio keeps flowing (bytes grow over a second), carries sound
-/// (the fake microphone beeps), and every ICE candidate is a loopback one.
-fn check_audio_flows(x: &Browser) -> Result<()> {
-    let first = x.stats()?;
+/// In every one of `browsers`, inbound audio keeps flowing over a second:
+/// see [`check_audio_between`].
+fn check_audio_flows(browsers: &[&Browser]) -> Result<()> {
+    let first = browsers
+        .iter()
+        .map(|x| x.stats())
+        .collect::<Result<Vec<_>>>()?;
     std::thread::sleep(Duration::from_millis(1000));
-    let second = x.stats()?;
+    for (x, first) in browsers.iter().zip(&first) {
+        check_audio_between(x, first, &x.stats()?, "over 1 s")?;
+    }
+    Ok(())
+}
+
+/// Between two [`Browser::stats`] of `x`, `first` and `second` (taken
+/// `when`): inbound audio kept flowing (bytes grew) on a connected peer
+/// connection, carries sound (the fake microphone beeps), and every ICE
+/// candidate is a loopback one.
+fn check_audio_between(x: &Browser, first: &Value, second: &Value, when: &str) -> Result<()> {
     let bytes = |s: &Value| s["bytes"].as_f64().unwrap_or(0.0);
+    ensure!(
+        second["connectionState"] == json!("connected"),
+        "{}: peer connection not connected {when}: {second}",
+        x.name
+    );
     ensure!(
         second["inbound"].as_u64() == Some(1),
         "{}: expected one inbound audio stream: {second}",
         x.name
     );
     ensure!(
-        bytes(&second) > bytes(&first),
-        "{}: inbound audio bytes did not grow over 1 s: {first} then {second}",
+        bytes(second) > bytes(first),
+        "{}: inbound audio bytes did not grow {when}: {first} then {second}",
         x.name
     );
     ensure!(
@@ -443,12 +724,20 @@ fn wait_for(
     }
 }
 
-/// Checks that `ok` keeps holding for `x` for `time`.
-fn hold(what: &str, x: &Browser, time: Duration, ok: impl Fn(&Snapshot) -> bool) -> Result<()> {
+/// Checks that `ok` keeps holding for the page of every one of `browsers`
+/// for `time`.
+fn hold(
+    what: &str,
+    browsers: &[&Browser],
+    time: Duration,
+    ok: impl Fn(&Snapshot) -> bool,
+) -> Result<()> {
     let end = Instant::now() + time;
     while Instant::now() < end {
-        let snap = x.snapshot()?;
-        ensure!(ok(&snap), "expected {what}, but: {snap}");
+        for x in browsers {
+            let snap = x.snapshot()?;
+            ensure!(ok(&snap), "expected {what}, but: {snap}");
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
@@ -579,6 +868,62 @@ pc.getStats().then(stats => {
 }, err => done({error: String(err)}));
 "#;
 
+/// Installed before the page's own scripts: keeps a record of every
+/// WebSocket the page opens (when, whether it got a `welcome`, how it
+/// closed) in `window.__e2eSockets`. It only listens, with
+/// `addEventListener`, so the page's own handlers are untouched.
+const SOCKET_LOG_JS: &str = r#"
+(() => {
+  const Native = window.WebSocket;
+  if (typeof Native !== 'function') return;
+  const log = [];
+  Object.defineProperty(window, '__e2eSockets', {value: log});
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      const rec = {opened: Date.now(), open: null, welcome: null, close: null};
+      log.push(rec);
+      this.addEventListener('open', () => { rec.open = Date.now(); });
+      this.addEventListener('message', (ev) => {
+        if (rec.welcome !== null || typeof ev.data !== 'string') return;
+        try { if (JSON.parse(ev.data).type === 'welcome') rec.welcome = Date.now(); } catch {}
+      });
+      this.addEventListener('close', (ev) => {
+        rec.close = {code: ev.code, reason: ev.reason, at: Date.now()};
+      });
+    }
+  };
+})();
+"#;
+
+/// Starts watching the current peer connection: every change of its
+/// connection and ICE state from now on.
+const WATCH_CALL_JS: &str = r#"
+const pc = window.earshot && window.earshot.pc;
+if (!pc) return 'window.earshot.pc is null';
+const w = {pc, conn: [pc.connectionState], ice: [pc.iceConnectionState]};
+pc.addEventListener('connectionstatechange', () => w.conn.push(pc.connectionState));
+pc.addEventListener('iceconnectionstatechange', () => w.ice.push(pc.iceConnectionState));
+window.__e2e.watch = w;
+return null;
+"#;
+
+const WATCHED_CALL_JS: &str = r#"
+const w = window.__e2e.watch;
+if (!w) return {error: 'not watching a call'};
+return {same: !!window.earshot && window.earshot.pc === w.pc, conn: w.conn, ice: w.ice};
+"#;
+
+/// What the page keeps on the device.
+const STORED_JS: &str = r#"
+const done = arguments[arguments.length - 1];
+const out = {cookie: document.cookie, local: localStorage.length,
+             session: sessionStorage.length, indexedDB: []};
+const dbs = indexedDB.databases ? indexedDB.databases() : Promise.resolve([]);
+dbs.then(list => { out.indexedDB = list.map(d => d.name); done(out); },
+         err => { out.indexedDB = ['(error: ' + err + ')']; done(out); });
+"#;
+
 /// One Chromium with the Earshot page open.
 struct Browser<'d> {
     name: &'static str,
@@ -586,8 +931,32 @@ struct Browser<'d> {
 }
 
 impl<'d> Browser<'d> {
+    /// One browser per name, opened in parallel.
+    fn open_all(
+        driver: &'d ChromeDriver,
+        names: &[&'static str],
+        url: &str,
+    ) -> Result<Vec<Browser<'d>>> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = names
+                .iter()
+                .map(|&name| scope.spawn(move || Browser::open(driver, name, url)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))
+                })
+                .collect()
+        })
+    }
+
     fn open(driver: &'d ChromeDriver, name: &'static str, url: &str) -> Result<Browser<'d>> {
         let session = driver.session()?;
+        session
+            .add_init_script(SOCKET_LOG_JS)
+            .with_context(|| format!("{name}: cannot install the WebSocket log"))?;
         session.goto(url)?;
         let browser = Browser { name, session };
         // The page is a module script: wait for it to render its controls.
@@ -668,6 +1037,71 @@ impl<'d> Browser<'d> {
         probe["clicks"][id]
             .as_f64()
             .with_context(|| format!("{}: no click on {id} recorded", self.name))
+    }
+
+    /// Starts recording the current call's peer connection states (see
+    /// `WATCH_CALL_JS`), for [`Browser::check_call_unbroken`].
+    fn watch_call(&self) -> Result<()> {
+        let error = self.session.execute(WATCH_CALL_JS, json!([]))?;
+        ensure!(
+            error.is_null(),
+            "{}: cannot watch the call: {error}",
+            self.name
+        );
+        Ok(())
+    }
+
+    /// Since [`Browser::watch_call`] and [`Browser::arm`]: the page still has
+    /// the same peer connection, it never left `connected` (ICE: `connected`
+    /// or `completed`), and neither did the page's `data-state`.
+    fn check_call_unbroken(&self) -> Result<()> {
+        let w = self.session.execute(WATCHED_CALL_JS, json!([]))?;
+        let states = self.probe()?["states"].clone();
+        let all = |v: &Value, ok: &[&str]| {
+            v.as_array().is_some_and(|a| {
+                a.iter()
+                    .all(|s| s.as_str().is_some_and(|s| ok.contains(&s)))
+            })
+        };
+        ensure!(
+            w["same"] == json!(true)
+                && all(&w["conn"], &["connected"])
+                && all(&w["ice"], &["connected", "completed"])
+                && all(&states, &["connected"]),
+            "{}: the call did not stay up: peer connection {w}, data-state since then {states}",
+            self.name
+        );
+        Ok(())
+    }
+
+    /// Every WebSocket the page opened, oldest first (see `SOCKET_LOG_JS`).
+    fn sockets(&self) -> Result<Vec<Value>> {
+        match self
+            .session
+            .execute("return window.__e2eSockets || null", json!([]))?
+        {
+            Value::Array(sockets) => Ok(sockets),
+            other => bail!("{}: no WebSocket log: {other}", self.name),
+        }
+    }
+
+    /// Privacy: no cookie (neither in `document.cookie` nor any the browser
+    /// holds for the page), empty `localStorage` and `sessionStorage`, no
+    /// IndexedDB database.
+    fn check_nothing_stored(&self) -> Result<()> {
+        let stored = self.session.execute_async(STORED_JS, json!([]))?;
+        ensure!(
+            stored == json!({"cookie": "", "local": 0, "session": 0, "indexedDB": []}),
+            "{}: the page stored something: {stored}",
+            self.name
+        );
+        let cookies = self.session.cookies()?;
+        ensure!(
+            cookies.is_empty(),
+            "{}: the browser holds cookies for the page: {cookies:?}",
+            self.name
+        );
+        Ok(())
     }
 
     fn stats(&self) -> Result<Value> {

@@ -1,16 +1,20 @@
 //! The real `earshot` binary, started on loopback ports for a test.
 //!
-//! It listens on `127.0.0.1:0` (HTTP and STUN) and announces its URL on
+//! It listens on `127.0.0.1:0` (HTTP and STUN), or on a given HTTP address
+//! to come back on the same port after a restart, and announces its URL on
 //! stdout. Two threads drain stdout and stderr for as long as it runs, so a
-//! chatty server never blocks on a full pipe, and keep the lines for failure
-//! messages. Dropping the [`Server`] kills the process.
+//! chatty server never blocks on a full pipe, and keep every line: for
+//! failure messages, and for [`check_log`], which looks through all of it for
+//! things a log must never contain. [`Server::stop`] stops it the way an
+//! operator would (SIGTERM); dropping the [`Server`] kills the process.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// How long the server may take to print its URL.
 const STARTUP: Duration = Duration::from_secs(20);
@@ -20,14 +24,23 @@ pub struct Server {
     /// `http://127.0.0.1:PORT/`, as the server announced it.
     pub url: String,
     output: Arc<Mutex<Vec<String>>>,
+    /// The threads draining stdout and stderr; they end when the pipes close.
+    drains: Vec<JoinHandle<()>>,
 }
 
 impl Server {
     /// Starts `binary --listen 127.0.0.1:0 --stun-listen 127.0.0.1:0` plus
     /// `extra_args`, and waits for the URL on its stdout.
     pub fn start(binary: &str, extra_args: &[&str]) -> Result<Server> {
+        Server::start_on(binary, "127.0.0.1:0", extra_args)
+    }
+
+    /// Like [`Server::start`], with HTTP and the WebSocket on `listen`
+    /// (`127.0.0.1:PORT`, e.g. the port of a server that was just stopped);
+    /// STUN still gets a fresh port.
+    pub fn start_on(binary: &str, listen: &str, extra_args: &[&str]) -> Result<Server> {
         let mut child = Command::new(binary)
-            .args(["--listen", "127.0.0.1:0", "--stun-listen", "127.0.0.1:0"])
+            .args(["--listen", listen, "--stun-listen", "127.0.0.1:0"])
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -38,12 +51,15 @@ impl Server {
         let (url_tx, url_rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout was piped above");
         let stderr = child.stderr.take().expect("stderr was piped above");
-        drain(stdout, "out", Arc::clone(&output), Some(url_tx));
-        drain(stderr, "err", Arc::clone(&output), None);
+        let drains = vec![
+            drain(stdout, "out", Arc::clone(&output), Some(url_tx)),
+            drain(stderr, "err", Arc::clone(&output), None),
+        ];
         let mut server = Server {
             child,
             url: String::new(),
             output,
+            drains,
         };
         match url_rx.recv_timeout(STARTUP) {
             Ok(url) => server.url = url,
@@ -66,10 +82,124 @@ impl Server {
         lines[start..].join("\n")
     }
 
+    /// Everything the server printed so far, one line each, prefixed `out|`
+    /// or `err|`.
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// The HTTP port, from the announced URL.
+    pub fn port(&self) -> u16 {
+        self.url
+            .trim_end_matches('/')
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the URL was checked to end in :PORT/ at startup")
+    }
+
+    /// Stops the server gracefully: SIGTERM (with the `kill` program, so no
+    /// libc), then waits up to `limit` for it to exit and for its output to be
+    /// read to the end. Its exit status; an error if it outlives `limit` (it
+    /// is then killed).
+    pub fn stop(&mut self, limit: Duration) -> Result<ExitStatus> {
+        // Only signal a child that has not been reaped: until then its pid
+        // cannot belong to anyone else.
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        let pid = self.child.id().to_string();
+        let kill = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .context("cannot run kill -TERM")?;
+        ensure!(kill.success(), "kill -TERM {pid} failed: {kill}");
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "earshot did not exit within {limit:?} of SIGTERM; its output:\n{}",
+                    self.output_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The pipes close with the process: wait for the last lines.
+        while !self.drains.iter().all(JoinHandle::is_finished) {
+            if Instant::now() > deadline {
+                bail!("earshot exited ({status}) but its output pipes stayed open");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(status)
+    }
+}
+
+/// Checks server `output` for privacy (README: logs never contain an IP
+/// address, SDP, ICE candidate or chat text, at any level): none of
+/// `secrets` may appear in it, as text or as lowercase hex (the way a
+/// WebSocket library's trace of a frame would print a payload). ANSI colour
+/// codes are removed first, so they cannot split a match.
+///
+/// Such a check passes trivially on an empty log, so the output must also
+/// show that it was written at trace level and saw the session: a `TRACE`
+/// line and every one of `expected`.
+pub fn check_log(output: &str, secrets: &[&str], expected: &[&str]) -> Result<()> {
+    let log = strip_ansi(output);
+    ensure!(
+        log.lines().any(|l| l.contains(" TRACE ")),
+        "no TRACE line in the server output, so its privacy check proves nothing \
+         (was it started with --log trace?):\n{log}"
+    );
+    for want in expected {
+        ensure!(
+            log.contains(want),
+            "the server output never mentions {want:?}, so it did not see the session \
+             and its privacy check proves nothing:\n{log}"
+        );
+    }
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+        for needle in [secret.to_string(), hex] {
+            if let Some(line) = log.lines().find(|l| l.contains(&needle)) {
+                bail!("the server output contains {needle:?} (from {secret:?}): {line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        if chars.next() == Some('[') {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        }
+    }
+    out
 }
 
 impl Drop for Server {
@@ -86,7 +216,7 @@ fn drain(
     tag: &'static str,
     output: Arc<Mutex<Vec<String>>>,
     mut url_tx: Option<mpsc::Sender<String>>,
-) {
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
@@ -100,7 +230,7 @@ fn drain(
                 .unwrap_or_else(|e| e.into_inner())
                 .push(format!("{tag}| {line}"));
         }
-    });
+    })
 }
 
 /// `http://127.0.0.1:PORT/` out of a line such as
@@ -111,4 +241,19 @@ fn find_url(line: &str) -> Option<String> {
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     let port: u16 = digits.parse().ok()?;
     (port != 0).then(|| format!("http://127.0.0.1:{port}/"))
+}
+
+#[test]
+fn check_log_needs_a_trace_log_that_saw_the_session_and_finds_secrets() {
+    let log = "err| \u{1b}[2m2024\u{1b}[0m \u{1b}[35mTRACE\u{1b}[0m conn: relaying a signal\n\
+               err| DEBUG matched call=1";
+    assert!(check_log(log, &["v=0", "candidate:"], &["matched"]).is_ok());
+    assert!(check_log(log, &["relaying"], &[]).is_err());
+    assert!(check_log(log, &["v=0"], &["welcome"]).is_err());
+    assert!(check_log("err| DEBUG matched", &["v=0"], &["matched"]).is_err());
+    let hex = format!("{log}\nerr| TRACE frame payload: 0x{}", "763d300d0a");
+    assert!(check_log(&hex, &["v=0"], &["matched"]).is_err());
+    // A colour code inside a secret does not hide it.
+    let split = format!("{log}\nerr| TRACE cand\u{1b}[1midate:1");
+    assert!(check_log(&split, &["candidate:"], &["matched"]).is_err());
 }

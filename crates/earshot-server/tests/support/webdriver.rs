@@ -203,6 +203,35 @@ impl<'d> Session<'d> {
         )
     }
 
+    /// Runs a Chrome DevTools Protocol command through chromedriver (its
+    /// `goog/cdp/execute` extension); the command's result.
+    pub fn cdp(&self, cmd: &str, params: Value) -> Result<Value> {
+        self.cmd(
+            "POST",
+            "/goog/cdp/execute",
+            Some(&json!({"cmd": cmd, "params": params})),
+        )
+    }
+
+    /// Runs `source` in every document this session loads from now on,
+    /// before any of the page's own scripts.
+    pub fn add_init_script(&self, source: &str) -> Result<()> {
+        self.cdp(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": source }),
+        )?;
+        Ok(())
+    }
+
+    /// Every cookie the browser holds for the current page, `HttpOnly` ones
+    /// included (which `document.cookie` does not show).
+    pub fn cookies(&self) -> Result<Vec<Value>> {
+        match self.cmd("GET", "/cookie", None)? {
+            Value::Array(cookies) => Ok(cookies),
+            other => bail!("GET /cookie: not an array: {other}"),
+        }
+    }
+
     /// The page's console messages since the last call (a chromedriver
     /// extension, for failure messages), one per line.
     pub fn console_log(&self) -> String {
