@@ -79,7 +79,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     });
     let router = http::router(app.clone());
     let server = tokio::spawn(async move {
-        let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
+        let serve =
+            axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "HTTP server failed");
         }
@@ -104,7 +105,10 @@ impl Running {
         self.app.shutdown.cancel();
         self.app.tracker.close();
         let drain = self.app.settings.drain_timeout;
-        if tokio::time::timeout(drain, self.app.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(drain, self.app.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some connections did not close in time");
         }
         let _ = tokio::time::timeout(drain, self.server).await;

@@ -30,27 +30,21 @@ pub fn configure(upgrade: WebSocketUpgrade, max_frame_bytes: usize) -> WebSocket
 }
 
 /// Serves one upgraded socket until it closes, the hub drops it, or shutdown.
-///
-/// A plain `fn` returning an `async move` block: an `async fn` would keep its
-/// arguments twice in every connection's future.
-pub fn serve(
-    socket: WebSocket,
+pub async fn serve(
+    mut socket: WebSocket,
     app: Arc<App>,
     info: ConnInfo,
     permit: Option<OwnedSemaphorePermit>,
-) -> impl Future<Output = ()> {
-    async move {
-        let mut socket = socket;
-        match permit {
-            Some(_permit) => connection(&mut socket, &app, info).await,
-            None => {
-                send_close(
-                    &mut socket,
-                    CloseReason::ServerFull,
-                    app.settings.write_timeout,
-                )
-                .await;
-            }
+) {
+    match permit {
+        Some(_permit) => connection(&mut socket, &app, info).await,
+        None => {
+            send_close(
+                &mut socket,
+                CloseReason::ServerFull,
+                app.settings.write_timeout,
+            )
+            .await;
         }
     }
 }

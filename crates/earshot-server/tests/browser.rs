@@ -8,11 +8,20 @@
 //! mandatory; a plain `cargo test` on a machine with a network skips them with
 //! a notice.
 //!
-//! The scenario drives the page only through its `data-testid` elements and
-//! reads `window.earshot.pc` (the current `RTCPeerConnection`) for stats. It
-//! also measures time to audio: from the click that makes a match possible to
-//! decoded audio with energy arriving on both sides, timed inside the pages
-//! with `Date.now()` so that WebDriver round trips do not count.
+//! Each scenario (`Run::scenario`) starts its own server, at trace level, and
+//! its own browsers. The scenarios drive the page only through its
+//! `data-testid` elements and read `window.earshot.pc` (the current
+//! `RTCPeerConnection`) for stats; a script installed before the page's own
+//! records the WebSockets it opens and how they close. The strangers
+//! scenario also measures time to audio: from the click that makes a match
+//! possible to decoded audio with energy arriving on both sides, timed inside
+//! the pages with `Date.now()` so that WebDriver round trips do not count.
+//! The restart scenario stops the server under an established call and
+//! starts a new one on the same port.
+//!
+//! Every scenario ends with privacy checks (`Run::finish`): nothing stored
+//! in any page (cookies, Web Storage, IndexedDB), and no chat text, SDP or
+//! ICE candidate anywhere in the server's trace-level output.
 
 mod support;
 
@@ -250,11 +259,11 @@ impl Run<'_> {
         let port = self.servers.borrow().last().context("no server")?.port();
         let server = Server::start_on(
             env!("CARGO_BIN_EXE_earshot"),
-            "127.0.0.1:0",
+            &format!("127.0.0.1:{port}"),
             SERVER_ARGS,
         )?;
         ensure!(
-            server.port() != port,
+            server.port() == port,
             "the new server announced {} instead of port {port}",
             server.url
         );

@@ -2,8 +2,9 @@
 //!
 //! - [`webdriver`]: a tiny blocking W3C WebDriver client (std `TcpStream` +
 //!   serde_json) and the chromedriver process it talks to.
-//! - [`server`]: the real `earshot` binary on loopback ports, with its output
-//!   kept for failure messages.
+//! - [`server`]: the real `earshot` binary on loopback ports, stopped with
+//!   SIGTERM or killed, with its output kept for failure messages and for
+//!   the log privacy check (`server::check_log`).
 //! - [`netns`]: the loopback-only network guard that every WebRTC test runs
 //!   behind, so no candidate or packet ever leaves 127.0.0.1.
 //!
