@@ -323,6 +323,13 @@ impl Server {
                 "127.0.0.1:0",
                 "--max-connections",
                 "20000",
+                // Each worker is one client address holding thousands of
+                // sockets: lift the per-client cap and proof of work, which
+                // exist against exactly that.
+                "--max-connections-per-client",
+                "20000",
+                "--pow",
+                "off",
                 "--log",
                 "warn",
             ])

@@ -20,6 +20,10 @@
 //! - [`protocol`]: the signalling messages and the decoder of client frames
 //!   (`PROTOCOL.md` describes the wire format).
 //! - [`matchmaker`]: the stranger queue with interest lanes.
+//! - [`rooms`]: rooms by link: members, size, passphrase locks.
+//! - [`moderation`]: reports, strikes, bans, keyed by client key.
+//! - [`names`]: room-name rules and memorable random suggestions.
+//! - [`pow`]: proof-of-work challenges for `hello` under load or abuse.
 //! - [`ratelimit`]: token buckets on a caller-supplied clock.
 //! - [`stun`]: an RFC 5389 Binding responder, for the embedded STUN server.
 //!
@@ -27,13 +31,29 @@
 //! sees an address, and the `Debug` of signalling payloads is redacted.
 
 pub mod matchmaker;
+pub mod moderation;
+pub mod names;
+pub mod pow;
 pub mod protocol;
 pub mod ratelimit;
+pub mod rooms;
 pub mod stun;
 pub mod switchboard;
 
 pub use protocol::{ClientMsg, Country, ErrorCode, ServerMsg};
-pub use switchboard::{CloseReason, Config, ConnInfo, Output, Switchboard};
+pub use switchboard::{CloseReason, Config, ConnInfo, Entropy, Output, Switchboard};
+
+/// Who a client is for abuse control: the shell's rotating HMAC of its
+/// address (IPv4, or the IPv6 /64). Shared by all of that client's
+/// connections; meaningless once the HMAC secret has rotated away.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ClientKey(pub [u8; 16]);
+
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientKey(<redacted>)")
+    }
+}
 
 /// Identifies one client connection; assigned by the shell, never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

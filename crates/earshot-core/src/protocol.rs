@@ -18,14 +18,161 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Identifies one call (one matched pair) for the lifetime of the process.
 pub type CallId = u64;
 
+/// Identifies a member within one room.
+pub type PeerId = u32;
+
+/// Longest `auth` value relayed with a room signal (base64url of an HMAC).
+pub const MAX_AUTH_LEN: usize = 128;
+
 /// A message from a client, after decoding and validation of its shape.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMsg {
-    Hello { version: u32 },
-    Search { interests: Vec<String> },
+    Hello {
+        version: u32,
+        pow: Option<crate::pow::PowSolution>,
+    },
+    Search {
+        interests: Vec<String>,
+    },
     Signal(Signal),
     Skip,
     End,
+    RoomSuggest,
+    RoomJoin {
+        room: String,
+        verifier: Option<Verifier>,
+    },
+    RoomSignal(RoomSignal),
+    RoomLock {
+        verifier: Verifier,
+    },
+    RoomUnlock,
+    Report {
+        reason: Option<ReportReason>,
+    },
+    RoomReport {
+        peer: PeerId,
+        reason: Option<ReportReason>,
+    },
+}
+
+/// Why someone reports, from a fixed list (counted, never stored per user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportReason {
+    Harassment,
+    Hate,
+    Sexual,
+    Spam,
+    Underage,
+    Other,
+}
+
+impl ReportReason {
+    pub const ALL: [ReportReason; 6] = [
+        ReportReason::Harassment,
+        ReportReason::Hate,
+        ReportReason::Sexual,
+        ReportReason::Spam,
+        ReportReason::Underage,
+        ReportReason::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportReason::Harassment => "harassment",
+            ReportReason::Hate => "hate",
+            ReportReason::Sexual => "sexual",
+            ReportReason::Spam => "spam",
+            ReportReason::Underage => "underage",
+            ReportReason::Other => "other",
+        }
+    }
+}
+
+/// A room passphrase verifier: 32 bytes, base64url without padding on the wire.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Verifier(pub [u8; 32]);
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Verifier(<redacted>)")
+    }
+}
+
+impl Verifier {
+    /// Parses 43 base64url characters (no padding).
+    pub fn parse(text: &str) -> Option<Verifier> {
+        let bytes = base64url_decode(text)?;
+        Some(Verifier(bytes.try_into().ok()?))
+    }
+
+    /// Equality that takes the same time wherever the first difference is.
+    pub fn ct_eq(&self, other: &Verifier) -> bool {
+        let diff = self
+            .0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+fn base64url_value(c: u8) -> Option<u32> {
+    Some(match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'-' => 62,
+        b'_' => 63,
+        _ => return None,
+    } as u32)
+}
+
+/// Decodes unpadded base64url; `None` on any other character or a bad length.
+pub fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    if bytes.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= base64url_value(c)? << (18 - 6 * i);
+        }
+        let n = chunk.len() - 1;
+        for i in 0..n {
+            out.push((acc >> (16 - 8 * i)) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// A signal between two members of a room: `to` from the sender, `from` to
+/// the receiver. `auth` proves knowledge of a locked room's passphrase (see
+/// PROTOCOL.md); the server only relays it.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct RoomSignal {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<PeerId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<PeerId>,
+    #[serde(flatten)]
+    pub payload: SignalPayload,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+}
+
+impl fmt::Debug for RoomSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RoomSignal")
+            .field("to", &self.to)
+            .field("from", &self.from)
+            .field("payload", &self.payload)
+            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// WebRTC negotiation for one call: exactly one of a description or a candidate.
@@ -150,6 +297,7 @@ pub struct Limits {
     pub rematch_cooldown_ms: u64,
     pub messages_per_second: u32,
     pub message_burst: u32,
+    pub max_room_size: usize,
 }
 
 /// Why a call ended, as told to the partner who did not end it.
@@ -186,6 +334,34 @@ pub enum ServerMsg {
         reason: EndReason,
     },
     Idle,
+    RoomSuggestion {
+        name: String,
+    },
+    RoomJoined {
+        room: String,
+        peer: PeerId,
+        peers: Vec<PeerId>,
+        locked: bool,
+        max_size: usize,
+    },
+    PeerJoined {
+        peer: PeerId,
+    },
+    PeerLeft {
+        peer: PeerId,
+    },
+    #[serde(rename = "signal")]
+    RoomSignal(RoomSignal),
+    RoomLockState {
+        locked: bool,
+    },
+    Challenge {
+        algorithm: &'static str,
+        salt: String,
+        challenge: String,
+        maxnumber: u64,
+        signature: String,
+    },
     Error {
         code: ErrorCode,
         message: &'static str,
@@ -238,12 +414,32 @@ pub enum ErrorCode {
     NotInCall,
     /// `signal` for a call that is not the current one.
     WrongCall,
-    /// Too many messages; `retry_after_ms` says when to try again.
+    /// Too many messages or passphrase attempts; `retry_after_ms` says when to try again.
     RateLimited,
+    /// A room name that breaks the naming rules.
+    BadRoomName,
+    /// `room_join` or `search` while in a room.
+    AlreadyInRoom,
+    /// A room message while not in a room.
+    NotInRoom,
+    /// `signal.to` is not another member of the room.
+    UnknownPeer,
+    /// The room has its maximum number of members.
+    RoomFull,
+    /// The room is locked: join again with a verifier.
+    PassphraseRequired,
+    /// The verifier does not match the room's.
+    WrongPassphrase,
+    /// Banned from matching after reports; `retry_after_ms` says for how long.
+    Banned,
+    /// Removed from the room by its members' reports; cannot rejoin it.
+    Removed,
+    /// A proof of work that is wrong, expired or reused; a new challenge follows.
+    PowInvalid,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -257,6 +453,16 @@ impl ErrorCode {
         ErrorCode::NotInCall,
         ErrorCode::WrongCall,
         ErrorCode::RateLimited,
+        ErrorCode::BadRoomName,
+        ErrorCode::AlreadyInRoom,
+        ErrorCode::NotInRoom,
+        ErrorCode::UnknownPeer,
+        ErrorCode::RoomFull,
+        ErrorCode::PassphraseRequired,
+        ErrorCode::WrongPassphrase,
+        ErrorCode::Banned,
+        ErrorCode::Removed,
+        ErrorCode::PowInvalid,
     ];
 
     /// The code as it appears on the wire.
@@ -275,6 +481,16 @@ impl ErrorCode {
             ErrorCode::NotInCall => "not_in_call",
             ErrorCode::WrongCall => "wrong_call",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BadRoomName => "bad_room_name",
+            ErrorCode::AlreadyInRoom => "already_in_room",
+            ErrorCode::NotInRoom => "not_in_room",
+            ErrorCode::UnknownPeer => "unknown_peer",
+            ErrorCode::RoomFull => "room_full",
+            ErrorCode::PassphraseRequired => "passphrase_required",
+            ErrorCode::WrongPassphrase => "wrong_passphrase",
+            ErrorCode::Banned => "banned",
+            ErrorCode::Removed => "removed",
+            ErrorCode::PowInvalid => "pow_invalid",
         }
     }
 
@@ -295,7 +511,21 @@ impl ErrorCode {
             ErrorCode::AlreadyInCall => "already in a call",
             ErrorCode::NotInCall => "not in a call",
             ErrorCode::WrongCall => "that call is over",
-            ErrorCode::RateLimited => "too many messages, slow down",
+            ErrorCode::RateLimited => "too many attempts, slow down",
+            ErrorCode::BadRoomName => {
+                "room names are 3 to 64 letters a-z, digits or -, not starting or ending with -"
+            }
+            ErrorCode::AlreadyInRoom => "already in a room",
+            ErrorCode::NotInRoom => "not in a room",
+            ErrorCode::UnknownPeer => "no such person in this room",
+            ErrorCode::RoomFull => "this room is full",
+            ErrorCode::PassphraseRequired => "this room is locked: a passphrase is needed",
+            ErrorCode::WrongPassphrase => "wrong passphrase",
+            ErrorCode::Banned => {
+                "you were reported by several people and cannot be matched for a while"
+            }
+            ErrorCode::Removed => "the people in this room removed you from it",
+            ErrorCode::PowInvalid => "that proof of work is wrong, expired or already used",
         }
     }
 }
@@ -334,6 +564,8 @@ struct Envelope<'a> {
 #[derive(Deserialize)]
 struct HelloFields {
     version: u32,
+    #[serde(default)]
+    pow: Option<crate::pow::PowSolution>,
 }
 
 #[derive(Deserialize)]
@@ -344,11 +576,45 @@ struct SearchFields {
 
 #[derive(Deserialize)]
 struct SignalFields {
-    call: CallId,
+    #[serde(default)]
+    call: Option<CallId>,
+    #[serde(default)]
+    to: Option<PeerId>,
     #[serde(default)]
     description: Option<SessionDescription>,
     #[serde(default)]
     candidate: Option<IceCandidate>,
+    #[serde(default)]
+    auth: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RoomJoinFields {
+    room: String,
+    #[serde(default)]
+    verifier: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ReportFields {
+    #[serde(default)]
+    reason: Option<ReportReason>,
+}
+
+#[derive(Deserialize)]
+struct RoomReportFields {
+    peer: PeerId,
+    #[serde(default)]
+    reason: Option<ReportReason>,
+}
+
+#[derive(Deserialize)]
+struct RoomLockFields {
+    verifier: String,
+}
+
+fn verifier(text: &str) -> Result<Verifier, DecodeError> {
+    Verifier::parse(text).ok_or(DecodeError::BadMessage)
 }
 
 /// Decodes one text frame from a client.
@@ -370,7 +636,10 @@ pub fn decode(text: &str) -> Result<ClientMsg, DecodeError> {
     match &*envelope.kind {
         "hello" => {
             let f: HelloFields = fields(text)?;
-            Ok(ClientMsg::Hello { version: f.version })
+            Ok(ClientMsg::Hello {
+                version: f.version,
+                pow: f.pow,
+            })
         }
         "search" => {
             let f: SearchFields = fields(text)?;
@@ -385,13 +654,56 @@ pub fn decode(text: &str) -> Result<ClientMsg, DecodeError> {
                 (None, Some(c)) => SignalPayload::Candidate(c),
                 _ => return Err(DecodeError::BadMessage),
             };
-            Ok(ClientMsg::Signal(Signal {
-                call: f.call,
-                payload,
-            }))
+            match (f.call, f.to) {
+                (Some(call), None) if f.auth.is_none() => {
+                    Ok(ClientMsg::Signal(Signal { call, payload }))
+                }
+                (None, Some(to)) => {
+                    let auth_ok = f
+                        .auth
+                        .as_deref()
+                        .is_none_or(|a| a.len() <= MAX_AUTH_LEN && base64url_decode(a).is_some());
+                    if !auth_ok {
+                        return Err(DecodeError::BadMessage);
+                    }
+                    Ok(ClientMsg::RoomSignal(RoomSignal {
+                        to: Some(to),
+                        from: None,
+                        payload,
+                        auth: f.auth,
+                    }))
+                }
+                _ => Err(DecodeError::BadMessage),
+            }
         }
         "skip" => Ok(ClientMsg::Skip),
         "end" => Ok(ClientMsg::End),
+        "room_suggest" => Ok(ClientMsg::RoomSuggest),
+        "room_join" => {
+            let f: RoomJoinFields = fields(text)?;
+            Ok(ClientMsg::RoomJoin {
+                room: f.room,
+                verifier: f.verifier.as_deref().map(verifier).transpose()?,
+            })
+        }
+        "room_lock" => {
+            let f: RoomLockFields = fields(text)?;
+            Ok(ClientMsg::RoomLock {
+                verifier: verifier(&f.verifier)?,
+            })
+        }
+        "room_unlock" => Ok(ClientMsg::RoomUnlock),
+        "report" => {
+            let f: ReportFields = fields(text)?;
+            Ok(ClientMsg::Report { reason: f.reason })
+        }
+        "room_report" => {
+            let f: RoomReportFields = fields(text)?;
+            Ok(ClientMsg::RoomReport {
+                peer: f.peer,
+                reason: f.reason,
+            })
+        }
         _ => Err(DecodeError::UnknownType),
     }
 }
@@ -431,7 +743,10 @@ mod tests {
     fn decodes_each_client_message() {
         assert_eq!(
             decode(r#"{"type":"hello","version":1}"#),
-            Ok(ClientMsg::Hello { version: 1 })
+            Ok(ClientMsg::Hello {
+                version: 1,
+                pow: None
+            })
         );
         assert_eq!(
             decode(r#"{"type":"search"}"#),
@@ -476,6 +791,96 @@ mod tests {
             decode(r#"{"type":"signal","call":1,"description":{"type":"bogus","sdp":""}}"#),
             Err(DecodeError::BadMessage)
         );
+    }
+
+    #[test]
+    fn decodes_room_messages() {
+        let v = "A".repeat(43);
+        assert_eq!(
+            decode(&format!(
+                r#"{{"type":"room_join","room":"x-y","verifier":"{v}"}}"#
+            )),
+            Ok(ClientMsg::RoomJoin {
+                room: "x-y".into(),
+                verifier: Some(Verifier([0; 32]))
+            })
+        );
+        assert_eq!(
+            decode(r#"{"type":"room_join","room":"x-y","verifier":"short"}"#),
+            Err(DecodeError::BadMessage)
+        );
+        assert_eq!(
+            decode(r#"{"type":"room_lock"}"#),
+            Err(DecodeError::BadMessage)
+        );
+        assert_eq!(
+            decode(r#"{"type":"room_unlock"}"#),
+            Ok(ClientMsg::RoomUnlock)
+        );
+        let m = decode(
+            r#"{"type":"signal","to":2,"candidate":{"candidate":"c"},"auth":"abc_-9","from":7}"#,
+        )
+        .unwrap();
+        let ClientMsg::RoomSignal(s) = m else {
+            panic!("{m:?}")
+        };
+        assert_eq!(
+            (s.to, s.from, s.auth.as_deref()),
+            (Some(2), None, Some("abc_-9"))
+        );
+        for bad in [
+            r#"{"type":"signal","to":2,"call":1,"candidate":{"candidate":"c"}}"#,
+            r#"{"type":"signal","to":2,"candidate":{"candidate":"c"},"auth":"no spaces"}"#,
+            r#"{"type":"signal","call":1,"candidate":{"candidate":"c"},"auth":"abc"}"#,
+        ] {
+            assert_eq!(decode(bad), Err(DecodeError::BadMessage), "{bad}");
+        }
+    }
+
+    #[test]
+    fn decodes_reports() {
+        assert_eq!(
+            decode(r#"{"type":"report","reason":"spam"}"#),
+            Ok(ClientMsg::Report {
+                reason: Some(ReportReason::Spam)
+            })
+        );
+        assert_eq!(
+            decode(r#"{"type":"report"}"#),
+            Ok(ClientMsg::Report { reason: None })
+        );
+        assert_eq!(
+            decode(r#"{"type":"report","reason":"vibes"}"#),
+            Err(DecodeError::BadMessage)
+        );
+        assert_eq!(
+            decode(r#"{"type":"room_report","peer":3,"reason":"hate"}"#),
+            Ok(ClientMsg::RoomReport {
+                peer: 3,
+                reason: Some(ReportReason::Hate)
+            })
+        );
+        assert_eq!(
+            decode(r#"{"type":"room_report"}"#),
+            Err(DecodeError::BadMessage)
+        );
+        for r in ReportReason::ALL {
+            let json = format!(r#"{{"type":"report","reason":"{}"}}"#, r.as_str());
+            assert_eq!(decode(&json), Ok(ClientMsg::Report { reason: Some(r) }));
+        }
+    }
+
+    #[test]
+    fn base64url_round_trips_known_values() {
+        assert_eq!(base64url_decode("").unwrap(), b"");
+        assert_eq!(base64url_decode("Zg").unwrap(), b"f");
+        assert_eq!(base64url_decode("Zm8").unwrap(), b"fo");
+        assert_eq!(base64url_decode("Zm9v").unwrap(), b"foo");
+        assert_eq!(base64url_decode("_-8").unwrap(), [0xff, 0xef]);
+        assert!(base64url_decode("Zm9v=").is_none());
+        assert!(base64url_decode("Z").is_none());
+        assert!(Verifier([1; 32]).ct_eq(&Verifier([1; 32])));
+        assert!(!Verifier([1; 32]).ct_eq(&Verifier([2; 32])));
     }
 
     #[test]

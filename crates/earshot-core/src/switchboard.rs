@@ -13,12 +13,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::ConnId;
 use crate::matchmaker::{MatchConfig, Matchmaker, Pairing};
+use crate::moderation::{ModConfig, Moderation, ReportOutcome};
+use crate::pow::{Pow, PowConfig, PowMode, PowSolution};
 use crate::protocol::{
-    self, CallId, ClientMsg, Country, EndReason, ErrorCode, IceServer, Limits, ServerMsg, Signal,
+    self, CallId, ClientMsg, Country, EndReason, ErrorCode, IceServer, Limits, PeerId,
+    ReportReason, RoomSignal, ServerMsg, Signal, Verifier,
 };
-use crate::ratelimit::TokenBucket;
+use crate::ratelimit::{KeyedBuckets, TokenBucket};
+use crate::rooms::{RoomConfig, RoomId, Rooms};
+use crate::{ClientKey, ConnId, names};
 
 /// Tunables, validated by the shell before they get here.
 #[derive(Debug, Clone)]
@@ -39,6 +43,59 @@ pub struct Config {
     pub hello_timeout: Duration,
     /// How many live waiters one queue scan examines.
     pub scan_limit: usize,
+    pub rooms: RoomConfig,
+    pub moderation: ModConfig,
+    pub per_client: ClientLimits,
+    pub pow: PowConfig,
+}
+
+/// Limits per client key, that is for all of one client's connections
+/// together: a burst, then one per interval.
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    /// Connections open at once.
+    pub connections: usize,
+    pub connects: (u32, Duration),
+    /// Joining the stranger queue: `search` and `skip`.
+    pub searches: (u32, Duration),
+    pub reports: (u32, Duration),
+    /// Joining a room that does not exist yet.
+    pub room_creations: (u32, Duration),
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            connections: 20,
+            connects: (30, Duration::from_secs(2)),
+            searches: (30, Duration::from_secs(2)),
+            reports: (10, Duration::from_secs(120)),
+            room_creations: (10, Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ClientBuckets {
+    connects: KeyedBuckets<ClientKey>,
+    searches: KeyedBuckets<ClientKey>,
+    reports: KeyedBuckets<ClientKey>,
+    room_creations: KeyedBuckets<ClientKey>,
+    /// Open connections per key.
+    open: HashMap<ClientKey, usize>,
+}
+
+impl ClientBuckets {
+    fn new(l: &ClientLimits) -> ClientBuckets {
+        let b = |(burst, every): (u32, Duration)| KeyedBuckets::new(every, burst);
+        ClientBuckets {
+            connects: b(l.connects),
+            searches: b(l.searches),
+            reports: b(l.reports),
+            room_creations: b(l.room_creations),
+            open: HashMap::new(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -55,6 +112,10 @@ impl Default for Config {
             error_window: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(10),
             scan_limit: 64,
+            rooms: RoomConfig::default(),
+            moderation: ModConfig::default(),
+            per_client: ClientLimits::default(),
+            pow: PowConfig::default(),
         }
     }
 }
@@ -69,6 +130,7 @@ impl Config {
             rematch_cooldown_ms: millis(self.rematch_cooldown),
             messages_per_second: self.messages_per_second,
             message_burst: self.message_burst,
+            max_room_size: self.rooms.max_size,
         }
     }
 }
@@ -85,6 +147,12 @@ pub struct ConnInfo {
     /// Given to the client in `welcome`: the server's own STUN (and TURN)
     /// services, as this client can reach them.
     pub ice_servers: Vec<IceServer>,
+    /// Who this client is for abuse control: a rotating HMAC of its address,
+    /// shared by all its connections. The address itself never gets here.
+    pub key: ClientKey,
+    /// The same under the previous secret, while it is still honoured: what
+    /// was recorded under it (strikes, bans, blocks) carries over.
+    pub previous_key: Option<ClientKey>,
 }
 
 /// Why the server closes a connection, with its WebSocket close code.
@@ -103,6 +171,8 @@ pub enum CloseReason {
     ServerRestart,
     /// The server is at its connection limit.
     ServerFull,
+    /// Too many connections from one client (network).
+    TooManyConnections,
 }
 
 impl CloseReason {
@@ -112,7 +182,7 @@ impl CloseReason {
             CloseReason::HelloTimeout | CloseReason::TooManyErrors => 1008,
             CloseReason::MessageTooBig => 1009,
             CloseReason::ServerRestart => 1012,
-            CloseReason::ServerFull => 1013,
+            CloseReason::ServerFull | CloseReason::TooManyConnections => 1013,
         }
     }
 
@@ -124,6 +194,7 @@ impl CloseReason {
             CloseReason::MessageTooBig => "message too big",
             CloseReason::ServerRestart => "server restart",
             CloseReason::ServerFull => "server full",
+            CloseReason::TooManyConnections => "too many connections from your network",
         }
     }
 }
@@ -146,6 +217,11 @@ pub struct Stats {
     pub calls: usize,
     pub matches_total: u64,
     pub errors_total: u64,
+    /// Errors sent, by code, in the order of `ErrorCode::ALL`.
+    pub errors_by_code: [u64; ErrorCode::ALL.len()],
+    pub rooms: usize,
+    pub reports_total: u64,
+    pub bans_total: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +229,7 @@ enum Phase {
     Idle,
     Searching,
     InCall { call: CallId, partner: ConnId },
+    InRoom { room: RoomId, peer: PeerId },
 }
 
 #[derive(Debug)]
@@ -207,6 +284,39 @@ impl Cooldowns {
     }
 }
 
+/// Where random numbers come from: the shell's CSPRNG, or a fixed sequence in tests.
+pub struct Entropy(Box<dyn FnMut() -> u64 + Send>);
+
+impl Entropy {
+    pub fn new(source: impl FnMut() -> u64 + Send + 'static) -> Entropy {
+        Entropy(Box::new(source))
+    }
+
+    /// Keyed SipHash over a counter, keyed from the OS's randomness by std:
+    /// unpredictable without the key, for when the shell gives no source.
+    pub fn from_std() -> Entropy {
+        use std::hash::{BuildHasher, Hasher};
+        let state = std::collections::hash_map::RandomState::new();
+        let mut counter = 0u64;
+        Entropy::new(move || {
+            counter += 1;
+            let mut h = state.build_hasher();
+            h.write_u64(counter);
+            h.finish()
+        })
+    }
+
+    fn next(&mut self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Entropy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Entropy")
+    }
+}
+
 /// The sans-IO signalling state machine.
 #[derive(Debug)]
 pub struct Switchboard {
@@ -214,17 +324,40 @@ pub struct Switchboard {
     conns: HashMap<ConnId, Conn>,
     queue: Matchmaker,
     cooldowns: Cooldowns,
+    rooms: Rooms,
+    moderation: Moderation,
+    clients: ClientBuckets,
+    pow: Pow,
+    /// When a client key last got a connection closed for abuse.
+    abuse: HashMap<ClientKey, Instant>,
+    entropy: Entropy,
     /// New connections' hello deadlines, in time order.
     hello_deadlines: VecDeque<(Instant, ConnId)>,
     next_call: CallId,
     calls: usize,
     matches_total: u64,
     errors_total: u64,
+    errors_by_code: [u64; ErrorCode::ALL.len()],
     out: VecDeque<Output>,
 }
 
 impl Switchboard {
     pub fn new(config: Config) -> Switchboard {
+        Switchboard::with_entropy(config, Entropy::from_std())
+    }
+
+    /// A switchboard drawing room-name randomness from `entropy`.
+    pub fn with_entropy(config: Config, mut entropy: Entropy) -> Switchboard {
+        let mut key = [0u8; 32];
+        for chunk in key.chunks_mut(8) {
+            chunk.copy_from_slice(&entropy.next().to_le_bytes());
+        }
+        // The epoch of proof-of-work expiry times: any instant works, as
+        // long as it is before every `now` this switchboard will see.
+        let pow = Pow::new(Instant::now(), key);
+        let rooms = Rooms::new(config.rooms.clone());
+        let moderation = Moderation::new(config.moderation.clone());
+        let clients = ClientBuckets::new(&config.per_client);
         let queue = Matchmaker::new(MatchConfig {
             interest_wait: config.interest_wait,
             scan_limit: config.scan_limit,
@@ -234,11 +367,18 @@ impl Switchboard {
             conns: HashMap::new(),
             queue,
             cooldowns: Cooldowns::default(),
+            rooms,
+            moderation,
+            clients,
+            pow,
+            abuse: HashMap::new(),
+            entropy,
             hello_deadlines: VecDeque::new(),
             next_call: 1,
             calls: 0,
             matches_total: 0,
             errors_total: 0,
+            errors_by_code: [0; ErrorCode::ALL.len()],
             out: VecDeque::new(),
         }
     }
@@ -254,11 +394,23 @@ impl Switchboard {
             calls: self.calls,
             matches_total: self.matches_total,
             errors_total: self.errors_total,
+            errors_by_code: self.errors_by_code,
+            rooms: self.rooms.len(),
+            reports_total: self.moderation.reports_total,
+            bans_total: self.moderation.bans_total,
         }
     }
 
     /// A connection opened. `id` must be new.
     pub fn connect(&mut self, now: Instant, id: ConnId, info: ConnInfo) {
+        let key = info.key;
+        if let Some(previous) = info.previous_key {
+            self.moderation.carry_over(previous, key);
+        }
+        let open = self.clients.open.entry(key).or_default();
+        *open += 1;
+        let too_many = *open > self.config.per_client.connections
+            || self.clients.connects.take(now, &key).is_err();
         let conn = Conn {
             info,
             greeted: false,
@@ -281,13 +433,24 @@ impl Switchboard {
         }
         self.hello_deadlines
             .push_back((now + self.config.hello_timeout, id));
+        if too_many {
+            self.close(now, id, CloseReason::TooManyConnections);
+        }
     }
 
     /// A connection is gone. Its partner, if any, is told and re-queued.
     pub fn disconnect(&mut self, now: Instant, id: ConnId) {
         if self.conns.contains_key(&id) {
             self.leave(now, id, EndReason::PartnerLeft);
-            self.conns.remove(&id);
+            if let Some(c) = self.conns.remove(&id) {
+                let key = c.info.key;
+                if let Some(open) = self.clients.open.get_mut(&key) {
+                    *open -= 1;
+                    if *open == 0 {
+                        self.clients.open.remove(&key);
+                    }
+                }
+            }
         }
     }
 
@@ -328,24 +491,13 @@ impl Switchboard {
         }
         let phase = conn.phase;
         match msg {
-            ClientMsg::Hello { version } if !conn.greeted => {
-                if version != protocol::PROTOCOL_VERSION {
-                    return self.reject(now, id, ErrorCode::UnsupportedVersion, None);
-                }
-                conn.greeted = true;
-                let welcome = ServerMsg::Welcome {
-                    version: protocol::PROTOCOL_VERSION,
-                    ice_servers: conn.info.ice_servers.clone(),
-                    limits: self.config.limits(),
-                    country: conn.info.country,
-                };
-                self.send(id, welcome);
-            }
+            ClientMsg::Hello { version, pow } if !conn.greeted => self.hello(now, id, version, pow),
             _ if !conn.greeted => self.reject(now, id, ErrorCode::HelloRequired, None),
             ClientMsg::Hello { .. } => self.reject(now, id, ErrorCode::AlreadyHello, None),
             ClientMsg::Search { interests } => match phase {
                 Phase::Searching => self.reject(now, id, ErrorCode::AlreadySearching, None),
                 Phase::InCall { .. } => self.reject(now, id, ErrorCode::AlreadyInCall, None),
+                Phase::InRoom { .. } => self.reject(now, id, ErrorCode::AlreadyInRoom, None),
                 Phase::Idle => match protocol::normalize_interests(
                     &interests,
                     self.config.max_interests,
@@ -353,6 +505,10 @@ impl Switchboard {
                 ) {
                     Ok(tags) => {
                         conn.interests = tags;
+                        let key = conn.info.key;
+                        if let Err(wait) = self.clients.searches.take(now, &key) {
+                            return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
+                        }
                         self.search(now, id);
                     }
                     Err(code) => self.reject(now, id, code, None),
@@ -361,15 +517,262 @@ impl Switchboard {
             ClientMsg::Signal(signal) => self.relay(now, id, phase, signal),
             ClientMsg::Skip => match phase {
                 Phase::InCall { .. } => {
+                    let key = conn.info.key;
+                    if let Err(wait) = self.clients.searches.take(now, &key) {
+                        return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
+                    }
                     self.end_call(now, id, EndReason::PartnerSkipped);
                     self.search(now, id);
                 }
-                _ => self.reject(now, id, ErrorCode::NotInCall, None),
+                Phase::Idle | Phase::Searching | Phase::InRoom { .. } => {
+                    self.reject(now, id, ErrorCode::NotInCall, None)
+                }
             },
             ClientMsg::End => {
                 self.leave(now, id, EndReason::PartnerEnded);
                 self.send(id, ServerMsg::Idle);
             }
+            ClientMsg::RoomSuggest => {
+                let name = names::suggest(self.entropy.next());
+                self.send(id, ServerMsg::RoomSuggestion { name });
+            }
+            ClientMsg::RoomJoin { room, verifier } => {
+                self.join_room(now, id, phase, &room, verifier.as_ref())
+            }
+            ClientMsg::RoomSignal(signal) => self.relay_in_room(now, id, phase, signal),
+            ClientMsg::RoomLock { verifier } => self.lock_room(now, id, phase, Some(verifier)),
+            ClientMsg::RoomUnlock => self.lock_room(now, id, phase, None),
+            ClientMsg::Report { reason } => self.report(now, id, phase, reason),
+            ClientMsg::RoomReport { peer, reason } => {
+                self.report_in_room(now, id, phase, peer, reason)
+            }
+        }
+    }
+
+    fn hello(&mut self, now: Instant, id: ConnId, version: u32, pow: Option<PowSolution>) {
+        if version != protocol::PROTOCOL_VERSION {
+            return self.reject(now, id, ErrorCode::UnsupportedVersion, None);
+        }
+        if let Some(maxnumber) = self.pow_needed(now, id) {
+            match pow {
+                Some(solution) if self.pow.verify(now, &solution) => {}
+                given => {
+                    if given.is_some() {
+                        self.reject(now, id, ErrorCode::PowInvalid, None);
+                    }
+                    let random = [self.entropy.next(), self.entropy.next()];
+                    let c = self
+                        .pow
+                        .issue(now, self.config.pow.expiry, maxnumber, random);
+                    return self.send(
+                        id,
+                        ServerMsg::Challenge {
+                            algorithm: "SHA-256",
+                            salt: c.salt,
+                            challenge: c.challenge,
+                            maxnumber: c.maxnumber,
+                            signature: c.signature,
+                        },
+                    );
+                }
+            }
+        }
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.greeted = true;
+        let welcome = ServerMsg::Welcome {
+            version: protocol::PROTOCOL_VERSION,
+            ice_servers: conn.info.ice_servers.clone(),
+            limits: self.config.limits(),
+            country: conn.info.country,
+        };
+        self.send(id, welcome);
+    }
+
+    /// Whether `id` must prove work before `welcome`, and how much: when the
+    /// server is loaded, or its client has many connections or recent abuse.
+    fn pow_needed(&self, now: Instant, id: ConnId) -> Option<u64> {
+        let c = &self.config.pow;
+        match c.mode {
+            PowMode::Off => None,
+            PowMode::Always => Some(c.base_maxnumber),
+            PowMode::Auto => {
+                let key = self.key(id);
+                let load = self.conns.len() / c.load_threshold.max(1);
+                let crowded =
+                    self.clients.open.get(&key).copied().unwrap_or(0) > c.client_threshold;
+                let abusive = self
+                    .abuse
+                    .get(&key)
+                    .is_some_and(|&t| now.saturating_duration_since(t) < Duration::from_secs(600));
+                if load == 0 && !crowded && !abusive {
+                    return None;
+                }
+                let mut m = c.base_maxnumber.saturating_mul(load.max(1) as u64);
+                if crowded || abusive {
+                    m = m.saturating_mul(4);
+                }
+                Some(m.min(c.max_maxnumber))
+            }
+        }
+    }
+
+    fn key(&self, id: ConnId) -> ClientKey {
+        self.conns.get(&id).map(|c| c.info.key).unwrap_or_default()
+    }
+
+    /// Counts a report against the reporter's limit and records a strike.
+    /// Returns the wait if the reporter is over its limit.
+    fn strike(
+        &mut self,
+        now: Instant,
+        reporter: ConnId,
+        reported: ConnId,
+        reason: Option<ReportReason>,
+    ) -> Result<(), Duration> {
+        let (mine, theirs) = (self.key(reporter), self.key(reported));
+        self.clients.reports.take(now, &mine)?;
+        let reason = reason.map_or("none", ReportReason::as_str);
+        match self.moderation.report(now, mine, theirs) {
+            ReportOutcome::Banned { .. } => {
+                tracing::info!(reason, "a report completed a ban");
+            }
+            outcome => tracing::debug!(reason, ?outcome, "report recorded"),
+        }
+        Ok(())
+    }
+
+    /// Report in a stranger call: the call ends at once for both; the pair
+    /// is never matched again; the reported client collects a strike.
+    fn report(&mut self, now: Instant, id: ConnId, phase: Phase, reason: Option<ReportReason>) {
+        let Phase::InCall { partner, .. } = phase else {
+            return self.reject(now, id, ErrorCode::NotInCall, None);
+        };
+        let limited = self.strike(now, id, partner, reason).err();
+        // The reported side hears an ordinary end, not who pressed what.
+        self.end_call(now, id, EndReason::PartnerEnded);
+        self.send(id, ServerMsg::Idle);
+        if let Some(wait) = limited {
+            self.reject(now, id, ErrorCode::RateLimited, Some(wait));
+        }
+    }
+
+    /// Report in a room: a strike, and removal once enough members agree.
+    /// The reporter's own client drops its connection to that peer.
+    fn report_in_room(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        phase: Phase,
+        target: PeerId,
+        reason: Option<ReportReason>,
+    ) {
+        let Phase::InRoom { room, peer } = phase else {
+            return self.reject(now, id, ErrorCode::NotInRoom, None);
+        };
+        let Some(target_conn) = self.rooms.member(room, target).filter(|_| target != peer) else {
+            return self.reject(now, id, ErrorCode::UnknownPeer, None);
+        };
+        if let Err(wait) = self.strike(now, id, target_conn, reason) {
+            return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
+        }
+        if self.rooms.report(room, peer, target) {
+            tracing::debug!("a room removed a member");
+            let key = self.key(target_conn);
+            if let Some(c) = self.conns.get_mut(&target_conn) {
+                c.phase = Phase::Idle;
+            }
+            for (_, other) in self.rooms.remove(room, target, key) {
+                self.send(other, ServerMsg::PeerLeft { peer: target });
+            }
+            self.reject(now, target_conn, ErrorCode::Removed, None);
+            self.send(target_conn, ServerMsg::Idle);
+        }
+    }
+
+    fn join_room(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        phase: Phase,
+        room: &str,
+        verifier: Option<&Verifier>,
+    ) {
+        let busy = match phase {
+            Phase::Idle => None,
+            Phase::Searching => Some(ErrorCode::AlreadySearching),
+            Phase::InCall { .. } => Some(ErrorCode::AlreadyInCall),
+            Phase::InRoom { .. } => Some(ErrorCode::AlreadyInRoom),
+        };
+        if let Some(code) = busy {
+            return self.reject(now, id, code, None);
+        }
+        let name = match names::normalize(room) {
+            Ok(name) => name,
+            Err(code) => return self.reject(now, id, code, None),
+        };
+        let key = self.key(id);
+        if !self.rooms.exists(&name)
+            && let Err(wait) = self.clients.room_creations.take(now, &key)
+        {
+            return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
+        }
+        match self.rooms.join(now, &name, id, key, verifier) {
+            Ok(joined) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.phase = Phase::InRoom {
+                        room: joined.room,
+                        peer: joined.peer,
+                    };
+                }
+                tracing::debug!(conn = %id, peer = joined.peer, "joined a room");
+                for &(_, other) in &joined.others {
+                    self.send(other, ServerMsg::PeerJoined { peer: joined.peer });
+                }
+                self.send(
+                    id,
+                    ServerMsg::RoomJoined {
+                        room: joined.name,
+                        peer: joined.peer,
+                        peers: joined.others.iter().map(|&(p, _)| p).collect(),
+                        locked: joined.locked,
+                        max_size: self.rooms.max_size(),
+                    },
+                );
+            }
+            Err((code, retry)) => {
+                self.rooms.forget_if_empty(&name);
+                self.reject(now, id, code, retry);
+            }
+        }
+    }
+
+    fn relay_in_room(&mut self, now: Instant, id: ConnId, phase: Phase, mut signal: RoomSignal) {
+        let Phase::InRoom { room, peer } = phase else {
+            return self.reject(now, id, ErrorCode::NotInRoom, None);
+        };
+        let target = signal
+            .to
+            .filter(|&to| to != peer)
+            .and_then(|to| self.rooms.member(room, to));
+        let Some(target) = target else {
+            return self.reject(now, id, ErrorCode::UnknownPeer, None);
+        };
+        tracing::trace!(conn = %id, "relaying a room signal");
+        signal.to = None;
+        signal.from = Some(peer);
+        self.send(target, ServerMsg::RoomSignal(signal));
+    }
+
+    fn lock_room(&mut self, now: Instant, id: ConnId, phase: Phase, verifier: Option<Verifier>) {
+        let Phase::InRoom { room, .. } = phase else {
+            return self.reject(now, id, ErrorCode::NotInRoom, None);
+        };
+        let locked = verifier.is_some();
+        tracing::debug!(conn = %id, locked, "room lock changed");
+        for member in self.rooms.set_lock(room, verifier) {
+            self.send(member, ServerMsg::RoomLockState { locked });
         }
     }
 
@@ -386,11 +789,15 @@ impl Switchboard {
         }
         self.cooldowns.expire(now);
         let mut pairs = Vec::new();
-        let cooldowns = &self.cooldowns;
-        self.queue
-            .handle_timeout(now, &|a, b| cooldowns.blocked_until(now, a, b), &mut pairs);
+        let blocked = Blocker {
+            now,
+            cooldowns: &self.cooldowns,
+            moderation: &self.moderation,
+            conns: &self.conns,
+        };
+        self.queue.handle_timeout(now, &blocked, &mut pairs);
         for p in pairs {
-            self.start_call(p);
+            self.start_call(now, p);
         }
     }
 
@@ -418,7 +825,18 @@ impl Switchboard {
             return;
         }
         conn.closed = true;
+        let key = conn.info.key;
         tracing::debug!(conn = %id, reason = reason.reason(), "closing connection");
+        if matches!(
+            reason,
+            CloseReason::TooManyErrors | CloseReason::TooManyConnections
+        ) {
+            if self.abuse.len() >= 4096 {
+                self.abuse
+                    .retain(|_, t| now.saturating_duration_since(*t) < Duration::from_secs(600));
+            }
+            self.abuse.insert(key, now);
+        }
         self.leave(now, id, EndReason::PartnerLeft);
         self.out.push_back(Output::Close(id, reason));
     }
@@ -429,6 +847,9 @@ impl Switchboard {
 
     fn reject(&mut self, now: Instant, id: ConnId, code: ErrorCode, retry: Option<Duration>) {
         self.errors_total += 1;
+        if let Some(i) = ErrorCode::ALL.iter().position(|&c| c == code) {
+            self.errors_by_code[i] += 1;
+        }
         tracing::debug!(conn = %id, code = code.as_str(), "rejected a message");
         self.send(
             id,
@@ -463,6 +884,12 @@ impl Switchboard {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
+        if let Some(until) = self.moderation.banned_until(now, conn.info.key) {
+            conn.phase = Phase::Idle;
+            self.reject(now, id, ErrorCode::Banned, Some(until - now));
+            self.send(id, ServerMsg::Idle);
+            return;
+        }
         conn.phase = Phase::Searching;
         let interests = conn.interests.clone();
         self.send(
@@ -471,16 +898,19 @@ impl Switchboard {
                 interests: interests.clone(),
             },
         );
-        let cooldowns = &self.cooldowns;
-        let pairing = self.queue.join(now, id, interests, &|a, b| {
-            cooldowns.blocked_until(now, a, b)
-        });
+        let blocked = Blocker {
+            now,
+            cooldowns: &self.cooldowns,
+            moderation: &self.moderation,
+            conns: &self.conns,
+        };
+        let pairing = self.queue.join(now, id, interests, &blocked);
         if let Some(p) = pairing {
-            self.start_call(p);
+            self.start_call(now, p);
         }
     }
 
-    fn start_call(&mut self, p: Pairing) {
+    fn start_call(&mut self, now: Instant, p: Pairing) {
         let call = self.next_call;
         self.next_call += 1;
         self.calls += 1;
@@ -492,6 +922,10 @@ impl Switchboard {
         };
         let waiting_country = country(p.waiting, p.joining);
         let joining_country = country(p.joining, p.waiting);
+        for who in [p.waiting, p.joining] {
+            let key = self.key(who);
+            self.moderation.matched(now, key);
+        }
         tracing::debug!(call, a = %p.waiting, b = %p.joining, "matched");
         // The newcomer is impolite: it makes the first offer.
         self.send(
@@ -544,15 +978,33 @@ impl Switchboard {
                     c.phase = Phase::Idle;
                 }
             }
-            _ => {}
+            Some(Phase::InRoom { room, peer }) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.phase = Phase::Idle;
+                }
+                for (_, other) in self.rooms.leave(room, peer) {
+                    self.send(other, ServerMsg::PeerLeft { peer });
+                }
+            }
+            Some(Phase::Idle) | None => {}
         }
     }
 
     /// Checks the switchboard's invariants; `Err` describes the first broken one.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut in_call = 0;
+        let mut in_room = Vec::new();
         for (&id, c) in &self.conns {
             match c.phase {
+                Phase::InRoom { room, peer } => {
+                    if c.closed {
+                        return Err(format!("{id} is closed but in a room"));
+                    }
+                    if self.queue.is_waiting(id) {
+                        return Err(format!("{id} is in a room and queued"));
+                    }
+                    in_room.push((id, room, peer));
+                }
                 Phase::Idle => {
                     if self.queue.is_waiting(id) {
                         return Err(format!("{id} is idle but queued"));
@@ -598,6 +1050,27 @@ impl Switchboard {
             ));
         }
         Ok(())
+    }
+}
+
+/// Who may not be paired: people who just skipped each other (until the
+/// cooldown ends) and clients one of whom reported the other.
+struct Blocker<'a> {
+    now: Instant,
+    cooldowns: &'a Cooldowns,
+    moderation: &'a Moderation,
+    conns: &'a HashMap<ConnId, Conn>,
+}
+
+impl crate::matchmaker::Blocked for Blocker<'_> {
+    fn blocked_until(&self, a: ConnId, b: ConnId) -> Option<Instant> {
+        if let Some(until) = self.cooldowns.blocked_until(self.now, a, b) {
+            return Some(until);
+        }
+        let key = |id| self.conns.get(&id).map(|c: &Conn| c.info.key);
+        let reported = self.moderation.blocked(key(a)?, key(b)?);
+        // A report blocks for as long as keys live; look again in an hour.
+        reported.then(|| self.now + Duration::from_secs(3600))
     }
 }
 

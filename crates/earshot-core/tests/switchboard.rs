@@ -440,3 +440,412 @@ fn regression_late_signal_from_a_previous_call_is_not_relayed() {
     assert_eq!(h.error_codes(b), [ErrorCode::WrongCall]);
     assert!(h.take(c).is_empty());
 }
+
+mod rooms {
+    use earshot_core::ClientKey;
+    use earshot_core::protocol::{ServerMsg, Verifier};
+
+    use super::*;
+
+    const V1: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE";
+    const V2: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI";
+
+    fn join(h: &mut Harness, id: ConnId, room: &str, verifier: Option<&str>) {
+        let mut msg = serde_json::json!({"type": "room_join", "room": room});
+        if let Some(v) = verifier {
+            msg["verifier"] = v.into();
+        }
+        h.text(id, &msg.to_string());
+    }
+
+    /// The `peer` id `id` got in its `room_joined`, with the peers listed.
+    fn joined(h: &mut Harness, id: ConnId) -> (u32, Vec<u32>, bool) {
+        h.take(id)
+            .into_iter()
+            .find_map(|m| match m {
+                ServerMsg::RoomJoined {
+                    peer,
+                    peers,
+                    locked,
+                    ..
+                } => Some((peer, peers, locked)),
+                _ => None,
+            })
+            .expect("room_joined")
+    }
+
+    #[test]
+    fn members_learn_of_each_other_and_signals_stay_in_the_room() {
+        let mut h = Harness::new();
+        let [a, b, c, x] = [1, 2, 3, 4].map(|i| h.client(i));
+        join(&mut h, a, "quiet-otters", None);
+        let (pa, peers, locked) = joined(&mut h, a);
+        assert!(peers.is_empty() && !locked);
+        join(&mut h, b, "Quiet-Otters ", None);
+        let (pb, peers, _) = joined(&mut h, b);
+        assert_eq!(peers, [pa]);
+        assert_eq!(h.take(a), [ServerMsg::PeerJoined { peer: pb }]);
+        join(&mut h, c, "quiet-otters", None);
+        let (pc, peers, _) = joined(&mut h, c);
+        assert_eq!(peers, [pa, pb]);
+        join(&mut h, x, "other-room", None);
+        let (px, _, _) = joined(&mut h, x);
+        h.take(a);
+        h.take(b);
+
+        let to_peer = |to: u32| {
+            format!(
+                r#"{{"type":"signal","to":{to},"candidate":{{"candidate":"c"}},"auth":"QUJD"}}"#
+            )
+        };
+        h.text(c, &to_peer(pa));
+        match &h.take(a)[..] {
+            [ServerMsg::RoomSignal(s)] => {
+                assert_eq!(
+                    (s.from, s.to, s.auth.as_deref()),
+                    (Some(pc), None, Some("QUJD"))
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(h.take(b).is_empty() && h.take(x).is_empty());
+        // Peer ids are per room: x's id in its own room reaches nobody here.
+        if px != pa && px != pb {
+            h.text(c, &to_peer(px));
+            assert_eq!(h.error_codes(c), [ErrorCode::UnknownPeer]);
+        }
+        h.text(c, &to_peer(pc));
+        assert_eq!(h.error_codes(c), [ErrorCode::UnknownPeer], "not to oneself");
+        h.text(c, &to_peer(99));
+        assert_eq!(h.error_codes(c), [ErrorCode::UnknownPeer]);
+        assert!(h.take(x).is_empty());
+
+        // Leaving tells the others; a stranger-call signal is refused in a room.
+        h.text(b, r#"{"type":"end"}"#);
+        assert_eq!(h.take(b), [ServerMsg::Idle]);
+        assert_eq!(h.take(a), [ServerMsg::PeerLeft { peer: pb }]);
+        assert_eq!(h.take(c), [ServerMsg::PeerLeft { peer: pb }]);
+        h.text(a, &signal(1));
+        assert_eq!(h.error_codes(a), [ErrorCode::NotInCall]);
+        h.board.disconnect(h.now, c);
+        h.pump();
+        assert_eq!(h.take(a), [ServerMsg::PeerLeft { peer: pc }]);
+    }
+
+    #[test]
+    fn a_full_room_refuses_and_a_busy_client_cannot_join() {
+        let mut h = Harness::with(Config {
+            rooms: earshot_core::rooms::RoomConfig {
+                max_size: 2,
+                ..Default::default()
+            },
+            ..Config::default()
+        });
+        let [a, b, c] = [1, 2, 3].map(|i| h.client(i));
+        join(&mut h, a, "tiny", None);
+        join(&mut h, b, "tiny", None);
+        join(&mut h, c, "tiny", None);
+        assert_eq!(h.error_codes(c), [ErrorCode::RoomFull]);
+        join(&mut h, a, "another", None);
+        assert_eq!(h.error_codes(a), [ErrorCode::AlreadyInRoom]);
+        h.search(a, &[]);
+        assert_eq!(h.error_codes(a), [ErrorCode::AlreadyInRoom]);
+        h.search(c, &[]);
+        join(&mut h, c, "another", None);
+        assert_eq!(h.error_codes(c), [ErrorCode::AlreadySearching]);
+        for bad in ["x", "-x-", "a b c", "ünï"] {
+            h.text(c, r#"{"type":"end"}"#);
+            join(&mut h, c, bad, None);
+            assert_eq!(h.error_codes(c), [ErrorCode::BadRoomName], "{bad}");
+        }
+        assert_eq!(
+            h.board.stats().rooms,
+            1,
+            "refused joins leave no room behind"
+        );
+    }
+
+    #[test]
+    fn locks_need_the_verifier_are_rate_limited_and_forgotten_when_empty() {
+        let mut h = Harness::new();
+        let [a, b] = [1, 2].map(|i| h.client(i));
+        join(&mut h, a, "secret-den", None);
+        joined(&mut h, a);
+        h.text(a, &format!(r#"{{"type":"room_lock","verifier":"{V1}"}}"#));
+        assert_eq!(h.take(a), [ServerMsg::RoomLockState { locked: true }]);
+
+        join(&mut h, b, "secret-den", None);
+        assert_eq!(h.error_codes(b), [ErrorCode::PassphraseRequired]);
+        join(&mut h, b, "secret-den", Some(V2));
+        assert_eq!(h.error_codes(b), [ErrorCode::WrongPassphrase]);
+        join(&mut h, b, "secret-den", Some(V1));
+        let (_, _, locked) = joined(&mut h, b);
+        assert!(locked);
+
+        h.text(b, r#"{"type":"room_unlock"}"#);
+        assert_eq!(
+            h.take(a).last(),
+            Some(&ServerMsg::RoomLockState { locked: false })
+        );
+        assert_eq!(h.take(b), [ServerMsg::RoomLockState { locked: false }]);
+        h.text(b, &format!(r#"{{"type":"room_lock","verifier":"{V2}"}}"#));
+        h.text(a, r#"{"type":"end"}"#);
+        h.text(b, r#"{"type":"end"}"#);
+        assert_eq!(h.board.stats().rooms, 0);
+        // Everyone left: the room and its lock are gone.
+        join(&mut h, a, "secret-den", None);
+        assert!(!joined(&mut h, a).2);
+
+        h.text(b, &format!(r#"{{"type":"room_lock","verifier":"{V1}"}}"#));
+        assert_eq!(h.error_codes(b), [ErrorCode::NotInRoom]);
+        assert!(Verifier::parse(V1).is_some());
+    }
+
+    #[test]
+    fn passphrase_guessing_is_limited_per_client_across_connections() {
+        let mut h = Harness::new();
+        let owner = h.client(1);
+        join(&mut h, owner, "vault", None);
+        h.text(
+            owner,
+            &format!(r#"{{"type":"room_lock","verifier":"{V1}"}}"#),
+        );
+        // One guesser behind three connections: the limit follows its key.
+        let key = ClientKey([7; 16]);
+        let mut guesses = Vec::new();
+        for i in 0..3 {
+            let id = ConnId(10 + i);
+            h.board.connect(
+                h.now,
+                id,
+                ConnInfo {
+                    key,
+                    ..ConnInfo::default()
+                },
+            );
+            h.text(id, r#"{"type":"hello","version":1}"#);
+            h.take(id);
+            for _ in 0..3 {
+                join(&mut h, id, "vault", Some(V2));
+                guesses.extend(h.take(id).into_iter().filter_map(|m| match m {
+                    ServerMsg::Error {
+                        code,
+                        retry_after_ms,
+                        ..
+                    } => Some((code, retry_after_ms)),
+                    _ => None,
+                }));
+            }
+        }
+        let wrong = guesses
+            .iter()
+            .filter(|(c, _)| *c == ErrorCode::WrongPassphrase)
+            .count();
+        assert_eq!(
+            wrong, 5,
+            "the burst of 5 attempts, then rate limited: {guesses:?}"
+        );
+        assert!(
+            guesses[5..]
+                .iter()
+                .all(|&(c, r)| c == ErrorCode::RateLimited && r == Some(12_000))
+        );
+        // Another client is not affected by that one's guessing.
+        let honest = h.client(50);
+        join(&mut h, honest, "vault", Some(V1));
+        joined(&mut h, honest);
+    }
+
+    #[test]
+    fn suggestions_are_valid_four_word_names() {
+        let mut h = Harness::new();
+        let a = h.client(1);
+        h.text(a, r#"{"type":"room_suggest"}"#);
+        match &h.take(a)[..] {
+            [ServerMsg::RoomSuggestion { name }] => {
+                assert_eq!(earshot_core::names::normalize(name).as_ref(), Ok(name));
+                assert_eq!(name.split('-').count(), 4);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+mod safety {
+    use earshot_core::ClientKey;
+    use earshot_core::protocol::ServerMsg;
+
+    use super::*;
+
+    /// A greeted client with its own key (its own network).
+    fn client_with_key(h: &mut Harness, id: u64, key: u8) -> ConnId {
+        let id = ConnId(id);
+        h.board.connect(
+            h.now,
+            id,
+            ConnInfo {
+                key: ClientKey([key; 16]),
+                ..ConnInfo::default()
+            },
+        );
+        h.text(id, r#"{"type":"hello","version":1}"#);
+        h.take(id);
+        id
+    }
+
+    #[test]
+    fn report_ends_the_call_and_the_pair_never_meets_again() {
+        let mut h = Harness::new();
+        let a = client_with_key(&mut h, 1, 1);
+        let b = client_with_key(&mut h, 2, 2);
+        h.search(a, &[]);
+        h.search(b, &[]);
+        let (call, _, _) = h.matched(a).unwrap();
+        h.take(b);
+        h.text(a, r#"{"type":"report","reason":"harassment"}"#);
+        assert_eq!(h.take(a), [ServerMsg::Idle]);
+        assert!(matches!(
+            &h.take(b)[..],
+            [ServerMsg::CallEnded { call: c, reason: EndReason::PartnerEnded }, ServerMsg::Searching { .. }]
+                if *c == call
+        ));
+        assert_eq!(h.board.stats().reports_total, 1);
+        // Long after any skip cooldown, a still never meets b.
+        h.advance(Duration::from_secs(600));
+        h.search(a, &[]);
+        h.advance(Duration::from_secs(3700));
+        assert!(h.matched(a).is_none());
+        // Someone else still meets b.
+        let c = client_with_key(&mut h, 3, 3);
+        h.search(c, &[]);
+        assert!(h.matched(c).is_some());
+    }
+
+    #[test]
+    fn three_reporters_ban_from_matching_with_the_time_left() {
+        let mut h = Harness::new();
+        let bad = client_with_key(&mut h, 100, 100);
+        for (i, reporter_key) in [1u8, 2, 3].into_iter().enumerate() {
+            let r = client_with_key(&mut h, i as u64 + 1, reporter_key);
+            h.search(bad, &[]);
+            h.search(r, &[]);
+            assert!(h.matched(r).is_some(), "reporter {i} meets bad");
+            h.text(r, r#"{"type":"report"}"#);
+            h.take(r);
+            h.text(bad, r#"{"type":"end"}"#);
+            h.take(bad);
+        }
+        h.search(bad, &[]);
+        match &h.take(bad)[..] {
+            [
+                ServerMsg::Error {
+                    code: ErrorCode::Banned,
+                    retry_after_ms: Some(ms),
+                    ..
+                },
+                ServerMsg::Idle,
+            ] => assert_eq!(*ms, 3_600_000),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(h.board.stats().bans_total, 1);
+        h.advance(Duration::from_secs(3601));
+        h.search(bad, &[]);
+        assert!(matches!(h.take(bad)[..], [ServerMsg::Searching { .. }]));
+    }
+
+    #[test]
+    fn a_room_majority_removes_someone_for_good() {
+        let mut h = Harness::new();
+        let ids: Vec<ConnId> = (1..=4)
+            .map(|i| client_with_key(&mut h, i, i as u8))
+            .collect();
+        for &id in &ids {
+            h.text(id, r#"{"type":"room_join","room":"book-club"}"#);
+        }
+        let target_peer = 4; // the last to join
+        for &id in &ids {
+            h.take(id);
+        }
+        h.text(
+            ids[0],
+            &format!(r#"{{"type":"room_report","peer":{target_peer},"reason":"spam"}}"#),
+        );
+        assert!(h.take(ids[3]).is_empty(), "one of three is not a majority");
+        // The same reporter again counts once.
+        h.text(
+            ids[0],
+            &format!(r#"{{"type":"room_report","peer":{target_peer}}}"#),
+        );
+        assert!(h.take(ids[3]).is_empty());
+        h.text(
+            ids[1],
+            &format!(r#"{{"type":"room_report","peer":{target_peer}}}"#),
+        );
+        assert_eq!(h.error_codes(ids[3]), [ErrorCode::Removed]);
+        for &id in &ids[..3] {
+            assert_eq!(h.take(id), [ServerMsg::PeerLeft { peer: target_peer }]);
+        }
+        h.text(ids[3], r#"{"type":"room_join","room":"book-club"}"#);
+        assert_eq!(h.error_codes(ids[3]), [ErrorCode::Removed]);
+        h.text(ids[0], r#"{"type":"room_report","peer":1}"#);
+        assert_eq!(
+            h.error_codes(ids[0]),
+            [ErrorCode::UnknownPeer],
+            "not oneself"
+        );
+    }
+
+    #[test]
+    fn one_network_may_hold_only_so_many_connections() {
+        let mut h = Harness::new();
+        for i in 0..20 {
+            client_with_key(&mut h, i, 7);
+        }
+        assert!(h.closes().is_empty());
+        h.board.connect(
+            h.now,
+            ConnId(99),
+            ConnInfo {
+                key: ClientKey([7; 16]),
+                ..ConnInfo::default()
+            },
+        );
+        h.pump();
+        assert_eq!(h.closes(), [(ConnId(99), CloseReason::TooManyConnections)]);
+        h.board.disconnect(h.now, ConnId(99));
+        h.board.disconnect(h.now, ConnId(0));
+        h.pump();
+        client_with_key(&mut h, 100, 7);
+        assert!(h.closes().is_empty(), "a slot freed up");
+        client_with_key(&mut h, 200, 8);
+        assert!(h.closes().is_empty(), "other networks are not affected");
+    }
+
+    #[test]
+    fn searching_and_skipping_are_limited_per_client() {
+        let mut h = Harness::new();
+        let a = client_with_key(&mut h, 1, 1);
+        let mut limited = None;
+        for _ in 0..40 {
+            h.search(a, &[]);
+            let msgs = h.take(a);
+            if let Some(ServerMsg::Error {
+                code: ErrorCode::RateLimited,
+                retry_after_ms,
+                ..
+            }) = msgs.first()
+            {
+                limited = *retry_after_ms;
+                break;
+            }
+            h.text(a, r#"{"type":"end"}"#);
+            h.take(a);
+            // Stay under the message rate; only the search limit should bite.
+            h.advance(Duration::from_millis(100));
+        }
+        assert!(
+            limited.is_some_and(|ms| ms > 0 && ms <= 2000),
+            "{limited:?}"
+        );
+    }
+}

@@ -46,6 +46,31 @@ pub struct Args {
     #[arg(long, env = "EARSHOT_REMATCH_COOLDOWN", default_value_t = 30.0)]
     pub rematch_cooldown: f64,
 
+    /// Most people in one room (a full mesh: each sends their audio to
+    /// every other, so keep it small).
+    #[arg(long, env = "EARSHOT_ROOM_SIZE", default_value_t = 6)]
+    pub room_size: usize,
+
+    /// Most signalling connections from one client (one IPv4 address or
+    /// IPv6 /64) at once; more are closed with 1013.
+    #[arg(long, env = "EARSHOT_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 20)]
+    pub max_connections_per_client: usize,
+
+    /// When `hello` must carry a proof of work: off, auto (when the server is
+    /// loaded or a client misbehaves) or always.
+    #[arg(long, env = "EARSHOT_POW", default_value = "auto", value_parser = ["off", "auto", "always"])]
+    pub pow: String,
+
+    /// Range of an ordinary proof-of-work challenge (about half of it in
+    /// SHA-256 hashes for the browser); it grows with load and abuse.
+    #[arg(long, env = "EARSHOT_POW_DIFFICULTY", default_value_t = 50_000)]
+    pub pow_difficulty: u64,
+
+    /// Hours between rotations of the in-memory secret that turns client
+    /// addresses into keys (the previous one is honoured one more period).
+    #[arg(long, env = "EARSHOT_KEY_ROTATION", default_value_t = 24.0)]
+    pub key_rotation: f64,
+
     /// Log filter (tracing syntax: error, warn, info, debug, trace, or
     /// per-module like earshot_server=debug). Logs never contain addresses,
     /// SDP, candidates or chat text at any level.
@@ -73,6 +98,10 @@ pub struct Settings {
     pub max_frame_bytes: usize,
     /// How long shutdown waits for connections to close.
     pub drain_timeout: Duration,
+    /// How often the client-key secret rotates.
+    pub key_rotation: Duration,
+    /// How long a new TCP connection has to send its first request head.
+    pub header_timeout: Duration,
     pub core: earshot_core::Config,
 }
 
@@ -91,6 +120,8 @@ impl Settings {
             write_timeout: Duration::from_secs(10),
             max_frame_bytes: 64 * 1024,
             drain_timeout: Duration::from_secs(5),
+            key_rotation: Duration::from_secs(24 * 3600),
+            header_timeout: Duration::from_secs(10),
             core: earshot_core::Config::default(),
         }
     }
@@ -107,6 +138,9 @@ impl TryFrom<&Args> for Settings {
     fn try_from(args: &Args) -> anyhow::Result<Settings> {
         if args.max_connections == 0 {
             bail!("--max-connections must be at least 1");
+        }
+        if !(2..=16).contains(&args.room_size) {
+            bail!("--room-size must be between 2 and 16");
         }
         if let Some(url) = &args.stun_url
             && !(url.starts_with("stun:") || url.starts_with("stuns:"))
@@ -125,6 +159,28 @@ impl TryFrom<&Args> for Settings {
         settings.stun_listen = stun_listen;
         settings.stun_url = args.stun_url.clone();
         settings.max_connections = args.max_connections;
+        settings.core.rooms.max_size = args.room_size;
+        if args.max_connections_per_client == 0 {
+            bail!("--max-connections-per-client must be at least 1");
+        }
+        settings.core.per_client.connections = args.max_connections_per_client;
+        // A client may open its whole allowance at once, then slowly more.
+        let burst = u32::try_from(args.max_connections_per_client).unwrap_or(u32::MAX);
+        settings.core.per_client.connects.0 = settings.core.per_client.connects.0.max(burst);
+        settings.core.pow.mode = match args.pow.as_str() {
+            "off" => earshot_core::pow::PowMode::Off,
+            "always" => earshot_core::pow::PowMode::Always,
+            _ => earshot_core::pow::PowMode::Auto,
+        };
+        if args.pow_difficulty == 0 || args.pow_difficulty > 10_000_000 {
+            bail!("--pow-difficulty must be between 1 and 10000000");
+        }
+        settings.core.pow.base_maxnumber = args.pow_difficulty;
+        settings.core.pow.max_maxnumber = settings.core.pow.max_maxnumber.max(args.pow_difficulty);
+        settings.key_rotation = seconds("key-rotation", args.key_rotation * 3600.0)?;
+        if settings.key_rotation < Duration::from_secs(60) {
+            bail!("--key-rotation must be at least a minute (0.017 hours)");
+        }
         settings.core.interest_wait = seconds("interest-wait", args.interest_wait)?;
         settings.core.rematch_cooldown = seconds("rematch-cooldown", args.rematch_cooldown)?;
         Ok(settings)
@@ -160,9 +216,17 @@ mod tests {
     #[test]
     fn bad_values_are_refused_with_a_reason() {
         assert!(parse(&["--max-connections", "0"]).is_err());
+        assert!(parse(&["--room-size", "1"]).is_err());
+        assert_eq!(parse(&["--room-size", "3"]).unwrap().core.rooms.max_size, 3);
         assert!(parse(&["--interest-wait", "-1"]).is_err());
         assert!(parse(&["--stun-url", "http://x"]).is_err());
         assert!(parse(&["--listen", "nowhere"]).is_err());
         assert_eq!(parse(&["--no-stun"]).unwrap().stun_listen, None);
+        assert!(parse(&["--pow", "sometimes"]).is_err());
+        assert!(parse(&["--pow-difficulty", "0"]).is_err());
+        assert!(parse(&["--key-rotation", "0"]).is_err());
+        let s = parse(&["--pow", "always", "--max-connections-per-client", "3"]).unwrap();
+        assert_eq!(s.core.pow.mode, earshot_core::pow::PowMode::Always);
+        assert_eq!(s.core.per_client.connections, 3);
     }
 }

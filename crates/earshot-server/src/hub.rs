@@ -66,7 +66,10 @@ impl Hub {
     pub fn new(config: earshot_core::Config, outbox_len: usize) -> Arc<Hub> {
         Arc::new(Hub {
             state: Mutex::new(State {
-                board: Switchboard::new(config),
+                board: Switchboard::with_entropy(
+                    config,
+                    earshot_core::Entropy::new(crate::identity::random_u64),
+                ),
                 outboxes: HashMap::new(),
                 outbox_len,
             }),

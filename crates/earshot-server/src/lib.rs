@@ -6,6 +6,8 @@
 //! - `http`: routes, the embedded web client (`web/`), security headers.
 //! - `ws`: one task per signalling WebSocket, with its limits.
 //! - [`hub`]: drives the sans-IO `Switchboard` and delivers its outputs.
+//! - [`identity`]: client keys (HMAC of the address) and the `Pii` wrapper.
+//! - `listener`: TCP caps per client and a deadline for request heads.
 //! - [`stun`]: the embedded STUN server's UDP loop.
 //!
 //! [`start`] binds everything and returns a [`Running`] server; `main.rs`
@@ -15,6 +17,8 @@
 pub mod config;
 mod http;
 pub mod hub;
+pub mod identity;
+mod listener;
 pub mod stun;
 mod ws;
 
@@ -33,6 +37,7 @@ pub struct App {
     pub hub: Arc<hub::Hub>,
     /// The bound STUN address, if the embedded STUN server runs.
     pub stun_addr: Option<SocketAddr>,
+    keyer: Arc<identity::Keyer>,
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -68,19 +73,34 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         None => None,
     };
     let hub = hub::Hub::new(settings.core.clone(), settings.outbound_queue);
+    let keyer =
+        Arc::new(identity::Keyer::random().context("no OS randomness for the client-key secret")?);
+    let guards = listener::Guards {
+        // Room for requests that are not signalling sockets, and for sockets
+        // that are closing.
+        max_total: settings.max_connections + 512,
+        max_per_client: settings.core.per_client.connections + 8,
+        header_timeout: settings.header_timeout,
+    };
+    let listener = listener::GuardedListener::new(listener, keyer.clone(), guards);
     tracker.spawn(hub.clone().run_timer(shutdown.clone()));
     let app = Arc::new(App {
         connections: Arc::new(Semaphore::new(settings.max_connections)),
         settings,
         hub,
         stun_addr,
+        keyer: keyer.clone(),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     });
+    tracker.spawn(rotate_keys(app.clone()));
     let router = http::router(app.clone());
     let server = tokio::spawn(async move {
-        let serve =
-            axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<listener::ClientAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned());
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "HTTP server failed");
         }
@@ -91,6 +111,22 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         app,
         server,
     })
+}
+
+/// Rotates the client-key secret every `key_rotation` until shutdown.
+async fn rotate_keys(app: Arc<App>) {
+    let period = app.settings.key_rotation;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            () = app.shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                if let Err(e) = app.keyer.rotate() {
+                    tracing::error!(error = %e, "cannot rotate the client-key secret");
+                }
+            }
+        }
+    }
 }
 
 impl Running {

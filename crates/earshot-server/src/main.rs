@@ -1,5 +1,7 @@
 //! `earshot`: parse flags, set up logging, serve until SIGINT or SIGTERM.
 
+use std::io::Write;
+
 use anyhow::Context;
 use clap::Parser;
 use earshot_server::config::{Args, Settings};
@@ -21,37 +23,43 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Listen for signals before anyone can know we are up.
+    let shutdown = shutdown_signal()?;
     let running = earshot_server::start(settings).await?;
     let stun = match running.stun_addr {
         Some(addr) => format!("STUN on udp {addr}"),
         None => "no embedded STUN".to_string(),
     };
-    // The first stdout line names the URL: tests and scripts read it.
-    println!("Earshot is running at {} ({stun})", running.url());
-    println!("Open it in two browser tabs to talk to yourself. Ctrl-C stops it.");
-    shutdown_signal().await;
+    // The first stdout line names the URL: tests and scripts read it. A
+    // closed stdout is no reason to stop serving.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "Earshot is running at {} ({stun})", running.url());
+    let _ = writeln!(out, "Open it in two browser tabs to talk to yourself. Ctrl-C stops it.");
+    let _ = out.flush();
+    drop(out);
+    shutdown.await;
     tracing::info!("shutting down; calls in progress carry on peer to peer");
     running.shutdown().await;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Resolves on SIGINT or SIGTERM; the handlers are installed when this returns.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

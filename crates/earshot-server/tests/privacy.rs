@@ -152,3 +152,89 @@ fn a_whole_session_at_trace_level_logs_no_address_sdp_or_user_text() {
         }
     }
 }
+
+/// Nothing is written to disk: the binary runs a whole session in an empty
+/// working directory with an empty TMPDIR, and both are still empty after it
+/// has shut down.
+#[test]
+fn a_whole_session_writes_no_files() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let base = std::env::temp_dir().join(format!("earshot-nodisk-{}", std::process::id()));
+    let (cwd, tmp) = (base.join("cwd"), base.join("tmp"));
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_earshot"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--stun-listen",
+            "127.0.0.1:0",
+            "--log",
+            "trace",
+        ])
+        .current_dir(&cwd)
+        .env("TMPDIR", &tmp)
+        .env("HOME", &tmp)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("the first line names the URL");
+    let addr: SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut a = connect_from("127.0.0.7", addr).await;
+        let mut b = connect_from("127.0.0.8", addr).await;
+        for ws in [&mut a, &mut b] {
+            send(ws, json!({"type": "hello", "version": 1})).await;
+            recv_type(ws, "welcome").await;
+            send(ws, json!({"type": "search", "interests": [INTEREST]})).await;
+        }
+        let call = recv_type(&mut b, "matched").await["call"].clone();
+        send(
+            &mut b,
+            json!({"type": "signal", "call": call, "description": {"type": "offer", "sdp": "v=0"}}),
+        )
+        .await;
+        recv_type(&mut a, "signal").await;
+        send(&mut a, json!({"type": "report", "reason": "spam"})).await;
+        recv_type(&mut a, "idle").await;
+        send(&mut a, json!({"type": "room_join", "room": "disk-check"})).await;
+        recv_type(&mut a, "room_joined").await;
+        send(
+            &mut a,
+            json!({"type": "room_lock", "verifier": "A".repeat(43)}),
+        )
+        .await;
+        recv_type(&mut a, "room_lock_state").await;
+    });
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean shutdown: {status:?}");
+    for dir in [&cwd, &tmp] {
+        let left: Vec<_> = std::fs::read_dir(dir).unwrap().collect();
+        assert!(left.is_empty(), "{} holds {left:?}", dir.display());
+    }
+    std::fs::remove_dir_all(&base).unwrap();
+}

@@ -330,3 +330,65 @@ async fn raw_get(addr: SocketAddr, path: &str) -> String {
     let text = String::from_utf8_lossy(&buf).to_string();
     text.split("\r\n\r\n").next().unwrap().to_string()
 }
+
+#[tokio::test]
+async fn rooms_relay_between_members_and_locks_hold() {
+    let s = server(|s| s.core.rooms.max_size = 3).await;
+    let (mut a, _) = greeted(s.http_addr).await;
+    let (mut b, _) = greeted(s.http_addr).await;
+    let (mut c, _) = greeted(s.http_addr).await;
+    send(&mut a, json!({"type": "room_suggest"})).await;
+    let name = recv_type(&mut a, "room_suggestion").await["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    send(&mut a, json!({"type": "room_join", "room": name})).await;
+    let ja = recv_type(&mut a, "room_joined").await;
+    assert_eq!(ja["peers"], json!([]));
+    assert_eq!(ja["max_size"], 3);
+    send(&mut b, json!({"type": "room_join", "room": name})).await;
+    let jb = recv_type(&mut b, "room_joined").await;
+    assert_eq!(jb["peers"], json!([ja["peer"]]));
+    assert_eq!(recv_type(&mut a, "peer_joined").await["peer"], jb["peer"]);
+
+    let offer = json!({"type": "signal", "to": ja["peer"], "description": {"type": "offer", "sdp": "v=0"}, "auth": "c2ln"});
+    send(&mut b, offer).await;
+    let got = recv_type(&mut a, "signal").await;
+    assert_eq!(got["from"], jb["peer"]);
+    assert_eq!(got["auth"], "c2ln");
+    assert!(got.get("to").is_none() && got.get("call").is_none());
+
+    let verifier = "A".repeat(43);
+    send(&mut a, json!({"type": "room_lock", "verifier": verifier})).await;
+    assert_eq!(recv_type(&mut a, "room_lock_state").await["locked"], true);
+    assert_eq!(recv_type(&mut b, "room_lock_state").await["locked"], true);
+    send(&mut c, json!({"type": "room_join", "room": name})).await;
+    assert_eq!(
+        recv_type(&mut c, "error").await["code"],
+        "passphrase_required"
+    );
+    send(
+        &mut c,
+        json!({"type": "room_join", "room": name, "verifier": "B".repeat(43)}),
+    )
+    .await;
+    assert_eq!(recv_type(&mut c, "error").await["code"], "wrong_passphrase");
+    send(
+        &mut c,
+        json!({"type": "room_join", "room": name, "verifier": verifier}),
+    )
+    .await;
+    assert_eq!(recv_type(&mut c, "room_joined").await["locked"], true);
+
+    let (mut d, _) = greeted(s.http_addr).await;
+    send(
+        &mut d,
+        json!({"type": "room_join", "room": name, "verifier": verifier}),
+    )
+    .await;
+    assert_eq!(recv_type(&mut d, "error").await["code"], "room_full");
+
+    let joined = recv_type(&mut a, "peer_joined").await;
+    drop(c);
+    assert_eq!(recv_type(&mut a, "peer_left").await["peer"], joined["peer"]);
+}

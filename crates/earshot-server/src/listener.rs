@@ -1,0 +1,288 @@
+//! The TCP accept loop's guards, before HTTP even starts.
+//!
+//! - A cap on TCP connections in total and per client key, so that one
+//!   network cannot use up the process's file descriptors.
+//! - A deadline for the first request's headers (slowloris): a connection
+//!   that has not sent a complete request head within `header_timeout` is
+//!   dropped. Once the head is in (for `/ws`, the upgrade request) the
+//!   deadline is off: an upgraded signalling socket has its own idle rules.
+//!
+//! The peer's address is handed on only inside [`Pii`], as [`ClientAddr`].
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use earshot_core::ClientKey;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Sleep;
+
+use crate::identity::{Keyer, Pii};
+
+/// The client's address, for deriving its key; never formatted.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub Pii<SocketAddr>);
+
+impl Connected<IncomingStream<'_, GuardedListener>> for ClientAddr {
+    fn connect_info(stream: IncomingStream<'_, GuardedListener>) -> Self {
+        *stream.remote_addr()
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_key: HashMap<ClientKey, usize>,
+}
+
+/// Limits for [`GuardedListener`].
+#[derive(Debug, Clone, Copy)]
+pub struct Guards {
+    pub max_total: usize,
+    pub max_per_client: usize,
+    pub header_timeout: Duration,
+}
+
+pub struct GuardedListener {
+    inner: TcpListener,
+    keyer: Arc<Keyer>,
+    guards: Guards,
+    counts: Arc<Mutex<Counts>>,
+}
+
+impl GuardedListener {
+    pub fn new(inner: TcpListener, keyer: Arc<Keyer>, guards: Guards) -> GuardedListener {
+        GuardedListener {
+            inner,
+            keyer,
+            guards,
+            counts: Arc::default(),
+        }
+    }
+}
+
+/// Gives a connection's slot back when it closes.
+struct Slot {
+    key: ClientKey,
+    counts: Arc<Mutex<Counts>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        c.total -= 1;
+        if let Some(n) = c.per_key.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_key.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Listener for GuardedListener {
+    type Io = GuardedStream;
+    type Addr = ClientAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = match self.inner.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::debug!(error = %e.kind(), "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let key = self.keyer.key(Pii(addr.ip()));
+            let admitted = {
+                let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+                let mine = c.per_key.get(&key).copied().unwrap_or(0);
+                if c.total >= self.guards.max_total || mine >= self.guards.max_per_client {
+                    false
+                } else {
+                    c.total += 1;
+                    *c.per_key.entry(key).or_default() += 1;
+                    true
+                }
+            };
+            if !admitted {
+                tracing::debug!("refused a TCP connection over the caps");
+                drop(stream);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let io = GuardedStream {
+                inner: stream,
+                deadline: Some(Box::pin(tokio::time::sleep(self.guards.header_timeout))),
+                head: HeadScan::default(),
+                _slot: Slot {
+                    key,
+                    counts: self.counts.clone(),
+                },
+            };
+            return (io, ClientAddr(Pii(addr)));
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr().map(|a| ClientAddr(Pii(a)))
+    }
+}
+
+/// Finds the blank line that ends an HTTP request head, across reads.
+#[derive(Default)]
+struct HeadScan {
+    /// How much of "\r\n\r\n" the bytes so far end with.
+    matched: u8,
+}
+
+impl HeadScan {
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        const END: &[u8; 4] = b"\r\n\r\n";
+        for &b in bytes {
+            self.matched = if b == END[usize::from(self.matched)] {
+                self.matched + 1
+            } else if b == b'\r' {
+                1
+            } else {
+                0
+            };
+            if self.matched == 4 {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+pub struct GuardedStream {
+    inner: TcpStream,
+    /// Until the first request head is complete.
+    deadline: Option<Pin<Box<Sleep>>>,
+    head: HeadScan,
+    _slot: Slot,
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if this.deadline.is_some() && this.head.feed(&buf.filled()[before..]) {
+                    this.deadline = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired {
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request head too slow",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeadScan;
+
+    #[test]
+    fn the_head_ends_at_the_first_blank_line_across_reads() {
+        let mut h = HeadScan::default();
+        assert!(!h.feed(b"GET / HTTP/1.1\r\nHost: x\r"));
+        assert!(!h.feed(b"\n\r"));
+        assert!(h.feed(b"\nrest"));
+        let mut h = HeadScan::default();
+        assert!(!h.feed(b"a\r\n\r\r\n"));
+        assert!(h.feed(b"\r\n"));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::HeadScan;
+
+    proptest! {
+        /// Fed in any chunks, the scan finds the end of the head exactly
+        /// when the bytes so far contain a blank line.
+        #[test]
+        fn chunking_does_not_matter(
+            bytes in proptest::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'a')], 0..64),
+            cuts in proptest::collection::vec(0usize..64, 0..8),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.push(0);
+            cuts.push(bytes.len());
+            cuts.sort_unstable();
+            let mut scan = HeadScan::default();
+            let mut found_at = None;
+            for w in cuts.windows(2) {
+                if scan.feed(&bytes[w[0]..w[1]]) {
+                    found_at = Some(w[1]);
+                    break;
+                }
+            }
+            let first = bytes.windows(4).position(|w| w == b"\r\n\r\n");
+            prop_assert_eq!(found_at.is_some(), first.is_some());
+            if let (Some(end), Some(pos)) = (found_at, first) {
+                prop_assert!(end >= pos + 4);
+            }
+        }
+    }
+}
