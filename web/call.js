@@ -1,21 +1,36 @@
-// call.js: one call with one stranger, i.e. one RTCPeerConnection.
+// call.js: one RTCPeerConnection with one other browser: the stranger in a
+// stranger call, or one member of a room (the room is a mesh of these).
 //
 // Implements PROTOCOL.md "Peer to peer": perfect negotiation with the role
-// (`polite`) given by the server's `matched`, trickle ICE, the microphone
-// track (Opus preferred) and the ordered, reliable data channel `chat`.
-// The impolite side adds its track and creates `chat` at once, so it makes
-// the first offer; the polite side adds its track when that offer arrives,
-// before answering, so one round trip is enough.
+// (`polite`) given by the server (`matched.polite`, or in a room: who joined
+// later is impolite), trickle ICE, the microphone track (Opus preferred) and
+// the ordered, reliable data channel `chat`. The impolite side adds its
+// tracks and creates `chat` at once, so it makes the first offer; the polite
+// side adds its tracks when that offer arrives, before answering, so one
+// round trip is enough. A camera track can be added and removed later
+// (setVideo); the renegotiation that follows is perfect negotiation too.
+//
+// Locked rooms (PROTOCOL.md "Locked rooms") plug in two optional hooks:
+// `signDescription(sdp)` gives the `auth` for every outgoing description,
+// `verifyDescription(sdp, auth)` says whether an incoming one may be used
+// (null = yes, otherwise the reason to refuse). A refused description is
+// never applied: the Call emits `refused` and closes.
 //
 // A Call knows nothing of the WebSocket or the page: outgoing signals go to
-// the `sendSignal` callback as `{description}` or `{candidate}`, incoming ones
-// come in through handleSignal(). Events: `connectionstate` (detail: state),
-// `track` (detail: stream), `chatopen`, `chat` (detail: text), `failed`
+// the `sendSignal` callback as `{description, auth?}` or `{candidate}`, in the
+// order the browser produced them; incoming ones come in through
+// handleSignal(). Events: `connectionstate` (detail: state, everConnected),
+// `track` (detail: stream, track), `chatopen`, `chat` (detail: text),
+// `peerstate` (detail: muted), `refused` (detail: reason), `failed`
 // (detail: reason = 'connection_failed' | 'channel_closed' | 'timeout').
 // Once close() has been called no event fires and nothing is sent.
 // SDP, candidates and chat text are never logged.
 
 export const CHAT_LABEL = 'chat';
+// Besides `chat`, a room member tells the others whether its microphone is
+// muted: {"type": "state", "muted": true}. Receivers that do not know it
+// ignore it, as PROTOCOL.md asks of anything but `chat`.
+export const STATE_MESSAGE = 'state';
 export const MAX_CHAT_CHARS = 2000;
 // JSON of 2000 characters, each escaped as \uXXXX at worst, plus the wrapper.
 const MAX_CHAT_FRAME_CHARS = MAX_CHAT_CHARS * 6 + 64;
@@ -31,33 +46,46 @@ export class Call extends EventTarget {
   #polite;
   #sendSignal;
   #localStream;
-  #micAdded = false;
+  #signDescription;
+  #verifyDescription;
+  #mediaStarted = false;
+  #video = null; // { track, stream } wanted on this connection, or null
+  #videoTransceiver = null;
   #channel = null;
   #closed = false;
   // Perfect negotiation state (W3C WebRTC 1.0, section 10.7).
   #makingOffer = false;
   #ignoreOffer = false;
   #settingRemoteAnswerPending = false;
-  // Incoming signals are handled one at a time, in arrival order.
+  // Incoming signals are handled one at a time, in arrival order; outgoing
+  // ones leave in the order they were made, even when signing one of them
+  // takes a moment (a candidate must not overtake its description).
   #inbox = Promise.resolve();
+  #outbox = Promise.resolve();
   #connectTimer = 0;
   #graceTimer = 0;
   #everConnected = false;
 
   /**
    * @param {object} o
-   * @param {number} o.id  the `call` id from `matched`
-   * @param {boolean} o.polite  our role, from `matched`
+   * @param {number} o.id  the `call` id from `matched`, or the room peer id
+   * @param {boolean} o.polite  our role in perfect negotiation
    * @param {RTCIceServer[]} o.iceServers  from `welcome`
    * @param {MediaStream} o.localStream  the microphone
    * @param {(payload: object) => void} o.sendSignal
+   * @param {{track: MediaStreamTrack, stream: MediaStream}} [o.video]  camera to send
+   * @param {(sdp: string) => Promise<string|null>} [o.signDescription]
+   * @param {(sdp: string, auth: unknown) => Promise<string|null>} [o.verifyDescription]
    */
-  constructor({ id, polite, iceServers, localStream, sendSignal }) {
+  constructor({ id, polite, iceServers, localStream, sendSignal, video = null, signDescription = null, verifyDescription = null }) {
     super();
     this.id = id;
     this.#polite = Boolean(polite);
     this.#localStream = localStream;
     this.#sendSignal = sendSignal;
+    this.#signDescription = signDescription;
+    this.#verifyDescription = verifyDescription;
+    this.#video = video && video.track ? video : null;
 
     const servers = Array.isArray(iceServers) ? iceServers : [];
     try {
@@ -83,7 +111,7 @@ export class Call extends EventTarget {
     pc.ondatachannel = ({ channel }) => this.#adoptChannel(channel);
 
     if (!this.#polite) {
-      this.#addMic();
+      this.#startMedia();
       this.#adoptChannel(pc.createDataChannel(CHAT_LABEL, { ordered: true }));
     }
     this.#connectTimer = setTimeout(() => this.#fail('timeout'), CONNECT_TIMEOUT_MS);
@@ -99,6 +127,8 @@ export class Call extends EventTarget {
 
   get chatOpen() { return !this.#closed && this.#channel !== null && this.#channel.readyState === 'open'; }
 
+  get closed() { return this.#closed; }
+
   /** Feed one server `signal` message (the whole message, or its payload). */
   handleSignal(msg) {
     this.#inbox = this.#inbox.then(() => this.#handle(msg)).catch((err) => {
@@ -110,12 +140,24 @@ export class Call extends EventTarget {
   sendChat(text) {
     if (!this.chatOpen || typeof text !== 'string' || text.length === 0) return false;
     if ([...text].length > MAX_CHAT_CHARS) return false;
-    try {
-      this.#channel.send(JSON.stringify({ type: 'chat', text }));
-      return true;
-    } catch {
-      return false;
-    }
+    return this.#sendData({ type: 'chat', text });
+  }
+
+  /** Tell the other side whether our microphone is muted (rooms). */
+  sendState(muted) {
+    if (!this.chatOpen) return false;
+    return this.#sendData({ type: STATE_MESSAGE, muted: Boolean(muted) });
+  }
+
+  /**
+   * Send this camera track (null: stop sending video). Reuses one video
+   * transceiver per connection, switching its direction, so turning the
+   * camera on and off does not grow the SDP. Either change renegotiates.
+   */
+  setVideo(track, stream) {
+    if (this.#closed) return;
+    this.#video = track ? { track, stream } : null;
+    if (this.#mediaStarted) this.#applyVideo();
   }
 
   /** Hang up locally. Idempotent; the local microphone is not stopped. */
@@ -133,6 +175,15 @@ export class Call extends EventTarget {
     pc.onicecandidate = pc.onnegotiationneeded = pc.onconnectionstatechange = null;
     pc.ontrack = pc.ondatachannel = null;
     pc.close();
+  }
+
+  #sendData(msg) {
+    try {
+      this.#channel.send(JSON.stringify(msg));
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   async #negotiate() {
@@ -154,6 +205,14 @@ export class Call extends EventTarget {
     const pc = this.#pc;
     const description = validDescription(msg.description);
     if (description) {
+      if (this.#verifyDescription) {
+        const refusal = await this.#verifyDescription(description.sdp || '', msg.auth);
+        if (this.#closed) return;
+        if (refusal) {
+          this.#refuse(refusal);
+          return;
+        }
+      }
       const readyForOffer = !this.#makingOffer
         && (pc.signalingState === 'stable' || this.#settingRemoteAnswerPending);
       const offerCollision = description.type === 'offer' && !readyForOffer;
@@ -171,7 +230,7 @@ export class Call extends EventTarget {
       if (description.type === 'offer') {
         // Polite side: the microphone goes into the transceiver the offer
         // just created, so the answer already sends audio.
-        this.#addMic();
+        this.#startMedia();
         await pc.setLocalDescription();
         if (this.#closed) return;
         this.#send({ description: descriptionJSON(pc.localDescription) });
@@ -189,14 +248,49 @@ export class Call extends EventTarget {
     }
   }
 
-  #addMic() {
-    if (this.#micAdded || !this.#localStream) return;
-    const track = this.#localStream.getAudioTracks()[0];
-    if (!track) return;
-    this.#micAdded = true;
-    const sender = this.#pc.addTrack(track, this.#localStream);
-    const transceiver = this.#pc.getTransceivers().find((t) => t.sender === sender);
-    preferOpus(transceiver);
+  // Our tracks go in once: at once on the impolite side, with the first
+  // offer on the polite side.
+  #startMedia() {
+    if (this.#mediaStarted) return;
+    this.#mediaStarted = true;
+    const track = this.#localStream ? this.#localStream.getAudioTracks()[0] : null;
+    if (track) {
+      const sender = this.#pc.addTrack(track, this.#localStream);
+      const transceiver = this.#pc.getTransceivers().find((t) => t.sender === sender);
+      preferOpus(transceiver);
+    }
+    if (this.#video) this.#applyVideo();
+  }
+
+  #applyVideo() {
+    const pc = this.#pc;
+    const want = this.#video;
+    let t = this.#videoTransceiver;
+    if (t && t.currentDirection === 'stopped') t = null;
+    if (!t) {
+      // A video m-line the other side opened (its camera) can carry ours too.
+      t = pc.getTransceivers().find((x) => x.currentDirection !== 'stopped' && x.mid !== null
+        && x.receiver.track && x.receiver.track.kind === 'video' && !x.sender.track) || null;
+    }
+    if (!want) {
+      if (!t) return;
+      this.#videoTransceiver = t;
+      t.sender.replaceTrack(null).catch(() => {});
+      if (t.direction !== 'recvonly' && t.direction !== 'inactive') t.direction = 'recvonly';
+      return;
+    }
+    if (!t) {
+      this.#videoTransceiver = pc.addTransceiver(want.track, { direction: 'sendrecv', streams: want.stream ? [want.stream] : [] });
+      return;
+    }
+    this.#videoTransceiver = t;
+    if (want.stream && typeof t.sender.setStreams === 'function') {
+      try { t.sender.setStreams(want.stream); } catch { /* msid is only a hint */ }
+    }
+    t.sender.replaceTrack(want.track).catch((err) => {
+      if (!this.#closed) console.warn('earshot: could not send the camera:', errorName(err));
+    });
+    if (t.direction !== 'sendrecv') t.direction = 'sendrecv';
   }
 
   #adoptChannel(channel) {
@@ -213,6 +307,10 @@ export class Call extends EventTarget {
       try {
         msg = JSON.parse(data);
       } catch {
+        return;
+      }
+      if (msg && msg.type === STATE_MESSAGE && typeof msg.muted === 'boolean') {
+        this.#emit('peerstate', { muted: msg.muted });
         return;
       }
       if (!msg || msg.type !== 'chat' || typeof msg.text !== 'string') return;
@@ -246,8 +344,31 @@ export class Call extends EventTarget {
     this.#emit('failed', { reason });
   }
 
+  #refuse(reason) {
+    if (this.#closed) return;
+    this.#emit('refused', { reason });
+    this.close();
+  }
+
   #send(payload) {
-    if (!this.#closed) this.#sendSignal(payload);
+    if (this.#closed) return;
+    const sign = this.#signDescription;
+    if (!sign) {
+      this.#sendSignal(payload);
+      return;
+    }
+    // A candidate waits behind a description being signed.
+    this.#outbox = this.#outbox.then(async () => {
+      let auth = null;
+      if (payload.description) {
+        try {
+          auth = await sign(payload.description.sdp || '');
+        } catch (err) {
+          console.warn('earshot: could not sign a description:', errorName(err));
+        }
+      }
+      if (!this.#closed) this.#sendSignal(auth ? { ...payload, auth } : payload);
+    }).catch(() => { /* the send callback failed; later signals still go */ });
   }
 
   #emit(type, detail) {
