@@ -26,6 +26,7 @@
 //! - [`pow`]: proof-of-work challenges for `hello` under load or abuse.
 //! - [`ratelimit`]: token buckets on a caller-supplied clock.
 //! - [`stun`]: an RFC 5389 Binding responder, for the embedded STUN server.
+//! - [`turn`]: the embedded TURN server (relays, REST credentials) and its codec.
 //!
 //! Nothing here logs an address, SDP, a candidate or chat text: the core never
 //! sees an address, and the `Debug` of signalling payloads is redacted.
@@ -39,6 +40,7 @@ pub mod ratelimit;
 pub mod rooms;
 pub mod stun;
 pub mod switchboard;
+pub mod turn;
 
 pub use protocol::{ClientMsg, Country, ErrorCode, ServerMsg};
 pub use switchboard::{CloseReason, Config, ConnInfo, Entropy, Output, Switchboard};

@@ -50,6 +50,8 @@ pub enum ClientMsg {
     Report {
         reason: Option<ReportReason>,
     },
+    /// Fresh TURN credentials, before the current ones expire.
+    RefreshIce,
     RoomReport {
         peer: PeerId,
         reason: Option<ReportReason>,
@@ -298,6 +300,8 @@ pub struct Limits {
     pub messages_per_second: u32,
     pub message_burst: u32,
     pub max_room_size: usize,
+    /// How long TURN credentials last; ask `refresh_ice` before then. 0: no TURN.
+    pub ice_credential_ttl_ms: u64,
 }
 
 /// Why a call ended, as told to the partner who did not end it.
@@ -318,6 +322,11 @@ pub enum ServerMsg {
         ice_servers: Vec<IceServer>,
         limits: Limits,
         country: Option<Country>,
+        /// Whether "hide my IP" (relay-only ICE) starts on: only when TURN is offered.
+        hide_ip_default: bool,
+    },
+    IceServers {
+        ice_servers: Vec<IceServer>,
     },
     Searching {
         interests: Vec<String>,
@@ -693,6 +702,7 @@ pub fn decode(text: &str) -> Result<ClientMsg, DecodeError> {
             })
         }
         "room_unlock" => Ok(ClientMsg::RoomUnlock),
+        "refresh_ice" => Ok(ClientMsg::RefreshIce),
         "report" => {
             let f: ReportFields = fields(text)?;
             Ok(ClientMsg::Report { reason: f.reason })

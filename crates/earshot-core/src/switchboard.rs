@@ -47,6 +47,10 @@ pub struct Config {
     pub moderation: ModConfig,
     pub per_client: ClientLimits,
     pub pow: PowConfig,
+    /// How long minted TURN credentials last (see `set_turn_credentials`).
+    pub turn_credential_ttl: Duration,
+    /// Whether clients start with "hide my IP" on when TURN is offered.
+    pub hide_ip_default: bool,
 }
 
 /// Limits per client key, that is for all of one client's connections
@@ -116,6 +120,8 @@ impl Default for Config {
             moderation: ModConfig::default(),
             per_client: ClientLimits::default(),
             pow: PowConfig::default(),
+            turn_credential_ttl: Duration::from_secs(6 * 3600),
+            hide_ip_default: true,
         }
     }
 }
@@ -131,6 +137,7 @@ impl Config {
             messages_per_second: self.messages_per_second,
             message_burst: self.message_burst,
             max_room_size: self.rooms.max_size,
+            ice_credential_ttl_ms: millis(self.turn_credential_ttl),
         }
     }
 }
@@ -317,6 +324,15 @@ impl std::fmt::Debug for Entropy {
     }
 }
 
+/// See [`Switchboard::set_turn_credentials`].
+struct Minter(Box<dyn FnMut() -> (String, String) + Send>);
+
+impl std::fmt::Debug for Minter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Minter")
+    }
+}
+
 /// The sans-IO signalling state machine.
 #[derive(Debug)]
 pub struct Switchboard {
@@ -330,6 +346,8 @@ pub struct Switchboard {
     pow: Pow,
     /// When a client key last got a connection closed for abuse.
     abuse: HashMap<ClientKey, Instant>,
+    /// Mints (username, credential) for `turn:` servers; reads the wall clock.
+    turn_credentials: Option<Minter>,
     entropy: Entropy,
     /// New connections' hello deadlines, in time order.
     hello_deadlines: VecDeque<(Instant, ConnId)>,
@@ -372,6 +390,7 @@ impl Switchboard {
             clients,
             pow,
             abuse: HashMap::new(),
+            turn_credentials: None,
             entropy,
             hello_deadlines: VecDeque::new(),
             next_call: 1,
@@ -381,6 +400,33 @@ impl Switchboard {
             errors_by_code: [0; ErrorCode::ALL.len()],
             out: VecDeque::new(),
         }
+    }
+
+    /// Gives `turn:` entries of each client's ice servers fresh credentials
+    /// from `mint` whenever they are sent (in `welcome` and on `refresh_ice`).
+    pub fn set_turn_credentials(&mut self, mint: impl FnMut() -> (String, String) + Send + 'static) {
+        self.turn_credentials = Some(Minter(Box::new(mint)));
+    }
+
+    /// `id`'s ice servers, TURN ones with fresh credentials.
+    fn ice_servers(&mut self, id: ConnId) -> Vec<IceServer> {
+        let mut servers = self
+            .conns
+            .get(&id)
+            .map(|c| c.info.ice_servers.clone())
+            .unwrap_or_default();
+        for s in &mut servers {
+            let turn = s.urls.iter().any(|u| u.starts_with("turn:") || u.starts_with("turns:"));
+            if turn
+                && s.credential.is_none()
+                && let Some(Minter(mint)) = self.turn_credentials.as_mut()
+            {
+                let (username, credential) = mint();
+                s.username = Some(username);
+                s.credential = Some(credential);
+            }
+        }
+        servers
     }
 
     pub fn config(&self) -> &Config {
@@ -543,6 +589,10 @@ impl Switchboard {
             ClientMsg::RoomLock { verifier } => self.lock_room(now, id, phase, Some(verifier)),
             ClientMsg::RoomUnlock => self.lock_room(now, id, phase, None),
             ClientMsg::Report { reason } => self.report(now, id, phase, reason),
+            ClientMsg::RefreshIce => {
+                let ice_servers = self.ice_servers(id);
+                self.send(id, ServerMsg::IceServers { ice_servers });
+            }
             ClientMsg::RoomReport { peer, reason } => {
                 self.report_in_room(now, id, phase, peer, reason)
             }
@@ -577,15 +627,22 @@ impl Switchboard {
                 }
             }
         }
+        let ice_servers = self.ice_servers(id);
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
         conn.greeted = true;
+        let offers_turn = ice_servers.iter().any(|s| s.credential.is_some());
+        let mut limits = self.config.limits();
+        if !offers_turn {
+            limits.ice_credential_ttl_ms = 0;
+        }
         let welcome = ServerMsg::Welcome {
             version: protocol::PROTOCOL_VERSION,
-            ice_servers: conn.info.ice_servers.clone(),
-            limits: self.config.limits(),
+            ice_servers,
+            limits,
             country: conn.info.country,
+            hide_ip_default: offers_turn && self.config.hide_ip_default,
         };
         self.send(id, welcome);
     }

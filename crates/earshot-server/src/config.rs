@@ -2,6 +2,7 @@
 //! [`Settings`], which is all the rest of the server sees.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -50,6 +51,38 @@ pub struct Args {
     /// every other, so keep it small).
     #[arg(long, env = "EARSHOT_ROOM_SIZE", default_value_t = 6)]
     pub room_size: usize,
+
+    /// Run the embedded TURN server on this address (UDP and TCP, same
+    /// port), so people behind strict NATs connect and "hide my IP" works.
+    #[arg(long, env = "EARSHOT_TURN_LISTEN")]
+    pub turn_listen: Option<SocketAddr>,
+
+    /// Public address of the embedded TURN server's relays [default: the
+    /// --turn-listen IP].
+    #[arg(long, env = "EARSHOT_TURN_PUBLIC_IP")]
+    pub turn_public_ip: Option<IpAddr>,
+
+    /// UDP ports for the embedded TURN server's relays, LOW-HIGH.
+    #[arg(long, env = "EARSHOT_TURN_RELAY_PORTS", default_value = "49152-65535")]
+    pub turn_relay_ports: String,
+
+    /// An external TURN server (e.g. coturn) using the TURN REST shared
+    /// secret, such as turn:turn.example.org:3478?transport=udp. Repeatable.
+    #[arg(long = "turn-url", env = "EARSHOT_TURN_URL", value_delimiter = ',')]
+    pub turn_urls: Vec<String>,
+
+    /// TURN REST shared secret: required with --turn-url; for the embedded
+    /// TURN server a random one is made at start if none is given.
+    #[arg(long, env = "EARSHOT_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+
+    /// Seconds TURN credentials stay valid; clients refresh them before.
+    #[arg(long, env = "EARSHOT_TURN_TTL", default_value_t = 21_600)]
+    pub turn_ttl: u64,
+
+    /// Whether "hide my IP" starts on when TURN is available: on or off.
+    #[arg(long, env = "EARSHOT_HIDE_IP_DEFAULT", default_value = "on", value_parser = ["on", "off"])]
+    pub hide_ip_default: String,
 
     /// Most signalling connections from one client (one IPv4 address or
     /// IPv6 /64) at once; more are closed with 1013.
@@ -103,6 +136,52 @@ pub struct Settings {
     /// How long a new TCP connection has to send its first request head.
     pub header_timeout: Duration,
     pub core: earshot_core::Config,
+    pub turn: TurnSetup,
+}
+
+/// TURN as offered to clients: an embedded server, external ones, or none.
+#[derive(Clone, Default)]
+pub struct TurnSetup {
+    pub embedded: Option<EmbeddedTurn>,
+    /// External TURN URLs, sharing `secret`.
+    pub urls: Vec<String>,
+    /// The TURN REST shared secret.
+    pub secret: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EmbeddedTurn {
+    pub listen: SocketAddr,
+    pub public_ip: Option<IpAddr>,
+    pub relay_ports: RangeInclusive<u16>,
+}
+
+impl std::fmt::Debug for TurnSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnSetup")
+            .field("embedded", &self.embedded)
+            .field("urls", &self.urls)
+            .field("secret", &"<secret>")
+            .finish()
+    }
+}
+
+fn port_range(text: &str) -> anyhow::Result<RangeInclusive<u16>> {
+    let (low, high) = text
+        .split_once('-')
+        .context("--turn-relay-ports must look like 49152-65535")?;
+    let (low, high): (u16, u16) = (
+        low.trim()
+            .parse()
+            .context("bad low port in --turn-relay-ports")?,
+        high.trim()
+            .parse()
+            .context("bad high port in --turn-relay-ports")?,
+    );
+    if low == 0 || low > high {
+        bail!("--turn-relay-ports needs 1 <= LOW <= HIGH");
+    }
+    Ok(low..=high)
 }
 
 impl Settings {
@@ -123,6 +202,7 @@ impl Settings {
             key_rotation: Duration::from_secs(24 * 3600),
             header_timeout: Duration::from_secs(10),
             core: earshot_core::Config::default(),
+            turn: TurnSetup::default(),
         }
     }
 }
@@ -178,6 +258,46 @@ impl TryFrom<&Args> for Settings {
         settings.core.pow.base_maxnumber = args.pow_difficulty;
         settings.core.pow.max_maxnumber = settings.core.pow.max_maxnumber.max(args.pow_difficulty);
         settings.key_rotation = seconds("key-rotation", args.key_rotation * 3600.0)?;
+        for url in &args.turn_urls {
+            if !(url.starts_with("turn:") || url.starts_with("turns:")) {
+                bail!("--turn-url must start with turn: or turns:");
+            }
+        }
+        if !args.turn_urls.is_empty() && args.turn_secret.is_none() {
+            bail!("--turn-url needs --turn-secret (the TURN REST shared secret)");
+        }
+        let secret = match &args.turn_secret {
+            Some(s) if s.len() < 16 => bail!("--turn-secret must be at least 16 characters"),
+            Some(s) => s.as_bytes().to_vec(),
+            None => {
+                let mut s = vec![0u8; 32];
+                getrandom::fill(&mut s).map_err(std::io::Error::other)?;
+                s
+            }
+        };
+        let embedded = match args.turn_listen {
+            Some(listen) => {
+                if listen.ip().is_unspecified() && args.turn_public_ip.is_none() {
+                    bail!("--turn-listen on all interfaces needs --turn-public-ip");
+                }
+                Some(EmbeddedTurn {
+                    listen,
+                    public_ip: args.turn_public_ip,
+                    relay_ports: port_range(&args.turn_relay_ports)?,
+                })
+            }
+            None => None,
+        };
+        settings.turn = TurnSetup {
+            embedded,
+            urls: args.turn_urls.clone(),
+            secret,
+        };
+        if !(60..=7 * 24 * 3600).contains(&args.turn_ttl) {
+            bail!("--turn-ttl must be between 60 and 604800 seconds");
+        }
+        settings.core.turn_credential_ttl = Duration::from_secs(args.turn_ttl);
+        settings.core.hide_ip_default = args.hide_ip_default == "on";
         if settings.key_rotation < Duration::from_secs(60) {
             bail!("--key-rotation must be at least a minute (0.017 hours)");
         }
@@ -225,6 +345,42 @@ mod tests {
         assert!(parse(&["--pow", "sometimes"]).is_err());
         assert!(parse(&["--pow-difficulty", "0"]).is_err());
         assert!(parse(&["--key-rotation", "0"]).is_err());
+        assert!(
+            parse(&["--turn-url", "turn:x:3478"]).is_err(),
+            "needs a secret"
+        );
+        assert!(
+            parse(&[
+                "--turn-url",
+                "http://x",
+                "--turn-secret",
+                "0123456789abcdef"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&["--turn-listen", "0.0.0.0:3479"]).is_err(),
+            "needs a public IP"
+        );
+        assert!(
+            parse(&[
+                "--turn-listen",
+                "127.0.0.1:3479",
+                "--turn-relay-ports",
+                "9-1"
+            ])
+            .is_err()
+        );
+        let t = parse(&[
+            "--turn-listen",
+            "127.0.0.1:3479",
+            "--turn-relay-ports",
+            "50000-50100",
+        ])
+        .unwrap()
+        .turn;
+        assert_eq!(t.embedded.unwrap().relay_ports, 50000..=50100);
+        assert_eq!(t.secret.len(), 32, "a random secret when none is given");
         let s = parse(&["--pow", "always", "--max-connections-per-client", "3"]).unwrap();
         assert_eq!(s.core.pow.mode, earshot_core::pow::PowMode::Always);
         assert_eq!(s.core.per_client.connections, 3);

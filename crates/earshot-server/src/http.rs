@@ -189,29 +189,46 @@ async fn websocket(
         .into_response()
 }
 
-/// The STUN URL for a client: the configured one, or our STUN port on the
-/// host name the client used to reach us (so it works on any interface).
+/// The ICE servers for a client: our STUN (and TURN) on the host name the
+/// client used to reach us (so it works on any interface), or the configured
+/// URLs. TURN entries get fresh credentials from the switchboard when sent.
 fn ice_servers(app: &App, headers: &HeaderMap) -> Vec<IceServer> {
-    let url = match (&app.settings.stun_url, app.stun_addr) {
-        (Some(url), _) => url.clone(),
-        (None, Some(stun)) => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .and_then(host_of)
-                .unwrap_or_else(|| match crate::config::display_addr(stun).ip() {
-                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-                    ip => ip.to_string(),
-                });
-            format!("stun:{host}:{}", stun.port())
-        }
-        (None, None) => return Vec::new(),
+    let host = || {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(host_of)
     };
-    vec![IceServer {
-        urls: vec![url],
+    let fallback = |addr: std::net::SocketAddr| match crate::config::display_addr(addr).ip() {
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let entry = |urls: Vec<String>| IceServer {
+        urls,
         username: None,
         credential: None,
-    }]
+    };
+    let mut servers = Vec::new();
+    match (&app.settings.stun_url, app.stun_addr) {
+        (Some(url), _) => servers.push(entry(vec![url.clone()])),
+        (None, Some(stun)) => {
+            let h = host().unwrap_or_else(|| fallback(stun));
+            servers.push(entry(vec![format!("stun:{h}:{}", stun.port())]));
+        }
+        (None, None) => {}
+    }
+    if let Some(turn) = app.turn_addr {
+        let h = host().unwrap_or_else(|| fallback(turn));
+        let port = turn.port();
+        servers.push(entry(vec![
+            format!("turn:{h}:{port}?transport=udp"),
+            format!("turn:{h}:{port}?transport=tcp"),
+        ]));
+    }
+    if !app.settings.turn.urls.is_empty() {
+        servers.push(entry(app.settings.turn.urls.clone()));
+    }
+    servers
 }
 
 /// The host part of a `Host` header, if it is a plain name or address.

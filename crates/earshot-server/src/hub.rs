@@ -144,6 +144,18 @@ impl Hub {
         self.lock().outboxes.remove(&id);
     }
 
+    /// Mints TURN REST credentials for every welcome and refresh.
+    pub fn set_turn_credentials(&self, secret: Vec<u8>, ttl: std::time::Duration) {
+        self.lock().board.set_turn_credentials(move || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            // The tag only tells credentials apart; it identifies nobody.
+            let tag = format!("{:016x}", crate::identity::random_u64());
+            earshot_core::turn::rest_credentials(&secret, ttl, now, &tag)
+        });
+    }
+
     pub fn stats(&self) -> earshot_core::switchboard::Stats {
         self.lock().board.stats()
     }

@@ -9,17 +9,23 @@
 //! - [`identity`]: client keys (HMAC of the address) and the `Pii` wrapper.
 //! - `listener`: TCP caps per client and a deadline for request heads.
 //! - [`stun`]: the embedded STUN server's UDP loop.
+//! - [`turn`]: the embedded TURN server's sockets (UDP, TCP, relays).
+//! - [`geo`], [`proxy`]: approximate country, and client addresses behind
+//!   trusted reverse proxies.
 //!
 //! [`start`] binds everything and returns a [`Running`] server; `main.rs`
 //! only parses flags, sets up logging and waits for a signal. Tests and
 //! benchmarks start servers in-process the same way.
 
 pub mod config;
+pub mod geo;
 mod http;
 pub mod hub;
 pub mod identity;
 mod listener;
+pub mod proxy;
 pub mod stun;
+pub mod turn;
 mod ws;
 
 use std::net::SocketAddr;
@@ -37,6 +43,8 @@ pub struct App {
     pub hub: Arc<hub::Hub>,
     /// The bound STUN address, if the embedded STUN server runs.
     pub stun_addr: Option<SocketAddr>,
+    /// The bound embedded TURN address (UDP and TCP), if it runs.
+    pub turn_addr: Option<SocketAddr>,
     keyer: Arc<identity::Keyer>,
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -49,6 +57,8 @@ pub struct Running {
     pub http_addr: SocketAddr,
     /// Where STUN is served, if enabled.
     pub stun_addr: Option<SocketAddr>,
+    /// Where the embedded TURN server listens, if enabled.
+    pub turn_addr: Option<SocketAddr>,
     pub app: Arc<App>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -72,7 +82,35 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
         None => None,
     };
+    let turn_addr = match &settings.turn.embedded {
+        Some(t) => {
+            let listener = turn::TurnListener::bind(turn::TurnSettings {
+                listen: t.listen,
+                public_ip: t.public_ip,
+                relay_ports: t.relay_ports.clone(),
+                secret: settings.turn.secret.clone(),
+                realm: "earshot".into(),
+            })
+            .await
+            .context("cannot start the embedded TURN server")?;
+            let bound = listener.local_addr()?;
+            let token = shutdown.clone();
+            tracker.spawn(async move {
+                if let Err(e) = listener.serve(token).await {
+                    tracing::error!(error = %e, "the embedded TURN server stopped");
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
     let hub = hub::Hub::new(settings.core.clone(), settings.outbound_queue);
+    if turn_addr.is_some() || !settings.turn.urls.is_empty() {
+        hub.set_turn_credentials(
+            settings.turn.secret.clone(),
+            settings.core.turn_credential_ttl,
+        );
+    }
     let keyer =
         Arc::new(identity::Keyer::random().context("no OS randomness for the client-key secret")?);
     let guards = listener::Guards {
@@ -89,6 +127,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         settings,
         hub,
         stun_addr,
+        turn_addr,
         keyer: keyer.clone(),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
@@ -108,6 +147,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     Ok(Running {
         http_addr,
         stun_addr,
+        turn_addr,
         app,
         server,
     })

@@ -34,7 +34,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // closed stdout is no reason to stop serving.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "Earshot is running at {} ({stun})", running.url());
-    let _ = writeln!(out, "Open it in two browser tabs to talk to yourself. Ctrl-C stops it.");
+    let _ = writeln!(
+        out,
+        "Open it in two browser tabs to talk to yourself. Ctrl-C stops it."
+    );
     let _ = out.flush();
     drop(out);
     shutdown.await;

@@ -392,3 +392,58 @@ async fn rooms_relay_between_members_and_locks_hold() {
     drop(c);
     assert_eq!(recv_type(&mut a, "peer_left").await["peer"], joined["peer"]);
 }
+
+#[tokio::test]
+async fn turn_credentials_are_minted_per_welcome_and_refreshed() {
+    use earshot_server::config::{EmbeddedTurn, TurnSetup};
+    let secret = b"a-test-secret-of-some-length".to_vec();
+    let s = server(|s| {
+        s.turn = TurnSetup {
+            embedded: Some(EmbeddedTurn {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                public_ip: None,
+                relay_ports: 50_000..=50_100,
+            }),
+            urls: vec!["turn:turn.example.org:3478?transport=udp".into()],
+            secret: secret.clone(),
+        };
+    })
+    .await;
+    let turn = s.turn_addr.expect("embedded TURN runs");
+    let (mut ws, welcome) = greeted(s.http_addr).await;
+    assert_eq!(welcome["hide_ip_default"], true);
+    let ttl_ms = welcome["limits"]["ice_credential_ttl_ms"].as_u64().unwrap();
+    assert_eq!(ttl_ms, 6 * 3600 * 1000);
+    let servers = welcome["ice_servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 3, "{servers:?}");
+    assert!(
+        servers[0].get("username").is_none(),
+        "STUN needs no credential"
+    );
+    assert_eq!(
+        servers[1]["urls"],
+        json!([
+            format!("turn:127.0.0.1:{}?transport=udp", turn.port()),
+            format!("turn:127.0.0.1:{}?transport=tcp", turn.port())
+        ])
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for turn_server in &servers[1..] {
+        let user = turn_server["username"].as_str().unwrap();
+        let expiry: u64 = user.split_once(':').unwrap().0.parse().unwrap();
+        assert!(expiry.abs_diff(now + 6 * 3600) <= 5, "{user}");
+        assert_eq!(
+            turn_server["credential"],
+            earshot_core::turn::rest_password(&secret, user)
+        );
+    }
+    send(&mut ws, json!({"type": "refresh_ice"})).await;
+    let fresh = recv_type(&mut ws, "ice_servers").await;
+    assert_ne!(
+        fresh["ice_servers"][1]["username"], servers[1]["username"],
+        "a new credential each time"
+    );
+}

@@ -1,0 +1,37 @@
+//! An embedded TURN server (RFC 5766 / RFC 8656, UDP relays only), sans-IO.
+//!
+//! TURN lets a browser behind a symmetric NAT, or one that hides its address
+//! ("Hide my IP"), reach its partner through a relay address on the server.
+//! Media stays end-to-end encrypted (DTLS-SRTP); the relay only sees
+//! ciphertext and the two addresses.
+//!
+//! [`TurnServer`] decides everything: authentication (long-term credentials
+//! in the TURN REST scheme, see [`auth`]), allocations and their lifetimes,
+//! permissions, channels, and what happens to every datagram. The shell
+//! (`earshot-server`'s `turn` module) owns the sockets and the clock:
+//!
+//! ```text
+//! turn.handle_client(now, unix, client, bytes)  // a datagram or TCP frame from a client
+//! turn.handle_peer(now, allocation, peer, bytes) // a datagram on a relay socket
+//! turn.relay_bound(allocation, Ok(port))        // answer to Output::BindRelay
+//! turn.client_closed(client)                    // a TCP connection ended
+//! turn.handle_timeout(now)                      // when poll_timeout() said so
+//! while let Some(out) = turn.poll_output() { ... }  // ToClient, ToPeer, BindRelay, ReleaseRelay
+//! ```
+//!
+//! Relay ports come from the shell: an allocation that passes every check
+//! yields [`Output::BindRelay`]; the shell binds a UDP socket in its port
+//! range and reports the port (or failure) with [`TurnServer::relay_bound`],
+//! and only then is the client answered. [`Output::ReleaseRelay`] closes it.
+//!
+//! Modules: [`codec`] (the wire format, shared with test clients), [`auth`]
+//! (REST credentials, keys, nonces), `server` (the state machine).
+
+pub mod auth;
+pub mod codec;
+mod server;
+
+pub use auth::{long_term_key, rest_credentials, rest_password};
+pub use server::{
+    AllocationId, ClientAddr, Config, Output, RelayUnavailable, Stats, Transport, TurnServer,
+};

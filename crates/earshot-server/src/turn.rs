@@ -1,0 +1,604 @@
+//! The embedded TURN server's sockets: one UDP socket and one TCP listener
+//! on the same port for clients, and one UDP relay socket per allocation.
+//!
+//! All decisions live in `earshot_core::turn`; one driver task owns the
+//! sans-IO [`TurnServer`] and the clock, and every other task only moves
+//! bytes to and from it over a bounded channel. Invariants:
+//! - Nothing waits on a client: sends to clients and peers are `try_`
+//!   sends, and a datagram that does not fit a socket buffer or a TCP
+//!   connection's bounded queue is dropped, as UDP would drop it. A TCP
+//!   client that stops reading is cut off after a write timeout.
+//! - Everything is bounded: TCP connections, frame sizes, queues,
+//!   allocations (and so relay sockets).
+//! - Nothing logged here names a client or a peer: counts and error kinds
+//!   only.
+//! - Relay sockets are bound on the listen IP, within `relay_ports`.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use earshot_core::turn::codec::{Frame, stream_frame};
+use earshot_core::turn::{
+    AllocationId, ClientAddr, Config, Output, RelayUnavailable, Transport, TurnServer,
+};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Where and how the embedded TURN server runs.
+#[derive(Clone)]
+pub struct TurnSettings {
+    /// UDP and TCP, on the same port.
+    pub listen: SocketAddr,
+    /// The relay address given to clients; default: the listen IP (which
+    /// must then not be unspecified).
+    pub public_ip: Option<IpAddr>,
+    /// Relay sockets bind within these ports, on the listen IP.
+    pub relay_ports: RangeInclusive<u16>,
+    /// The TURN REST shared secret; the signalling server mints credentials
+    /// with it (`earshot_core::turn::rest_credentials`).
+    pub secret: Vec<u8>,
+    pub realm: String,
+}
+
+impl TurnSettings {
+    /// The IANA dynamic port range, coturn's default too.
+    pub const DEFAULT_RELAY_PORTS: RangeInclusive<u16> = 49152..=65535;
+}
+
+impl std::fmt::Debug for TurnSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnSettings")
+            .field("listen", &self.listen)
+            .field("public_ip", &self.public_ip)
+            .field("relay_ports", &self.relay_ports)
+            .field("secret", &"<redacted>")
+            .field("realm", &self.realm)
+            .finish()
+    }
+}
+
+/// Most TCP client connections at once; more wait in the accept queue.
+const MAX_TCP_CONNECTIONS: usize = 1024;
+/// Frames queued for one TCP client before more are dropped.
+const TCP_QUEUE: usize = 64;
+/// A TCP client that does not take a frame within this time is cut off.
+const TCP_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TCP connection must send its first frame within this time, and then
+/// something at least this often (a client refreshes its allocation well
+/// within the longest lifetime, 3600 s).
+const TCP_FIRST_FRAME: Duration = Duration::from_secs(10);
+const TCP_IDLE: Duration = Duration::from_secs(3660);
+/// The largest TCP frame: ChannelData with 65535 bytes and padding.
+const MAX_TCP_FRAME: usize = 4 + 0xFFFF + 3;
+/// Peer datagrams are read into buffers this big, one per relay socket;
+/// a bigger one is dropped. WebRTC packets stay under ~1500 bytes.
+const RELAY_BUFFER: usize = 4096;
+/// Events waiting for the driver.
+const EVENT_QUEUE: usize = 1024;
+/// Bind attempts on ports in use by others before giving up.
+const MAX_BIND_FAILURES: usize = 64;
+
+/// Bytes and news for the driver task.
+enum Event {
+    /// A frame from a TCP client.
+    Client {
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+    /// A datagram on a relay socket.
+    Peer {
+        allocation: AllocationId,
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+    /// A TCP connection opened; `conn` tells it from a later connection
+    /// that happens to reuse its address.
+    TcpOpened {
+        conn: u64,
+        addr: SocketAddr,
+        queue: mpsc::Sender<Vec<u8>>,
+    },
+    TcpClosed {
+        conn: u64,
+        addr: SocketAddr,
+    },
+}
+
+/// The bound sockets of a TURN server that is not serving yet.
+pub struct TurnListener {
+    udp: Arc<UdpSocket>,
+    tcp: TcpListener,
+    settings: TurnSettings,
+    relay_ip: IpAddr,
+}
+
+impl TurnListener {
+    /// Binds UDP and TCP on `settings.listen` (the same port for both, also
+    /// when it is 0) and checks the settings.
+    pub async fn bind(settings: TurnSettings) -> anyhow::Result<TurnListener> {
+        let relay_ip = settings.public_ip.unwrap_or(settings.listen.ip());
+        anyhow::ensure!(
+            !relay_ip.is_unspecified(),
+            "TURN listens on an unspecified address: set the public IP to advertise"
+        );
+        anyhow::ensure!(
+            !settings.relay_ports.is_empty(),
+            "the TURN relay port range is empty"
+        );
+        anyhow::ensure!(
+            !settings.secret.is_empty(),
+            "the TURN shared secret is empty"
+        );
+        // With port 0 the TCP port must follow the UDP one, which another
+        // program may hold: try a few.
+        let mut attempts = 0;
+        let (udp, tcp) = loop {
+            let udp = UdpSocket::bind(settings.listen)
+                .await
+                .with_context(|| format!("cannot bind TURN on udp {}", settings.listen))?;
+            let addr = udp.local_addr()?;
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, tcp),
+                Err(e) if settings.listen.port() == 0 && attempts < 10 => {
+                    attempts += 1;
+                    tracing::debug!(kind = %e.kind(), "turn: tcp port taken, retrying");
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot listen for TURN on tcp {addr}"));
+                }
+            }
+        };
+        Ok(TurnListener {
+            udp: Arc::new(udp),
+            tcp,
+            settings,
+            relay_ip,
+        })
+    }
+
+    /// The bound address (UDP and TCP).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.udp.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then waits for its tasks.
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut nonce_key = [0u8; 32];
+        getrandom::fill(&mut nonce_key).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+        let mut config = Config::new(
+            self.settings.realm.clone(),
+            self.settings.secret.clone(),
+            nonce_key,
+            self.relay_ip,
+        );
+        // One relay socket per allocation: no more than there are ports.
+        config.max_allocations = config.max_allocations.min(self.settings.relay_ports.len());
+        let tracker = TaskTracker::new();
+        let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+        tracker.spawn(accept_tcp(
+            self.tcp,
+            events_tx.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+        let driver = Driver {
+            turn: TurnServer::new(config),
+            udp: self.udp,
+            listen_ip: self.settings.listen.ip(),
+            relay_ports: self.settings.relay_ports.clone(),
+            tcp: HashMap::new(),
+            relays: HashMap::new(),
+            ports_in_use: HashSet::new(),
+            events_tx,
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+            counts: Counts::default(),
+        };
+        driver.run(events).await;
+        tracker.close();
+        tracker.wait().await;
+        Ok(())
+    }
+}
+
+/// Binds and serves until `shutdown`; see [`TurnListener`] to learn the
+/// bound port first.
+pub async fn serve(settings: TurnSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    TurnListener::bind(settings).await?.serve(shutdown).await
+}
+
+/// Tallies for the shutdown log line; counts, never addresses.
+#[derive(Debug, Default)]
+struct Counts {
+    send_drops: u64,
+    recv_errors: u64,
+    relay_bind_failures: u64,
+}
+
+struct Relay {
+    socket: Arc<UdpSocket>,
+    port: u16,
+    stop: CancellationToken,
+}
+
+struct Driver {
+    turn: TurnServer,
+    udp: Arc<UdpSocket>,
+    listen_ip: IpAddr,
+    relay_ports: RangeInclusive<u16>,
+    /// Connection number and outbound queue of TCP clients, by address.
+    tcp: HashMap<SocketAddr, (u64, mpsc::Sender<Vec<u8>>)>,
+    relays: HashMap<AllocationId, Relay>,
+    ports_in_use: HashSet<u16>,
+    events_tx: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    counts: Counts,
+}
+
+impl Driver {
+    async fn run(mut self, mut events: mpsc::Receiver<Event>) {
+        // Bigger than any UDP payload, so nothing arrives truncated.
+        let mut buf = vec![0u8; 65_536];
+        let udp = self.udp.clone();
+        loop {
+            let deadline = self.turn.poll_timeout().map(tokio::time::Instant::from_std);
+            let timer = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                () = timer => self.turn.handle_timeout(Instant::now()),
+                received = udp.recv_from(&mut buf) => match received {
+                    Ok((n, from)) => {
+                        let from = ClientAddr { transport: Transport::Udp, addr: from };
+                        self.turn.handle_client(Instant::now(), unix_now(), from, &buf[..n]);
+                    }
+                    Err(e) => {
+                        // ICMP errors for earlier sends surface here on Linux.
+                        self.counts.recv_errors += 1;
+                        tracing::debug!(kind = %e.kind(), "turn: udp receive failed");
+                    }
+                },
+                Some(event) = events.recv() => self.handle(event),
+            }
+            self.carry_out();
+        }
+        for relay in self.relays.values() {
+            relay.stop.cancel();
+        }
+        tracing::debug!(stats = ?self.turn.stats(), counts = ?self.counts, "turn: stopped");
+    }
+
+    fn handle(&mut self, event: Event) {
+        let now = Instant::now();
+        match event {
+            Event::Client { from, data } => {
+                let from = ClientAddr {
+                    transport: Transport::Tcp,
+                    addr: from,
+                };
+                self.turn.handle_client(now, unix_now(), from, &data);
+            }
+            Event::Peer {
+                allocation,
+                from,
+                data,
+            } => self.turn.handle_peer(now, allocation, from, &data),
+            Event::TcpOpened { conn, addr, queue } => {
+                self.tcp.insert(addr, (conn, queue));
+            }
+            Event::TcpClosed { conn, addr } => {
+                if self.tcp.get(&addr).is_some_and(|(c, _)| *c == conn) {
+                    self.tcp.remove(&addr);
+                    self.turn.client_closed(ClientAddr {
+                        transport: Transport::Tcp,
+                        addr,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Does what the core asked, until it asks nothing more.
+    fn carry_out(&mut self) {
+        while let Some(out) = self.turn.poll_output() {
+            match out {
+                Output::ToClient { client, data } => {
+                    let sent = match client.transport {
+                        Transport::Udp => self.udp.try_send_to(&data, client.addr).is_ok(),
+                        Transport::Tcp => self
+                            .tcp
+                            .get(&client.addr)
+                            .is_some_and(|(_, q)| q.try_send(data).is_ok()),
+                    };
+                    if !sent {
+                        self.counts.send_drops += 1;
+                    }
+                }
+                Output::ToPeer {
+                    allocation,
+                    peer,
+                    data,
+                } => {
+                    let peer = for_socket(self.listen_ip, peer);
+                    let sent = self
+                        .relays
+                        .get(&allocation)
+                        .is_some_and(|r| r.socket.try_send_to(&data, peer).is_ok());
+                    if !sent {
+                        self.counts.send_drops += 1;
+                    }
+                }
+                Output::BindRelay {
+                    allocation,
+                    even_port,
+                } => {
+                    let port = self
+                        .bind_relay(allocation, even_port)
+                        .ok_or(RelayUnavailable);
+                    self.turn.relay_bound(allocation, port);
+                }
+                Output::ReleaseRelay { allocation } => {
+                    if let Some(relay) = self.relays.remove(&allocation) {
+                        relay.stop.cancel();
+                        self.ports_in_use.remove(&relay.port);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Binds a relay socket on a free port of the range, starting at a
+    /// random one, and starts its reader.
+    fn bind_relay(&mut self, allocation: AllocationId, even_port: bool) -> Option<u16> {
+        let (first, last) = (*self.relay_ports.start(), *self.relay_ports.end());
+        let span = u32::from(last - first) + 1;
+        let mut start = [0u8; 4];
+        getrandom::fill(&mut start).ok()?;
+        let start = u32::from_le_bytes(start) % span;
+        let mut failures = 0;
+        for i in 0..span {
+            // In the range by construction: first + (x mod span) <= last.
+            let port =
+                first + u16::try_from((start + i) % span).expect("offset within a u16 range");
+            if self.ports_in_use.contains(&port) || (even_port && port % 2 == 1) {
+                continue;
+            }
+            match bind_udp(SocketAddr::new(self.listen_ip, port)) {
+                Ok(socket) => {
+                    let socket = Arc::new(socket);
+                    let stop = self.shutdown.child_token();
+                    self.tracker.spawn(read_relay(
+                        socket.clone(),
+                        allocation,
+                        self.events_tx.clone(),
+                        stop.clone(),
+                    ));
+                    self.ports_in_use.insert(port);
+                    self.relays.insert(allocation, Relay { socket, port, stop });
+                    return Some(port);
+                }
+                Err(e) => {
+                    self.counts.relay_bind_failures += 1;
+                    failures += 1;
+                    if failures >= MAX_BIND_FAILURES || e.kind() != io::ErrorKind::AddrInUse {
+                        tracing::warn!(kind = %e.kind(), "turn: cannot bind a relay socket");
+                        return None;
+                    }
+                }
+            }
+        }
+        tracing::warn!("turn: every relay port is in use");
+        None
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
+/// A relay socket bound on an IPv6 address (`::`, dual-stack) reaches IPv4
+/// peers at their mapped address.
+fn for_socket(relay_ip: IpAddr, peer: SocketAddr) -> SocketAddr {
+    match (relay_ip, peer) {
+        (IpAddr::V6(_), SocketAddr::V4(v4)) => {
+            SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+        }
+        _ => peer,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Reads peer datagrams on one relay socket until its allocation ends.
+async fn read_relay(
+    socket: Arc<UdpSocket>,
+    allocation: AllocationId,
+    events: mpsc::Sender<Event>,
+    stop: CancellationToken,
+) {
+    let mut buf = vec![0u8; RELAY_BUFFER];
+    loop {
+        let received = tokio::select! {
+            () = stop.cancelled() => return,
+            received = socket.recv_from(&mut buf) => received,
+        };
+        let Ok((n, from)) = received else {
+            // ICMP errors for earlier sends; the socket itself is fine.
+            continue;
+        };
+        if n == buf.len() {
+            // Possibly truncated: relaying it would corrupt it.
+            continue;
+        }
+        let event = Event::Peer {
+            allocation,
+            from,
+            data: buf[..n].to_vec(),
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            sent = events.send(event) => if sent.is_err() { return },
+        }
+    }
+}
+
+async fn accept_tcp(
+    listener: TcpListener,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    let mut next_conn = 0u64;
+    loop {
+        // Wait for a free slot before accepting: excess connections wait
+        // in the kernel's backlog instead of costing memory here.
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => return,
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                let events = events.clone();
+                let shutdown = shutdown.clone();
+                next_conn += 1;
+                let conn = next_conn;
+                tracker.spawn(async move {
+                    serve_tcp(stream, conn, addr, events, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors, say: back off rather than spin.
+                tracing::debug!(kind = %e.kind(), "turn: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// One TCP client: frames in to the driver, frames out from its queue.
+async fn serve_tcp(
+    stream: TcpStream,
+    conn: u64,
+    addr: SocketAddr,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let (reader, writer) = stream.into_split();
+    let (queue, outbound) = mpsc::channel(TCP_QUEUE);
+    if events
+        .send(Event::TcpOpened { conn, addr, queue })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    // Whichever half ends first (end of stream, a bad frame, a timeout, a
+    // write that does not complete) ends the connection.
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        () = read_frames(reader, addr, &events) => {}
+        () = write_frames(writer, outbound) => {}
+    }
+    let _ = events.send(Event::TcpClosed { conn, addr }).await;
+}
+
+async fn read_frames(reader: OwnedReadHalf, addr: SocketAddr, events: &mpsc::Sender<Event>) {
+    let mut buf: Vec<u8> = Vec::with_capacity(2048);
+    let mut timeout = TCP_FIRST_FRAME;
+    let mut first = true;
+    loop {
+        // Hand over every complete frame in the buffer.
+        loop {
+            // A client opens with a request: a stream starting with anything
+            // else (HTTP, say, which looks like ChannelData) is not TURN.
+            if first && buf.first().is_some_and(|b| b >> 6 != 0) {
+                return;
+            }
+            let len = match stream_frame(&buf) {
+                Frame::Incomplete => break,
+                Frame::Invalid => return,
+                Frame::Len(len) if len > MAX_TCP_FRAME => return,
+                Frame::Len(len) if len > buf.len() => break,
+                Frame::Len(len) => len,
+            };
+            let data = buf[..len].to_vec();
+            buf.drain(..len);
+            timeout = TCP_IDLE;
+            first = false;
+            if events
+                .send(Event::Client { from: addr, data })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        match tokio::time::timeout(timeout, read_some(&reader, &mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Appends what the socket has to `buf`; 0 at end of stream.
+async fn read_some(reader: &OwnedReadHalf, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        reader.readable().await?;
+        match reader.try_read(&mut chunk) {
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn write_frames(writer: OwnedWriteHalf, mut outbound: mpsc::Receiver<Vec<u8>>) {
+    while let Some(frame) = outbound.recv().await {
+        match tokio::time::timeout(TCP_WRITE_TIMEOUT, write_all(&writer, &frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
+}
+
+async fn write_all(writer: &OwnedWriteHalf, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        writer.writable().await?;
+        match writer.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
