@@ -84,6 +84,28 @@ pub struct Args {
     #[arg(long, env = "EARSHOT_HIDE_IP_DEFAULT", default_value = "on", value_parser = ["on", "off"])]
     pub hide_ip_default: String,
 
+    /// A MaxMind-format country database (GeoLite2-Country, DB-IP) for more
+    /// accurate flags [default: the embedded registry allocation table].
+    #[arg(long, env = "EARSHOT_GEOIP_DB")]
+    pub geoip_db: Option<std::path::PathBuf>,
+
+    /// A reverse proxy's address range (CIDR) whose connections may say who
+    /// their client is; repeatable. Others' forwarding headers are ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "EARSHOT_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+
+    /// Which header trusted proxies write: x-forwarded-for or forwarded.
+    #[arg(
+        long,
+        env = "EARSHOT_FORWARDED_HEADER",
+        default_value = "x-forwarded-for"
+    )]
+    pub forwarded_header: String,
+
     /// Most signalling connections from one client (one IPv4 address or
     /// IPv6 /64) at once; more are closed with 1013.
     #[arg(long, env = "EARSHOT_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 20)]
@@ -137,6 +159,9 @@ pub struct Settings {
     pub header_timeout: Duration,
     pub core: earshot_core::Config,
     pub turn: TurnSetup,
+    /// `None`: the embedded country table.
+    pub geoip_db: Option<std::path::PathBuf>,
+    pub proxies: crate::proxy::TrustedProxies,
 }
 
 /// TURN as offered to clients: an embedded server, external ones, or none.
@@ -203,6 +228,8 @@ impl Settings {
             header_timeout: Duration::from_secs(10),
             core: earshot_core::Config::default(),
             turn: TurnSetup::default(),
+            geoip_db: None,
+            proxies: crate::proxy::TrustedProxies::default(),
         }
     }
 }
@@ -298,6 +325,14 @@ impl TryFrom<&Args> for Settings {
         }
         settings.core.turn_credential_ttl = Duration::from_secs(args.turn_ttl);
         settings.core.hide_ip_default = args.hide_ip_default == "on";
+        settings.geoip_db = args.geoip_db.clone();
+        settings.proxies = crate::proxy::TrustedProxies::parse(&args.trusted_proxies)
+            .context("bad --trusted-proxy")?
+            .reading(
+                args.forwarded_header
+                    .parse()
+                    .context("bad --forwarded-header")?,
+            );
         if settings.key_rotation < Duration::from_secs(60) {
             bail!("--key-rotation must be at least a minute (0.017 hours)");
         }

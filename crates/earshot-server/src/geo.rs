@@ -111,8 +111,8 @@ fn maxmind_code(reader: &maxminddb::Reader<Vec<u8>>, ip: IpAddr) -> Option<&str>
     .find_map(|path| found.decode_path::<&str>(path).ok().flatten())
 }
 
-/// Officially assigned ISO 3166-1 alpha-2 codes, plus XK (Kosovo, user
-/// assigned but used by every registry and flag set).
+/// Officially assigned ISO 3166-1 alpha-2 codes, plus XK (Kosovo: a
+/// user-assigned code, but the one in common use, flags included).
 const ISO_3166_ALPHA_2: &str = "\
     AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ \
     BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ \
@@ -305,6 +305,12 @@ mod tests {
         assert!(public_v6("2a00::1".parse().unwrap()).is_some());
         assert!(public_v6("3ffe::1".parse().unwrap()).is_some());
         assert!(public_v6("4000::1".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn one_geo_serves_every_connection_task() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<Geo>();
     }
 
     #[test]

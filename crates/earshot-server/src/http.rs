@@ -173,9 +173,11 @@ async fn websocket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let (key, previous_key) = app.keyer.keys(Pii(peer.0.ip()));
+    // Behind a trusted reverse proxy, the client is who the proxy says.
+    let client = app.settings.proxies.client_ip(peer.0.ip(), &headers);
+    let (key, previous_key) = app.keyer.keys(Pii(client));
     let info = ConnInfo {
-        country: None,
+        country: app.geo.country(client),
         ice_servers: ice_servers(&app, &headers),
         key,
         previous_key,

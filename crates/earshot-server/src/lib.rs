@@ -46,6 +46,7 @@ pub struct App {
     /// The bound embedded TURN address (UDP and TCP), if it runs.
     pub turn_addr: Option<SocketAddr>,
     keyer: Arc<identity::Keyer>,
+    geo: geo::Geo,
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -104,6 +105,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
         None => None,
     };
+    let geo = match &settings.geoip_db {
+        Some(path) => geo::Geo::from_maxmind(path)
+            .with_context(|| format!("cannot read --geoip-db {}", path.display()))?,
+        None => geo::Geo::embedded(),
+    };
+    tracing::info!(source = %geo.description(), "country lookup ready");
     let hub = hub::Hub::new(settings.core.clone(), settings.outbound_queue);
     if turn_addr.is_some() || !settings.turn.urls.is_empty() {
         hub.set_turn_credentials(
@@ -120,7 +127,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         max_per_client: settings.core.per_client.connections + 8,
         header_timeout: settings.header_timeout,
     };
-    let listener = listener::GuardedListener::new(listener, keyer.clone(), guards);
+    let listener =
+        listener::GuardedListener::new(listener, keyer.clone(), settings.proxies.clone(), guards);
     tracker.spawn(hub.clone().run_timer(shutdown.clone()));
     let app = Arc::new(App {
         connections: Arc::new(Semaphore::new(settings.max_connections)),
@@ -129,6 +137,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         stun_addr,
         turn_addr,
         keyer: keyer.clone(),
+        geo,
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     });

@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 
 use crate::identity::{Keyer, Pii};
+use crate::proxy::TrustedProxies;
 
 /// The client's address, for deriving its key; never formatted.
 #[derive(Clone, Copy, Debug)]
@@ -53,15 +54,23 @@ pub struct Guards {
 pub struct GuardedListener {
     inner: TcpListener,
     keyer: Arc<Keyer>,
+    /// Their connections carry many clients: no per-client cap for them.
+    proxies: TrustedProxies,
     guards: Guards,
     counts: Arc<Mutex<Counts>>,
 }
 
 impl GuardedListener {
-    pub fn new(inner: TcpListener, keyer: Arc<Keyer>, guards: Guards) -> GuardedListener {
+    pub fn new(
+        inner: TcpListener,
+        keyer: Arc<Keyer>,
+        proxies: TrustedProxies,
+        guards: Guards,
+    ) -> GuardedListener {
         GuardedListener {
             inner,
             keyer,
+            proxies,
             guards,
             counts: Arc::default(),
         }
@@ -106,7 +115,9 @@ impl Listener for GuardedListener {
             let admitted = {
                 let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
                 let mine = c.per_key.get(&key).copied().unwrap_or(0);
-                if c.total >= self.guards.max_total || mine >= self.guards.max_per_client {
+                let capped =
+                    !self.proxies.contains(addr.ip()) && mine >= self.guards.max_per_client;
+                if c.total >= self.guards.max_total || capped {
                     false
                 } else {
                     c.total += 1;

@@ -447,3 +447,40 @@ async fn turn_credentials_are_minted_per_welcome_and_refreshed() {
         "a new credential each time"
     );
 }
+
+/// A client whose trusted reverse proxy says it comes from `forwarded_for`.
+async fn greeted_via(addr: SocketAddr, forwarded_for: &str) -> (Ws, Value) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", forwarded_for.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    send(&mut ws, json!({"type": "hello", "version": 1})).await;
+    let welcome = recv_type(&mut ws, "welcome").await;
+    (ws, welcome)
+}
+
+#[tokio::test]
+async fn partners_see_each_others_country_through_a_trusted_proxy_only() {
+    let trusted = server(|s| {
+        s.proxies = earshot_server::proxy::TrustedProxies::parse(&["127.0.0.0/8".into()]).unwrap();
+    })
+    .await;
+    // The leftmost entry is what the client claimed; the proxy appended the rest.
+    let (mut a, wa) = greeted_via(trusted.http_addr, "8.8.8.8").await;
+    let (mut b, wb) = greeted_via(trusted.http_addr, "1.2.3.4, 193.0.6.139").await;
+    assert_eq!(wa["country"], "US");
+    assert_eq!(wb["country"], "NL", "the rightmost untrusted entry counts");
+    send(&mut a, json!({"type": "search"})).await;
+    send(&mut b, json!({"type": "search"})).await;
+    recv_type(&mut a, "searching").await;
+    recv_type(&mut b, "searching").await;
+    assert_eq!(recv_type(&mut b, "matched").await["country"], "US");
+    assert_eq!(recv_type(&mut a, "matched").await["country"], "NL");
+
+    // The same headers from a peer that is not a trusted proxy are ignored.
+    let untrusted = server(|_| {}).await;
+    let (_c, wc) = greeted_via(untrusted.http_addr, "8.8.8.8").await;
+    assert_eq!(wc["country"], Value::Null);
+}
