@@ -106,6 +106,24 @@ pub struct Args {
     )]
     pub forwarded_header: String,
 
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "EARSHOT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key for --tls-cert.
+    #[arg(long, env = "EARSHOT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Serve HTTPS with a self-signed certificate made at start (for trying
+    /// Earshot on a LAN: browsers warn, and the fingerprint is printed so you
+    /// can check it). Valid for localhost and the --listen address.
+    #[arg(long, env = "EARSHOT_TLS_SELF_SIGNED", conflicts_with = "tls_cert")]
+    pub tls_self_signed: bool,
+
+    /// Extra host names for the self-signed certificate; repeatable.
+    #[arg(long = "tls-name", env = "EARSHOT_TLS_NAME", value_delimiter = ',')]
+    pub tls_names: Vec<String>,
+
     /// Most signalling connections from one client (one IPv4 address or
     /// IPv6 /64) at once; more are closed with 1013.
     #[arg(long, env = "EARSHOT_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 20)]
@@ -161,7 +179,22 @@ pub struct Settings {
     pub turn: TurnSetup,
     /// `None`: the embedded country table.
     pub geoip_db: Option<std::path::PathBuf>,
+    pub tls: TlsSetup,
     pub proxies: crate::proxy::TrustedProxies,
+}
+
+/// Where HTTPS comes from, if anywhere.
+#[derive(Debug, Clone, Default)]
+pub enum TlsSetup {
+    #[default]
+    None,
+    Files {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    },
+    SelfSigned {
+        names: Vec<String>,
+    },
 }
 
 /// TURN as offered to clients: an embedded server, external ones, or none.
@@ -229,6 +262,7 @@ impl Settings {
             core: earshot_core::Config::default(),
             turn: TurnSetup::default(),
             geoip_db: None,
+            tls: TlsSetup::None,
             proxies: crate::proxy::TrustedProxies::default(),
         }
     }
@@ -326,6 +360,16 @@ impl TryFrom<&Args> for Settings {
         settings.core.turn_credential_ttl = Duration::from_secs(args.turn_ttl);
         settings.core.hide_ip_default = args.hide_ip_default == "on";
         settings.geoip_db = args.geoip_db.clone();
+        settings.tls = match (&args.tls_cert, &args.tls_key, args.tls_self_signed) {
+            (Some(cert), Some(key), _) => TlsSetup::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            (None, None, true) => TlsSetup::SelfSigned {
+                names: args.tls_names.clone(),
+            },
+            _ => TlsSetup::None,
+        };
         settings.proxies = crate::proxy::TrustedProxies::parse(&args.trusted_proxies)
             .context("bad --trusted-proxy")?
             .reading(

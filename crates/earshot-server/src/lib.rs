@@ -10,6 +10,7 @@
 //! - `listener`: TCP caps per client and a deadline for request heads.
 //! - [`stun`]: the embedded STUN server's UDP loop.
 //! - [`turn`]: the embedded TURN server's sockets (UDP, TCP, relays).
+//! - [`tls`]: HTTPS certificates (from files, or self-signed in memory).
 //! - [`geo`], [`proxy`]: approximate country, and client addresses behind
 //!   trusted reverse proxies.
 //!
@@ -25,6 +26,7 @@ pub mod identity;
 mod listener;
 pub mod proxy;
 pub mod stun;
+pub mod tls;
 pub mod turn;
 mod ws;
 
@@ -60,6 +62,8 @@ pub struct Running {
     pub stun_addr: Option<SocketAddr>,
     /// Where the embedded TURN server listens, if enabled.
     pub turn_addr: Option<SocketAddr>,
+    /// The certificate served, when HTTPS is on.
+    pub tls: Option<tls::Tls>,
     pub app: Arc<App>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -105,6 +109,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
         None => None,
     };
+    let tls = match &settings.tls {
+        config::TlsSetup::None => None,
+        config::TlsSetup::Files { cert, key } => Some(tls::Tls::from_pem_files(cert, key)?),
+        config::TlsSetup::SelfSigned { names } => {
+            Some(tls::Tls::self_signed(&[http_addr.ip()], names)?)
+        }
+    };
     let geo = match &settings.geoip_db {
         Some(path) => geo::Geo::from_maxmind(path)
             .with_context(|| format!("cannot read --geoip-db {}", path.display()))?,
@@ -127,8 +138,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         max_per_client: settings.core.per_client.connections + 8,
         header_timeout: settings.header_timeout,
     };
-    let listener =
-        listener::GuardedListener::new(listener, keyer.clone(), settings.proxies.clone(), guards);
+    let listener = listener::GuardedListener::new(
+        listener,
+        keyer.clone(),
+        settings.proxies.clone(),
+        tls.as_ref().map(|t| t.acceptor.clone()),
+        guards,
+    );
     tracker.spawn(hub.clone().run_timer(shutdown.clone()));
     let app = Arc::new(App {
         connections: Arc::new(Semaphore::new(settings.max_connections)),
@@ -157,6 +173,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         http_addr,
         stun_addr,
         turn_addr,
+        tls,
         app,
         server,
     })
@@ -181,7 +198,8 @@ async fn rotate_keys(app: Arc<App>) {
 impl Running {
     /// The URL people open.
     pub fn url(&self) -> String {
-        format!("http://{}/", config::display_addr(self.http_addr))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/", config::display_addr(self.http_addr))
     }
 
     /// Stops accepting, asks every socket to close with 1012 and waits for

@@ -7,6 +7,9 @@
 //!   dropped. Once the head is in (for `/ws`, the upgrade request) the
 //!   deadline is off: an upgraded signalling socket has its own idle rules.
 //!
+//! - TLS, when configured: the handshake runs inside the connection's own
+//!   task (never in the accept loop), and the head deadline covers it too.
+//!
 //! The peer's address is handed on only inside [`Pii`], as [`ClientAddr`].
 
 use std::collections::HashMap;
@@ -23,6 +26,7 @@ use earshot_core::ClientKey;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
 
 use crate::identity::{Keyer, Pii};
 use crate::proxy::TrustedProxies;
@@ -56,6 +60,7 @@ pub struct GuardedListener {
     keyer: Arc<Keyer>,
     /// Their connections carry many clients: no per-client cap for them.
     proxies: TrustedProxies,
+    tls: Option<TlsAcceptor>,
     guards: Guards,
     counts: Arc<Mutex<Counts>>,
 }
@@ -65,12 +70,14 @@ impl GuardedListener {
         inner: TcpListener,
         keyer: Arc<Keyer>,
         proxies: TrustedProxies,
+        tls: Option<TlsAcceptor>,
         guards: Guards,
     ) -> GuardedListener {
         GuardedListener {
             inner,
             keyer,
             proxies,
+            tls,
             guards,
             counts: Arc::default(),
         }
@@ -132,7 +139,10 @@ impl Listener for GuardedListener {
             }
             let _ = stream.set_nodelay(true);
             let io = GuardedStream {
-                inner: stream,
+                io: match &self.tls {
+                    Some(tls) => Io::Handshaking(tls.accept(stream)),
+                    None => Io::Plain(stream),
+                },
                 deadline: Some(Box::pin(tokio::time::sleep(self.guards.header_timeout))),
                 head: HeadScan::default(),
                 _slot: Slot {
@@ -175,12 +185,72 @@ impl HeadScan {
     }
 }
 
+/// The transport under HTTP: plain TCP, or TLS once its handshake is done.
+enum Io {
+    Plain(TcpStream),
+    Handshaking(tokio_rustls::Accept<TcpStream>),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Failed,
+}
+
 pub struct GuardedStream {
-    inner: TcpStream,
+    io: Io,
     /// Until the first request head is complete.
     deadline: Option<Pin<Box<Sleep>>>,
     head: HeadScan,
     _slot: Slot,
+}
+
+impl GuardedStream {
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+    }
+
+    /// Drives a TLS handshake; `Ready(Ok)` once the stream is usable.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Io::Handshaking(accept) = &mut self.io {
+            match Pin::new(accept).poll(cx) {
+                Poll::Ready(Ok(tls)) => self.io = Io::Tls(Box::new(tls)),
+                Poll::Ready(Err(e)) => {
+                    self.io = Io::Failed;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending if self.expired(cx) => return Poll::Ready(Err(too_slow())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match self.io {
+            Io::Failed => Poll::Ready(Err(io::Error::from(io::ErrorKind::NotConnected))),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+fn too_slow() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "request head too slow")
+}
+
+/// Calls the same method on whichever stream is live.
+macro_rules! on_stream {
+    ($self:ident, $cx:ident, |$s:ident| $call:expr) => {{
+        let this = &mut *$self;
+        if let Poll::Ready(Err(e)) = this.poll_ready($cx) {
+            return Poll::Ready(Err(e));
+        }
+        if matches!(this.io, Io::Handshaking(_)) {
+            return Poll::Pending;
+        }
+        match &mut this.io {
+            Io::Plain($s) => $call,
+            Io::Tls(tls) => {
+                let $s = &mut **tls;
+                $call
+            }
+            Io::Handshaking(_) | Io::Failed => unreachable!("handled by poll_ready"),
+        }
+    }};
 }
 
 impl AsyncRead for GuardedStream {
@@ -189,61 +259,53 @@ impl AsyncRead for GuardedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        let polled = on_stream!(self, cx, |s| Pin::new(s).poll_read(cx, buf));
+        let this = &mut *self;
+        match polled {
             Poll::Ready(Ok(())) => {
                 if this.deadline.is_some() && this.head.feed(&buf.filled()[before..]) {
                     this.deadline = None;
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                let expired = this
-                    .deadline
-                    .as_mut()
-                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
-                if expired {
-                    Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "request head too slow",
-                    )))
-                } else {
-                    Poll::Pending
-                }
-            }
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(too_slow())),
+            other => other,
         }
     }
 }
 
 impl AsyncWrite for GuardedStream {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        on_stream!(self, cx, |s| Pin::new(s).poll_write(cx, buf))
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_stream!(self, cx, |s| Pin::new(s).poll_flush(cx))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_stream!(self, cx, |s| Pin::new(s).poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        on_stream!(self, cx, |s| Pin::new(s).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+            Io::Handshaking(_) | Io::Failed => false,
+        }
     }
 }
 

@@ -38,6 +38,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         out,
         "Open it in two browser tabs to talk to yourself. Ctrl-C stops it."
     );
+    if let (Some(tls), earshot_server::config::TlsSetup::SelfSigned { .. }) =
+        (&running.tls, &running.app.settings.tls)
+    {
+        let _ = writeln!(
+            out,
+            "Self-signed certificate; browsers will warn. Its SHA-256 fingerprint is\n  {}",
+            tls.fingerprint()
+        );
+    }
     let _ = out.flush();
     drop(out);
     shutdown.await;

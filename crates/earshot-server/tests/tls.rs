@@ -1,0 +1,125 @@
+//! HTTPS: a self-signed certificate made at start, or PEM files; WebSocket
+//! signalling over TLS; a silent TLS connection is cut at the head deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use earshot_server::config::TlsSetup;
+use earshot_server::{Running, Settings};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn server(tls: TlsSetup) -> Running {
+    let mut settings = Settings::for_tests("127.0.0.1:0".parse().unwrap());
+    settings.tls = tls;
+    settings.header_timeout = Duration::from_millis(500);
+    earshot_server::start(settings).await.unwrap()
+}
+
+/// A TLS client that trusts exactly the certificate the server presents.
+async fn connect(s: &Running, name: &str) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut roots = RootCertStore::empty();
+    let cert = CertificateDer::from(s.tls.as_ref().unwrap().certificate.clone());
+    roots.add(cert).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(s.http_addr).await?;
+    let name = ServerName::try_from(name.to_string()).unwrap();
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
+async fn healthz(s: &Running, name: &str) -> String {
+    let mut tls = connect(s, name).await.unwrap();
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    let _ = tls.read_to_string(&mut out).await;
+    out
+}
+
+#[tokio::test]
+async fn self_signed_https_serves_pages_and_signalling() {
+    let s = server(TlsSetup::SelfSigned {
+        names: vec!["earshot.lan".into()],
+    })
+    .await;
+    assert!(s.url().starts_with("https://127.0.0.1:"));
+    let fingerprint = s.tls.as_ref().unwrap().fingerprint();
+    assert_eq!(fingerprint.len(), 32 * 3 - 1, "{fingerprint}");
+    for name in ["localhost", "127.0.0.1", "earshot.lan"] {
+        let reply = healthz(&s, name).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{name}: {reply}");
+        assert!(reply.ends_with("ok\n"));
+    }
+    assert!(
+        connect(&s, "elsewhere.example").await.is_err(),
+        "a name not in the certificate"
+    );
+
+    let tls = connect(&s, "localhost").await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", tls)
+        .await
+        .unwrap();
+    ws.send(Message::text(r#"{"type":"hello","version":1}"#))
+        .await
+        .unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    assert!(
+        reply.to_text().unwrap().contains(r#""type":"welcome""#),
+        "{reply:?}"
+    );
+}
+
+#[tokio::test]
+async fn pem_files_are_read_once_at_start() {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("earshot-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let s = server(TlsSetup::Files {
+        cert: cert.clone(),
+        key: key.clone(),
+    })
+    .await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        s.tls.as_ref().unwrap().certificate,
+        made.cert.der().to_vec()
+    );
+    assert!(healthz(&s, "localhost").await.starts_with("HTTP/1.1 200"));
+
+    let mut settings = Settings::for_tests("127.0.0.1:0".parse().unwrap());
+    settings.tls = TlsSetup::Files {
+        cert: dir.join("gone.pem"),
+        key,
+    };
+    let err = earshot_server::start(settings)
+        .await
+        .err()
+        .expect("a missing file is refused");
+    assert!(format!("{err:#}").contains("--tls-cert"), "{err:#}");
+}
+
+#[tokio::test]
+async fn a_silent_tls_connection_is_cut_at_the_deadline() {
+    let s = server(TlsSetup::SelfSigned { names: vec![] }).await;
+    let mut tcp = TcpStream::connect(s.http_addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+}
