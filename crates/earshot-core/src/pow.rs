@@ -62,7 +62,7 @@ impl Default for PowConfig {
         PowConfig {
             mode: PowMode::Auto,
             load_threshold: 5_000,
-            client_threshold: 5,
+            client_threshold: 10,
             base_maxnumber: 50_000,
             max_maxnumber: 2_000_000,
             expiry: Duration::from_secs(120),

@@ -135,7 +135,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         // Room for requests that are not signalling sockets, and for sockets
         // that are closing.
         max_total: settings.max_connections + 512,
-        max_per_client: settings.core.per_client.connections + 8,
+        // Browsers keep several idle HTTP connections per page besides the
+        // signalling socket, and a household shares one address.
+        max_per_client: settings.core.per_client.connections * 3 + 16,
         header_timeout: settings.header_timeout,
     };
     let listener = listener::GuardedListener::new(

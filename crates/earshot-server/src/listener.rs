@@ -140,7 +140,7 @@ impl Listener for GuardedListener {
             let _ = stream.set_nodelay(true);
             let io = GuardedStream {
                 io: match &self.tls {
-                    Some(tls) => Io::Handshaking(tls.accept(stream)),
+                    Some(tls) => Io::Handshaking(Box::new(tls.accept(stream))),
                     None => Io::Plain(stream),
                 },
                 deadline: Some(Box::pin(tokio::time::sleep(self.guards.header_timeout))),
@@ -188,7 +188,7 @@ impl HeadScan {
 /// The transport under HTTP: plain TCP, or TLS once its handshake is done.
 enum Io {
     Plain(TcpStream),
-    Handshaking(tokio_rustls::Accept<TcpStream>),
+    Handshaking(Box<tokio_rustls::Accept<TcpStream>>),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Failed,
 }
@@ -211,7 +211,7 @@ impl GuardedStream {
     /// Drives a TLS handshake; `Ready(Ok)` once the stream is usable.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let Io::Handshaking(accept) = &mut self.io {
-            match Pin::new(accept).poll(cx) {
+            match Pin::new(&mut **accept).poll(cx) {
                 Poll::Ready(Ok(tls)) => self.io = Io::Tls(Box::new(tls)),
                 Poll::Ready(Err(e)) => {
                     self.io = Io::Failed;

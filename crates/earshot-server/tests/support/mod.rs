@@ -7,6 +7,9 @@
 //!   the log privacy check (`server::check_log`).
 //! - [`netns`]: the loopback-only network guard that every WebRTC test runs
 //!   behind, so no candidate or packet ever leaves 127.0.0.1.
+//! - [`harness`]: the browser scenario harness on top of those three: a
+//!   `Run` (servers, browsers, the closing privacy checks), a `Browser` (one
+//!   page, its probes and snapshots), polling, audio checks and the report.
 //!
 //! Everything that starts a process or makes a directory hands back a guard
 //! that undoes it on drop, so a failing test leaves nothing behind.
@@ -14,6 +17,7 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod netns;
 pub mod server;
 pub mod webdriver;

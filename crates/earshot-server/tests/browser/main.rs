@@ -1,0 +1,102 @@
+//! Browser end-to-end tests: real Chromium browsers (Debian's `chromium` and
+//! `chromium-driver`, fake microphone) meet, talk and chat through the real
+//! `earshot` binary. One test binary, so that every scenario shares the
+//! harness (`support::harness`) and the budget of Chromiums running at once.
+//!
+//! - `strangers`: two strangers meet, hear each other and chat (and the time
+//!   to audio); a call survives a server restart.
+//! - `rooms`: rooms by link: a room of three talks, locks, keeps out a wrong
+//!   passphrase and lets the right one in; a member refuses a peer whose
+//!   DTLS fingerprint was tampered with; a room of six (and the time to hear
+//!   everyone).
+//!
+//! WebRTC tests only run in a loopback-only network namespace, so every ICE
+//! candidate and every packet stays on 127.0.0.1 (see `support::netns`).
+//! `scripts/test` runs them that way with `EARSHOT_E2E=1`, which makes them
+//! mandatory; a plain `cargo test` on a machine with a network skips them with
+//! a notice.
+//!
+//! Each scenario (`Run::scenario`) starts its own server, at trace level, and
+//! its own browsers. The scenarios drive the page only through its
+//! `data-testid` elements and read `window.earshot` (`pc`, the stranger
+//! call's `RTCPeerConnection`; `peers`, a room's) for stats; a script
+//! installed before the page's own records clicks, WebSockets, peer
+//! connections and the passphrase-derived values the page sends
+//! (`harness::INIT_JS`). Times to audio are measured inside the pages with
+//! `Date.now()`, from a click to decoded audio with energy, so that WebDriver
+//! round trips do not count; they go to `$EARSHOT_E2E_REPORT`, which
+//! `scripts/test` prints.
+//!
+//! Every scenario ends with privacy checks (`Run::finish`): nothing stored
+//! in any page (cookies, Web Storage, IndexedDB), and no chat text, SDP, ICE
+//! candidate, passphrase, verifier or fingerprint `auth` anywhere in the
+//! server's trace-level output.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod rooms;
+mod strangers;
+
+use anyhow::Result;
+use serde_json::json;
+use support::harness::{BrowserSlots, should_run};
+use support::webdriver::ChromeDriver;
+
+/// The WebDriver client against a static page: if this fails, the harness is
+/// broken, not Earshot.
+#[test]
+fn browser_webdriver_client_drives_chromium() -> Result<()> {
+    if !should_run("browser_webdriver_client_drives_chromium")? {
+        return Ok(());
+    }
+    let _slot = BrowserSlots::reserve(1);
+    let driver = ChromeDriver::start()?;
+    let session = driver.session()?;
+    let page = "<title>t</title>\
+        <button data-testid=\"go\" onclick=\"this.dataset.clicks = +(this.dataset.clicks || 0) + 1\">Go</button>\
+        <button data-testid=\"off\" disabled>Off</button>\
+        <input data-testid=\"text\">";
+    session.goto(&format!(
+        "data:text/html;charset=utf-8,{}",
+        percent_encode(page)
+    ))?;
+    let go = session.testid("go")?;
+    go.click()?;
+    go.click()?;
+    assert_eq!(go.attribute("data-clicks")?.as_deref(), Some("2"));
+    assert_eq!(go.text()?, "Go");
+    assert!(go.enabled()?);
+    assert!(!session.testid("off")?.enabled()?);
+    let input = session.testid("text")?;
+    input.send_keys("héllo, wörld")?;
+    let typed = session.execute(
+        "return document.querySelector('[data-testid=text]').value + arguments[0]",
+        json!(["!"]),
+    )?;
+    assert_eq!(typed, json!("héllo, wörld!"));
+    input.clear()?;
+    assert_eq!(input.property("value")?, json!(""));
+    assert_eq!(input.attribute("value")?, None);
+    let later = session.execute_async(
+        "const done = arguments[arguments.length - 1]; setTimeout(() => done({n: arguments[0] * 2}), 50)",
+        json!([21]),
+    )?;
+    assert_eq!(later, json!({"n": 42}));
+    assert!(session.find("#missing").is_err());
+    Ok(())
+}
+
+/// `text` with everything but ASCII letters and digits percent-encoded, for a
+/// `data:` URL.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,802 @@
+//! The browser scenario harness: a [`Run`] is one scenario's world (its
+//! `earshot` servers and its Chromium browsers), a [`Browser`] one page, and
+//! the free functions poll pages, check audio statistics and write figures
+//! to the report.
+//!
+//! Pages are driven only through their `data-testid` elements and read
+//! through the read-only `window.earshot` hook. A script installed before
+//! the page's own ([`INIT_JS`]) records what the tests need to see from the
+//! inside: every click on a `data-testid` element, every WebSocket and how it
+//! closed, every `RTCPeerConnection` and the states it went through, and the
+//! `verifier` and `auth` values the page sent (so the log check can look for
+//! them). It only listens: nothing the page does is changed.
+//!
+//! Every scenario ends with the privacy checks of [`Run::finish`].
+
+use super::netns::{self, Gate};
+use super::server::{Server, check_log};
+use super::webdriver::{self, ChromeDriver, Session};
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long any one step (a match, a call, audio, a chat message) may take.
+pub const STEP: Duration = Duration::from_secs(20);
+/// Every server these tests start logs at trace level, so that the privacy
+/// check at the end of each scenario sees all the server can log. Every
+/// browser of a scenario comes from 127.0.0.1, where in life each would
+/// have its own address, so the cap on TCP connections per client address
+/// (HTTP keep-alive connections included) is raised to fit six of them.
+pub const SERVER_ARGS: &[&str] = &["--log", "trace", "--max-connections-per-client", "200"];
+/// Strings no server log may contain, besides the chat texts and other
+/// secrets a scenario used (see [`Run::finish`]): ICE candidates and SDP
+/// (`v=0`, and two lines every browser's SDP has).
+pub const NEVER_LOGGED: &[&str] = &["candidate:", "v=0", "a=ice-ufrag", "a=fingerprint"];
+/// How long a SIGTERM'd server may take to exit (it closes every socket with
+/// 1012 and waits for the clients to answer, a second at most each).
+pub const STOP: Duration = Duration::from_secs(10);
+/// At most this many Chromiums at once across the scenarios that the test
+/// harness runs in parallel: the machine this runs on may have two cores.
+pub const MAX_BROWSERS: usize = 6;
+
+/// Whether this WebRTC test runs here; prints why not when it does not.
+pub fn should_run(test: &str) -> Result<bool> {
+    match netns::gate()? {
+        Gate::Skip(why) => {
+            println!("note: {test} skipped: {why}");
+            Ok(false)
+        }
+        Gate::Run { required } => match webdriver::missing_browser() {
+            Some(missing) if required => bail!("EARSHOT_E2E=1 but {missing}"),
+            Some(missing) => {
+                println!("note: {test} skipped: {missing}");
+                Ok(false)
+            }
+            None => Ok(true),
+        },
+    }
+}
+
+/// Browsers in use by the scenarios running now, against [`MAX_BROWSERS`].
+static BROWSERS_IN_USE: Mutex<usize> = Mutex::new(0);
+static BROWSERS_FREED: Condvar = Condvar::new();
+
+/// Some of the [`MAX_BROWSERS`], held until dropped.
+pub struct BrowserSlots(usize);
+
+impl BrowserSlots {
+    /// Waits until `n` browsers (at most all of them) may start.
+    pub fn reserve(n: usize) -> BrowserSlots {
+        let n = n.min(MAX_BROWSERS);
+        let mut in_use = BROWSERS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+        while *in_use + n > MAX_BROWSERS {
+            in_use = BROWSERS_FREED
+                .wait(in_use)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        *in_use += n;
+        BrowserSlots(n)
+    }
+}
+
+impl Drop for BrowserSlots {
+    fn drop(&mut self) {
+        let mut in_use = BROWSERS_IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+        *in_use -= self.0;
+        BROWSERS_FREED.notify_all();
+    }
+}
+
+/// One scenario's world: its browsers, its servers (the current one last),
+/// every chat text it sent and the other secrets it used.
+pub struct Run<'d> {
+    pub browsers: Vec<Browser<'d>>,
+    pub servers: RefCell<Vec<Server>>,
+    said: RefCell<Vec<String>>,
+    secrets: RefCell<Vec<String>>,
+    log_shows: &'static [&'static str],
+}
+
+impl Run<'_> {
+    /// Starts a server, a chromedriver and one browser per name with the home
+    /// page open, runs `scenario`, then `finish`, which also checks that the
+    /// server's log shows every one of `log_shows` (proof that it saw the
+    /// session). On failure, prints what every page shows, its console and
+    /// the servers' output.
+    pub fn scenario(
+        test: &str,
+        names: &[&'static str],
+        log_shows: &'static [&'static str],
+        scenario: impl FnOnce(&Run) -> Result<()>,
+    ) -> Result<()> {
+        Run::scenario_with(test, names, names.len(), log_shows, scenario)
+    }
+
+    /// [`Run::scenario`] where only the first `at_home` browsers open the
+    /// home page; the others start with no page, for the scenario to open
+    /// one ([`Browser::goto`]), as someone who was sent a link does.
+    pub fn scenario_with(
+        test: &str,
+        names: &[&'static str],
+        at_home: usize,
+        log_shows: &'static [&'static str],
+        scenario: impl FnOnce(&Run) -> Result<()>,
+    ) -> Result<()> {
+        if !should_run(test)? {
+            return Ok(());
+        }
+        let waiting = Instant::now();
+        let _slots = BrowserSlots::reserve(names.len());
+        let waited = waiting.elapsed();
+        if waited > Duration::from_millis(100) {
+            println!("{test}: waited {waited:.1?} for other scenarios' browsers to close");
+        }
+        let server = Server::start(env!("CARGO_BIN_EXE_earshot"), SERVER_ARGS)?;
+        let driver = ChromeDriver::start()?;
+        let browsers =
+            Browser::open_all(&driver, names, at_home, &server.url).with_context(|| {
+                format!(
+                    "cannot open the page in Chromium; earshot output:\n{}",
+                    server.output_tail(40)
+                )
+            })?;
+        let run = Run {
+            browsers,
+            servers: RefCell::new(vec![server]),
+            said: RefCell::new(Vec::new()),
+            secrets: RefCell::new(Vec::new()),
+            log_shows,
+        };
+        let started = Instant::now();
+        let result = scenario(&run).and_then(|()| run.finish());
+        let elapsed = started.elapsed();
+        let verbose = std::env::var_os("EARSHOT_E2E_VERBOSE").is_some();
+        if let Err(e) = &result {
+            eprintln!("{test} failed after {elapsed:.1?}: {e:#}");
+            for b in &run.browsers {
+                match b.snapshot() {
+                    Ok(snap) => eprintln!("{snap}"),
+                    Err(e) => eprintln!("{}: no snapshot: {e:#}", b.name),
+                }
+                eprintln!("--- console of {} ---\n{}", b.name, b.session.console_log());
+            }
+            for (i, server) in run.servers.borrow_mut().iter_mut().enumerate() {
+                eprintln!(
+                    "--- earshot #{} output (running: {}) ---\n{}",
+                    i + 1,
+                    server.is_running(),
+                    server.output_tail(80)
+                );
+            }
+        } else {
+            println!("{test}: scenario took {elapsed:.1?}");
+            if verbose {
+                for b in &run.browsers {
+                    println!("--- console of {} ---\n{}", b.name, b.session.console_log());
+                }
+                for (i, server) in run.servers.borrow().iter().enumerate() {
+                    println!(
+                        "--- earshot #{} output ---\n{}",
+                        i + 1,
+                        server.output_tail(200)
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    /// The browser called `name`.
+    pub fn browser(&self, name: &str) -> Result<&Browser<'_>> {
+        self.browsers
+            .iter()
+            .find(|b| b.name == name)
+            .with_context(|| format!("no browser {name}"))
+    }
+
+    /// Something the server must never log (a passphrase, a room name),
+    /// looked for by [`Run::finish`].
+    pub fn secret(&self, text: &str) {
+        self.secrets.borrow_mut().push(text.to_string());
+    }
+
+    /// The privacy checks that end every scenario. Every page: no cookie (as
+    /// `document.cookie` and as WebDriver sees them, `HttpOnly` included),
+    /// empty `localStorage` and `sessionStorage`, no IndexedDB database.
+    /// Then the server is stopped (SIGTERM, so that its last lines are in)
+    /// and the output of every server of the run is checked with
+    /// `server::check_log`: no chat text the run sent, no other secret it
+    /// registered, no room `verifier` or fingerprint `auth` any page sent,
+    /// nothing of [`NEVER_LOGGED`], and proof that it was a trace log of the
+    /// session.
+    pub fn finish(&self) -> Result<()> {
+        let mut sent = Vec::new();
+        for b in &self.browsers {
+            b.check_nothing_stored()?;
+            let v = b.execute("return window.__e2eSent || null", json!([]))?;
+            for key in ["verifiers", "auths"] {
+                let values = v[key]
+                    .as_array()
+                    .with_context(|| format!("{}: no record of sent {key}: {v}", b.name))?;
+                sent.extend(values.iter().filter_map(|s| s.as_str().map(String::from)));
+            }
+        }
+        let status = self.stop_server()?;
+        ensure!(
+            status.success(),
+            "earshot exited with {status} after SIGTERM"
+        );
+        let said = self.said.borrow();
+        ensure!(
+            !said.is_empty(),
+            "the scenario sent no chat text to look for"
+        );
+        let others = self.secrets.borrow();
+        let mut secrets: Vec<&str> = NEVER_LOGGED.to_vec();
+        secrets.extend(said.iter().map(String::as_str));
+        secrets.extend(others.iter().map(String::as_str));
+        secrets.extend(sent.iter().map(String::as_str));
+        for (i, server) in self.servers.borrow().iter().enumerate() {
+            check_log(&server.output(), &secrets, self.log_shows)
+                .with_context(|| format!("privacy: the log of earshot #{}", i + 1))?;
+        }
+        Ok(())
+    }
+
+    /// Stops the current server with SIGTERM and waits for it to exit.
+    pub fn stop_server(&self) -> Result<std::process::ExitStatus> {
+        let mut servers = self.servers.borrow_mut();
+        let server = servers.last_mut().context("no server")?;
+        server.stop(STOP)
+    }
+
+    /// Starts a new server on the port of the last one (stopped by now).
+    pub fn restart_server(&self) -> Result<()> {
+        let port = self.servers.borrow().last().context("no server")?.port();
+        let server = Server::start_on(
+            env!("CARGO_BIN_EXE_earshot"),
+            &format!("127.0.0.1:{port}"),
+            SERVER_ARGS,
+        )?;
+        ensure!(
+            server.port() == port,
+            "the new server announced {} instead of port {port}",
+            server.url
+        );
+        self.servers.borrow_mut().push(server);
+        Ok(())
+    }
+
+    /// `from` types `text` into the chat and sends it; it must show up in the
+    /// chat log of every one of `to`. The text is remembered for the log
+    /// check.
+    pub fn chat(&self, from: &Browser, to: &[&Browser], text: &str) -> Result<()> {
+        self.said.borrow_mut().push(text.to_string());
+        from.testid("chat-input")?.send_keys(text)?;
+        from.click("chat-send")?;
+        let names: Vec<&str> = to.iter().map(|b| b.name).collect();
+        wait_for(
+            &format!("{text:?} in the chat log of {}", names.join(", ")),
+            to,
+            |s| {
+                s.iter()
+                    .all(|s| s.chat.iter().any(|line| line.contains(text)))
+            },
+        )?;
+        Ok(())
+    }
+}
+
+/// Polls the pages of `browsers` until `ok` holds for their snapshots (in the
+/// same order); fails after [`STEP`] with what every page shows.
+pub fn wait_for(
+    what: &str,
+    browsers: &[&Browser],
+    ok: impl FnMut(&[Snapshot]) -> bool,
+) -> Result<Vec<Snapshot>> {
+    wait_for_within(what, STEP, browsers, ok)
+}
+
+/// [`wait_for`] with its own time limit.
+pub fn wait_for_within(
+    what: &str,
+    limit: Duration,
+    browsers: &[&Browser],
+    mut ok: impl FnMut(&[Snapshot]) -> bool,
+) -> Result<Vec<Snapshot>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let snaps = browsers
+            .iter()
+            .map(|b| b.snapshot())
+            .collect::<Result<Vec<_>>>()?;
+        if ok(&snaps) {
+            return Ok(snaps);
+        }
+        if Instant::now() > deadline {
+            let pages: Vec<String> = snaps.iter().map(|s| format!("  {s}")).collect();
+            bail!(
+                "timed out after {limit:?} waiting for {what}; the pages show:\n{}",
+                pages.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Calls `check` until it gives `Ok(Ok(value))`; `Ok(Err(why))` means not
+/// yet, and after `limit` the last `why` is the error.
+pub fn poll<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Result<Result<T, String>>,
+) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match check()? {
+            Ok(value) => return Ok(value),
+            Err(why) if Instant::now() > deadline => {
+                bail!("timed out after {limit:?} waiting for {what}: {why}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Checks that `ok` keeps holding for the page of every one of `browsers`
+/// for `time`.
+pub fn hold(
+    what: &str,
+    browsers: &[&Browser],
+    time: Duration,
+    ok: impl Fn(&Snapshot) -> bool,
+) -> Result<()> {
+    let end = Instant::now() + time;
+    while Instant::now() < end {
+        for x in browsers {
+            let snap = x.snapshot()?;
+            ensure!(ok(&snap), "expected {what}, but: {snap}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Between two audio statistics of one peer connection, `first` and `second`
+/// (taken `when`; objects with `connectionState`, `inbound`, `bytes`,
+/// `energy` and `candidates`, as the scenarios' stats scripts make them):
+/// inbound audio kept flowing (bytes grew) on a connected peer connection,
+/// carries sound (the fake microphone beeps), and every ICE candidate is a
+/// loopback one. `who` names the receiving side in errors.
+pub fn check_audio(who: &str, first: &Value, second: &Value, when: &str) -> Result<()> {
+    let bytes = |s: &Value| s["bytes"].as_f64().unwrap_or(0.0);
+    ensure!(
+        second["connectionState"] == json!("connected"),
+        "{who}: peer connection not connected {when}: {second}"
+    );
+    ensure!(
+        second["inbound"].as_u64() == Some(1),
+        "{who}: expected one inbound audio stream: {second}"
+    );
+    ensure!(
+        bytes(second) > bytes(first),
+        "{who}: inbound audio bytes did not grow {when}: {first} then {second}"
+    );
+    ensure!(
+        second["energy"].as_f64().unwrap_or(0.0) > 0.0,
+        "{who}: inbound audio is silent: {second}"
+    );
+    let candidates = second["candidates"].as_array().cloned().unwrap_or_default();
+    ensure!(!candidates.is_empty(), "{who}: no ICE candidates: {second}");
+    for cand in &candidates {
+        let address = cand["address"].as_str().unwrap_or_default();
+        ensure!(
+            address == "127.0.0.1" || address == "::1",
+            "{who}: non-loopback ICE candidate {cand}"
+        );
+    }
+    Ok(())
+}
+
+/// The median of `values` (not empty).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 0 {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    }
+}
+
+/// Prints a figure, and appends it to `$EARSHOT_E2E_REPORT` when set
+/// (scripts/test shows that file after the run).
+pub fn report(line: &str) {
+    println!("{line}");
+    if let Ok(path) = std::env::var("EARSHOT_E2E_REPORT") {
+        use std::io::Write;
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+}
+
+/// What a page shows, from one script call: the status line, the stranger
+/// page's controls or the room page's, and the chat log.
+pub struct Snapshot {
+    pub name: &'static str,
+    /// `data-mode` of `<body>`: `strangers` or `room` (empty before the page
+    /// script has run).
+    pub mode: String,
+    /// `data-state` of the status element.
+    pub state: String,
+    pub status: String,
+    /// `window.earshot.state`, as text.
+    pub hook: String,
+    pub has_pc: bool,
+    pub start_enabled: Option<bool>,
+    pub shared: String,
+    pub chat: Vec<String>,
+    /// Room page: `data-count` of the participants list.
+    pub count: Option<u64>,
+    /// Room page: `data-locked` of the lock state line.
+    pub locked: Option<bool>,
+    /// Room page: the passphrase field's form mode (`join`, `lock`,
+    /// `verify`) while the field is shown.
+    pub pass_mode: Option<String>,
+    /// Room page: whether the passphrase field takes input (it does not
+    /// while a key is being derived or checked).
+    pub pass_enabled: bool,
+    /// Room page: the passphrase error, while shown.
+    pub pass_error: Option<String>,
+    /// Room page: every `peer-refused` explanation shown.
+    pub refused: Vec<String>,
+    /// Room page: each tile as `peer:connection` (`self:connected`,
+    /// `2:connecting`, `3:refused`, ...).
+    pub tiles: Vec<String>,
+}
+
+impl fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: mode={:?} data-state={:?} status={:?} earshot.state={}",
+            self.name, self.mode, self.state, self.status, self.hook,
+        )?;
+        if self.mode == "room" {
+            write!(
+                f,
+                " count={:?} locked={:?} passphrase={:?} (enabled {}) error={:?} refused={:?} tiles={:?} chat={:?}",
+                self.count,
+                self.locked,
+                self.pass_mode,
+                self.pass_enabled,
+                self.pass_error,
+                self.refused,
+                self.tiles,
+                self.chat
+            )
+        } else {
+            write!(
+                f,
+                " pc={} start_enabled={:?} shared={:?} chat={:?}",
+                self.has_pc, self.start_enabled, self.shared, self.chat
+            )
+        }
+    }
+}
+
+const SNAPSHOT_JS: &str = r#"
+const q = id => document.querySelector(`[data-testid="${id}"]`);
+const text = el => el ? el.textContent.replace(/\s+/g, ' ').trim() : '';
+const shown = el => !!el && !el.closest('[hidden]');
+const status = q('status'), start = q('start'), log = q('chat-log');
+let hook;
+try {
+  const e = window.earshot;
+  hook = e === undefined ? 'no window.earshot' : JSON.stringify(e.state);
+} catch (err) { hook = 'unreadable: ' + err; }
+const parts = q('participants'), lock = q('lock-state');
+const pass = q('passphrase-input'), passError = q('passphrase-error');
+return {
+  mode: document.body ? document.body.dataset.mode || '' : '',
+  state: status ? status.getAttribute('data-state') || '' : 'no status element',
+  status: text(status),
+  hook: String(hook),
+  pc: !!(window.earshot && window.earshot.pc),
+  startEnabled: start ? !start.disabled : null,
+  shared: text(q('shared-interests')),
+  chat: log ? Array.from(log.children, text) : [],
+  count: parts ? Number(parts.dataset.count) : null,
+  locked: lock ? lock.dataset.locked === 'true' : null,
+  passMode: shown(pass) ? (pass.form && pass.form.dataset.mode) || '?' : null,
+  passEnabled: !!pass && !pass.disabled,
+  passError: shown(passError) ? text(passError) : null,
+  refused: Array.from(document.querySelectorAll('[data-testid="peer-refused"]'))
+    .filter(shown).map(text),
+  tiles: parts ? Array.from(parts.querySelectorAll('[data-testid="participant"]'),
+    li => `${li.dataset.peer}:${li.dataset.connection}`) : [],
+};
+"#;
+
+/// Installed before the page's own scripts, in every document: the click
+/// log (`window.__e2e.clicks`: `data-testid` → epoch ms of its last click),
+/// the WebSocket log (`window.__e2eSockets`: when each socket opened, got a
+/// `welcome`, closed and how), the peer connection log (`window.__e2ePcs`:
+/// each `RTCPeerConnection` with every connection state it reported) and the
+/// record of `verifier` and `auth` values sent (`window.__e2eSent`). All of
+/// them only listen, with `addEventListener` or by passing the same data on,
+/// so the page's own behaviour is untouched.
+const INIT_JS: &str = r#"
+(() => {
+  const e2e = {clicks: {}};
+  Object.defineProperty(window, '__e2e', {value: e2e});
+  document.addEventListener('click', ev => {
+    const el = ev.target && ev.target.closest && ev.target.closest('[data-testid]');
+    if (el) e2e.clicks[el.getAttribute('data-testid')] = Date.now();
+  }, true);
+
+  const NativeSocket = window.WebSocket;
+  if (typeof NativeSocket === 'function') {
+    const sockets = [];
+    Object.defineProperty(window, '__e2eSockets', {value: sockets});
+    window.WebSocket = class extends NativeSocket {
+      constructor(...args) {
+        super(...args);
+        const rec = {opened: Date.now(), open: null, welcome: null, close: null};
+        sockets.push(rec);
+        this.addEventListener('open', () => { rec.open = Date.now(); });
+        this.addEventListener('message', (ev) => {
+          if (rec.welcome !== null || typeof ev.data !== 'string') return;
+          try { if (JSON.parse(ev.data).type === 'welcome') rec.welcome = Date.now(); } catch {}
+        });
+        this.addEventListener('close', (ev) => {
+          rec.close = {code: ev.code, reason: ev.reason, at: Date.now()};
+        });
+      }
+    };
+    const sent = {verifiers: [], auths: []};
+    Object.defineProperty(window, '__e2eSent', {value: sent});
+    const send = NativeSocket.prototype.send;
+    NativeSocket.prototype.send = function (data) {
+      if (typeof data === 'string' && (data.includes('"verifier"') || data.includes('"auth"'))) {
+        try {
+          const msg = JSON.parse(data);
+          if (typeof msg.verifier === 'string') sent.verifiers.push(msg.verifier);
+          if (typeof msg.auth === 'string' && sent.auths.length < 200) sent.auths.push(msg.auth);
+        } catch {}
+      }
+      return send.call(this, data);
+    };
+  }
+
+  const NativePc = window.RTCPeerConnection;
+  if (typeof NativePc === 'function') {
+    const pcs = [];
+    Object.defineProperty(window, '__e2ePcs', {value: pcs});
+    window.RTCPeerConnection = class extends NativePc {
+      constructor(...args) {
+        super(...args);
+        const rec = {pc: this, created: Date.now(), states: [this.connectionState]};
+        pcs.push(rec);
+        this.addEventListener('connectionstatechange', () => rec.states.push(this.connectionState));
+      }
+    };
+  }
+})();
+"#;
+
+/// What the page keeps on the device.
+const STORED_JS: &str = r#"
+const done = arguments[arguments.length - 1];
+const out = {cookie: document.cookie, local: localStorage.length,
+             session: sessionStorage.length, indexedDB: []};
+const dbs = indexedDB.databases ? indexedDB.databases() : Promise.resolve([]);
+dbs.then(list => { out.indexedDB = list.map(d => d.name); done(out); },
+         err => { out.indexedDB = ['(error: ' + err + ')']; done(out); });
+"#;
+
+/// One Chromium with an Earshot page open.
+pub struct Browser<'d> {
+    pub name: &'static str,
+    pub session: Session<'d>,
+}
+
+impl<'d> Browser<'d> {
+    /// One browser per name, started in parallel; the first `with_url` of
+    /// them open `url`.
+    pub fn open_all(
+        driver: &'d ChromeDriver,
+        names: &[&'static str],
+        with_url: usize,
+        url: &str,
+    ) -> Result<Vec<Browser<'d>>> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = names
+                .iter()
+                .enumerate()
+                .map(|(i, &name)| {
+                    let url = (i < with_url).then_some(url);
+                    scope.spawn(move || Browser::open(driver, name, url))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))
+                })
+                .collect()
+        })
+    }
+
+    /// A new Chromium with [`INIT_JS`] installed, showing `url` if given.
+    pub fn open(
+        driver: &'d ChromeDriver,
+        name: &'static str,
+        url: Option<&str>,
+    ) -> Result<Browser<'d>> {
+        let session = driver.session()?;
+        session
+            .add_init_script(INIT_JS)
+            .with_context(|| format!("{name}: cannot install the page probes"))?;
+        let browser = Browser { name, session };
+        if let Some(url) = url {
+            browser.goto(url)?;
+        }
+        Ok(browser)
+    }
+
+    /// Opens `url`, waits until the page script has started (the test hook
+    /// exists and the body says which view it shows) and accepts the
+    /// consent screen.
+    pub fn goto(&self, url: &str) -> Result<()> {
+        self.session
+            .goto(url)
+            .with_context(|| format!("{}: cannot open {url}", self.name))?;
+        self.wait_ready(url, None)
+    }
+
+    /// Waits until the page script has started, showing the view `mode`
+    /// (`strangers`, `room`) if given, after a navigation; then accepts the
+    /// consent screen (shown on every page load, it keeps Start and Join
+    /// disabled until accepted).
+    pub fn wait_ready(&self, url: &str, mode: Option<&str>) -> Result<()> {
+        poll(
+            &format!("{}: the page at {url} to start", self.name),
+            STEP,
+            || {
+                // Right after a navigation the script may have no context yet.
+                Ok(match self.snapshot() {
+                    Ok(s)
+                        if !s.mode.is_empty()
+                            && mode.is_none_or(|m| s.mode == m)
+                            && !s.hook.starts_with("no ") =>
+                    {
+                        Ok(())
+                    }
+                    Ok(s) => Err(format!("it shows: {s}")),
+                    Err(e) => Err(format!("{e:#}")),
+                })
+            },
+        )?;
+        let consent = || self.execute("return document.body.dataset.consent || null", json!([]));
+        if consent()? == json!("pending") {
+            self.click("consent-accept")?;
+            let now = consent()?;
+            ensure!(
+                now == json!("accepted"),
+                "{}: the consent screen is still {now} after accepting it",
+                self.name
+            );
+        }
+        Ok(())
+    }
+
+    pub fn testid(&self, id: &str) -> Result<webdriver::Element<'_, 'd>> {
+        self.session
+            .testid(id)
+            .with_context(|| format!("{}: no [data-testid={id}]", self.name))
+    }
+
+    pub fn click(&self, id: &str) -> Result<()> {
+        self.testid(id)?
+            .click()
+            .with_context(|| format!("{}: cannot click {id}", self.name))
+    }
+
+    /// Runs `script` in the page (see `Session::execute`).
+    pub fn execute(&self, script: &str, args: Value) -> Result<Value> {
+        self.session
+            .execute(script, args)
+            .with_context(|| format!("{}: script failed", self.name))
+    }
+
+    /// Runs an async `script` in the page (see `Session::execute_async`).
+    pub fn execute_async(&self, script: &str, args: Value) -> Result<Value> {
+        self.session
+            .execute_async(script, args)
+            .with_context(|| format!("{}: async script failed", self.name))
+    }
+
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let v = self
+            .session
+            .execute(SNAPSHOT_JS, json!([]))
+            .with_context(|| format!("{}: cannot read the page", self.name))?;
+        let s = |key: &str| v[key].as_str().unwrap_or_default().to_string();
+        let strings = |key: &str| -> Vec<String> {
+            v[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|l| l.as_str().unwrap_or_default().into())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Ok(Snapshot {
+            name: self.name,
+            mode: s("mode"),
+            state: s("state"),
+            status: s("status"),
+            hook: s("hook"),
+            has_pc: v["pc"] == json!(true),
+            start_enabled: v["startEnabled"].as_bool(),
+            shared: s("shared"),
+            chat: strings("chat"),
+            count: v["count"].as_u64(),
+            locked: v["locked"].as_bool(),
+            pass_mode: v["passMode"].as_str().map(String::from),
+            pass_enabled: v["passEnabled"] == json!(true),
+            pass_error: v["passError"].as_str().map(String::from),
+            refused: strings("refused"),
+            tiles: strings("tiles"),
+        })
+    }
+
+    /// When the page saw its last click on `id`, in epoch milliseconds.
+    pub fn clicked_at(&self, id: &str) -> Result<f64> {
+        self.execute(
+            "return window.__e2e.clicks[arguments[0]] ?? null",
+            json!([id]),
+        )?
+        .as_f64()
+        .with_context(|| format!("{}: no click on {id} recorded", self.name))
+    }
+
+    /// Every WebSocket the page opened, oldest first (see [`INIT_JS`]).
+    pub fn sockets(&self) -> Result<Vec<Value>> {
+        match self.execute("return window.__e2eSockets || null", json!([]))? {
+            Value::Array(sockets) => Ok(sockets),
+            other => bail!("{}: no WebSocket log: {other}", self.name),
+        }
+    }
+
+    /// Privacy: no cookie (neither in `document.cookie` nor any the browser
+    /// holds for the page), empty `localStorage` and `sessionStorage`, no
+    /// IndexedDB database.
+    pub fn check_nothing_stored(&self) -> Result<()> {
+        let stored = self.execute_async(STORED_JS, json!([]))?;
+        ensure!(
+            stored == json!({"cookie": "", "local": 0, "session": 0, "indexedDB": []}),
+            "{}: the page stored something: {stored}",
+            self.name
+        );
+        let cookies = self.session.cookies()?;
+        ensure!(
+            cookies.is_empty(),
+            "{}: the browser holds cookies for the page: {cookies:?}",
+            self.name
+        );
+        Ok(())
+    }
+}
