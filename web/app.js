@@ -11,6 +11,9 @@
 //   mesh.js        a room's RTCPeerConnections, one per member, roles and
 //                  fingerprint authentication; no DOM
 //   roomcrypto.js  PBKDF2 verifier and auth key, fingerprint HMAC; no DOM
+//   safetywords.js the three safety words of a connection and their 2048
+//                  words; no DOM
+//   privacy.js     the "Hide my IP address" checkbox
 //   safety.js      consent screen, proof-of-work progress, report dialog
 //   strangers.js   the stranger page
 //   roomcard.js    the "Create a room" card on the home page
@@ -74,6 +77,21 @@ Object.defineProperty(window, 'earshot', {
     get consented() { return consent.accepted; },
     /** Proof of work of the current connection: null, or {state, progress}. */
     get pow() { return client.pow ? { ...client.pow } : null; },
+    /**
+     * Whether the latest RTCPeerConnection of this page was made relay only
+     * ("hide my IP"); null before the first one.
+     */
+    get hideIp() { return (strangers || room).hideIp; },
+    /**
+     * Ask for fresh TURN credentials now (what the refresh timer does at 80%
+     * of their lifetime) and apply them to every open peer connection, with
+     * an ICE restart. Resolves to the number of peer connections updated, or
+     * null when no `ice_servers` came (not connected).
+     */
+    async refreshIce() {
+      const answer = await client.refreshIce();
+      return answer ? (strangers || room).iceUpdated : null;
+    },
   }),
   enumerable: false,
   configurable: false,

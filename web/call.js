@@ -10,6 +10,20 @@
 // round trip is enough. A camera track can be added and removed later
 // (setVideo); the renegotiation that follows is perfect negotiation too.
 //
+// "Hide my IP" (`hideIp`): the connection is made with
+// `iceTransportPolicy: 'relay'`, so the browser gathers and offers relay
+// (TURN) candidates only and the other side never sees our own address. If
+// the browser refuses that configuration, the call fails ('relay_unavailable')
+// rather than falling back to a direct one. updateIceServers() applies fresh
+// TURN credentials (`ice_servers`) to a running connection and restarts ICE,
+// which perfect negotiation turns into a new offer; the transport policy
+// stays as it was.
+//
+// Safety words (safetywords.js): once connected, and again whenever a
+// negotiation settles, the Call computes the three words from the DTLS
+// fingerprints of its two descriptions and emits `safetywords` (detail:
+// words, changed = true when they differ from words already shown).
+//
 // Locked rooms (PROTOCOL.md "Locked rooms") plug in two optional hooks:
 // `signDescription(sdp)` gives the `auth` for every outgoing description,
 // `verifyDescription(sdp, auth)` says whether an incoming one may be used
@@ -21,10 +35,13 @@
 // order the browser produced them; incoming ones come in through
 // handleSignal(). Events: `connectionstate` (detail: state, everConnected),
 // `track` (detail: stream, track), `chatopen`, `chat` (detail: text),
-// `peerstate` (detail: muted), `refused` (detail: reason), `failed`
-// (detail: reason = 'connection_failed' | 'channel_closed' | 'timeout').
+// `peerstate` (detail: muted), `refused` (detail: reason), `safetywords`
+// (detail: words, changed), `failed` (detail: reason = 'connection_failed' |
+// 'channel_closed' | 'timeout' | 'relay_unavailable').
 // Once close() has been called no event fires and nothing is sent.
 // SDP, candidates and chat text are never logged.
+
+import { safetyWords } from './safetywords.js';
 
 export const CHAT_LABEL = 'chat';
 // Besides `chat`, a room member tells the others whether its microphone is
@@ -65,6 +82,9 @@ export class Call extends EventTarget {
   #connectTimer = 0;
   #graceTimer = 0;
   #everConnected = false;
+  #hideIp = false;
+  #words = null; // the safety words shown, or null
+  #wordsToken = 0;
 
   /**
    * @param {object} o
@@ -76,8 +96,12 @@ export class Call extends EventTarget {
    * @param {{track: MediaStreamTrack, stream: MediaStream}} [o.video]  camera to send
    * @param {(sdp: string) => Promise<string|null>} [o.signDescription]
    * @param {(sdp: string, auth: unknown) => Promise<string|null>} [o.verifyDescription]
+   * @param {boolean} [o.hideIp]  relay candidates only ("hide my IP")
    */
-  constructor({ id, polite, iceServers, localStream, sendSignal, video = null, signDescription = null, verifyDescription = null }) {
+  constructor({
+    id, polite, iceServers, localStream, sendSignal, video = null, signDescription = null,
+    verifyDescription = null, hideIp = false,
+  }) {
     super();
     this.id = id;
     this.#polite = Boolean(polite);
@@ -88,13 +112,23 @@ export class Call extends EventTarget {
     this.#video = video && video.track ? video : null;
 
     const servers = Array.isArray(iceServers) ? iceServers : [];
+    this.#hideIp = Boolean(hideIp);
+    let relayFailed = false;
     try {
-      this.#pc = new RTCPeerConnection({ iceServers: servers });
+      this.#pc = new RTCPeerConnection({ iceServers: servers, iceTransportPolicy: this.#hideIp ? 'relay' : 'all' });
     } catch {
-      // A server list the browser rejects should not cost the call: host
-      // candidates still work on the same network.
-      console.warn('earshot: ice_servers rejected by the browser; calling without them');
-      this.#pc = new RTCPeerConnection();
+      if (this.#hideIp) {
+        // Never fall back to a direct connection when the user asked to
+        // hide their address: no servers and relay only gathers nothing.
+        console.warn('earshot: ice_servers rejected by the browser; cannot relay this call');
+        this.#pc = new RTCPeerConnection({ iceTransportPolicy: 'relay' });
+        relayFailed = true;
+      } else {
+        // A server list the browser rejects should not cost the call: host
+        // candidates still work on the same network.
+        console.warn('earshot: ice_servers rejected by the browser; calling without them');
+        this.#pc = new RTCPeerConnection();
+      }
     }
     const pc = this.#pc;
     pc.onicecandidate = ({ candidate }) => {
@@ -103,6 +137,11 @@ export class Call extends EventTarget {
     };
     pc.onnegotiationneeded = () => this.#negotiate();
     pc.onconnectionstatechange = () => this.#onConnectionState();
+    pc.onsignalingstatechange = () => {
+      // A renegotiation (camera, ICE restart) could bring other
+      // fingerprints: check the words again once it settles.
+      if (!this.#closed && this.#everConnected && pc.signalingState === 'stable') this.#updateWords();
+    };
     pc.ontrack = ({ track, streams }) => {
       if (this.#closed) return;
       const stream = streams && streams[0] ? streams[0] : new MediaStream([track]);
@@ -115,6 +154,7 @@ export class Call extends EventTarget {
       this.#adoptChannel(pc.createDataChannel(CHAT_LABEL, { ordered: true }));
     }
     this.#connectTimer = setTimeout(() => this.#fail('timeout'), CONNECT_TIMEOUT_MS);
+    if (relayFailed) setTimeout(() => this.#fail('relay_unavailable'), 0);
   }
 
   /** The RTCPeerConnection (read-only; for the test hook). */
@@ -128,6 +168,39 @@ export class Call extends EventTarget {
   get chatOpen() { return !this.#closed && this.#channel !== null && this.#channel.readyState === 'open'; }
 
   get closed() { return this.#closed; }
+
+  /** Whether this connection gathers relay candidates only ("hide my IP"). */
+  get hideIp() {
+    try {
+      return this.#pc.getConfiguration().iceTransportPolicy === 'relay';
+    } catch {
+      return this.#hideIp;
+    }
+  }
+
+  /** The safety words (three strings) once connected, else null. */
+  get safetyWords() { return this.#words ? [...this.#words] : null; }
+
+  /**
+   * Use these ICE servers from now on (fresh TURN credentials), keeping the
+   * rest of the configuration (the transport policy above all); with
+   * `restart`, restart ICE so the connection gathers candidates with them
+   * (perfect negotiation sends the new offer). False if it could not be
+   * applied.
+   */
+  updateIceServers(iceServers, restart = true) {
+    if (this.#closed || !Array.isArray(iceServers)) return false;
+    const pc = this.#pc;
+    const policy = this.#hideIp ? 'relay' : 'all';
+    try {
+      pc.setConfiguration({ ...pc.getConfiguration(), iceServers, iceTransportPolicy: policy });
+    } catch (err) {
+      console.warn('earshot: could not apply fresh ICE servers:', errorName(err));
+      return false;
+    }
+    if (restart && typeof pc.restartIce === 'function') pc.restartIce();
+    return true;
+  }
 
   /** Feed one server `signal` message (the whole message, or its payload). */
   handleSignal(msg) {
@@ -172,7 +245,7 @@ export class Call extends EventTarget {
       try { ch.close(); } catch { /* already closed */ }
     }
     const pc = this.#pc;
-    pc.onicecandidate = pc.onnegotiationneeded = pc.onconnectionstatechange = null;
+    pc.onicecandidate = pc.onnegotiationneeded = pc.onconnectionstatechange = pc.onsignalingstatechange = null;
     pc.ontrack = pc.ondatachannel = null;
     pc.close();
   }
@@ -332,9 +405,31 @@ export class Call extends EventTarget {
     if (state === 'connected') {
       this.#everConnected = true;
       clearTimeout(this.#connectTimer);
+      this.#updateWords();
     }
     this.#emit('connectionstate', { state, everConnected: this.#everConnected });
     if (state === 'failed') this.#fail('connection_failed');
+  }
+
+  // Compute the safety words from the two descriptions now in use; emit
+  // them when they are new or differ from those shown.
+  async #updateWords() {
+    const pc = this.#pc;
+    const local = pc.currentLocalDescription || pc.localDescription;
+    const remote = pc.currentRemoteDescription || pc.remoteDescription;
+    if (!local || !remote) return;
+    const token = ++this.#wordsToken;
+    let words;
+    try {
+      words = await safetyWords(local.sdp, remote.sdp);
+    } catch {
+      words = null;
+    }
+    if (this.#closed || token !== this.#wordsToken || !words) return;
+    const before = this.#words;
+    if (before && before.join(' ') === words.join(' ')) return;
+    this.#words = words;
+    this.#emit('safetywords', { words: [...words], changed: before !== null });
   }
 
   #fail(reason) {

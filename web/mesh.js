@@ -23,6 +23,11 @@
 //   accepted even if the room has been unlocked or re-locked meanwhile,
 //   since it proves nothing new; different fingerprints need a valid `auth`.
 //
+// ICE servers and "hide my IP" are asked of the owner each time a
+// connection is made (`iceServers()`, `hideIp()`), so a newcomer gets the
+// freshest TURN credentials and the setting as it is now; updateIceServers()
+// applies fresh credentials to every live connection.
+//
 // No DOM here. The owner (room.js) listens to each Call's events; the mesh
 // emits `call` (detail: peer, call) whenever it creates one. SDP and `auth`
 // are never logged.
@@ -33,6 +38,7 @@ import { sdpFingerprints, signFingerprints, verifyFingerprints } from './roomcry
 export class Mesh extends EventTarget {
   #room;
   #iceServers;
+  #hideIp;
   #localStream;
   #sendSignal;
   #locked;
@@ -45,16 +51,18 @@ export class Mesh extends EventTarget {
   /**
    * @param {object} o
    * @param {string} o.room  the room name, as confirmed by `room_joined`
-   * @param {RTCIceServer[]} o.iceServers
+   * @param {() => RTCIceServer[]} o.iceServers  the current list, asked for each new connection
+   * @param {() => boolean} [o.hideIp]  whether a new connection is relay only
    * @param {MediaStream} o.localStream  the microphone
    * @param {boolean} o.locked  `room_joined.locked`
    * @param {CryptoKey|null} o.authKey
    * @param {(to: number, payload: object) => void} o.sendSignal
    */
-  constructor({ room, iceServers, localStream, locked, authKey, sendSignal }) {
+  constructor({ room, iceServers, hideIp = () => false, localStream, locked, authKey, sendSignal }) {
     super();
     this.#room = room;
-    this.#iceServers = iceServers;
+    this.#iceServers = typeof iceServers === 'function' ? iceServers : () => iceServers;
+    this.#hideIp = hideIp;
     this.#localStream = localStream;
     this.#locked = Boolean(locked);
     this.#authKey = authKey || null;
@@ -95,7 +103,8 @@ export class Mesh extends EventTarget {
     const call = new Call({
       id: peer,
       polite,
-      iceServers: this.#iceServers,
+      iceServers: this.#iceServers(),
+      hideIp: Boolean(this.#hideIp()),
       localStream: this.#localStream,
       video: this.#video,
       sendSignal: (payload) => this.#sendSignal(peer, payload),
@@ -137,6 +146,16 @@ export class Mesh extends EventTarget {
   setVideo(track, stream) {
     this.#video = track ? { track, stream } : null;
     for (const [, call] of this.calls()) call.setVideo(track, stream);
+  }
+
+  /**
+   * Use fresh ICE servers on every live connection; with `restart`, restart
+   * ICE on each. How many connections took them.
+   */
+  updateIceServers(iceServers, restart = true) {
+    let n = 0;
+    for (const [, call] of this.calls()) if (call.updateIceServers(iceServers, restart)) n += 1;
+    return n;
   }
 
   close() {

@@ -5,7 +5,7 @@
 // drops, and turns every server message into an event named after its type
 // (`welcome`, `searching`, `matched`, `signal`, `call_ended`, `idle`,
 // `room_suggestion`, `room_joined`, `peer_joined`, `peer_left`,
-// `room_lock_state`, `challenge`, `error`), with the parsed message as
+// `room_lock_state`, `ice_servers`, `challenge`, `error`), with the parsed message as
 // `event.detail`. It also emits `connecting` and `disconnected` (detail:
 // code, reason, wasReady, retryInMs), and `pow` while it answers a
 // `challenge` (PROTOCOL.md "Proof of work"; detail: state = 'solving' |
@@ -18,6 +18,14 @@
 // digests run together, so the page stays responsive; then `hello` goes
 // again with `pow`. `pow_invalid` is not passed on as an `error`: a new
 // `challenge` follows it and is solved the same way.
+//
+// ICE servers (PROTOCOL.md `welcome`, `refresh_ice`): the one place that
+// holds the current list (`iceServers`, from `welcome` and then from every
+// `ice_servers`), so a new call always starts with the freshest TURN
+// credentials. When TURN is offered, it asks for fresh ones (`refresh_ice`)
+// at 80% of `limits.ice_credential_ttl_ms` after it got the last ones; the
+// pages apply each `ice_servers` event to their open peer connections.
+// refreshIce() does it now (the test hook calls it).
 //
 // It knows nothing of the page, the DOM or WebRTC: the UI (strangers.js,
 // room.js) decides what to send and when. Invariants: at most one live
@@ -32,7 +40,7 @@ export const PROTOCOL_VERSION = 1;
 export const SERVER_MESSAGE_TYPES = Object.freeze([
   'welcome', 'searching', 'matched', 'signal', 'call_ended', 'idle', 'error',
   'room_suggestion', 'room_joined', 'peer_joined', 'peer_left', 'room_lock_state',
-  'challenge',
+  'challenge', 'ice_servers',
 ]);
 
 /** `report.reason` / `room_report.reason` values (PROTOCOL.md `report`). */
@@ -71,6 +79,47 @@ const WELCOME_TIMEOUT_MS = 15000;
 // progress is reported at most.
 const POW_CHUNK = 1000;
 const POW_PROGRESS_MS = 100;
+// TURN credentials are asked for again at this share of their lifetime.
+const ICE_REFRESH_AT = 0.8;
+const ICE_REFRESH_MIN_MS = 5000;
+const TIMER_MAX_MS = 2 ** 31 - 1;
+// How long refreshIce() waits for its `ice_servers`.
+const ICE_ANSWER_MS = 10000;
+const ICE_RETRY_MS = 60000;
+
+const ICE_URL = /^(stun|stuns|turn|turns):/i;
+const TURN_URL = /^turns?:/i;
+
+/**
+ * The usable entries of a server's `ice_servers` list, as RTCIceServer
+ * dictionaries: `urls` as an array of stun:/stuns:/turn:/turns: URLs, and a
+ * TURN entry only with its string `username` and `credential` (the browser
+ * would refuse it without). Anything else is left out.
+ */
+export function sanitizeIceServers(list) {
+  if (!Array.isArray(list)) return [];
+  const out = [];
+  for (const entry of list) {
+    if (!entry || typeof entry !== 'object') continue;
+    const raw = Array.isArray(entry.urls) ? entry.urls : [entry.urls];
+    const urls = raw.filter((u) => typeof u === 'string' && ICE_URL.test(u));
+    if (urls.length === 0) continue;
+    const turn = urls.some((u) => TURN_URL.test(u));
+    if (turn) {
+      if (typeof entry.username !== 'string' || typeof entry.credential !== 'string') continue;
+      out.push({ urls, username: entry.username, credential: entry.credential });
+    } else {
+      out.push({ urls });
+    }
+  }
+  return out;
+}
+
+/** Whether this list offers a TURN server (with credentials): "hide my IP" needs one. */
+export function offersTurn(iceServers) {
+  return Array.isArray(iceServers) && iceServers.some((s) => s && typeof s.username === 'string'
+    && typeof s.credential === 'string' && s.urls.some((u) => TURN_URL.test(u)));
+}
 
 /**
  * Let the page run (input, rendering, timers) between two chunks of digests.
@@ -185,6 +234,11 @@ export class SignallingClient extends EventTarget {
   #pow = null; // { state, progress } of the last challenge answered
   #powToken = 0; // bumps to abandon a search nobody needs any more
   #solved = null; // a solution whose socket closed, for the next `hello`
+  #iceServers = []; // the current list: from `welcome`, then each `ice_servers`
+  #iceTtlMs = 0; // limits.ice_credential_ttl_ms of the last `welcome`
+  #iceTimer = 0;
+  #iceWaiters = []; // refreshIce() promises waiting for `ice_servers`
+  #iceAnswerTimer = 0;
 
   constructor(url = signallingUrl()) {
     super();
@@ -199,6 +253,41 @@ export class SignallingClient extends EventTarget {
 
   /** The last `welcome` message (ice_servers, limits, country), or null. */
   get welcome() { return this.#welcome; }
+
+  /**
+   * The ICE servers for a new RTCPeerConnection: the freshest the server
+   * gave (`welcome`, then `ice_servers`), sanitised; a new array each time.
+   */
+  get iceServers() { return this.#iceServers.map((s) => ({ ...s, urls: [...s.urls] })); }
+
+  /** Whether the server offers TURN, so that "hide my IP" can work. */
+  get turnOffered() { return offersTurn(this.#iceServers); }
+
+  /** `welcome.hide_ip_default`, and only when TURN is offered. */
+  get hideIpDefault() {
+    return Boolean(this.#welcome && this.#welcome.hide_ip_default === true && this.turnOffered);
+  }
+
+  /**
+   * Ask for fresh ICE servers (`refresh_ice`) now. Resolves to the
+   * `ice_servers` message once it came (after the `ice_servers` event has
+   * been dispatched), or null when it could not be asked or no answer came
+   * (not connected, the socket closed, 10 s passed).
+   */
+  refreshIce() {
+    if (!this.ready) return Promise.resolve(null);
+    const answer = new Promise((resolve) => this.#iceWaiters.push(resolve));
+    if (this.#iceWaiters.length === 1) {
+      // One request at a time; later callers wait for the same answer.
+      if (!this.send({ type: 'refresh_ice' })) {
+        this.#answerIceWaiters(null);
+        return answer;
+      }
+      clearTimeout(this.#iceAnswerTimer);
+      this.#iceAnswerTimer = setTimeout(() => this.#answerIceWaiters(null), ICE_ANSWER_MS);
+    }
+    return answer;
+  }
 
   /**
    * The proof of work of the current connection attempt: null when none was
@@ -223,6 +312,7 @@ export class SignallingClient extends EventTarget {
   close() {
     const ws = this.#ws;
     this.#state = 'stopped';
+    clearTimeout(this.#iceTimer);
     this.#powToken += 1;
     this.#solved = null;
     clearTimeout(this.#retryTimer);
@@ -407,6 +497,16 @@ export class SignallingClient extends EventTarget {
       this.#state = 'ready';
       this.#attempt = 0;
       this.#welcome = msg;
+      const limits = msg.limits && typeof msg.limits === 'object' ? msg.limits : {};
+      const ttl = limits.ice_credential_ttl_ms;
+      this.#iceTtlMs = Number.isFinite(ttl) && ttl > 0 ? ttl : 0;
+      this.#setIceServers(msg.ice_servers);
+    } else if (msg.type === 'ice_servers') {
+      if (this.#state !== 'ready') return;
+      this.#setIceServers(msg.ice_servers);
+      this.#emit(msg.type, { ...msg, ice_servers: this.iceServers });
+      this.#answerIceWaiters(msg);
+      return;
     } else if (msg.type === 'error' && msg.code === 'unsupported_version' && this.#state === 'connecting') {
       // We speak only version 1; retrying cannot help, reloading the page can.
       this.#emit('error', msg);
@@ -422,6 +522,9 @@ export class SignallingClient extends EventTarget {
     if (ws !== this.#ws) return;
     this.#ws = null;
     clearTimeout(this.#welcomeTimer);
+    // The next `welcome` brings fresh credentials (and restarts the timer).
+    clearTimeout(this.#iceTimer);
+    this.#answerIceWaiters(null);
     const wasReady = this.#state === 'ready';
     if (this.#state === 'stopped') {
       this.#emit('disconnected', { code, reason, wasReady, retryInMs: null });
@@ -440,6 +543,36 @@ export class SignallingClient extends EventTarget {
     const delay = code === 1008 || code === 1009 ? BACKOFF_MAX_MS : backoffDelay(this.#attempt - 1);
     this.#retryTimer = setTimeout(() => this.#open(), delay);
     this.#emit('disconnected', { code, reason, wasReady, retryInMs: delay });
+  }
+
+  // A new list of ICE servers: keep it, and when it carries TURN
+  // credentials, ask for the next ones at 80% of their lifetime.
+  #setIceServers(list) {
+    this.#iceServers = sanitizeIceServers(list);
+    clearTimeout(this.#iceTimer);
+    this.#iceTimer = 0;
+    if (this.#iceTtlMs <= 0 || !this.turnOffered) return;
+    this.#scheduleIceRefresh(Math.round(this.#iceTtlMs * ICE_REFRESH_AT));
+  }
+
+  #scheduleIceRefresh(ms) {
+    clearTimeout(this.#iceTimer);
+    const delay = Math.min(TIMER_MAX_MS, Math.max(ICE_REFRESH_MIN_MS, ms));
+    this.#iceTimer = setTimeout(async () => {
+      this.#iceTimer = 0;
+      const answer = await this.refreshIce();
+      // No answer (say, rate limited) on a live socket: try again soon,
+      // before the credentials run out. A new socket gets a new `welcome`.
+      if (!answer && this.ready && this.#iceTimer === 0) {
+        this.#scheduleIceRefresh(Math.min(ICE_RETRY_MS, this.#iceTtlMs * (1 - ICE_REFRESH_AT) / 4));
+      }
+    }, delay);
+  }
+
+  #answerIceWaiters(msg) {
+    clearTimeout(this.#iceAnswerTimer);
+    const waiters = this.#iceWaiters.splice(0);
+    for (const resolve of waiters) resolve(msg);
   }
 
   #emit(type, detail) {

@@ -41,7 +41,11 @@
 // two derived values live in memory while we are in the room and are
 // dropped on Leave or when the room is unlocked. Nothing is
 // stored; chat lives only in the DOM; nothing about SDP, candidates, chat
-// or the passphrase is logged.
+// or the passphrase is logged. "Hide my IP address" (privacy.js) is read
+// each time a peer connection is made, so changing it in the room applies
+// to the people who connect after that. Fresh TURN credentials
+// (`ice_servers`) are applied to every live connection. Each tile shows
+// that connection's safety words (call.js, safetywords.js) once connected.
 
 import { normalizeRoomName, roomNameProblem } from './protocol.js';
 import { MAX_CHAT_CHARS } from './call.js';
@@ -50,6 +54,7 @@ import { MeterView } from './meter.js';
 import { ChatView } from './chat.js';
 import { cryptoAvailable, deriveRoomKeys } from './roomcrypto.js';
 import { dialogOpen, formatWait } from './safety.js';
+import { HideIpControl } from './privacy.js';
 import {
   CAMERA_CONSTRAINTS, MIC_CONSTRAINTS, audioContext, callSupportProblem, cameraErrorMessage,
   micErrorMessage, stopStream,
@@ -101,6 +106,17 @@ const r = {
   restoreFocus: false,
   reportQueue: [], // room_report messages waiting for the server to be free
   lastReportAt: 0, // when the last room_report went out
+  lastHideIp: null, // whether the latest peer connection was relay only
+  iceUpdated: 0, // peer connections the last `ice_servers` was applied to
+};
+
+const HIDE_IP_TEXT = {
+  unavailable: 'Hiding your IP address isn\'t available on this server: in the room, the others\' browsers can see your IP address.',
+  off: 'Off: in the room, the others\' browsers can see your IP address.',
+  relayed: 'Your connections are relayed: the others in the room can\'t see your IP address.',
+  direct: 'Your connections are direct: the others\' browsers can see your IP address.',
+  nextRelayed: 'Applies to people who connect from now on. Those already connected keep a direct connection and can see your IP address.',
+  nextDirect: 'Applies to people who connect from now on: they will see your IP address. Those already connected stay relayed.',
 };
 
 const tiles = new Map(); // peer id (or 'self') -> Tile
@@ -110,6 +126,7 @@ let chat;
 let copiedTimer = 0;
 let consent;
 let reportDialog;
+let hideIp;
 
 const $ = (id) => document.getElementById(id);
 const guestName = (peer) => `Guest ${peer}`;
@@ -128,6 +145,8 @@ class Tile {
     this.reported = false; // we reported them and hung up on them
     this.muted = false;
     this.videoTrack = null;
+    this.words = null; // safety words of the connection, once connected
+    this.wordsChanged = false;
 
     const li = document.createElement('li');
     li.className = self ? 'tile tile-self' : 'tile';
@@ -168,13 +187,26 @@ class Tile {
     meterNode.setAttribute('aria-label', self ? 'Your voice level' : `${this.name}'s voice level`);
     this.meter = new MeterView(meterNode);
 
+    const safety = document.createElement('p');
+    safety.className = 'tile-safety';
+    safety.hidden = true;
+    const safetyLabel = document.createElement('span');
+    safetyLabel.className = 'tile-safety-label';
+    const safetyWords = document.createElement('strong');
+    safetyWords.className = 'safety-words';
+    safetyWords.setAttribute('data-testid', 'safety-words');
+    safety.append(safetyLabel, ' ', safetyWords);
+    this.safetyLine = safety;
+    this.safetyLabel = safetyLabel;
+    this.safetyWords = safetyWords;
+
     const refused = document.createElement('p');
     refused.className = 'tile-refused';
     refused.setAttribute('data-testid', 'peer-refused');
     refused.hidden = true;
     this.refusedLine = refused;
 
-    li.append(video, head, state, meterNode);
+    li.append(video, head, state, safety, meterNode);
     if (!self) {
       const label = document.createElement('label');
       label.className = 'volume';
@@ -237,6 +269,12 @@ class Tile {
 
   setMuted(muted) {
     this.muted = Boolean(muted);
+    this.render();
+  }
+
+  setSafetyWords(words, changed) {
+    this.words = words;
+    this.wordsChanged = this.wordsChanged || Boolean(changed);
     this.render();
   }
 
@@ -321,6 +359,13 @@ class Tile {
     else state = 'Connecting…';
     setText(this.stateLine, state);
     this.stateLine.hidden = !state;
+    const words = this.words && !gone ? this.words.join(' ') : '';
+    this.safetyLine.hidden = !words;
+    setText(this.safetyWords, words);
+    if (words) this.safetyWords.dataset.words = words;
+    else delete this.safetyWords.dataset.words;
+    this.safetyLine.dataset.changed = String(this.wordsChanged);
+    setText(this.safetyLabel, this.wordsChanged ? 'Safety words (changed: read them again):' : 'Safety words:');
     setText(this.refusedLine, this.refused || '');
     this.refusedLine.hidden = !this.refused;
     if (this.slider) this.slider.disabled = gone;
@@ -504,6 +549,9 @@ function render() {
   if (r.passError) el.passInput.setAttribute('aria-invalid', 'true');
   else el.passInput.removeAttribute('aria-invalid');
 
+  hideIp.render(joined ? hideIpInUse() : null);
+  el.safetyNote.hidden = ![...tiles.values()].some((t) => !t.self && t.words && !t.refused && !t.failed && !t.reported);
+
   el.participants.dataset.count = String(joined ? 1 + othersInCall() : 0);
   el.participants.hidden = tiles.size === 0;
 
@@ -524,6 +572,17 @@ function render() {
       r.restoreFocus = false;
     }
   }
+}
+
+/**
+ * In the room: whether our connections hide our IP, for the note. When a
+ * live connection was made with the other setting than the checkbox now
+ * has, that one (the note then says the change applies to newcomers).
+ */
+function hideIpInUse() {
+  const wanted = hideIp.wanted;
+  if (r.mesh && r.mesh.calls().some(([, call]) => call.hideIp !== wanted)) return !wanted;
+  return wanted;
 }
 
 function focusable(node) {
@@ -928,10 +987,10 @@ function reportPeer(peer, reason) {
 
 function startMesh(detail) {
   closeMesh();
-  const iceServers = client.welcome && Array.isArray(client.welcome.ice_servers) ? client.welcome.ice_servers : [];
   const mesh = new Mesh({
     room: r.room,
-    iceServers,
+    iceServers: () => client.iceServers, // the freshest, for each newcomer
+    hideIp: () => hideIp.wanted, // as the checkbox is when they connect
     localStream: r.localStream,
     locked: r.locked,
     authKey: r.authKey, // held only while we believe the room is locked (or will re-lock it)
@@ -971,6 +1030,13 @@ function closeMesh() {
 function watchCall(mesh, peer, call) {
   const current = () => r.mesh === mesh && mesh.call(peer) === call;
   const tile = () => tiles.get(peer);
+  r.lastHideIp = call.hideIp;
+  call.addEventListener('safetywords', ({ detail }) => {
+    if (!current() || !tile()) return;
+    tile().setSafetyWords(detail.words, detail.changed);
+    if (detail.changed) logEvent(`The safety words with ${guestName(peer)} changed. Read them to each other again.`);
+    render();
+  });
   call.addEventListener('connectionstate', ({ detail }) => {
     if (!current() || !tile()) return;
     tile().setConnection(detail.state);
@@ -1171,6 +1237,15 @@ function onPeerLeft({ detail }) {
 
 function onSignal({ detail }) {
   if (r.mesh && Number.isSafeInteger(detail.from)) r.mesh.handleSignal(detail);
+}
+
+/**
+ * Fresh ICE servers (`ice_servers`): every live connection uses them from
+ * now on, and restarts ICE with them while we are in the room on the server
+ * (the new offers and answers need the signalling).
+ */
+function onIceServers({ detail }) {
+  r.iceUpdated = r.mesh ? r.mesh.updateIceServers(detail.ice_servers, r.server === 'room') : 0;
 }
 
 function onLockState({ detail }) {
@@ -1411,6 +1486,10 @@ function findElements() {
     chatInput: $('chat-input'),
     chatSend: $('chat-send'),
     tagline: $('tagline'),
+    hideIpBox: $('hide-ip-box'),
+    hideIp: $('hide-ip'),
+    hideIpNote: $('hide-ip-note'),
+    safetyNote: $('safety-note'),
   };
 }
 
@@ -1423,6 +1502,8 @@ export function startRoom(signalling, rawName, safety) {
   consent = safety.consent;
   reportDialog = safety.reportDialog;
   el = findElements();
+  hideIp = new HideIpControl(client, { box: el.hideIpBox, input: el.hideIp, note: el.hideIpNote }, HIDE_IP_TEXT);
+  hideIp.addEventListener('change', () => render());
   r.room = normalizeRoomName(rawName);
   r.nameProblem = roomNameProblem(r.room);
 
@@ -1447,6 +1528,7 @@ export function startRoom(signalling, rawName, safety) {
   client.addEventListener('peer_joined', onPeerJoined);
   client.addEventListener('peer_left', onPeerLeft);
   client.addEventListener('signal', onSignal);
+  client.addEventListener('ice_servers', onIceServers);
   client.addEventListener('room_lock_state', onLockState);
   client.addEventListener('idle', onIdle);
   client.addEventListener('error', onError);
@@ -1483,5 +1565,7 @@ export function startRoom(signalling, rawName, safety) {
   return {
     get peers() { return r.mesh ? r.mesh.peerConnections() : {}; },
     get roomState() { return r.state; },
+    get hideIp() { return r.lastHideIp; },
+    get iceUpdated() { return r.iceUpdated; },
   };
 }

@@ -35,11 +35,17 @@
 //
 // Privacy: no storage, no cookies; chat lives only in the DOM and is cleared
 // when the call ends; nothing about SDP, candidates or chat is logged.
+// "Hide my IP address" (privacy.js) decides, at each `matched`, whether the
+// call's peer connection is relay only; fresh TURN credentials (`ice_servers`,
+// asked for by protocol.js) are applied to the call in progress. The
+// partner's approximate country (`matched.country`) is shown as a flag and
+// its name; the safety words (call.js, safetywords.js) once connected.
 
 import { Call, MAX_CHAT_CHARS } from './call.js';
 import { MeterView } from './meter.js';
 import { ChatView } from './chat.js';
 import { dialogOpen, formatWait } from './safety.js';
+import { HideIpControl } from './privacy.js';
 import {
   MIC_CONSTRAINTS, audioContext, callSupportProblem, insecurePageNote, micErrorMessage, stopStream,
 } from './media.js';
@@ -61,7 +67,13 @@ const findElements = () => ({
   partner: $('partner'),
   partnerCountry: $('partner-country'),
   countryFlag: $('country-flag'),
-  countryCode: $('country-code'),
+  countryName: $('country-name'),
+  safety: $('safety'),
+  safetyWords: $('safety-words'),
+  safetyNote: $('safety-note'),
+  hideIpBox: $('hide-ip-box'),
+  hideIp: $('hide-ip'),
+  hideIpNote: $('hide-ip-note'),
   partnerInterests: $('partner-interests'),
   sharedInterests: $('shared-interests'),
   chatLog: $('chat-log'),
@@ -95,6 +107,22 @@ const s = {
   banUntil: 0, // no matching until then (ms since epoch), from error `banned`
   banTimer: 0,
   reportIdleAt: 0, // when the `idle` answering our last report came
+  words: null, // the current call's safety words, once connected
+  wordsChanged: false, // they changed during the call
+  lastHideIp: null, // whether the latest peer connection was relay only
+  iceUpdated: 0, // peer connections the last `ice_servers` was applied to
+};
+
+const SAFETY_TEXT = 'Read these words to each other. If they differ, someone is in the middle: end the call.';
+const SAFETY_CHANGED_TEXT = 'The safety words changed during the call. Read them to each other again. If they differ, someone is in the middle: end the call.';
+
+const HIDE_IP_TEXT = {
+  unavailable: 'Hiding your IP address isn\'t available on this server: in a call, the stranger\'s browser can see your IP address.',
+  off: 'Off: in a call, the stranger\'s browser can see your IP address.',
+  relayed: 'This call is relayed: the stranger can\'t see your IP address.',
+  direct: 'This call is direct: the stranger\'s browser can see your IP address.',
+  nextRelayed: 'Applies from your next call. This call stays direct: the stranger\'s browser can see your IP address.',
+  nextDirect: 'Applies from your next call. This call stays relayed.',
 };
 
 let client;
@@ -102,6 +130,7 @@ let chat;
 let meters;
 let consent;
 let reportDialog;
+let hideIp;
 
 // ---------------------------------------------------------------- rendering
 
@@ -163,13 +192,25 @@ function render() {
 
   const info = s.call ? s.callInfo : null;
   el.partner.hidden = !info || (!info.country && info.interests.length === 0);
-  const flag = info ? flagEmoji(info.country) : '';
-  el.partnerCountry.hidden = !flag;
-  el.countryFlag.textContent = flag;
-  el.countryCode.textContent = flag ? info.country.toUpperCase() : '';
+  const country = info ? info.country : null;
+  el.partnerCountry.hidden = !country;
+  if (country) el.partnerCountry.dataset.cc = country;
+  else delete el.partnerCountry.dataset.cc;
+  setText(el.countryFlag, country ? flagEmoji(country) : '');
+  setText(el.countryName, country ? countryName(country) : '');
   const shared = info ? info.interests.join(', ') : '';
   el.partnerInterests.hidden = !shared;
   if (el.sharedInterests.textContent !== shared) el.sharedInterests.textContent = shared;
+
+  const words = s.call && s.words ? s.words.join(' ') : '';
+  el.safety.hidden = !words;
+  setText(el.safetyWords, words);
+  if (words) el.safetyWords.dataset.words = words;
+  else delete el.safetyWords.dataset.words;
+  el.safety.dataset.changed = String(Boolean(words) && s.wordsChanged);
+  setText(el.safetyNote, s.wordsChanged ? SAFETY_CHANGED_TEXT : SAFETY_TEXT);
+
+  hideIp.render(s.call ? s.call.hideIp : null);
 
   // A button that was just pressed may have become disabled; keep keyboard
   // users on the control that matters now instead of dropping them on <body>
@@ -222,11 +263,39 @@ function startBan(ms) {
   }, 1000);
 }
 
-/** 'DE' -> the regional-indicator pair that renders as a flag; '' if not a code. */
+function setText(node, text) {
+  // Rewriting identical text can make screen readers repeat it.
+  if (node.textContent !== text) node.textContent = text;
+}
+
+/** A country code as the server sends it ('DE'), upper-cased; null if not one. */
+function countryCode(code) {
+  return typeof code === 'string' && /^[A-Za-z]{2}$/.test(code) ? code.toUpperCase() : null;
+}
+
+/** 'DE' -> the regional-indicator pair that renders as a flag. */
 function flagEmoji(code) {
-  if (typeof code !== 'string' || !/^[A-Za-z]{2}$/.test(code)) return '';
-  const up = code.toUpperCase();
-  return String.fromCodePoint(...[...up].map((c) => 0x1f1e6 + c.charCodeAt(0) - 65));
+  return String.fromCodePoint(...[...code].map((c) => 0x1f1e6 + c.charCodeAt(0) - 65));
+}
+
+let regionNames;
+
+/** 'DE' -> 'Germany' (in the page's language), or the code itself. */
+function countryName(code) {
+  if (regionNames === undefined) {
+    try {
+      regionNames = new Intl.DisplayNames([document.documentElement.lang || 'en'], { type: 'region', fallback: 'code' });
+    } catch {
+      regionNames = null; // no Intl.DisplayNames: show the code
+    }
+  }
+  if (!regionNames) return code;
+  try {
+    const name = regionNames.of(code);
+    return name && name !== 'Unknown Region' ? name : code;
+  } catch {
+    return code;
+  }
 }
 
 // ------------------------------------------------------------------ meters
@@ -455,7 +524,8 @@ function beginCall(msg) {
   const call = new Call({
     id,
     polite: msg.polite,
-    iceServers: client.welcome ? client.welcome.ice_servers : [],
+    iceServers: client.iceServers,
+    hideIp: hideIp.wanted,
     localStream: s.localStream,
     sendSignal: (payload) => {
       // Only while the server has us in this call: anything else would be
@@ -464,9 +534,12 @@ function beginCall(msg) {
     },
   });
   s.call = call;
+  s.lastHideIp = call.hideIp;
+  s.words = null;
+  s.wordsChanged = false;
   s.callInfo = {
     interests: Array.isArray(msg.interests) ? msg.interests.filter((i) => typeof i === 'string') : [],
-    country: typeof msg.country === 'string' ? msg.country : null,
+    country: countryCode(msg.country),
   };
   call.addEventListener('connectionstate', ({ detail }) => {
     if (s.call !== call) return;
@@ -484,6 +557,12 @@ function beginCall(msg) {
     el.remoteAudio.play().catch(() => { /* autoplay: the Start click allows it */ });
     attachMeter('stranger', detail.stream);
   });
+  call.addEventListener('safetywords', ({ detail }) => {
+    if (s.call !== call) return;
+    s.words = detail.words;
+    s.wordsChanged = s.wordsChanged || detail.changed;
+    render();
+  });
   call.addEventListener('chatopen', () => { if (s.call === call) render(); });
   call.addEventListener('chat', ({ detail }) => { if (s.call === call) appendChat('stranger', detail.text); });
   call.addEventListener('failed', ({ detail }) => { if (s.call === call) callFailed(detail.reason); });
@@ -498,6 +577,8 @@ function closeCall() {
   s.call.close();
   s.call = null;
   s.callInfo = null;
+  s.words = null;
+  s.wordsChanged = false;
   detachMeter('stranger');
   el.remoteAudio.srcObject = null;
   clearChat();
@@ -507,6 +588,7 @@ const FAILURE_TEXT = {
   connection_failed: 'The connection to the stranger failed. Press Start to try someone else.',
   channel_closed: 'The stranger left the call. Press Start to talk to someone else.',
   timeout: 'Could not connect to the stranger. Press Start to try again.',
+  relay_unavailable: 'This browser could not use the server\'s relay, so the call was not made (your IP address stays hidden). Press Start to try again, or turn off "Hide my IP address".',
 };
 
 function callFailed(reason) {
@@ -603,6 +685,18 @@ function onMatched({ detail }) {
 
 function onSignal({ detail }) {
   if (s.call && detail.call === s.call.id) s.call.handleSignal(detail);
+}
+
+/**
+ * Fresh ICE servers (`ice_servers`): the call in progress uses them from now
+ * on, and restarts ICE with them when the server still has us in it (the
+ * new offer and answer need the signalling).
+ */
+function onIceServers({ detail }) {
+  s.iceUpdated = 0;
+  if (!s.call || s.call.closed) return;
+  const live = s.server === 'call' && s.serverCall === s.call.id;
+  if (s.call.updateIceServers(detail.ice_servers, live)) s.iceUpdated = 1;
 }
 
 function onCallEnded({ detail }) {
@@ -716,6 +810,7 @@ function listen() {
   client.addEventListener('searching', onSearching);
   client.addEventListener('matched', onMatched);
   client.addEventListener('signal', onSignal);
+  client.addEventListener('ice_servers', onIceServers);
   client.addEventListener('call_ended', onCallEnded);
   client.addEventListener('idle', onIdle);
   client.addEventListener('error', onError);
@@ -730,6 +825,8 @@ export function startStrangers(signalling, safety) {
   consent = safety.consent;
   reportDialog = safety.reportDialog;
   el = findElements();
+  hideIp = new HideIpControl(client, { box: el.hideIpBox, input: el.hideIp, note: el.hideIpNote }, HIDE_IP_TEXT);
+  hideIp.addEventListener('change', render);
   meters = { you: new MeterView(el.meterYou), stranger: new MeterView(el.meterStranger) };
   chat = new ChatView({ log: el.chatLog, form: el.chatForm, input: el.chatInput, send: el.chatSend, onSend: sendChat });
   listen();
@@ -760,5 +857,7 @@ export function startStrangers(signalling, safety) {
   return {
     get pc() { return s.call ? s.call.pc : null; },
     get state() { return s.state; },
+    get hideIp() { return s.lastHideIp; },
+    get iceUpdated() { return s.iceUpdated; },
   };
 }
