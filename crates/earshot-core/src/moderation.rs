@@ -169,6 +169,14 @@ impl Moderation {
         }
     }
 
+    /// Keeps the pair apart without counting a strike (a report over the
+    /// reporter's limit).
+    pub fn block(&mut self, now: Instant, reporter: ClientKey, reported: ClientKey) {
+        if reporter != reported {
+            self.blocks.insert((reporter, reported), now);
+        }
+    }
+
     /// `reporter` reports `reported`.
     pub fn report(
         &mut self,

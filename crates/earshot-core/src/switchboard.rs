@@ -10,7 +10,8 @@
 //! [`Switchboard::check_invariants`] states these rules as code; the property
 //! tests call it after every step.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::matchmaker::{MatchConfig, Matchmaker, Pairing};
@@ -249,6 +250,11 @@ struct Conn {
     interests: Vec<String>,
     rate: TokenBucket,
     errors: TokenBucket,
+    /// Until when `hello` may come: later after a proof-of-work challenge.
+    hello_by: Instant,
+    /// Connections this one reported: never matched with it again, even
+    /// when both share a client key (one household behind one address).
+    reported: Vec<ConnId>,
 }
 
 /// Pairs that skipped each other, kept apart until a deadline.
@@ -350,7 +356,7 @@ pub struct Switchboard {
     turn_credentials: Option<Minter>,
     entropy: Entropy,
     /// New connections' hello deadlines, in time order.
-    hello_deadlines: VecDeque<(Instant, ConnId)>,
+    hello_deadlines: BinaryHeap<Reverse<(Instant, ConnId)>>,
     next_call: CallId,
     calls: usize,
     matches_total: u64,
@@ -392,7 +398,7 @@ impl Switchboard {
             abuse: HashMap::new(),
             turn_credentials: None,
             entropy,
-            hello_deadlines: VecDeque::new(),
+            hello_deadlines: BinaryHeap::new(),
             next_call: 1,
             calls: 0,
             matches_total: 0,
@@ -404,7 +410,10 @@ impl Switchboard {
 
     /// Gives `turn:` entries of each client's ice servers fresh credentials
     /// from `mint` whenever they are sent (in `welcome` and on `refresh_ice`).
-    pub fn set_turn_credentials(&mut self, mint: impl FnMut() -> (String, String) + Send + 'static) {
+    pub fn set_turn_credentials(
+        &mut self,
+        mint: impl FnMut() -> (String, String) + Send + 'static,
+    ) {
         self.turn_credentials = Some(Minter(Box::new(mint)));
     }
 
@@ -416,7 +425,10 @@ impl Switchboard {
             .map(|c| c.info.ice_servers.clone())
             .unwrap_or_default();
         for s in &mut servers {
-            let turn = s.urls.iter().any(|u| u.starts_with("turn:") || u.starts_with("turns:"));
+            let turn = s
+                .urls
+                .iter()
+                .any(|u| u.starts_with("turn:") || u.starts_with("turns:"));
             if turn
                 && s.credential.is_none()
                 && let Some(Minter(mint)) = self.turn_credentials.as_mut()
@@ -473,12 +485,14 @@ impl Switchboard {
                 budget_rate(self.config.error_budget, self.config.error_window),
                 self.config.error_budget,
             ),
+            hello_by: now + self.config.hello_timeout,
+            reported: Vec::new(),
         };
         if self.conns.insert(id, conn).is_some() {
             tracing::warn!(conn = %id, "connection id reused; replacing its state");
         }
         self.hello_deadlines
-            .push_back((now + self.config.hello_timeout, id));
+            .push(Reverse((now + self.config.hello_timeout, id)));
         if too_many {
             self.close(now, id, CloseReason::TooManyConnections);
         }
@@ -614,6 +628,15 @@ impl Switchboard {
                     let c = self
                         .pow
                         .issue(now, self.config.pow.expiry, maxnumber, random);
+                    // Solving takes a while on a slow phone: wait for hello
+                    // as long as the challenge lives.
+                    let by = now + self.config.pow.expiry;
+                    if let Some(conn) = self.conns.get_mut(&id)
+                        && conn.hello_by < by
+                    {
+                        conn.hello_by = by;
+                        self.hello_deadlines.push(Reverse((by, id)));
+                    }
                     return self.send(
                         id,
                         ServerMsg::Challenge {
@@ -689,7 +712,11 @@ impl Switchboard {
         reason: Option<ReportReason>,
     ) -> Result<(), Duration> {
         let (mine, theirs) = (self.key(reporter), self.key(reported));
-        self.clients.reports.take(now, &mine)?;
+        if let Err(wait) = self.clients.reports.take(now, &mine) {
+            // Over the limit the report does not count, but it still protects.
+            self.moderation.block(now, mine, theirs);
+            return Err(wait);
+        }
         let reason = reason.map_or("none", ReportReason::as_str);
         match self.moderation.report(now, mine, theirs) {
             ReportOutcome::Banned { .. } => {
@@ -707,6 +734,9 @@ impl Switchboard {
             return self.reject(now, id, ErrorCode::NotInCall, None);
         };
         let limited = self.strike(now, id, partner, reason).err();
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.reported.push(partner);
+        }
         // The reported side hears an ordinary end, not who pressed what.
         self.end_call(now, id, EndReason::PartnerEnded);
         self.send(id, ServerMsg::Idle);
@@ -835,12 +865,13 @@ impl Switchboard {
 
     /// Runs what is due: hello deadlines, interest fallbacks, re-match retries.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&(at, id)) = self.hello_deadlines.front() {
+        while let Some(&Reverse((at, id))) = self.hello_deadlines.peek() {
             if at > now {
                 break;
             }
-            self.hello_deadlines.pop_front();
-            if self.conns.get(&id).is_some_and(|c| !c.greeted && !c.closed) {
+            self.hello_deadlines.pop();
+            let due = |c: &Conn| !c.greeted && !c.closed && c.hello_by <= now;
+            if self.conns.get(&id).is_some_and(due) {
                 self.close(now, id, CloseReason::HelloTimeout);
             }
         }
@@ -860,7 +891,7 @@ impl Switchboard {
 
     /// When `handle_timeout` should next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let hello = self.hello_deadlines.front().map(|&(at, _)| at);
+        let hello = self.hello_deadlines.peek().map(|&Reverse((at, _))| at);
         match (hello, self.queue.poll_timeout()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -1124,8 +1155,10 @@ impl crate::matchmaker::Blocked for Blocker<'_> {
         if let Some(until) = self.cooldowns.blocked_until(self.now, a, b) {
             return Some(until);
         }
-        let key = |id| self.conns.get(&id).map(|c: &Conn| c.info.key);
-        let reported = self.moderation.blocked(key(a)?, key(b)?);
+        let (ca, cb) = (self.conns.get(&a)?, self.conns.get(&b)?);
+        let reported = ca.reported.contains(&b)
+            || cb.reported.contains(&a)
+            || self.moderation.blocked(ca.info.key, cb.info.key);
         // A report blocks for as long as keys live; look again in an hour.
         reported.then(|| self.now + Duration::from_secs(3600))
     }

@@ -722,6 +722,44 @@ mod safety {
     }
 
     #[test]
+    fn regression_a_report_keeps_apart_two_people_behind_one_address() {
+        // Both share the default client key, as one household would.
+        let mut h = Harness::new();
+        let (a, b, _) = h.pair(1, 2);
+        h.text(a, r#"{"type":"report"}"#);
+        assert_eq!(h.take(a), [ServerMsg::Idle]);
+        h.search(a, &[]);
+        h.advance(Duration::from_secs(7200));
+        assert!(h.matched(a).is_none() && h.matched(b).is_none());
+        let c = h.client(3);
+        h.search(c, &[]);
+        assert!(h.matched(c).is_some());
+    }
+
+    #[test]
+    fn a_challenged_client_has_until_the_challenge_expires_to_say_hello() {
+        let mut h = Harness::with(Config {
+            pow: earshot_core::pow::PowConfig {
+                mode: earshot_core::pow::PowMode::Always,
+                ..Default::default()
+            },
+            ..Config::default()
+        });
+        let a = ConnId(1);
+        h.board.connect(h.now, a, ConnInfo::default());
+        h.text(a, r#"{"type":"hello","version":1}"#);
+        assert!(matches!(h.take(a)[..], [ServerMsg::Challenge { .. }]));
+        h.advance(Duration::from_secs(60));
+        let closes = h.closes();
+        assert!(
+            closes.is_empty(),
+            "still solving after the plain hello timeout: {closes:?}"
+        );
+        h.advance(Duration::from_secs(61));
+        assert_eq!(h.closes(), [(a, CloseReason::HelloTimeout)]);
+    }
+
+    #[test]
     fn three_reporters_ban_from_matching_with_the_time_left() {
         let mut h = Harness::new();
         let bad = client_with_key(&mut h, 100, 100);

@@ -9,6 +9,16 @@
 //!   passphrase and lets the right one in; a member refuses a peer whose
 //!   DTLS fingerprint was tampered with; a room of six (and the time to hear
 //!   everyone).
+//! - `safety`: the page talks to its own origin only and sets no cookie
+//!   (DevTools network events, resource timing, CSP violations); Report
+//!   ends a call at once for both; three reports from three addresses ban a
+//!   page, whose ban notice counts down; proof of work shows its progress,
+//!   then the page works.
+//! - `reach`: "hide my IP" relays a call through TURN (the embedded server,
+//!   or a real coturn) with nothing but relay candidates reaching either
+//!   side; safety words match, and change when a fingerprint is swapped;
+//!   fresh TURN credentials keep a relayed call going; the time to audio,
+//!   relayed and direct.
 //!
 //! WebRTC tests only run in a loopback-only network namespace, so every ICE
 //! candidate and every packet stays on 127.0.0.1 (see `support::netns`).
@@ -35,7 +45,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod reach;
 mod rooms;
+mod safety;
 mod strangers;
 
 use anyhow::Result;

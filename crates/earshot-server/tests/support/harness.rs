@@ -90,6 +90,18 @@ impl Drop for BrowserSlots {
     }
 }
 
+/// What a scenario's world needs beyond the defaults of
+/// [`Run::scenario_with`] (see [`Run::scenario_setup`]).
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// Flags for every server of the run, after [`SERVER_ARGS`] (say
+    /// `--pow always`).
+    pub server_args: Vec<String>,
+    /// Whether chromedriver keeps each browser's performance log, the
+    /// DevTools network events that [`Browser::network_events`] reads.
+    pub network_log: bool,
+}
+
 /// One scenario's world: its browsers, its servers (the current one last),
 /// every chat text it sent and the other secrets it used.
 pub struct Run<'d> {
@@ -98,6 +110,8 @@ pub struct Run<'d> {
     said: RefCell<Vec<String>>,
     secrets: RefCell<Vec<String>>,
     log_shows: &'static [&'static str],
+    /// Every flag the servers of this run get (also after a restart).
+    server_args: Vec<String>,
 }
 
 impl Run<'_> {
@@ -125,6 +139,19 @@ impl Run<'_> {
         log_shows: &'static [&'static str],
         scenario: impl FnOnce(&Run) -> Result<()>,
     ) -> Result<()> {
+        Run::scenario_setup(test, names, at_home, log_shows, &Setup::default(), scenario)
+    }
+
+    /// [`Run::scenario_with`], with the servers and browsers set up as
+    /// `setup` says.
+    pub fn scenario_setup(
+        test: &str,
+        names: &[&'static str],
+        at_home: usize,
+        log_shows: &'static [&'static str],
+        setup: &Setup,
+        scenario: impl FnOnce(&Run) -> Result<()>,
+    ) -> Result<()> {
         if !should_run(test)? {
             return Ok(());
         }
@@ -134,21 +161,29 @@ impl Run<'_> {
         if waited > Duration::from_millis(100) {
             println!("{test}: waited {waited:.1?} for other scenarios' browsers to close");
         }
-        let server = Server::start(env!("CARGO_BIN_EXE_earshot"), SERVER_ARGS)?;
+        let server_args: Vec<String> = SERVER_ARGS
+            .iter()
+            .map(|a| a.to_string())
+            .chain(setup.server_args.iter().cloned())
+            .collect();
+        let args: Vec<&str> = server_args.iter().map(String::as_str).collect();
+        let server = Server::start(env!("CARGO_BIN_EXE_earshot"), &args)?;
         let driver = ChromeDriver::start()?;
         let browsers =
-            Browser::open_all(&driver, names, at_home, &server.url).with_context(|| {
-                format!(
-                    "cannot open the page in Chromium; earshot output:\n{}",
-                    server.output_tail(40)
-                )
-            })?;
+            Browser::open_all_with(&driver, names, at_home, &server.url, setup.network_log)
+                .with_context(|| {
+                    format!(
+                        "cannot open the page in Chromium; earshot output:\n{}",
+                        server.output_tail(40)
+                    )
+                })?;
         let run = Run {
             browsers,
             servers: RefCell::new(vec![server]),
             said: RefCell::new(Vec::new()),
             secrets: RefCell::new(Vec::new()),
             log_shows,
+            server_args,
         };
         let started = Instant::now();
         let result = scenario(&run).and_then(|()| run.finish());
@@ -201,6 +236,25 @@ impl Run<'_> {
     /// looked for by [`Run::finish`].
     pub fn secret(&self, text: &str) {
         self.secrets.borrow_mut().push(text.to_string());
+    }
+
+    /// A text that went between two clients some other way than the chat
+    /// of [`Run::chat`] (say inside a `signal` a test client sent through
+    /// the server): looked for by [`Run::finish`] like a chat text, and it
+    /// counts as one for its check that the scenario sent something.
+    pub fn relayed(&self, text: &str) {
+        self.said.borrow_mut().push(text.to_string());
+    }
+
+    /// `http://127.0.0.1:PORT/` of the current server.
+    pub fn server_url(&self) -> Result<String> {
+        Ok(self
+            .servers
+            .borrow()
+            .last()
+            .context("no server")?
+            .url
+            .clone())
     }
 
     /// The privacy checks that end every scenario. Every page: no cookie (as
@@ -256,10 +310,11 @@ impl Run<'_> {
     /// Starts a new server on the port of the last one (stopped by now).
     pub fn restart_server(&self) -> Result<()> {
         let port = self.servers.borrow().last().context("no server")?.port();
+        let args: Vec<&str> = self.server_args.iter().map(String::as_str).collect();
         let server = Server::start_on(
             env!("CARGO_BIN_EXE_earshot"),
             &format!("127.0.0.1:{port}"),
-            SERVER_ARGS,
+            &args,
         )?;
         ensure!(
             server.port() == port,
@@ -529,10 +584,11 @@ return {
 
 /// Installed before the page's own scripts, in every document: the click
 /// log (`window.__e2e.clicks`: `data-testid` → epoch ms of its last click),
-/// the WebSocket log (`window.__e2eSockets`: when each socket opened, got a
-/// `welcome`, closed and how), the peer connection log (`window.__e2ePcs`:
-/// each `RTCPeerConnection` with every connection state it reported) and the
-/// record of `verifier` and `auth` values sent (`window.__e2eSent`). All of
+/// the WebSocket log (`window.__e2eSockets`: each socket's URL, when it
+/// opened, got a `welcome`, closed and how), the peer connection log
+/// (`window.__e2ePcs`: each `RTCPeerConnection` with every connection state
+/// it reported) and the record of `verifier` and `auth` values sent
+/// (`window.__e2eSent`). All of
 /// them only listen, with `addEventListener` or by passing the same data on,
 /// so the page's own behaviour is untouched.
 const INIT_JS: &str = r#"
@@ -551,7 +607,9 @@ const INIT_JS: &str = r#"
     window.WebSocket = class extends NativeSocket {
       constructor(...args) {
         super(...args);
-        const rec = {opened: Date.now(), open: null, welcome: null, close: null};
+        let url = null;
+        try { url = new URL(String(args[0]), location.href).href; } catch { url = String(args[0]); }
+        const rec = {url, opened: Date.now(), open: null, welcome: null, close: null};
         sockets.push(rec);
         this.addEventListener('open', () => { rec.open = Date.now(); });
         this.addEventListener('message', (ev) => {
@@ -594,6 +652,13 @@ const INIT_JS: &str = r#"
 })();
 "#;
 
+/// See [`Browser::page_requests`].
+const PAGE_REQUESTS_JS: &str = r#"
+const names = type => performance.getEntriesByType(type).map(e => e.name);
+return {href: location.href, navigation: names('navigation'), resources: names('resource'),
+        sockets: (window.__e2eSockets || []).map(s => s.url), cookie: document.cookie};
+"#;
+
 /// What the page keeps on the device.
 const STORED_JS: &str = r#"
 const done = arguments[arguments.length - 1];
@@ -619,13 +684,25 @@ impl<'d> Browser<'d> {
         with_url: usize,
         url: &str,
     ) -> Result<Vec<Browser<'d>>> {
+        Browser::open_all_with(driver, names, with_url, url, false)
+    }
+
+    /// [`Browser::open_all`], each browser with chromedriver's performance
+    /// log if `network_log` (see [`Browser::open_with`]).
+    pub fn open_all_with(
+        driver: &'d ChromeDriver,
+        names: &[&'static str],
+        with_url: usize,
+        url: &str,
+        network_log: bool,
+    ) -> Result<Vec<Browser<'d>>> {
         std::thread::scope(|scope| {
             let handles: Vec<_> = names
                 .iter()
                 .enumerate()
                 .map(|(i, &name)| {
                     let url = (i < with_url).then_some(url);
-                    scope.spawn(move || Browser::open(driver, name, url))
+                    scope.spawn(move || Browser::open_with(driver, name, url, network_log))
                 })
                 .collect();
             handles
@@ -644,7 +721,18 @@ impl<'d> Browser<'d> {
         name: &'static str,
         url: Option<&str>,
     ) -> Result<Browser<'d>> {
-        let session = driver.session()?;
+        Browser::open_with(driver, name, url, false)
+    }
+
+    /// [`Browser::open`]; with `network_log`, chromedriver also keeps the
+    /// browser's DevTools network events, for [`Browser::network_events`].
+    pub fn open_with(
+        driver: &'d ChromeDriver,
+        name: &'static str,
+        url: Option<&str>,
+        network_log: bool,
+    ) -> Result<Browser<'d>> {
+        let session = driver.session_with(network_log)?;
         session
             .add_init_script(INIT_JS)
             .with_context(|| format!("{name}: cannot install the page probes"))?;
@@ -781,6 +869,38 @@ impl<'d> Browser<'d> {
         }
     }
 
+    /// The DevTools events of chromedriver's performance log since the last
+    /// call (the browser must have been opened with it, see
+    /// [`Setup::network_log`]), oldest first: each `{method, params}`, such
+    /// as `Network.requestWillBeSent`, `Network.responseReceived` or
+    /// `Network.webSocketCreated`. They cover every page the browser loaded.
+    pub fn network_events(&self) -> Result<Vec<Value>> {
+        let entries = self
+            .session
+            .log("performance")
+            .with_context(|| format!("{}: no performance log", self.name))?;
+        entries
+            .iter()
+            .map(|e| {
+                let text = e["message"].as_str().unwrap_or_default();
+                let v: Value = serde_json::from_str(text).with_context(|| {
+                    format!("{}: a performance log entry is not JSON: {e}", self.name)
+                })?;
+                Ok(v["message"].clone())
+            })
+            .collect()
+    }
+
+    /// What the current document says it loaded and opened, from the
+    /// inside: `{href, navigation, resources, sockets, cookie}`, the URLs of
+    /// its navigation and resource timing entries
+    /// (`performance.getEntriesByType`) and of every WebSocket it opened
+    /// (`harness::INIT_JS`), and `document.cookie`. Gone once the page
+    /// navigates: read it before.
+    pub fn page_requests(&self) -> Result<Value> {
+        self.execute(PAGE_REQUESTS_JS, json!([]))
+    }
+
     /// Privacy: no cookie (neither in `document.cookie` nor any the browser
     /// holds for the page), empty `localStorage` and `sessionStorage`, no
     /// IndexedDB database.
@@ -799,4 +919,36 @@ impl<'d> Browser<'d> {
         );
         Ok(())
     }
+}
+
+/// One HTTP/1.0 `GET` of `url` (`http://HOST:PORT/PATH`), as a client other
+/// than a page would make it (say a test reading `/metrics`): its status,
+/// its header lines and its body. HTTP/1.0, so that the body is neither
+/// chunked nor kept alive: it ends where the connection does.
+pub fn http_get(url: &str) -> Result<(u16, Vec<String>, String)> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("not an http:// URL: {url}"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut stream =
+        std::net::TcpStream::connect(host).with_context(|| format!("cannot connect to {host}"))?;
+    stream.set_read_timeout(Some(STEP))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("GET {url}: no end of headers in {text:?}"))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("GET {url}: bad status line in {head:?}"))?;
+    Ok((status, lines.map(String::from).collect(), body.to_string()))
 }

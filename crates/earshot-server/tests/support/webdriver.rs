@@ -105,9 +105,22 @@ impl ChromeDriver {
 
     /// A new Chromium with its own fresh profile.
     pub fn session(&self) -> Result<Session<'_>> {
+        self.session_with(false)
+    }
+
+    /// [`ChromeDriver::session`], and with `network_log` chromedriver also
+    /// keeps the browser's performance log (`goog:loggingPrefs`
+    /// `performance`): the DevTools `Network.*` and `Page.*` events of every
+    /// page the session loads, read with [`Session::log`]`("performance")`.
+    pub fn session_with(&self, network_log: bool) -> Result<Session<'_>> {
         let profile = TempDir::new("earshot-chromium")?;
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|a| a.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.path().display()));
+        let logging = if network_log {
+            json!({"browser": "ALL", "performance": "ALL"})
+        } else {
+            json!({"browser": "ALL"})
+        };
         let caps = json!({
             "capabilities": {
                 "alwaysMatch": {
@@ -115,7 +128,7 @@ impl ChromeDriver {
                     "pageLoadStrategy": "normal",
                     "timeouts": {"script": 30_000, "pageLoad": 30_000, "implicit": 0},
                     "goog:chromeOptions": {"binary": chromium_path(), "args": args},
-                    "goog:loggingPrefs": {"browser": "ALL"},
+                    "goog:loggingPrefs": logging,
                 }
             }
         });
@@ -229,6 +242,15 @@ impl<'d> Session<'d> {
         match self.cmd("GET", "/cookie", None)? {
             Value::Array(cookies) => Ok(cookies),
             other => bail!("GET /cookie: not an array: {other}"),
+        }
+    }
+
+    /// The entries of one of chromedriver's logs (`browser`, `performance`
+    /// when the session was made with it) since the last read of that log.
+    pub fn log(&self, kind: &str) -> Result<Vec<Value>> {
+        match self.cmd("POST", "/se/log", Some(&json!({ "type": kind })))? {
+            Value::Array(entries) => Ok(entries),
+            other => bail!("POST /se/log {kind}: not an array: {other}"),
         }
     }
 
