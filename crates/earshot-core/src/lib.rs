@@ -28,8 +28,11 @@
 //! - [`stun`]: an RFC 5389 Binding responder, for the embedded STUN server.
 //! - [`turn`]: the embedded TURN server (relays, REST credentials) and its codec.
 //!
-//! Nothing here logs an address, SDP, a candidate or chat text: the core never
-//! sees an address, and the `Debug` of signalling payloads is redacted.
+//! Nothing here logs an address, SDP, a candidate or chat text. The
+//! switchboard never sees an address (clients are opaque `ClientKey`s, HMACs
+//! made by the shell); the STUN and TURN modules must see addresses to answer,
+//! and keep them out of logs and `Debug`; signalling payloads' `Debug` is
+//! redacted.
 
 pub mod matchmaker;
 pub mod moderation;
