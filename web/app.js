@@ -100,5 +100,14 @@ Object.defineProperty(window, 'earshot', {
 
 if (typeof WebSocket === 'function') {
   client.connect();
+  // A page kept in the back/forward cache would hold its socket open (and
+  // count against the server's per-client limits): close it on the way out,
+  // and start afresh if the page is ever shown from the cache again.
+  addEventListener('pagehide', (event) => {
+    if (event.persisted) client.close();
+  });
+  addEventListener('pageshow', (event) => {
+    if (event.persisted) location.reload();
+  });
   window.addEventListener('online', () => client.reconnectNow());
 }
