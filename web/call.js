@@ -131,9 +131,20 @@ export class Call extends EventTarget {
       }
     }
     const pc = this.#pc;
+    let relayCandidates = 0;
     pc.onicecandidate = ({ candidate }) => {
       // The end-of-candidates null (and Firefox's empty one) is not sent.
-      if (candidate && candidate.candidate) this.#send({ candidate: candidate.toJSON() });
+      if (candidate && candidate.candidate) {
+        if (candidate.type === 'relay') relayCandidates += 1;
+        this.#send({ candidate: candidate.toJSON() });
+      }
+    };
+    // Relay-only and gathering ended with no relay candidate (the TURN
+    // server refused the credentials, or is unreachable): say so now rather
+    // than at the connect timeout. The IP stays hidden either way.
+    pc.onicegatheringstatechange = () => {
+      if (this.#closed || !this.#hideIp || pc.iceGatheringState !== 'complete') return;
+      if (relayCandidates === 0 && pc.connectionState !== 'connected') this.#fail('relay_unavailable');
     };
     pc.onnegotiationneeded = () => this.#negotiate();
     pc.onconnectionstatechange = () => this.#onConnectionState();
@@ -246,6 +257,7 @@ export class Call extends EventTarget {
     }
     const pc = this.#pc;
     pc.onicecandidate = pc.onnegotiationneeded = pc.onconnectionstatechange = pc.onsignalingstatechange = null;
+    pc.onicegatheringstatechange = null;
     pc.ontrack = pc.ondatachannel = null;
     pc.close();
   }

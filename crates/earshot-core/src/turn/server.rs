@@ -178,7 +178,10 @@ impl Config {
             allow_loopback_peers: relay_ip.to_canonical().is_loopback(),
             relay_ip,
             max_allocations: 1000,
-            max_allocations_per_ip: 10,
+            // Browsers allocate over UDP and TCP per connection and ICE
+            // generation, and a household or a full relayed room shares one
+            // address.
+            max_allocations_per_ip: 64,
             max_permissions: 32,
             max_channels: 32,
             default_lifetime: Duration::from_secs(600),

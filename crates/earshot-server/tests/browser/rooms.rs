@@ -352,10 +352,10 @@ fn tamper_scenario(run: &Run) -> Result<()> {
     check_sent(b, 1, 2)?;
     check_sent(e, 1, 2)?;
     let snap = b.snapshot()?;
-    ensure!(
-        snap.count == Some(1) && snap.chat.is_empty(),
-        "B should be connected to nobody and have no chat: {snap}"
-    );
+    // B's own tiles may briefly show ICE progress towards E before E's
+    // refusal closes it (seen under load); what matters is that no DTLS
+    // connection ever completed and no chat reached B.
+    ensure!(snap.chat.is_empty(), "B should have no chat: {snap}");
     for (i, pc) in b.pc_log()?.iter().enumerate() {
         ensure!(
             never_connected(pc),
