@@ -930,7 +930,11 @@ impl Switchboard {
     }
 
     fn send(&mut self, id: ConnId, msg: ServerMsg) {
-        self.out.push_back(Output::Send(id, msg));
+        // Nothing follows a Close (an error can close the connection midway
+        // through answering).
+        if self.conns.get(&id).is_some_and(|c| !c.closed) {
+            self.out.push_back(Output::Send(id, msg));
+        }
     }
 
     fn reject(&mut self, now: Instant, id: ConnId, code: ErrorCode, retry: Option<Duration>) {
@@ -1156,6 +1160,14 @@ impl crate::matchmaker::Blocked for Blocker<'_> {
             return Some(until);
         }
         let (ca, cb) = (self.conns.get(&a)?, self.conns.get(&b)?);
+        // A client banned while one of its connections was already waiting.
+        let banned = [ca.info.key, cb.info.key]
+            .into_iter()
+            .filter_map(|k| self.moderation.banned_until(self.now, k))
+            .max();
+        if banned.is_some() {
+            return banned;
+        }
         let reported = ca.reported.contains(&b)
             || cb.reported.contains(&a)
             || self.moderation.blocked(ca.info.key, cb.info.key);
