@@ -5411,7 +5411,13 @@ fn run_pow(always: bool, ops: &[PowOp]) -> Result<SceneCounts, TestCaseError> {
                 s.close_conn(id)?;
             }
             PowOp::Leave(client) => {
-                for (id, ..) in conns.extract_if(.., |x| x.1 == client).collect::<Vec<_>>() {
+                let leaving: Vec<ConnId> = conns
+                    .iter()
+                    .filter(|x| x.1 == client)
+                    .map(|x| x.0)
+                    .collect();
+                conns.retain(|x| x.1 != client);
+                for id in leaving {
                     s.close_conn(id)?;
                 }
             }

@@ -118,10 +118,10 @@ impl Conn {
                     buf
                 }
                 Conn::Tcp(stream, buf) => loop {
-                    if let Frame::Len(n) = stream_frame(buf) {
-                        if buf.len() >= n {
-                            return buf.drain(..n).collect();
-                        }
+                    if let Frame::Len(n) = stream_frame(buf)
+                        && buf.len() >= n
+                    {
+                        return buf.drain(..n).collect();
                     }
                     assert_ne!(
                         stream_frame(buf),

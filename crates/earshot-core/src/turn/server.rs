@@ -481,11 +481,11 @@ impl TurnServer {
             return;
         };
         let key = Some(&auth.key);
-        if let Some(&id) = self.by_client.get(&client) {
-            if self.allocations[&id].username != auth.username {
-                self.error(client, msg.method, msg.transaction_id, key, 441);
-                return;
-            }
+        if let Some(&id) = self.by_client.get(&client)
+            && self.allocations[&id].username != auth.username
+        {
+            self.error(client, msg.method, msg.transaction_id, key, 441);
+            return;
         }
         if self.reject_unknown(client, msg, key) {
             return;

@@ -1399,10 +1399,12 @@ impl Coturn {
         loop {
             probe.send_to(&request, ("127.0.0.1", port))?;
             let mut buf = [0u8; 512];
-            if let Ok((n, _)) = probe.recv_from(&mut buf) {
-                if n >= 20 && buf[0..2] == [0x01, 0x01] && buf[8..20] == request[8..20] {
-                    return Ok(coturn);
-                }
+            if let Ok((n, _)) = probe.recv_from(&mut buf)
+                && n >= 20
+                && buf[0..2] == [0x01, 0x01]
+                && buf[8..20] == request[8..20]
+            {
+                return Ok(coturn);
             }
             if let Ok(Some(status)) = coturn.child.try_wait() {
                 bail!("turnserver exited at startup ({status}):\n{}", coturn.log());

@@ -220,10 +220,10 @@ fn drain(
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
             let Ok(line) = line else { break };
-            if let Some(url) = url_tx.as_ref().and_then(|_| find_url(&line)) {
-                if let Some(tx) = url_tx.take() {
-                    let _ = tx.send(url);
-                }
+            if let Some(url) = url_tx.as_ref().and_then(|_| find_url(&line))
+                && let Some(tx) = url_tx.take()
+            {
+                let _ = tx.send(url);
             }
             output
                 .lock()

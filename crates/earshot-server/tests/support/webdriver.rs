@@ -88,10 +88,10 @@ impl ChromeDriver {
         let mut driver = ChromeDriver { child, port };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(status) = driver.request("GET", "/status", None) {
-                if status["ready"] == json!(true) {
-                    return Ok(driver);
-                }
+            if let Ok(status) = driver.request("GET", "/status", None)
+                && status["ready"] == json!(true)
+            {
+                return Ok(driver);
             }
             if let Ok(Some(exit)) = driver.child.try_wait() {
                 bail!("{binary} exited at startup with {exit}");

@@ -952,11 +952,10 @@ proptest! {
                 match out {
                     Output::BindRelay { allocation, .. } => pending.push(allocation),
                     Output::ToClient { data, .. } => {
-                        if let Ok(m) = Message::decode(&data) {
-                            if let Ok(Some(nonce)) = m.text(attr::NONCE) {
+                        if let Ok(m) = Message::decode(&data)
+                            && let Ok(Some(nonce)) = m.text(attr::NONCE) {
                                 creds.nonce = nonce.to_owned();
                             }
-                        }
                     }
                     _ => {}
                 }
