@@ -381,7 +381,7 @@ impl<'a> Writer<'a> {
 
 /// CRC-32 (ISO-HDLC, as in zlib and Ethernet): reflected polynomial
 /// 0xEDB88320, initial value and final XOR all ones.
-fn crc32(bytes: &[u8]) -> u32 {
+pub(crate) fn crc32(bytes: &[u8]) -> u32 {
     const TABLE: [u32; 256] = {
         let mut table = [0; 256];
         let mut i = 0;

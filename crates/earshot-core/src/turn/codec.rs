@@ -20,6 +20,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use crate::stun::crc32;
+
 use hmac::{KeyInit, Mac};
 
 /// The fixed header size and the magic cookie that follows the length.
@@ -542,33 +544,6 @@ fn message_type(method: u16, class: Class) -> u16 {
         | ((method & 0x0F80) << 2)
         | ((class & 0b01) << 4)
         | ((class & 0b10) << 7)
-}
-
-/// CRC-32 (ISO-HDLC, as in zlib): reflected polynomial 0xEDB88320, initial
-/// value and final XOR all ones.
-fn crc32(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            table[i] = c;
-            i += 1;
-        }
-        table
-    };
-    !bytes
-        .iter()
-        .fold(!0u32, |c, &b| TABLE[usize::from((c as u8) ^ b)] ^ (c >> 8))
 }
 
 #[cfg(test)]
