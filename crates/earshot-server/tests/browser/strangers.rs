@@ -27,8 +27,10 @@ fn browser_strangers_talk_and_chat() -> Result<()> {
         LOG_SHOWS,
         |run| {
             let mut times = Vec::new();
-            let result = strangers_scenario(run, &mut times);
+            let (mut limits, mut steps) = (Vec::new(), Vec::new());
+            let result = strangers_scenario(run, &mut times, &mut limits, &mut steps);
             report_times(&times);
+            report_milestones(&steps, &limits);
             result
         },
     )
@@ -220,7 +222,12 @@ fn restart_scenario(run: &Run) -> Result<()> {
     Ok(())
 }
 
-fn strangers_scenario(run: &Run, times: &mut Vec<f64>) -> Result<()> {
+fn strangers_scenario(
+    run: &Run,
+    times: &mut Vec<f64>,
+    limits: &mut Vec<Limit>,
+    steps: &mut Vec<Vec<(&'static str, f64)>>,
+) -> Result<()> {
     let [a, b, c] = &run.browsers[..] else {
         bail!("expected three browsers")
     };
@@ -234,6 +241,11 @@ fn strangers_scenario(run: &Run, times: &mut Vec<f64>) -> Result<()> {
 
     // 1. A and B press Start, meet, hear each other and chat both ways.
     times.push(meet_and_chat(run, a, b)?);
+    let config = a.execute(CONFIG_JS, json!([]))?;
+    ensure!(
+        config.is_object(),
+        "no peer connection configuration: {config}"
+    );
 
     // 2. C waits; A skips B. Both are back in the queue, C meets one of
     //    them (X) and the other (Y) keeps searching.
@@ -302,8 +314,12 @@ fn strangers_scenario(run: &Run, times: &mut Vec<f64>) -> Result<()> {
     })?;
 
     // 5. Extra rounds for the figure: Y presses Start, meets the waiting C,
-    //    both hear audio; Y presses End, C is queued again.
+    //    both hear audio; Y presses End, C is queued again. Before each,
+    //    Y's page measures the limit (see `in_page_limit`).
     for round in 1..=EXTRA_ROUNDS {
+        // The limit, in turn with the call through the server, so that
+        // both see the same machine load.
+        limits.push(in_page_limit(y, &config)?);
         y.arm()?;
         c.arm()?;
         y.click("start")?;
@@ -313,7 +329,9 @@ fn strangers_scenario(run: &Run, times: &mut Vec<f64>) -> Result<()> {
             |s| s.iter().all(|s| s.state == "connected"),
         )?;
         ensure!(c.newly_connected()?, "C never left the old call");
-        times.push(time_to_audio(y, c, y.clicked_at("start")?)?);
+        let since = y.clicked_at("start")?;
+        times.push(time_to_audio(y, c, since)?);
+        steps.push(milestones(y, c, since)?);
         c.arm()?;
         y.click("end")?;
         wait_for(
@@ -412,6 +430,217 @@ fn report_times(times: &[f64]) {
         samples.join(", "),
     ));
 }
+
+/// Reports the median of each step of [`milestones`] over the calls, and
+/// the time to the first audio packet and to audible audio beside the
+/// in-page limits measured in turn with them, as ratios.
+fn report_milestones(steps: &[Vec<(&'static str, f64)>], limits: &[Limit]) {
+    let Some(first) = steps.first() else { return };
+    let step = |label: &str| {
+        let values: Vec<f64> = steps
+            .iter()
+            .filter_map(|s| s.iter().find(|(l, _)| *l == label).map(|(_, v)| *v))
+            .collect();
+        (!values.is_empty()).then(|| median(&values))
+    };
+    let parts: Vec<String> = first
+        .iter()
+        .filter_map(|(label, _)| Some(format!("{label} {:.0}", step(label)?)))
+        .collect();
+    report(&format!(
+        "time to audio, where it goes (median ms from Start over {} calls): {}",
+        steps.len(),
+        parts.join(", ")
+    ));
+    if limits.is_empty() {
+        return;
+    }
+    let connected: Vec<f64> = limits.iter().map(|l| l.connected).collect();
+    let packet: Vec<f64> = limits.iter().map(|l| l.packet).collect();
+    let audible: Vec<f64> = limits.iter().map(|l| l.audible).collect();
+    for (what, label, limit) in [
+        ("DTLS connected", "DTLS connected", &connected),
+        ("first audio packet", "first audio packet", &packet),
+        ("audible audio", "audio with energy", &audible),
+    ] {
+        let samples: Vec<String> = limit.iter().map(|t| format!("{t:.0}")).collect();
+        let Some(through) = step(label) else { continue };
+        let limit = median(limit);
+        report(&format!(
+            "time to {what}: through the server median {through:.0} ms; limit (the same two \
+             peer connections in one page, no server) median {limit:.0} ms over {} (samples: \
+             {} ms); ratio {:.2}",
+            packet.len(),
+            samples.join(", "),
+            through / limit.max(1.0),
+        ));
+    }
+}
+
+/// Where a call's time to audio goes: for the call `y` started at `since`
+/// with `c` waiting, milliseconds from `since` to the first time either page
+/// reached each step (from the pages' timelines, see `harness::INIT_JS`).
+fn milestones(y: &Browser, c: &Browser, since: f64) -> Result<Vec<(&'static str, f64)>> {
+    const STEPS: [(&str, &str); 7] = [
+        ("search sent (microphone open)", "ws>search"),
+        ("matched", "ws<matched"),
+        ("first signal sent", "ws>signal"),
+        ("first signal relayed", "ws<signal"),
+        ("offer/answer done", "sdp:stable"),
+        ("ICE connected", "ice:connected"),
+        ("DTLS connected", "conn:connected"),
+    ];
+    let mut events = Vec::new();
+    for x in [y, c] {
+        let line = x.execute("return window.__e2e.timeline", json!([]))?;
+        for e in line.as_array().cloned().unwrap_or_default() {
+            if let (Some(t), Some(name)) = (e[0].as_f64(), e[1].as_str())
+                && t >= since
+            {
+                events.push((t, name.to_owned()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (label, event) in STEPS {
+        let times = events.iter().filter(|(_, n)| n == event).map(|(t, _)| *t);
+        // A connection is up when both pages say so; a message counts at its first.
+        let at = if event.starts_with("ice:") || event.starts_with("conn:") {
+            times.reduce(f64::max)
+        } else {
+            times.reduce(f64::min)
+        };
+        if let Some(at) = at {
+            out.push((label, at - since));
+        }
+    }
+    let (py, pc) = (y.probe()?, c.probe()?);
+    for (label, key) in [
+        ("first audio packet", "bytesAt"),
+        ("audio with energy", "audioAt"),
+    ] {
+        if let (Some(a), Some(b)) = (py[key].as_f64(), pc[key].as_f64()) {
+            out.push((label, a.max(b) - since));
+        }
+    }
+    Ok(out)
+}
+
+/// The time to audio with no server at all: in `x`'s page, two peer
+/// connections with the page's own configuration (`config`, from
+/// [`CONFIG_JS`]) each take the fake microphone, as a page does after Start,
+/// and negotiate directly, candidates handed over in the page. Milliseconds
+/// from the start to the later of the two decoding audio with energy,
+/// watched as [`ARM_JS`] does for a call.
+fn in_page_limit(x: &Browser, config: &Value) -> Result<Limit> {
+    let out = x.execute_async(LIMIT_JS, json!([config]))?;
+    let get = |key: &str| {
+        out[key]
+            .as_f64()
+            .with_context(|| format!("{}: in-page limit failed: {out}", x.name))
+    };
+    Ok(Limit {
+        connected: get("connected")?,
+        packet: get("packet")?,
+        audible: get("audible")?,
+    })
+}
+
+/// One in-page measurement: milliseconds to the first audio packet on both
+/// sides, and to audio with energy on both.
+struct Limit {
+    connected: f64,
+    packet: f64,
+    audible: f64,
+}
+
+/// The configuration of the page's current peer connection, in a form
+/// `RTCPeerConnection` takes back.
+const CONFIG_JS: &str = r#"
+const pc = window.earshot && window.earshot.pc;
+if (!pc) return null;
+const c = pc.getConfiguration();
+return {iceServers: c.iceServers || [], iceTransportPolicy: c.iceTransportPolicy || 'all'};
+"#;
+
+const LIMIT_JS: &str = r#"
+const [config, done] = [arguments[0], arguments[arguments.length - 1]];
+const constraints = {audio: {echoCancellation: true, noiseSuppression: true, autoGainControl: true}};
+(async () => {
+  const t0 = Date.now();
+  const [s1, s2] = await Promise.all([navigator.mediaDevices.getUserMedia(constraints),
+                                      navigator.mediaDevices.getUserMedia(constraints)]);
+  const a = new RTCPeerConnection(config), b = new RTCPeerConnection(config);
+  // Played as the page plays a partner: Chromium decodes (and measures the
+  // energy of) remote audio only when something renders it.
+  const players = [];
+  for (const pc of [a, b]) {
+    pc.ontrack = (e) => {
+      const el = new Audio();
+      el.srcObject = e.streams[0] || new MediaStream([e.track]);
+      el.play().catch(() => {});
+      players.push(el);
+    };
+  }
+  const cleanup = () => {
+    a.close(); b.close();
+    for (const el of players) { el.pause(); el.srcObject = null; }
+    for (const t of [...s1.getTracks(), ...s2.getTracks()]) t.stop();
+  };
+  try {
+    // Candidates wait until the other side has the description they belong to.
+    let ready = false;
+    const held = [];
+    const hand = (to) => (e) => {
+      if (!e.candidate) return;
+      if (ready) to.addIceCandidate(e.candidate).catch(() => {});
+      else held.push([to, e.candidate]);
+    };
+    a.onicecandidate = hand(b);
+    b.onicecandidate = hand(a);
+    a.createDataChannel('chat', {ordered: true});
+    for (const t of s1.getTracks()) a.addTrack(t, s1);
+    for (const t of s2.getTracks()) b.addTrack(t, s2);
+    await a.setLocalDescription(await a.createOffer());
+    await b.setRemoteDescription(a.localDescription);
+    await b.setLocalDescription(await b.createAnswer());
+    await a.setRemoteDescription(b.localDescription);
+    ready = true;
+    for (const [to, c] of held) to.addIceCandidate(c).catch(() => {});
+    // [first packet, first energy], as ARM_JS records them for a call.
+    const at = [[null, null], [null, null]];
+    const up = [null, null];
+    a.addEventListener('connectionstatechange', () => { if (a.connectionState === 'connected') up[0] = Date.now(); });
+    b.addEventListener('connectionstatechange', () => { if (b.connectionState === 'connected') up[1] = Date.now(); });
+    const watch = async (pc, mine, now) => {
+      (await pc.getStats()).forEach((r) => {
+        if (r.type !== 'inbound-rtp' || r.kind !== 'audio' || !(r.bytesReceived > 0)) return;
+        if (mine[0] === null) mine[0] = now;
+        if (mine[1] === null && r.totalAudioEnergy > 0) mine[1] = now;
+      });
+    };
+    while (at[0][1] === null || at[1][1] === null) {
+      if (Date.now() - t0 > 20000) {
+        const inbound = async (pc) => {
+          const out = [];
+          (await pc.getStats()).forEach((r) => { if (r.type === 'inbound-rtp') out.push([r.kind, r.bytesReceived, r.totalAudioEnergy]); });
+          return out;
+        };
+        throw new Error(`no audio within 20 s: ${a.connectionState}/${b.connectionState} ` +
+          `${JSON.stringify(await inbound(a))} ${JSON.stringify(await inbound(b))} ${JSON.stringify(config)}`);
+      }
+      await new Promise((r) => setTimeout(r, 10));
+      const now = Date.now();
+      await Promise.all([watch(a, at[0], now), watch(b, at[1], now)]);
+    }
+    cleanup();
+    done({connected: Math.max(up[0], up[1]) - t0, packet: Math.max(at[0][0], at[1][0]) - t0, audible: Math.max(at[0][1], at[1][1]) - t0});
+  } catch (e) {
+    cleanup();
+    done({error: String(e)});
+  }
+})();
+"#;
 
 /// Starts a probe for the next call: every `data-state` the status takes from
 /// now on, and when the first peer connection other than the current one

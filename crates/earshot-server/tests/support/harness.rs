@@ -588,13 +588,20 @@ return {
 /// opened, got a `welcome`, closed and how), the peer connection log
 /// (`window.__e2ePcs`: each `RTCPeerConnection` with every connection state
 /// it reported) and the record of `verifier` and `auth` values sent
-/// (`window.__e2eSent`). All of
+/// (`window.__e2eSent`), and a timeline of the signalling message types and
+/// peer connection states (`window.__e2e.timeline`: `[epoch ms, event]`,
+/// message types only, never their content). All of
 /// them only listen, with `addEventListener` or by passing the same data on,
 /// so the page's own behaviour is untouched.
 const INIT_JS: &str = r#"
 (() => {
-  const e2e = {clicks: {}};
+  const e2e = {clicks: {}, timeline: []};
   Object.defineProperty(window, '__e2e', {value: e2e});
+  const mark = (event) => { if (e2e.timeline.length < 5000) e2e.timeline.push([Date.now(), event]); };
+  const typeOf = (data) => {
+    if (typeof data !== 'string') return null;
+    try { const t = JSON.parse(data).type; return typeof t === 'string' ? t : null; } catch { return null; }
+  };
   document.addEventListener('click', ev => {
     const el = ev.target && ev.target.closest && ev.target.closest('[data-testid]');
     if (el) e2e.clicks[el.getAttribute('data-testid')] = Date.now();
@@ -613,6 +620,8 @@ const INIT_JS: &str = r#"
         sockets.push(rec);
         this.addEventListener('open', () => { rec.open = Date.now(); });
         this.addEventListener('message', (ev) => {
+          const type = typeOf(ev.data);
+          if (type) mark('ws<' + type);
           if (rec.welcome !== null || typeof ev.data !== 'string') return;
           try { if (JSON.parse(ev.data).type === 'welcome') rec.welcome = Date.now(); } catch {}
         });
@@ -625,6 +634,8 @@ const INIT_JS: &str = r#"
     Object.defineProperty(window, '__e2eSent', {value: sent});
     const send = NativeSocket.prototype.send;
     NativeSocket.prototype.send = function (data) {
+      const type = typeOf(data);
+      if (type) mark('ws>' + type);
       if (typeof data === 'string' && (data.includes('"verifier"') || data.includes('"auth"'))) {
         try {
           const msg = JSON.parse(data);
@@ -645,7 +656,13 @@ const INIT_JS: &str = r#"
         super(...args);
         const rec = {pc: this, created: Date.now(), states: [this.connectionState]};
         pcs.push(rec);
-        this.addEventListener('connectionstatechange', () => rec.states.push(this.connectionState));
+        mark('pc:new');
+        this.addEventListener('connectionstatechange', () => {
+          rec.states.push(this.connectionState);
+          mark('conn:' + this.connectionState);
+        });
+        this.addEventListener('iceconnectionstatechange', () => mark('ice:' + this.iceConnectionState));
+        this.addEventListener('signalingstatechange', () => mark('sdp:' + this.signalingState));
       }
     };
   }
