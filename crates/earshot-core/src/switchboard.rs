@@ -154,7 +154,9 @@ pub struct ConnInfo {
     pub country: Option<Country>,
     /// Given to the client in `welcome`: the server's own STUN (and TURN)
     /// services, as this client can reach them.
-    pub ice_servers: Vec<IceServer>,
+    /// Shared: most connections get the same list, and an idle connection
+    /// should not carry a copy of it.
+    pub ice_servers: std::sync::Arc<[IceServer]>,
     /// Who this client is for abuse control: a rotating HMAC of its address,
     /// shared by all its connections. The address itself never gets here.
     pub key: ClientKey,
@@ -343,7 +345,9 @@ impl std::fmt::Debug for Minter {
 #[derive(Debug)]
 pub struct Switchboard {
     config: Config,
-    conns: HashMap<ConnId, Conn>,
+    /// Boxed: the table keeps spare buckets, and an idle connection should
+    /// not pay for a spare `Conn` or two (see BENCHMARKS.md).
+    conns: HashMap<ConnId, Box<Conn>>,
     queue: Matchmaker,
     cooldowns: Cooldowns,
     rooms: Rooms,
@@ -422,7 +426,7 @@ impl Switchboard {
         let mut servers = self
             .conns
             .get(&id)
-            .map(|c| c.info.ice_servers.clone())
+            .map(|c| c.info.ice_servers.to_vec())
             .unwrap_or_default();
         for s in &mut servers {
             let turn = s
@@ -488,7 +492,7 @@ impl Switchboard {
             hello_by: now + self.config.hello_timeout,
             reported: Vec::new(),
         };
-        if self.conns.insert(id, conn).is_some() {
+        if self.conns.insert(id, Box::new(conn)).is_some() {
             tracing::warn!(conn = %id, "connection id reused; replacing its state");
         }
         self.hello_deadlines
@@ -871,7 +875,7 @@ impl Switchboard {
             }
             self.hello_deadlines.pop();
             let due = |c: &Conn| !c.greeted && !c.closed && c.hello_by <= now;
-            if self.conns.get(&id).is_some_and(due) {
+            if self.conns.get(&id).is_some_and(|c| due(c)) {
                 self.close(now, id, CloseReason::HelloTimeout);
             }
         }
@@ -1151,7 +1155,7 @@ struct Blocker<'a> {
     now: Instant,
     cooldowns: &'a Cooldowns,
     moderation: &'a Moderation,
-    conns: &'a HashMap<ConnId, Conn>,
+    conns: &'a HashMap<ConnId, Box<Conn>>,
 }
 
 impl crate::matchmaker::Blocked for Blocker<'_> {

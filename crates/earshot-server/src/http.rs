@@ -185,8 +185,10 @@ async fn websocket(
     let permit = app.connections.clone().try_acquire_owned().ok();
     ws::configure(upgrade, app.settings.max_frame_bytes)
         .on_upgrade(move |socket| {
-            let tracker = app.tracker.clone();
-            tracker.track_future(ws::serve(socket, app, info, permit))
+            // The socket gets a task of its own, so that this upgrade future
+            // and everything it captured are freed at once.
+            ws::spawn(socket, app, info, permit);
+            std::future::ready(())
         })
         .into_response()
 }
@@ -194,13 +196,33 @@ async fn websocket(
 /// The ICE servers for a client: our STUN (and TURN) on the host name the
 /// client used to reach us (so it works on any interface), or the configured
 /// URLs. TURN entries get fresh credentials from the switchboard when sent.
-fn ice_servers(app: &App, headers: &HeaderMap) -> Vec<IceServer> {
-    let host = || {
-        headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .and_then(host_of)
-    };
+///
+/// Almost every client names the same host, so the last list made is kept
+/// and shared by every connection that gets the same one.
+fn ice_servers(app: &App, headers: &HeaderMap) -> Arc<[IceServer]> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(host_of);
+    let mut last = app
+        .last_ice_servers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some((for_host, servers)) = last.as_ref()
+        && *for_host == host
+    {
+        return servers.clone();
+    }
+    let servers: Arc<[IceServer]> = make_ice_servers(app, host.clone()).into();
+    *last = Some((host, servers.clone()));
+    servers
+}
+
+/// The `Host` the last list was made for, and the list.
+pub type LastIceServers = std::sync::Mutex<Option<(Option<String>, Arc<[IceServer]>)>>;
+
+fn make_ice_servers(app: &App, host: Option<String>) -> Vec<IceServer> {
+    let host = || host.clone();
     let fallback = |addr: std::net::SocketAddr| match crate::config::display_addr(addr).ip() {
         std::net::IpAddr::V6(ip) => format!("[{ip}]"),
         ip => ip.to_string(),

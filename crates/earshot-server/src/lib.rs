@@ -52,6 +52,9 @@ pub struct App {
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    pinger: Arc<ws::Pinger>,
+    /// See `http::ice_servers`: the `Host` it was made for, and the list.
+    last_ice_servers: http::LastIceServers,
 }
 
 /// A started server.
@@ -148,6 +151,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         guards,
     );
     tracker.spawn(hub.clone().run_timer(shutdown.clone()));
+    let pinger = Arc::new(ws::Pinger::new());
+    tracker.spawn(pinger.clone().run(settings.ping_interval, shutdown.clone()));
     let app = Arc::new(App {
         connections: Arc::new(Semaphore::new(settings.max_connections)),
         settings,
@@ -158,6 +163,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         geo,
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
+        pinger,
+        last_ice_servers: std::sync::Mutex::new(None),
     });
     tracker.spawn(rotate_keys(app.clone()));
     let router = http::router(app.clone());

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use earshot_core::{CloseReason, ConnInfo};
-use tokio::sync::OwnedSemaphorePermit;
+use earshot_core::{CloseReason, ConnId, ConnInfo};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::App;
@@ -29,38 +30,87 @@ pub fn configure(upgrade: WebSocketUpgrade, max_frame_bytes: usize) -> WebSocket
         .max_frame_size(max_frame_bytes)
 }
 
-/// Serves one upgraded socket until it closes, the hub drops it, or shutdown.
-pub async fn serve(
-    mut socket: WebSocket,
-    app: Arc<App>,
-    info: ConnInfo,
-    permit: Option<OwnedSemaphorePermit>,
-) {
-    match permit {
-        Some(_permit) => connection(&mut socket, &app, info).await,
-        None => {
-            send_close(
-                &mut socket,
-                CloseReason::ServerFull,
-                app.settings.write_timeout,
-            )
-            .await;
+/// How many groups [`Pinger`] wakes in turn.
+const PING_GROUPS: u64 = 16;
+
+/// One timer for every socket's pings and idle checks. A timer of its own
+/// would cost each idle socket a boxed `Sleep` and its wheel entry; instead
+/// sockets wait in one of [`PING_GROUPS`] groups, and one task wakes a group
+/// every `ping_interval / PING_GROUPS`, so pings are spread over the interval.
+pub struct Pinger {
+    groups: [Notify; PING_GROUPS as usize],
+}
+
+impl Pinger {
+    pub fn new() -> Pinger {
+        Pinger {
+            groups: std::array::from_fn(|_| Notify::new()),
+        }
+    }
+
+    fn group(&self, id: ConnId) -> &Notify {
+        // Lossless: the remainder is below PING_GROUPS.
+        &self.groups[(id.0 % PING_GROUPS) as usize]
+    }
+
+    /// Wakes the groups in turn until shutdown: each socket once per `every`.
+    pub async fn run(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let step = (every / PING_GROUPS as u32).max(Duration::from_millis(1));
+        let mut tick = tokio::time::interval_at(Instant::now() + step, step);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for group in self.groups.iter().cycle() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => group.notify_waiters(),
+            }
         }
     }
 }
 
-async fn connection(socket: &mut WebSocket, app: &App, info: ConnInfo) {
-    let (id, wake) = app.hub.connect(info);
-    let span = tracing::debug_span!("conn", conn = %id);
-    async {
+/// Serves one upgraded socket until it closes, the hub drops it, or shutdown.
+///
+/// Spawned as its own task rather than awaited inside axum's upgrade future,
+/// and written so that the task holds the socket once and nothing it no
+/// longer needs: an idle socket's whole cost is this task (see BENCHMARKS.md).
+pub fn spawn(
+    socket: WebSocket,
+    app: Arc<App>,
+    info: ConnInfo,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let tracker = app.tracker.clone();
+    match permit {
+        Some(permit) => {
+            let (id, wake) = app.hub.connect(info);
+            let span = tracing::debug_span!("conn", conn = %id);
+            tracker.spawn(connection(socket, app, id, wake, permit).instrument(span));
+        }
+        None => {
+            let limit = app.settings.write_timeout;
+            tracker.spawn(async move {
+                let mut socket = socket;
+                send_close(&mut socket, CloseReason::ServerFull, limit).await;
+            });
+        }
+    }
+}
+
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep a second copy of its arguments in the task"
+)]
+fn connection(
+    mut socket: WebSocket,
+    app: Arc<App>,
+    id: ConnId,
+    wake: Arc<Notify>,
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send {
+    async move {
         tracing::debug!("connected");
+        let socket = &mut socket;
         let settings = &app.settings;
         let mut last_heard = Instant::now();
-        let mut ping = tokio::time::interval_at(
-            Instant::now() + settings.ping_interval,
-            settings.ping_interval,
-        );
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
             tokio::select! {
                 // Shutdown first, then our own output before reading more, so
@@ -72,7 +122,7 @@ async fn connection(socket: &mut WebSocket, app: &App, info: ConnInfo) {
                     send_close(socket, CloseReason::ServerRestart, Duration::from_secs(1)).await;
                     break "server shutting down";
                 }
-                () = wake.notified() => match drain(app, id, socket).await {
+                () = wake.notified() => match drain(&app, id, socket).await {
                     Ok(()) => {}
                     Err(why) => break why,
                 },
@@ -93,7 +143,7 @@ async fn connection(socket: &mut WebSocket, app: &App, info: ConnInfo) {
                         }
                     }
                 }
-                _ = ping.tick() => {
+                () = app.pinger.group(id).notified() => {
                     if last_heard.elapsed() >= settings.idle_timeout {
                         app.hub.close(id, CloseReason::IdleTimeout);
                         send_close(socket, CloseReason::IdleTimeout, settings.write_timeout).await;
@@ -106,18 +156,13 @@ async fn connection(socket: &mut WebSocket, app: &App, info: ConnInfo) {
             }
         };
         app.hub.disconnect(id);
+        drop(permit);
         tracing::debug!(why = end, "disconnected");
     }
-    .instrument(span)
-    .await
 }
 
 /// Sends everything in the outbox; `Err` says why the connection must end.
-async fn drain(
-    app: &App,
-    id: earshot_core::ConnId,
-    socket: &mut WebSocket,
-) -> Result<(), &'static str> {
+async fn drain(app: &App, id: ConnId, socket: &mut WebSocket) -> Result<(), &'static str> {
     let limit = app.settings.write_timeout;
     loop {
         match app.hub.pop(id) {
