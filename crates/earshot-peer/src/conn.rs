@@ -275,10 +275,12 @@ impl Conn {
                 }
             }
             Event::ChannelClose(cid) if Some(cid) == self.chat => self.chat_open = false,
-            Event::PeerStats(s) => {
-                if let Some(rtt) = s.rtt {
-                    self.stats.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
-                }
+            // Round trips come from RTCP reports on what we send.
+            Event::PeerStats(s) if s.rtt.is_some() => {
+                self.stats.rtt_ms = s.rtt.map(|r| r.as_secs_f64() * 1000.0);
+            }
+            Event::MediaEgressStats(s) if s.rtt.is_some() => {
+                self.stats.rtt_ms = s.rtt.map(|r| r.as_secs_f64() * 1000.0);
             }
             _ => {}
         }
