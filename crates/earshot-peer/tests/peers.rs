@@ -270,3 +270,24 @@ async fn peers_in_a_locked_room() -> Result<()> {
     )?;
     Ok(())
 }
+
+/// With proof of work always asked, a peer solves the challenge and is let
+/// in (its `hello` carries the solution), then meets another as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_solve_proof_of_work() -> Result<()> {
+    let mut args = SERVER_ARGS.to_vec();
+    args.extend(["--pow", "always"]);
+    let mut server = Server::start(&earshot_binary(), &args)?;
+    let mut a = peer(&server.url, 440.0).await?;
+    let mut b = peer(&server.url, 660.0).await?;
+    a.search(&[])?;
+    searching(&mut a, "A").await?;
+    b.search(&[])?;
+    ensure!(
+        matched(&mut a, "A").await? == matched(&mut b, "B").await?,
+        "A and B in different calls"
+    );
+    drop((a, b));
+    server.stop(STOP)?;
+    Ok(())
+}
