@@ -71,6 +71,9 @@ pub enum PeerError {
     /// The UDP socket for WebRTC.
     #[error("cannot bind the UDP socket: {0}")]
     Bind(std::io::Error),
+    /// A room command before [`Peer::join_room`].
+    #[error("not in a room")]
+    NotInRoom,
     /// The peer's task has ended.
     #[error("the peer has stopped")]
     Stopped,
@@ -267,7 +270,7 @@ impl Peer {
     /// who already know the passphrase call this too, so that they can check
     /// newcomers).
     pub async fn lock_room(&self, passphrase: &str) -> Result<(), PeerError> {
-        let room = self.room.clone().ok_or(PeerError::Stopped)?;
+        let room = self.room.clone().ok_or(PeerError::NotInRoom)?;
         let keys = derive(passphrase, &room).await?;
         self.cmd(Cmd::Lock(keys))
     }

@@ -11,7 +11,8 @@
 //! them.
 
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use sha2::block_api::compress256;
+use sha2::{Digest, Sha256};
 use unicode_normalization::UnicodeNormalization;
 
 pub const PBKDF2_ITERATIONS: u32 = 300_000;
@@ -88,22 +89,59 @@ pub fn fingerprints(sdp: &str) -> Vec<String> {
 }
 
 /// PBKDF2-HMAC-SHA-256 with one 32-byte block (all Earshot needs).
+///
+/// After the first round every HMAC input is one 32-byte value, so each of
+/// the 299,999 others is two SHA-256 compressions from the precomputed
+/// inner and outer states: fast enough even in an unoptimised test build.
 fn pbkdf2(password: &[u8], salt: &[u8]) -> [u8; 32] {
-    let keyed = HmacSha256::new_from_slice(password).expect("HMAC takes any key");
-    let mut mac = keyed.clone();
+    const IV: [u32; 8] = [
+        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+        0x5be0cd19,
+    ];
+    let mut mac = HmacSha256::new_from_slice(password).expect("HMAC takes any key");
     mac.update(salt);
     mac.update(&1u32.to_be_bytes());
     let mut u: [u8; 32] = mac.finalize().into_bytes().into();
     let mut out = u;
+
+    let hashed;
+    let key = if password.len() > 64 {
+        hashed = Sha256::digest(password);
+        &hashed[..]
+    } else {
+        password
+    };
+    let (mut ipad, mut opad) = ([0x36u8; 64], [0x5cu8; 64]);
+    for (i, k) in key.iter().enumerate() {
+        ipad[i] ^= k;
+        opad[i] ^= k;
+    }
+    let (mut inner, mut outer) = (IV, IV);
+    compress256(&mut inner, &[ipad]);
+    compress256(&mut outer, &[opad]);
+    // The second block of both hashes: 32 bytes, then padding for 96 bytes in all.
+    let mut block = [0u8; 64];
+    block[32] = 0x80;
+    block[62..].copy_from_slice(&(96u16 * 8).to_be_bytes());
     for _ in 1..PBKDF2_ITERATIONS {
-        let mut mac = keyed.clone();
-        mac.update(&u);
-        u = mac.finalize().into_bytes().into();
+        block[..32].copy_from_slice(&u);
+        let mut state = inner;
+        compress256(&mut state, &[block]);
+        write_state(&state, &mut block[..32]);
+        let mut state = outer;
+        compress256(&mut state, &[block]);
+        write_state(&state, &mut u);
         for (o, x) in out.iter_mut().zip(u.iter()) {
             *o ^= x;
         }
     }
     out
+}
+
+fn write_state(state: &[u32; 8], to: &mut [u8]) {
+    for (chunk, word) in to.chunks_exact_mut(4).zip(state) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
 }
 
 /// base64url without padding.
@@ -139,6 +177,17 @@ mod tests {
     }
 
     const VERIFIER_VECTOR: &str = "hvbvqAKKX5TfWXlplCbtUzPAHn3pr60y01GlHuNaJ7Q";
+
+    #[test]
+    fn a_long_passphrase_is_hashed_first_as_hmac_does() {
+        // hashlib.pbkdf2_hmac('sha256', b'x' * 100, b'earshot/v1/room-verifier/r', 300000)
+        assert_eq!(
+            RoomKeys::derive(&"x".repeat(100), "r").verifier,
+            LONG_VECTOR
+        );
+    }
+
+    const LONG_VECTOR: &str = "TQ1PLj2ksSWzPRRtCedrqgwy1FqvKRMRegObW7vwMwQ";
 
     #[test]
     fn nfc_makes_composed_and_decomposed_the_same() {

@@ -164,10 +164,11 @@ fn browser_and_peer_meet_as_strangers() -> Result<()> {
                 chat_both_ways(run, &rt, a, &mut p, remote, round)?;
                 let c = conn(&stats, remote).context("no connection")?;
                 figures.push(format!(
-                    "{} {} ms (connected after {} ms)",
+                    "{} {} ms (connected after {} ms, rtt {:?} ms)",
                     if polite { "answering" } else { "offering" },
                     c.first_audio_ms.unwrap_or_default(),
-                    c.connect_ms.unwrap_or_default()
+                    c.connect_ms.unwrap_or_default(),
+                    c.rtt_ms,
                 ));
                 if round == 1 {
                     a.click("end")?;
