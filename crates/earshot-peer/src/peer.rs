@@ -71,6 +71,9 @@ pub enum PeerError {
     /// The UDP socket for WebRTC.
     #[error("cannot bind the UDP socket: {0}")]
     Bind(std::io::Error),
+    /// [`Peer::wait_for`] saw no such event in time.
+    #[error("no {0} within {1:?}")]
+    Timeout(String, Duration),
     /// A room command before [`Peer::join_room`].
     #[error("not in a room")]
     NotInRoom,
@@ -322,7 +325,7 @@ impl Peer {
         limit: Duration,
         what: &str,
         mut want: impl FnMut(&Event) -> Option<T>,
-    ) -> anyhow::Result<T> {
+    ) -> Result<T, PeerError> {
         if let Some((i, t)) = self
             .backlog
             .iter()
@@ -344,8 +347,8 @@ impl Peer {
                         self.backlog.push_back(e);
                     }
                 }
-                Ok(None) => anyhow::bail!("the peer stopped while waiting for {what}"),
-                Err(_) => anyhow::bail!("no {what} within {limit:?}"),
+                Ok(None) => return Err(PeerError::Stopped),
+                Err(_) => return Err(PeerError::Timeout(what.to_string(), limit)),
             }
         }
     }

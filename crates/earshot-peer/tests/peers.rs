@@ -16,18 +16,20 @@ use common::*;
 use earshot_peer::{Event, Peer, Remote};
 
 async fn matched(peer: &mut Peer, who: &str) -> Result<u64> {
-    peer.wait_for(STEP, &format!("{who} matched"), |e| match e {
-        Event::Matched { call, .. } => Some(*call),
-        _ => None,
-    })
-    .await
+    Ok(peer
+        .wait_for(STEP, &format!("{who} matched"), |e| match e {
+            Event::Matched { call, .. } => Some(*call),
+            _ => None,
+        })
+        .await?)
 }
 
 async fn searching(peer: &mut Peer, who: &str) -> Result<()> {
-    peer.wait_for(STEP, &format!("{who} searching"), |e| {
-        matches!(e, Event::Searching { .. }).then_some(())
-    })
-    .await
+    Ok(peer
+        .wait_for(STEP, &format!("{who} searching"), |e| {
+            matches!(e, Event::Searching { .. }).then_some(())
+        })
+        .await?)
 }
 
 /// A and B meet as strangers, each hears the other's tone (440 and 660 Hz)
@@ -289,5 +291,41 @@ async fn peers_solve_proof_of_work() -> Result<()> {
     );
     drop((a, b));
     server.stop(STOP)?;
+    Ok(())
+}
+
+/// A call survives the loss of signalling: the server stops (SIGTERM, 1012
+/// to both), both peers are told, and audio and chat keep going peer to peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_call_survives_a_server_stop() -> Result<()> {
+    let mut server = Server::start(&earshot_binary(), SERVER_ARGS)?;
+    let mut a = peer(&server.url, 440.0).await?;
+    let mut b = peer(&server.url, 660.0).await?;
+    a.search(&[])?;
+    searching(&mut a, "A").await?;
+    b.search(&[])?;
+    let call = matched(&mut a, "A").await?;
+    let them = Remote::Call(call);
+    chat_open(&mut a, "A", them).await?;
+    chat_open(&mut b, "B", them).await?;
+    stats_until(&b, "B hearing A", |s| hears(s, them, 440.0)).await?;
+
+    server.stop(STOP)?;
+    for (p, who) in [(&mut a, "A"), (&mut b, "B")] {
+        p.wait_for(STEP, &format!("{who} told signalling is gone"), |e| {
+            matches!(e, Event::Disconnected).then_some(())
+        })
+        .await?;
+    }
+    let before = conn(&b.stats().await?, them).map_or(0, |c| c.packets_received);
+    stats_until(&b, "B still receiving A's audio", |s| {
+        conn(s, them).is_some_and(|c| c.packets_received > before + 50)
+    })
+    .await?;
+    ensure!(
+        a.send_chat("still here").await? == 1,
+        "A's chat did not go out"
+    );
+    chat_from(&mut b, "B", them, "still here").await?;
     Ok(())
 }

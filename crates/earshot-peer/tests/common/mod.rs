@@ -75,23 +75,25 @@ pub fn check_loopback_candidates(who: &str, stats: &Stats) -> Result<()> {
 
 /// Waits for the chat channel to `remote` to open, skipping other events.
 pub async fn chat_open(peer: &mut Peer, who: &str, remote: Remote) -> Result<()> {
-    peer.wait_for(STEP, &format!("{who}: chat open to {remote:?}"), |e| {
-        matches!(e, Event::ChatOpen { remote: r } if *r == remote).then_some(())
-    })
-    .await
+    Ok(peer
+        .wait_for(STEP, &format!("{who}: chat open to {remote:?}"), |e| {
+            matches!(e, Event::ChatOpen { remote: r } if *r == remote).then_some(())
+        })
+        .await?)
 }
 
 /// Waits for `text` from `remote`.
 pub async fn chat_from(peer: &mut Peer, who: &str, remote: Remote, text: &str) -> Result<()> {
-    peer.wait_for(
-        STEP,
-        &format!("{who}: chat {text:?} from {remote:?}"),
-        |e| {
-            matches!(e, Event::Chat { remote: r, text: t } if *r == remote && t == text)
-                .then_some(())
-        },
-    )
-    .await
+    Ok(peer
+        .wait_for(
+            STEP,
+            &format!("{who}: chat {text:?} from {remote:?}"),
+            |e| {
+                matches!(e, Event::Chat { remote: r, text: t } if *r == remote && t == text)
+                    .then_some(())
+            },
+        )
+        .await?)
 }
 
 /// Prints a figure, and appends it to `$EARSHOT_E2E_REPORT` (scripts/test
