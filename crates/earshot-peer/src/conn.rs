@@ -84,6 +84,10 @@ pub(crate) struct Conn {
     pub local_sdps: Vec<String>,
     timeout: Instant,
     dead: bool,
+    /// The remote's candidate addresses, so that its first DTLS flight,
+    /// which can arrive before str0m has a working pair for it, is not
+    /// dropped (it would only be resent a second later).
+    remote_addrs: Vec<SocketAddr>,
 }
 
 impl Conn {
@@ -120,6 +124,7 @@ impl Conn {
             local_sdps: Vec::new(),
             timeout: now,
             dead: false,
+            remote_addrs: Vec::new(),
         };
         let mut events = Vec::new();
         if !polite {
@@ -155,6 +160,11 @@ impl Conn {
         &mut self,
         d: &SessionDescription,
     ) -> anyhow::Result<Option<ConnEvent>> {
+        for line in d.sdp.lines() {
+            if let Some(c) = line.trim_end().strip_prefix("a=") {
+                self.remember(c);
+            }
+        }
         match d.kind {
             SdpType::Offer => {
                 if !self.polite && self.pending.is_some() {
@@ -182,14 +192,30 @@ impl Conn {
     /// A trickled remote candidate; ones str0m cannot use (mDNS names) are skipped.
     pub fn handle_candidate(&mut self, c: &IceCandidate) {
         if let Ok(candidate) = Candidate::from_sdp_string(&c.candidate) {
+            self.remember_addr(candidate.addr());
             self.rtc.add_remote_candidate(candidate);
+        }
+    }
+
+    fn remember(&mut self, attribute: &str) {
+        if attribute.starts_with("candidate:")
+            && let Ok(c) = Candidate::from_sdp_string(attribute)
+        {
+            self.remember_addr(c.addr());
+        }
+    }
+
+    fn remember_addr(&mut self, addr: SocketAddr) {
+        // Bounded: a remote offers a handful of candidates.
+        if !self.remote_addrs.contains(&addr) && self.remote_addrs.len() < 64 {
+            self.remote_addrs.push(addr);
         }
     }
 
     /// Whether this UDP datagram is for this connection.
     pub fn accepts(&self, now: Instant, source: SocketAddr, data: &[u8]) -> bool {
         match input(now, source, self.local, data) {
-            Some(i) => self.rtc.accepts(&i),
+            Some(i) => self.rtc.accepts(&i) || self.remote_addrs.contains(&source),
             None => false,
         }
     }

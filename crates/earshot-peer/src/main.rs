@@ -58,7 +58,8 @@ struct Args {
     bind: SocketAddr,
 }
 
-#[tokio::main(flavor = "current_thread")]
+// One worker drives the peer while the main task prints.
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> ExitCode {
     let args = Args::parse();
     match run(args).await {
