@@ -29,6 +29,9 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const HANDSHAKE: Duration = Duration::from_secs(15);
 /// One Opus frame.
 const FRAME: Duration = Duration::from_millis(20);
+/// Datagrams no connection claims yet are kept this long, this many at most.
+const UNROUTED_FOR: Duration = Duration::from_secs(2);
+const UNROUTED: usize = 32;
 
 /// How a peer sends and what it keeps.
 #[derive(Debug, Clone)]
@@ -211,6 +214,7 @@ impl Peer {
             cmds: cmd_rx,
             events: ev_tx,
             conns: BTreeMap::new(),
+            unrouted: Default::default(),
             finished: Vec::new(),
             offered: Vec::new(),
             sender,
@@ -451,6 +455,7 @@ struct Driver {
     cmds: mpsc::UnboundedReceiver<Cmd>,
     events: mpsc::UnboundedSender<Event>,
     conns: BTreeMap<Remote, Entry>,
+    unrouted: std::collections::VecDeque<(Instant, SocketAddr, Vec<u8>)>,
     finished: Vec<ConnStats>,
     offered: Vec<String>,
     sender: audio::Sender,
@@ -496,14 +501,15 @@ impl Driver {
                     if let Ok((n, source)) = r {
                         let now = Instant::now();
                         let data = &buf[..n];
-                        if let Some(e) = self.conns.values_mut().find(|e| e.conn.accepts(now, source, data)) {
-                            e.conn.handle_datagram(now, source, data);
+                        if !self.route(now, source, data) && self.unrouted.len() < UNROUTED {
+                            self.unrouted.push_back((now, source, data.to_vec()));
                         }
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
             let now = Instant::now();
+            self.retry_unrouted(now);
             for e in self.conns.values_mut() {
                 e.conn.handle_timeout(now);
             }
@@ -524,6 +530,37 @@ impl Driver {
         }
         if let Some(mut ws) = self.ws.take() {
             let _ = ws.close(None).await;
+        }
+    }
+
+    /// Hands a datagram to the connection it is for; false when none
+    /// claims it (yet).
+    fn route(&mut self, now: Instant, source: SocketAddr, data: &[u8]) -> bool {
+        match self
+            .conns
+            .values_mut()
+            .find(|e| e.conn.accepts(now, source, data))
+        {
+            Some(e) => {
+                e.conn.handle_datagram(now, source, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A remote's first DTLS flight can come before its candidate (trickled
+    /// through the server) or before ICE has a pair for it; dropped, it
+    /// would only be resent a second later. Held briefly, it is handed over
+    /// as soon as a connection claims it.
+    fn retry_unrouted(&mut self, now: Instant) {
+        for _ in 0..self.unrouted.len() {
+            let Some((at, source, data)) = self.unrouted.pop_front() else {
+                break;
+            };
+            if !self.route(now, source, &data) && now - at < UNROUTED_FOR {
+                self.unrouted.push_back((at, source, data));
+            }
         }
     }
 
