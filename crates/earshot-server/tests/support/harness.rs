@@ -167,7 +167,7 @@ impl Run<'_> {
             .chain(setup.server_args.iter().cloned())
             .collect();
         let args: Vec<&str> = server_args.iter().map(String::as_str).collect();
-        let server = Server::start(env!("CARGO_BIN_EXE_earshot"), &args)?;
+        let server = Server::start(&super::earshot_binary(), &args)?;
         let driver = ChromeDriver::start()?;
         let browsers =
             Browser::open_all_with(&driver, names, at_home, &server.url, setup.network_log)
@@ -312,7 +312,7 @@ impl Run<'_> {
         let port = self.servers.borrow().last().context("no server")?.port();
         let args: Vec<&str> = self.server_args.iter().map(String::as_str).collect();
         let server = Server::start_on(
-            env!("CARGO_BIN_EXE_earshot"),
+            &super::earshot_binary(),
             &format!("127.0.0.1:{port}"),
             &args,
         )?;

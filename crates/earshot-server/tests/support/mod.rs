@@ -62,3 +62,21 @@ impl Drop for TempDir {
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// The `earshot` binary: cargo's own for this crate's tests; for another
+/// crate's tests (earshot-peer's include this module), `$EARSHOT_BIN` or the
+/// one `cargo build -p earshot-server` left in the same target directory.
+pub fn earshot_binary() -> String {
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_earshot") {
+        return bin.to_string();
+    }
+    if let Ok(bin) = std::env::var("EARSHOT_BIN") {
+        return bin;
+    }
+    // A test binary lives in target/<profile>/deps/.
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("earshot")))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "earshot".into())
+}

@@ -381,7 +381,13 @@ fn read_response(stream: &mut TcpStream) -> Result<(u16, Vec<u8>)> {
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     let mut fill = |raw: &mut Vec<u8>| -> Result<bool> {
-        let n = stream.read(&mut buf)?;
+        // A signal (a child exiting) may interrupt the read: not an error.
+        let n = loop {
+            match stream.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        };
         raw.extend_from_slice(&buf[..n]);
         Ok(n > 0)
     };

@@ -1,0 +1,45 @@
+//! `earshot-peer`: a headless WebRTC client that speaks Earshot's protocol
+//! exactly as the browser client does, for end-to-end tests, bots and load.
+//!
+//! It joins the stranger queue or a room (locked rooms included), negotiates
+//! with the server-assigned roles, sends a tone or a WAV file as Opus, and
+//! measures what it receives; chat goes over the `chat` data channel.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use earshot_peer::{Event, Peer, PeerConfig, audio::Source};
+//! let mut peer = Peer::connect("http://127.0.0.1:8080/", PeerConfig {
+//!     source: Source::Tone(440.0), ..PeerConfig::default() }).await?;
+//! peer.search(&["music"])?;
+//! while let Some(event) = peer.next_event().await {
+//!     if let Event::ChatOpen { .. } = event { peer.send_chat("hi").await?; }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Module map:
+//!
+//! - [`peer`]: the [`Peer`] handle and the task that drives the signalling
+//!   WebSocket, the UDP socket and the connections (start here).
+//! - `conn`: one WebRTC connection on str0m (sans-IO): negotiation, audio,
+//!   the data channel, per-connection stats.
+//! - [`wire`]: signalling messages out, the decoder of server frames and of
+//!   data-channel messages in, proof of work.
+//! - [`roomcrypto`]: the locked-room passphrase maths (verifier, auth).
+//! - [`audio`]: tone and WAV sources, Opus, level and frequency measurement,
+//!   WAV reading and writing.
+//!
+//! ICE is host candidates only, from the one UDP socket the peer binds
+//! (`PeerConfig::bind`); no STUN or TURN is used, so "hide my IP" relaying is
+//! not supported. Nothing here logs an address, SDP, candidate, passphrase or
+//! chat text.
+
+pub mod audio;
+mod conn;
+pub mod peer;
+pub mod roomcrypto;
+pub mod wire;
+
+pub use conn::ConnStats;
+pub use peer::{Event, Peer, PeerConfig, PeerError, Stats};
+pub use wire::Remote;
