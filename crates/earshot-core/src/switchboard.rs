@@ -9,11 +9,20 @@
 //! with exactly one partner, who is `InCall` with it under the same call id.
 //! [`Switchboard::check_invariants`] states these rules as code; the property
 //! tests call it after every step.
+//!
+//! In backplane mode ([`Switchboard::set_node`]) the stranger queue is shared
+//! by several nodes: joining it, and reaching a partner on another node, are
+//! [`Output::Backplane`] requests, and what comes back is fed to
+//! [`Switchboard::handle_backplane`]. A partner may then live on another
+//! node: this switchboard holds only its own side of such a call, and any
+//! message about a call it no longer has is answered or dropped, never
+//! trusted (see the `backplane` module).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::backplane::{self, Event, NodeId, Partner, Remote, Request, Waiter};
 use crate::matchmaker::{MatchConfig, Matchmaker, Pairing};
 use crate::moderation::{ModConfig, Moderation, ReportOutcome};
 use crate::pow::{Pow, PowConfig, PowMode, PowSolution};
@@ -181,6 +190,9 @@ pub enum CloseReason {
     ServerFull,
     /// Too many connections from one client (network).
     TooManyConnections,
+    /// The shared backplane is unreachable or lost this node's state:
+    /// reconnect later (calls carry on).
+    BackplaneLost,
 }
 
 impl CloseReason {
@@ -189,7 +201,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => 1001,
             CloseReason::HelloTimeout | CloseReason::TooManyErrors => 1008,
             CloseReason::MessageTooBig => 1009,
-            CloseReason::ServerRestart => 1012,
+            CloseReason::ServerRestart | CloseReason::BackplaneLost => 1012,
             CloseReason::ServerFull | CloseReason::TooManyConnections => 1013,
         }
     }
@@ -203,6 +215,7 @@ impl CloseReason {
             CloseReason::ServerRestart => "server restart",
             CloseReason::ServerFull => "server full",
             CloseReason::TooManyConnections => "too many connections from your network",
+            CloseReason::BackplaneLost => "backplane unavailable",
         }
     }
 }
@@ -215,6 +228,8 @@ pub enum Output {
     /// Close this connection. The switchboard has already forgotten its call
     /// and queue place; the shell still calls `disconnect` when it is gone.
     Close(ConnId, CloseReason),
+    /// Backplane mode only: run this on the shared store or another node.
+    Backplane(Request),
 }
 
 /// Aggregate figures, for metrics. Nothing per user.
@@ -358,7 +373,19 @@ pub struct Switchboard {
     /// New connections' hello deadlines, in time order.
     hello_deadlines: BinaryHeap<Reverse<(Instant, ConnId)>>,
     next_call: CallId,
+    /// Calls with both sides here.
     calls: usize,
+    /// Backplane mode: this node, whose number is in every id it makes.
+    node: Option<NodeId>,
+    /// Backplane mode: calls with the partner on another node.
+    remote_calls: usize,
+    /// Backplane mode: the client keys of partners on other nodes.
+    remote_keys: HashMap<ConnId, ClientKey>,
+    /// Backplane mode: who waits in the shared queue, and from when they
+    /// will talk to anyone.
+    shared_waiting: HashMap<ConnId, Instant>,
+    /// Backplane mode: interest waits ending, in time order.
+    fallbacks: BinaryHeap<Reverse<(Instant, ConnId)>>,
     matches_total: u64,
     errors_total: u64,
     errors_by_code: [u64; ErrorCode::ALL.len()],
@@ -401,6 +428,11 @@ impl Switchboard {
             hello_deadlines: BinaryHeap::new(),
             next_call: 1,
             calls: 0,
+            node: None,
+            remote_calls: 0,
+            remote_keys: HashMap::new(),
+            shared_waiting: HashMap::new(),
+            fallbacks: BinaryHeap::new(),
             matches_total: 0,
             errors_total: 0,
             errors_by_code: [0; ErrorCode::ALL.len()],
@@ -448,8 +480,8 @@ impl Switchboard {
     pub fn stats(&self) -> Stats {
         Stats {
             connections: self.conns.len(),
-            waiting: self.queue.len(),
-            calls: self.calls,
+            waiting: self.queue.len() + self.shared_waiting.len(),
+            calls: self.calls + self.remote_calls,
             matches_total: self.matches_total,
             errors_total: self.errors_total,
             errors_by_code: self.errors_by_code,
@@ -699,7 +731,11 @@ impl Switchboard {
     }
 
     fn key(&self, id: ConnId) -> ClientKey {
-        self.conns.get(&id).map(|c| c.info.key).unwrap_or_default()
+        self.conns
+            .get(&id)
+            .map(|c| c.info.key)
+            .or_else(|| self.remote_keys.get(&id).copied())
+            .unwrap_or_default()
     }
 
     /// Counts a report against the reporter's limit and records a strike.
@@ -715,15 +751,19 @@ impl Switchboard {
         if let Err(wait) = self.clients.reports.take(now, &mine) {
             // Over the limit the report does not count, but it still protects.
             self.moderation.block(now, mine, theirs);
+            self.share_block(reporter, reported, mine, theirs);
             return Err(wait);
         }
         let reason = reason.map_or("none", ReportReason::as_str);
         match self.moderation.report(now, mine, theirs) {
-            ReportOutcome::Banned { .. } => {
+            ReportOutcome::Banned { until } => {
                 tracing::info!(reason, "a report completed a ban");
+                let ttl = until.saturating_duration_since(now);
+                self.request(Request::Ban { key: theirs, ttl });
             }
             outcome => tracing::debug!(reason, ?outcome, "report recorded"),
         }
+        self.share_block(reporter, reported, mine, theirs);
         Ok(())
     }
 
@@ -887,15 +927,25 @@ impl Switchboard {
         for p in pairs {
             self.start_call(now, p);
         }
+        while let Some(&Reverse((at, id))) = self.fallbacks.peek() {
+            if at > now {
+                break;
+            }
+            self.fallbacks.pop();
+            if self.shared_waiting.get(&id) == Some(&at) {
+                self.enqueue(now, id);
+            }
+        }
     }
 
     /// When `handle_timeout` should next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let hello = self.hello_deadlines.peek().map(|&Reverse((at, _))| at);
-        match (hello, self.queue.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let fallback = self.fallbacks.peek().map(|&Reverse((at, _))| at);
+        [hello, self.queue.poll_timeout(), fallback]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next thing for the shell to do.
@@ -964,7 +1014,15 @@ impl Switchboard {
         match phase {
             Phase::InCall { call, partner } if call == signal.call => {
                 tracing::trace!(conn = %id, call, "relaying a signal");
-                self.send(partner, ServerMsg::Signal(signal));
+                if self.is_remote(partner) {
+                    self.publish(Remote::Signal {
+                        to: partner,
+                        from: id,
+                        signal,
+                    });
+                } else {
+                    self.send(partner, ServerMsg::Signal(signal));
+                }
             }
             Phase::InCall { .. } => self.reject(now, id, ErrorCode::WrongCall, None),
             _ => self.reject(now, id, ErrorCode::NotInCall, None),
@@ -990,6 +1048,18 @@ impl Switchboard {
                 interests: interests.clone(),
             },
         );
+        if self.node.is_some() {
+            let open_at = if interests.is_empty() {
+                now
+            } else {
+                now + self.config.interest_wait
+            };
+            self.shared_waiting.insert(id, open_at);
+            if open_at > now {
+                self.fallbacks.push(Reverse((open_at, id)));
+            }
+            return self.enqueue(now, id);
+        }
         let blocked = Blocker {
             now,
             cooldowns: &self.cooldowns,
@@ -1002,9 +1072,17 @@ impl Switchboard {
         }
     }
 
-    fn start_call(&mut self, now: Instant, p: Pairing) {
-        let call = self.next_call;
+    fn new_call(&mut self) -> CallId {
+        let n = self.next_call;
         self.next_call += 1;
+        match self.node {
+            Some(node) => backplane::call_id(node, n),
+            None => n,
+        }
+    }
+
+    fn start_call(&mut self, now: Instant, p: Pairing) {
+        let call = self.new_call();
         self.calls += 1;
         self.matches_total += 1;
         let mut country = |id: ConnId, partner: ConnId| {
@@ -1045,6 +1123,29 @@ impl Switchboard {
         let Some(Phase::InCall { call, partner }) = self.conns.get(&id).map(|c| c.phase) else {
             return;
         };
+        if self.is_remote(partner) {
+            self.remote_calls -= 1;
+            self.remote_keys.remove(&partner);
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.phase = Phase::Idle;
+            }
+            tracing::debug!(call, reason = ?reason, "call with another node ended");
+            if reason == EndReason::PartnerSkipped {
+                let ttl = self.config.rematch_cooldown;
+                self.request(Request::KeepApart {
+                    a: id,
+                    b: partner,
+                    ttl,
+                });
+            }
+            // The partner's node tells them and puts them back in the queue.
+            return self.publish(Remote::Ended {
+                to: partner,
+                from: id,
+                call,
+                reason,
+            });
+        }
         self.calls -= 1;
         for who in [id, partner] {
             if let Some(c) = self.conns.get_mut(&who) {
@@ -1066,6 +1167,9 @@ impl Switchboard {
             Some(Phase::InCall { .. }) => self.end_call(now, id, reason),
             Some(Phase::Searching) => {
                 self.queue.leave(id);
+                if self.shared_waiting.remove(&id).is_some() {
+                    self.request(Request::Dequeue { conn: id });
+                }
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.phase = Phase::Idle;
                 }
@@ -1082,9 +1186,286 @@ impl Switchboard {
         }
     }
 
+    /// Switches backplane mode on (`Some(node)`) or off. Only while no
+    /// connection is open: connection ids must carry the node number.
+    pub fn set_node(&mut self, node: Option<NodeId>) {
+        debug_assert!(self.conns.is_empty(), "set_node with connections open");
+        self.node = node;
+    }
+
+    pub fn node(&self) -> Option<NodeId> {
+        self.node
+    }
+
+    /// Every open connection.
+    pub fn connection_ids(&self) -> Vec<ConnId> {
+        self.conns.keys().copied().collect()
+    }
+
+    /// Backplane mode: who waits in the shared queue (the shell keeps their
+    /// entries alive).
+    pub fn shared_waiters(&self) -> Vec<ConnId> {
+        self.shared_waiting.keys().copied().collect()
+    }
+
+    /// The nodes this one's calls reach: the shell watches their heartbeats
+    /// and reports a dead one as [`Event::NodeDown`].
+    pub fn remote_nodes(&self) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self
+            .remote_keys
+            .keys()
+            .map(|&id| backplane::node_of(id))
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
+    fn is_remote(&self, id: ConnId) -> bool {
+        self.node.is_some_and(|n| backplane::node_of(id) != n)
+    }
+
+    fn request(&mut self, r: Request) {
+        if self.node.is_some() {
+            self.out.push_back(Output::Backplane(r));
+        }
+    }
+
+    fn publish(&mut self, msg: Remote) {
+        self.request(Request::Publish(msg));
+    }
+
+    /// A report in backplane mode: the pair is kept apart on every node.
+    fn share_block(&mut self, a: ConnId, b: ConnId, ka: ClientKey, kb: ClientKey) {
+        let ttl = self.config.moderation.key_memory;
+        self.request(Request::KeepApart { a, b, ttl });
+        self.request(Request::Block { a: ka, b: kb, ttl });
+    }
+
+    /// Asks the shared queue to pair `id` or keep it waiting.
+    fn enqueue(&mut self, now: Instant, id: ConnId) {
+        let (Some(c), Some(&open_at)) = (self.conns.get(&id), self.shared_waiting.get(&id)) else {
+            return;
+        };
+        let waiter = Waiter {
+            conn: id,
+            key: c.info.key,
+            interests: c.interests.clone(),
+            open: open_at <= now,
+            interest_wait: self.config.interest_wait,
+            country: c.info.country,
+        };
+        self.request(Request::Enqueue(waiter));
+    }
+
+    /// Gives back a waiter the shared queue handed over for a pairing that
+    /// fell through.
+    fn requeue(&mut self, now: Instant, id: ConnId) {
+        if self.is_remote(id) {
+            self.publish(Remote::Requeue { to: id });
+        } else if self.shared_waiting.contains_key(&id) {
+            self.enqueue(now, id);
+        }
+    }
+
+    /// An answer from the backplane, or a message from another node.
+    pub fn handle_backplane(&mut self, now: Instant, event: Event) {
+        if self.node.is_none() {
+            return;
+        }
+        match event {
+            Event::Paired { conn, partner } => self.paired(now, conn, partner),
+            Event::Queued { .. } => {}
+            Event::Banned { conn, ttl } => {
+                if self.shared_waiting.remove(&conn).is_some() {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.phase = Phase::Idle;
+                    }
+                    self.reject(now, conn, ErrorCode::Banned, Some(ttl));
+                    self.send(conn, ServerMsg::Idle);
+                }
+            }
+            Event::Failed { conn } => self.close(now, conn, CloseReason::BackplaneLost),
+            Event::Remote(msg) => self.remote(now, msg),
+            Event::NodeDown(node) => {
+                let gone: Vec<(ConnId, ConnId, CallId)> = self
+                    .conns
+                    .iter()
+                    .filter_map(|(&id, c)| match c.phase {
+                        Phase::InCall { call, partner }
+                            if self.is_remote(partner) && backplane::node_of(partner) == node =>
+                        {
+                            Some((id, partner, call))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if !gone.is_empty() {
+                    tracing::info!(node, calls = gone.len(), "a node is gone; ending its calls");
+                }
+                for (to, from, call) in gone {
+                    self.remote_ended(now, to, from, call, EndReason::PartnerLeft);
+                }
+            }
+        }
+    }
+
+    fn paired(&mut self, now: Instant, conn: ConnId, partner: Partner) {
+        if !self.shared_waiting.contains_key(&conn) {
+            // Left the queue while the join ran: the waiter goes back.
+            return self.requeue(now, partner.conn);
+        }
+        if !self.is_remote(partner.conn) {
+            if partner.conn != conn && self.shared_waiting.contains_key(&partner.conn) {
+                self.shared_waiting.remove(&conn);
+                self.shared_waiting.remove(&partner.conn);
+                let pairing = Pairing {
+                    waiting: partner.conn,
+                    joining: conn,
+                    shared: partner.shared,
+                };
+                return self.start_call(now, pairing);
+            }
+            // The waiter left meanwhile: try again.
+            return self.enqueue(now, conn);
+        }
+        self.shared_waiting.remove(&conn);
+        let call = self.new_call();
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.phase = Phase::InCall {
+            call,
+            partner: partner.conn,
+        };
+        let (key, country) = (c.info.key, c.info.country);
+        self.remote_calls += 1;
+        self.remote_keys.insert(partner.conn, partner.key);
+        self.moderation.matched(now, key);
+        tracing::debug!(call, "matched across nodes");
+        self.send(
+            conn,
+            ServerMsg::Matched {
+                call,
+                polite: false,
+                interests: partner.shared.clone(),
+                country: partner.country,
+            },
+        );
+        self.publish(Remote::Matched {
+            to: partner.conn,
+            from: conn,
+            call,
+            key,
+            shared: partner.shared,
+            country,
+        });
+    }
+
+    fn remote(&mut self, now: Instant, msg: Remote) {
+        let to = msg.to();
+        if self.is_remote(to) {
+            return;
+        }
+        let phase = self.conns.get(&to).map(|c| c.phase);
+        match msg {
+            Remote::Matched {
+                from,
+                call,
+                key,
+                shared,
+                country,
+                ..
+            } => {
+                let waiting = self.shared_waiting.contains_key(&to);
+                if !waiting || !self.is_remote(from) {
+                    // Gone or busy since: the joiner's call ends at once.
+                    return self.publish(Remote::Ended {
+                        to: from,
+                        from: to,
+                        call,
+                        reason: EndReason::PartnerLeft,
+                    });
+                }
+                self.shared_waiting.remove(&to);
+                // A late fallback join may have queued it again.
+                self.request(Request::Dequeue { conn: to });
+                let Some(c) = self.conns.get_mut(&to) else {
+                    return;
+                };
+                c.phase = Phase::InCall {
+                    call,
+                    partner: from,
+                };
+                let own = c.info.key;
+                self.remote_calls += 1;
+                self.remote_keys.insert(from, key);
+                self.moderation.matched(now, own);
+                tracing::debug!(call, "matched across nodes");
+                self.send(
+                    to,
+                    ServerMsg::Matched {
+                        call,
+                        polite: true,
+                        interests: shared,
+                        country,
+                    },
+                );
+            }
+            Remote::Signal { from, signal, .. } => {
+                if phase
+                    == Some(Phase::InCall {
+                        call: signal.call,
+                        partner: from,
+                    })
+                {
+                    tracing::trace!(conn = %to, "relaying a signal from another node");
+                    self.send(to, ServerMsg::Signal(signal));
+                }
+            }
+            Remote::Ended {
+                from, call, reason, ..
+            } => self.remote_ended(now, to, from, call, reason),
+            Remote::Requeue { .. } => {
+                if phase == Some(Phase::Searching) {
+                    self.enqueue(now, to);
+                }
+            }
+        }
+    }
+
+    /// `from`, on another node, left the call with `to`.
+    fn remote_ended(
+        &mut self,
+        now: Instant,
+        to: ConnId,
+        from: ConnId,
+        call: CallId,
+        reason: EndReason,
+    ) {
+        let Some(c) = self.conns.get_mut(&to) else {
+            return;
+        };
+        if c.phase
+            != (Phase::InCall {
+                call,
+                partner: from,
+            })
+        {
+            return;
+        }
+        c.phase = Phase::Idle;
+        self.remote_calls -= 1;
+        self.remote_keys.remove(&from);
+        tracing::debug!(call, reason = ?reason, "call with another node ended");
+        self.send(to, ServerMsg::CallEnded { call, reason });
+        self.search(now, to);
+    }
+
     /// Checks the switchboard's invariants; `Err` describes the first broken one.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut in_call = 0;
+        let mut remote = 0;
         let mut in_room = Vec::new();
         for (&id, c) in &self.conns {
             match c.phase {
@@ -1103,7 +1484,7 @@ impl Switchboard {
                     }
                 }
                 Phase::Searching => {
-                    if !self.queue.is_waiting(id) {
+                    if !self.queue.is_waiting(id) && !self.shared_waiting.contains_key(&id) {
                         return Err(format!("{id} is searching but not queued"));
                     }
                     if c.closed {
@@ -1121,6 +1502,11 @@ impl Switchboard {
                     if c.closed {
                         return Err(format!("{id} is closed but in a call"));
                     }
+                    if self.is_remote(partner) {
+                        remote += 1;
+                        in_call -= 1;
+                        continue;
+                    }
                     let back = self.conns.get(&partner).map(|p| p.phase);
                     if back != Some(Phase::InCall { call, partner: id }) {
                         return Err(format!(
@@ -1134,6 +1520,19 @@ impl Switchboard {
             if !self.conns.contains_key(&id) {
                 return Err(format!("{id} is queued but gone"));
             }
+        }
+        for &id in self.shared_waiting.keys() {
+            if self.conns.get(&id).map(|c| c.phase) != Some(Phase::Searching) {
+                return Err(format!(
+                    "{id} waits in the shared queue but is not searching"
+                ));
+            }
+        }
+        if remote != self.remote_calls {
+            return Err(format!(
+                "{remote} people in calls with other nodes but {} such calls",
+                self.remote_calls
+            ));
         }
         if in_call != 2 * self.calls {
             return Err(format!(

@@ -1,0 +1,395 @@
+//! The switchboard's side of a shared backplane: several nodes, one store.
+//!
+//! In backplane mode ([`crate::Switchboard::set_node`]) the switchboard no
+//! longer pairs strangers itself. It asks the shell to run [`Request`]s
+//! (queue a waiter, leave the queue, publish to another node, record a
+//! cooldown, a block or a ban) and is fed back [`Event`]s: the outcome of a
+//! queue join, messages other nodes published to this one ([`Remote`]), and
+//! nodes that died. The shell's backplane (Redis in `earshot-server`) only
+//! stores and moves these; every decision stays in the switchboard.
+//!
+//! Identifiers are unique across nodes: a [`ConnId`] carries its node in the
+//! top 16 bits, a call id its node in bits 32..48 (so it stays below 2^53 and
+//! survives a JavaScript number).
+//!
+//! Everything decoded here ([`decode_remote`], [`decode_pair_reply`]) came
+//! from another process and is treated as input: bounded, typed errors, no
+//! panics (property-tested in `tests/properties.rs`).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{CallId, ClientMsg, Country, EndReason, Signal};
+use crate::{ClientKey, ConnId};
+
+/// A node's number, unique among live nodes.
+pub type NodeId = u16;
+
+const NODE_SHIFT: u32 = 48;
+const LOCAL_MASK: u64 = (1 << NODE_SHIFT) - 1;
+
+/// Largest pub/sub message or store reply decoded: a signal is at most the
+/// client message limit (16 KiB by default), escaped once more.
+pub const MAX_REMOTE_BYTES: usize = 64 * 1024;
+
+/// The connection id for the `local`-th connection of `node`.
+pub fn conn_id(node: NodeId, local: u64) -> ConnId {
+    ConnId((u64::from(node) << NODE_SHIFT) | (local & LOCAL_MASK))
+}
+
+/// The node a connection lives on.
+pub fn node_of(id: ConnId) -> NodeId {
+    // The shift leaves exactly 16 bits.
+    (id.0 >> NODE_SHIFT) as NodeId
+}
+
+/// The `counter`-th call id made by `node`.
+pub fn call_id(node: NodeId, counter: u64) -> CallId {
+    (u64::from(node) << 32) | (counter & 0xffff_ffff)
+}
+
+/// Someone joining the shared stranger queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiter {
+    pub conn: ConnId,
+    pub key: ClientKey,
+    /// Normalised interest tags.
+    pub interests: Vec<String>,
+    /// Willing to talk to anyone now (no tags, or the interest wait is over).
+    pub open: bool,
+    /// How long a tagged waiter holds out for a shared interest.
+    pub interest_wait: Duration,
+    pub country: Option<Country>,
+}
+
+/// What the switchboard asks of the backplane (`Output::Backplane`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Request {
+    /// Pair `Waiter` with a compatible waiter atomically, or queue it.
+    /// Answered with [`Event::Paired`], [`Event::Queued`] or [`Event::Banned`].
+    /// Joining again (when the interest wait ends) keeps the queue position.
+    Enqueue(Waiter),
+    /// Take `conn` out of the queue, if it is still there.
+    Dequeue { conn: ConnId },
+    /// Deliver `msg` to the node of its `to` connection.
+    Publish(Remote),
+    /// Do not pair these two connections for a while (a skip, a report).
+    KeepApart { a: ConnId, b: ConnId, ttl: Duration },
+    /// Do not pair these two clients for a while (a report).
+    Block {
+        a: ClientKey,
+        b: ClientKey,
+        ttl: Duration,
+    },
+    /// The client may not join the queue on any node for `ttl`.
+    Ban { key: ClientKey, ttl: Duration },
+}
+
+/// What the backplane tells the switchboard
+/// (`Switchboard::handle_backplane`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// `conn`'s queue join found `partner`, who was waiting and has been
+    /// taken out of the queue.
+    Paired { conn: ConnId, partner: Partner },
+    /// `conn` waits in the shared queue.
+    Queued { conn: ConnId },
+    /// `conn`'s client is banned for `ttl`.
+    Banned { conn: ConnId, ttl: Duration },
+    /// The backplane could not run `conn`'s queue join.
+    Failed { conn: ConnId },
+    /// Another node published this to one of ours.
+    Remote(Remote),
+    /// This node's heartbeat is gone: everything remote it knew is void.
+    NodeDown(NodeId),
+}
+
+/// The waiter a queue join was paired with, as the store recorded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Partner {
+    pub conn: ConnId,
+    pub key: ClientKey,
+    /// The interests both share, in the joiner's order.
+    pub shared: Vec<String>,
+    pub country: Option<Country>,
+}
+
+/// A message from one node to a connection on another.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Remote {
+    /// `from` (joining on its node) was paired with `to` (waiting) in `call`.
+    Matched {
+        to: ConnId,
+        from: ConnId,
+        call: CallId,
+        key: ClientKey,
+        shared: Vec<String>,
+        country: Option<Country>,
+    },
+    /// A signal from `from` for its partner `to`.
+    Signal {
+        to: ConnId,
+        from: ConnId,
+        signal: Signal,
+    },
+    /// `from` left the call with `to`.
+    Ended {
+        to: ConnId,
+        from: ConnId,
+        call: CallId,
+        reason: EndReason,
+    },
+    /// `to` was taken from the queue for a pairing that fell through: it
+    /// should join again if it is still searching.
+    Requeue { to: ConnId },
+}
+
+impl Remote {
+    /// The connection this is for.
+    pub fn to(&self) -> ConnId {
+        match self {
+            Remote::Matched { to, .. }
+            | Remote::Signal { to, .. }
+            | Remote::Ended { to, .. }
+            | Remote::Requeue { to } => *to,
+        }
+    }
+
+    /// The JSON published on the target node's channel.
+    pub fn encode(&self) -> String {
+        let wire = match self {
+            Remote::Matched {
+                to,
+                from,
+                call,
+                key,
+                shared,
+                country,
+            } => Wire::Matched {
+                to: to.0,
+                from: from.0,
+                call: *call,
+                key: hex(key),
+                shared: shared.clone(),
+                country: country.map(|c| c.as_str().to_owned()),
+            },
+            Remote::Signal { to, from, signal } => Wire::Signal {
+                to: to.0,
+                from: from.0,
+                signal: crate::ServerMsg::Signal(signal.clone()).to_json(),
+            },
+            Remote::Ended {
+                to,
+                from,
+                call,
+                reason,
+            } => Wire::Ended {
+                to: to.0,
+                from: from.0,
+                call: *call,
+                reason: *reason,
+            },
+            Remote::Requeue { to } => Wire::Requeue { to: to.0 },
+        };
+        serde_json::to_string(&wire).expect("backplane messages always serialize")
+    }
+}
+
+/// Why a backplane message or reply was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackplaneError {
+    /// Longer than [`MAX_REMOTE_BYTES`].
+    #[error("backplane message too large")]
+    TooLarge,
+    /// Not the JSON shape expected.
+    #[error("malformed backplane message")]
+    Malformed,
+    /// A field out of range: a client key, a country, a signal, interests.
+    #[error("invalid field in a backplane message")]
+    Invalid,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case", deny_unknown_fields)]
+enum Wire {
+    Matched {
+        to: u64,
+        from: u64,
+        call: CallId,
+        key: String,
+        shared: Vec<String>,
+        country: Option<String>,
+    },
+    Signal {
+        to: u64,
+        from: u64,
+        signal: String,
+    },
+    Ended {
+        to: u64,
+        from: u64,
+        call: CallId,
+        reason: EndReason,
+    },
+    Requeue {
+        to: u64,
+    },
+}
+
+/// Decodes a message another node published.
+pub fn decode_remote(text: &str) -> Result<Remote, BackplaneError> {
+    if text.len() > MAX_REMOTE_BYTES {
+        return Err(BackplaneError::TooLarge);
+    }
+    let wire: Wire = serde_json::from_str(text).map_err(|_| BackplaneError::Malformed)?;
+    Ok(match wire {
+        Wire::Matched {
+            to,
+            from,
+            call,
+            key,
+            shared,
+            country,
+        } => Remote::Matched {
+            to: ConnId(to),
+            from: ConnId(from),
+            call,
+            key: unhex(&key)?,
+            shared: check_interests(shared)?,
+            country: check_country(country)?,
+        },
+        Wire::Signal { to, from, signal } => match crate::protocol::decode(&signal) {
+            Ok(ClientMsg::Signal(signal)) => Remote::Signal {
+                to: ConnId(to),
+                from: ConnId(from),
+                signal,
+            },
+            _ => return Err(BackplaneError::Invalid),
+        },
+        Wire::Ended {
+            to,
+            from,
+            call,
+            reason,
+        } => Remote::Ended {
+            to: ConnId(to),
+            from: ConnId(from),
+            call,
+            reason,
+        },
+        Wire::Requeue { to } => Remote::Requeue { to: ConnId(to) },
+    })
+}
+
+/// What the store's pairing script answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PairReply {
+    Queued,
+    Banned { ttl: Duration },
+    Matched(Partner),
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "r", rename_all = "snake_case", deny_unknown_fields)]
+enum PairWire {
+    Queued,
+    Banned {
+        ms: u64,
+    },
+    Matched {
+        conn: String,
+        key: String,
+        shared: Vec<String>,
+        #[serde(default)]
+        country: Option<String>,
+    },
+}
+
+/// Decodes the pairing script's JSON reply.
+pub fn decode_pair_reply(text: &str) -> Result<PairReply, BackplaneError> {
+    if text.len() > MAX_REMOTE_BYTES {
+        return Err(BackplaneError::TooLarge);
+    }
+    let wire: PairWire = serde_json::from_str(text).map_err(|_| BackplaneError::Malformed)?;
+    Ok(match wire {
+        PairWire::Queued => PairReply::Queued,
+        PairWire::Banned { ms } => PairReply::Banned {
+            ttl: Duration::from_millis(ms.max(1)),
+        },
+        PairWire::Matched {
+            conn,
+            key,
+            shared,
+            country,
+        } => PairReply::Matched(Partner {
+            conn: ConnId(conn.parse().map_err(|_| BackplaneError::Invalid)?),
+            key: unhex(&key)?,
+            shared: check_interests(shared)?,
+            country: check_country(country)?,
+        }),
+    })
+}
+
+/// A client key as 32 lower-case hex digits, as the store keys it.
+pub fn hex(key: &ClientKey) -> String {
+    use std::fmt::Write;
+    key.0.iter().fold(String::with_capacity(32), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn unhex(text: &str) -> Result<ClientKey, BackplaneError> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 32 {
+        return Err(BackplaneError::Invalid);
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        _ => Err(BackplaneError::Invalid),
+    };
+    let mut key = [0u8; 16];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        key[i] = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Ok(ClientKey(key))
+}
+
+fn check_country(c: Option<String>) -> Result<Option<Country>, BackplaneError> {
+    c.map(|c| Country::new(&c).ok_or(BackplaneError::Invalid))
+        .transpose()
+}
+
+/// Shared interests were normalised by a node; still, bound what is trusted.
+fn check_interests(tags: Vec<String>) -> Result<Vec<String>, BackplaneError> {
+    if tags.len() > 32 || tags.iter().any(|t| t.is_empty() || t.len() > 128) {
+        return Err(BackplaneError::Invalid);
+    }
+    Ok(tags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_carry_their_node() {
+        let id = conn_id(0xbeef, 42);
+        assert_eq!(node_of(id), 0xbeef);
+        assert_eq!(id.0 & LOCAL_MASK, 42);
+        assert!(call_id(u16::MAX, u64::MAX) < 1 << 53);
+    }
+
+    #[test]
+    fn keys_round_trip_through_hex() {
+        let key = ClientKey([0xa5; 16]);
+        assert_eq!(unhex(&hex(&key)), Ok(key));
+        assert_eq!(unhex("zz"), Err(BackplaneError::Invalid));
+    }
+}

@@ -1,0 +1,622 @@
+//! The Redis backplane: what several `earshot` nodes share (`--redis URL`).
+//!
+//! The switchboard decides everything; this module only runs its
+//! [`Request`]s on Redis and feeds the answers back as [`Event`]s. With no
+//! `--redis` none of this runs: the switchboard's own in-memory structures
+//! are the (single-node) backplane, exactly as before.
+//!
+//! Redis layout (every key has a TTL; all keys share the `{earshot}` hash
+//! tag, so in a Redis Cluster they live in one slot and the scripts stay
+//! atomic):
+//!
+//! | key | what | TTL |
+//! |-----|------|-----|
+//! | `{earshot}:node:<n>` | node `n` is alive (a random token) | 3 s, refreshed every 1 s |
+//! | `{earshot}:queue` | sorted set of waiting connection ids, by arrival | 1 day, refreshed by every sweep |
+//! | `{earshot}:w:<conn>` | one waiter: node, client key, interest tags, when it will take anyone, country | 2 min, refreshed every 30 s |
+//! | `{earshot}:seq` | arrival counter for the queue | 1 day |
+//! | `{earshot}:apart:<conn>:<conn>` | two connections kept apart (skip, report) | the cooldown |
+//! | `{earshot}:block:<key>:<key>` | two clients kept apart (report) | key memory (48 h) |
+//! | `{earshot}:ban:<key>` | a banned client | the ban |
+//! | `{earshot}:secret:<period>` | the client-key HMAC secret of a rotation period | 3 periods |
+//!
+//! Client keys are the HMACs of `identity` (hex); no address, room name, SDP
+//! or candidate is ever stored. Signalling for a connection on another node
+//! is published on that node's channel `{earshot}:ch:<n>` and never stored.
+//!
+//! Pairing is one Lua script ([`PAIR`]): it refuses a banned joiner, scans
+//! the oldest waiters, drops those of dead nodes, skips banned, kept-apart
+//! and blocked ones, and takes the first compatible waiter out of the queue,
+//! or queues the joiner. Nodes watch the heartbeats of the nodes their
+//! calls reach and end those calls when one dies ([`Event::NodeDown`]); a
+//! sweep every beat removes dead nodes' waiters.
+//!
+//! Losing Redis, or finding this node's heartbeat gone (a Redis restart),
+//! closes every connection with 1012 "backplane unavailable": clients show
+//! "Reconnecting…" and retry; calls carry on peer to peer. New connections
+//! are refused the same way until Redis answers again; then the node
+//! restores the shared secret, purges its own stale waiters and serves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use earshot_core::backplane::{
+    self, Event, NodeId, PairReply, Request, decode_pair_reply, decode_remote,
+};
+use earshot_core::{ClientKey, ConnId};
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::hub::Hub;
+use crate::identity::Keyer;
+
+const PREFIX: &str = "{earshot}:";
+
+/// How often a node proves it is alive, and how long the proof lasts.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+pub const NODE_TTL: Duration = Duration::from_secs(3);
+const WAITER_TTL: Duration = Duration::from_secs(120);
+/// Waiter entries are refreshed every this many heartbeats.
+const WAITER_REFRESH_BEATS: u32 = 30;
+const SCAN_LIMIT: usize = 64;
+const SWEEP_LIMIT: usize = 256;
+
+/// Pairs a joiner with a waiter, or queues it. ARGV: conn, node, client key,
+/// tags (JSON array), open (0/1), interest wait (ms), country ("" if none),
+/// scan limit, entry TTL (ms). Answers the JSON `decode_pair_reply` reads.
+pub const PAIR: &str = r#"
+local P = '{earshot}:'
+local me, node, key = ARGV[1], ARGV[2], ARGV[3]
+local tags = cjson.decode(ARGV[4])
+local open = ARGV[5] == '1'
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local q = P .. 'queue'
+local seq = redis.call('ZSCORE', q, me)
+redis.call('ZREM', q, me)
+redis.call('DEL', P .. 'w:' .. me)
+local ban = redis.call('PTTL', P .. 'ban:' .. key)
+if ban > 0 then
+  return '{"r":"banned","ms":' .. ban .. '}'
+end
+-- Connection ids are decimal u64s: longer means larger.
+local function idpair(a, b)
+  if #a < #b or (#a == #b and a < b) then return a .. ':' .. b end
+  return b .. ':' .. a
+end
+local function keypair(a, b)
+  if a < b then return a .. ':' .. b end
+  return b .. ':' .. a
+end
+local alive = {}
+for _, c in ipairs(redis.call('ZRANGE', q, 0, tonumber(ARGV[8]) - 1)) do
+  local raw = redis.call('GET', P .. 'w:' .. c)
+  local e = raw and cjson.decode(raw)
+  if e and alive[e.n] == nil then
+    alive[e.n] = redis.call('EXISTS', P .. 'node:' .. e.n) == 1
+  end
+  if not e or not alive[e.n] then
+    redis.call('ZREM', q, c)
+    redis.call('DEL', P .. 'w:' .. c)
+  elseif redis.call('EXISTS', P .. 'ban:' .. e.k) == 0
+      and redis.call('EXISTS', P .. 'apart:' .. idpair(me, c)) == 0
+      and redis.call('EXISTS', P .. 'block:' .. keypair(key, e.k)) == 0 then
+    local theirs = {}
+    for _, x in ipairs(e.t) do theirs[x] = true end
+    local shared = {}
+    for _, x in ipairs(tags) do
+      if theirs[x] then table.insert(shared, x) end
+    end
+    local they_open = #e.t == 0 or e.o <= now
+    if #shared > 0 or ((#tags == 0 or open) and they_open) then
+      redis.call('ZREM', q, c)
+      redis.call('DEL', P .. 'w:' .. c)
+      local sj = '[]'
+      if #shared > 0 then sj = cjson.encode(shared) end
+      local country = 'null'
+      if e.c ~= '' then country = cjson.encode(e.c) end
+      return '{"r":"matched","conn":"' .. c .. '","key":"' .. e.k .. '","shared":' .. sj
+        .. ',"country":' .. country .. '}'
+    end
+  end
+end
+if not seq then seq = redis.call('INCR', P .. 'seq') end
+redis.call('PEXPIRE', P .. 'seq', 86400000)
+redis.call('ZADD', q, seq, me)
+redis.call('PEXPIRE', q, 86400000)
+local open_at = now
+if #tags > 0 and not open then open_at = now + tonumber(ARGV[6]) end
+redis.call('SET', P .. 'w:' .. me,
+  cjson.encode({n = node, k = key, t = tags, o = open_at, c = ARGV[7]}), 'PX', ARGV[9])
+return '{"r":"queued"}'
+"#;
+
+/// Removes waiters of dead nodes (and of node ARGV[2] if given: this node's
+/// own leftovers after an outage) from the oldest ARGV[1] entries.
+const SWEEP: &str = r#"
+local P = '{earshot}:'
+local q = P .. 'queue'
+local alive = {}
+local removed = 0
+for _, c in ipairs(redis.call('ZRANGE', q, 0, tonumber(ARGV[1]) - 1)) do
+  local raw = redis.call('GET', P .. 'w:' .. c)
+  local e = raw and cjson.decode(raw)
+  if e and alive[e.n] == nil then
+    alive[e.n] = e.n ~= ARGV[2] and redis.call('EXISTS', P .. 'node:' .. e.n) == 1
+  end
+  if not e or not alive[e.n] then
+    redis.call('ZREM', q, c)
+    redis.call('DEL', P .. 'w:' .. c)
+    removed = removed + 1
+  end
+end
+if redis.call('EXISTS', q) == 1 then redis.call('PEXPIRE', q, 86400000) end
+return removed
+"#;
+
+/// Refreshes this node's heartbeat. ARGV: node, token, TTL (ms). Answers
+/// 1 (refreshed), 2 (was missing: new, or Redis lost it) or 0 (another node
+/// holds the number).
+const HEARTBEAT_SCRIPT: &str = r#"
+local k = '{earshot}:node:' .. ARGV[1]
+local v = redis.call('GET', k)
+if v and v ~= ARGV[2] then return 0 end
+redis.call('SET', k, ARGV[2], 'PX', ARGV[3])
+if v then return 1 end
+return 2
+"#;
+
+/// A node's connection to Redis.
+pub struct Redis {
+    client: redis::Client,
+    conn: ConnectionManager,
+    node: NodeId,
+    token: String,
+    pair: redis::Script,
+    sweep: redis::Script,
+    heartbeat: redis::Script,
+    subscribed: AtomicBool,
+    /// The first subscription, made before serving so that nothing
+    /// published to this node is missed.
+    first_subscription: std::sync::Mutex<Option<redis::aio::PubSub>>,
+}
+
+fn key(k: &str) -> String {
+    format!("{PREFIX}{k}")
+}
+
+fn channel(node: NodeId) -> String {
+    key(&format!("ch:{node}"))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Redis {
+    /// Connects and claims a node number no live node holds.
+    pub async fn connect(url: &str) -> anyhow::Result<Redis> {
+        let client = redis::Client::open(url).context("bad --redis URL")?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .context("cannot reach Redis")?;
+        let mut redis = Redis {
+            client,
+            conn,
+            node: 0,
+            token: format!("{:016x}", crate::identity::random_u64()),
+            pair: redis::Script::new(PAIR),
+            sweep: redis::Script::new(SWEEP),
+            heartbeat: redis::Script::new(HEARTBEAT_SCRIPT),
+            subscribed: AtomicBool::new(false),
+            first_subscription: std::sync::Mutex::new(None),
+        };
+        for _ in 0..32 {
+            // Node 0 would make ids look like a single node's.
+            redis.node = (crate::identity::random_u64() % u64::from(u16::MAX)) as NodeId + 1;
+            if redis.beat().await.context("cannot register with Redis")? == 2 {
+                tracing::info!(node = redis.node, "registered with Redis");
+                let pubsub = redis
+                    .subscribe()
+                    .await
+                    .context("cannot subscribe to Redis")?;
+                redis.first_subscription = std::sync::Mutex::new(Some(pubsub));
+                redis.subscribed.store(true, Ordering::Relaxed);
+                return Ok(redis);
+            }
+        }
+        anyhow::bail!("no free node number in Redis")
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        let mut p = self.client.get_async_pubsub().await?;
+        p.subscribe(channel(self.node)).await?;
+        Ok(p)
+    }
+
+    async fn beat(&self) -> redis::RedisResult<i64> {
+        self.heartbeat
+            .arg(self.node)
+            .arg(&self.token)
+            .arg(millis(NODE_TTL))
+            .invoke_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// Agrees this period's client-key secret with the other nodes: the
+    /// first to offer one sets it (`candidate`), everyone adopts it.
+    pub async fn sync_secret(
+        &self,
+        keyer: &Keyer,
+        rotation: Duration,
+        candidate: [u8; 32],
+    ) -> anyhow::Result<()> {
+        let period = period(rotation);
+        let mut conn = self.conn.clone();
+        let current_key = key(&format!("secret:{period}"));
+        let ttl = millis(rotation.saturating_mul(3));
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&current_key)
+            .arg(hex32(&candidate))
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl)
+            .query_async(&mut conn)
+            .await?;
+        let current: Option<String> = conn.get(&current_key).await?;
+        let previous: Option<String> = conn
+            .get(key(&format!("secret:{}", period.wrapping_sub(1))))
+            .await?;
+        let current = current
+            .as_deref()
+            .and_then(unhex32)
+            .context("the shared secret in Redis is malformed")?;
+        keyer.set_secrets(current, previous.as_deref().and_then(unhex32));
+        Ok(())
+    }
+
+    /// Runs the backplane until shutdown: requests, subscription, heartbeat.
+    pub fn spawn(
+        self: Arc<Self>,
+        hub: Arc<Hub>,
+        keyer: Arc<Keyer>,
+        rotation: Duration,
+        requests: UnboundedReceiver<Request>,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) {
+        tracker.spawn(
+            self.clone()
+                .run_requests(hub.clone(), requests, shutdown.clone()),
+        );
+        tracker.spawn(self.clone().run_subscriber(hub.clone(), shutdown.clone()));
+        tracker.spawn(self.run_heartbeat(hub, keyer, rotation, shutdown));
+    }
+
+    async fn run_requests(
+        self: Arc<Self>,
+        hub: Arc<Hub>,
+        mut requests: UnboundedReceiver<Request>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let request = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = requests.recv() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
+            };
+            self.execute(&hub, request).await;
+        }
+    }
+
+    async fn execute(&self, hub: &Hub, request: Request) {
+        let mut conn = self.conn.clone();
+        let result: redis::RedisResult<()> = match request {
+            Request::Enqueue(w) => {
+                let id = w.conn;
+                let tags = serde_json::to_string(&w.interests).expect("strings serialize");
+                let reply: redis::RedisResult<String> = self
+                    .pair
+                    .arg(id.0)
+                    .arg(self.node)
+                    .arg(backplane::hex(&w.key))
+                    .arg(tags)
+                    .arg(u8::from(w.open))
+                    .arg(millis(w.interest_wait))
+                    .arg(w.country.as_ref().map_or("", |c| c.as_str()))
+                    .arg(SCAN_LIMIT)
+                    .arg(millis(WAITER_TTL))
+                    .invoke_async(&mut conn)
+                    .await;
+                let event = match reply.map(|r| decode_pair_reply(&r)) {
+                    Ok(Ok(PairReply::Queued)) => Event::Queued { conn: id },
+                    Ok(Ok(PairReply::Banned { ttl })) => Event::Banned { conn: id, ttl },
+                    Ok(Ok(PairReply::Matched(partner))) => Event::Paired { conn: id, partner },
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "unexpected reply from the pairing script");
+                        Event::Failed { conn: id }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Redis failed a queue join");
+                        Event::Failed { conn: id }
+                    }
+                };
+                hub.backplane_event(event);
+                Ok(())
+            }
+            Request::Dequeue { conn: id } => {
+                redis::pipe()
+                    .atomic()
+                    .zrem(key("queue"), id.0)
+                    .del(key(&format!("w:{}", id.0)))
+                    .query_async(&mut conn)
+                    .await
+            }
+            Request::Publish(msg) => {
+                let node = backplane::node_of(msg.to());
+                conn.publish(channel(node), msg.encode()).await
+            }
+            Request::KeepApart { a, b, ttl } => {
+                let (a, b) = (a.min(b), a.max(b));
+                let k = key(&format!("apart:{}:{}", a.0, b.0));
+                conn.pset_ex(k, 1, millis(ttl)).await
+            }
+            Request::Block { a, b, ttl } => {
+                let (a, b) = (backplane::hex(&a), backplane::hex(&b));
+                let (a, b) = if a < b { (a, b) } else { (b, a) };
+                conn.pset_ex(key(&format!("block:{a}:{b}")), 1, millis(ttl))
+                    .await
+            }
+            Request::Ban { key: k, ttl } => conn.pset_ex(ban_key(&k), 1, millis(ttl)).await,
+            other => {
+                tracing::warn!(?other, "backplane request not supported");
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "a backplane request failed");
+        }
+    }
+
+    /// Receives what other nodes publish to this one; a lost subscription
+    /// may have lost messages, so it counts as losing the backplane.
+    async fn run_subscriber(self: Arc<Self>, hub: Arc<Hub>, shutdown: CancellationToken) {
+        loop {
+            let first = self
+                .first_subscription
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let pubsub = match first {
+                Some(p) => Ok(Ok(p)),
+                None => tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    p = tokio::time::timeout(Duration::from_secs(2), self.subscribe()) => p,
+                },
+            };
+            match pubsub {
+                Ok(Ok(pubsub)) => {
+                    self.subscribed.store(true, Ordering::Relaxed);
+                    let mut messages = pubsub.into_on_message();
+                    loop {
+                        let msg = tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            m = messages.next() => m,
+                        };
+                        let Some(msg) = msg else { break };
+                        let Ok(payload) = msg.get_payload::<String>() else {
+                            continue;
+                        };
+                        match decode_remote(&payload) {
+                            Ok(remote) => hub.backplane_event(Event::Remote(remote)),
+                            Err(e) => tracing::debug!(error = %e, "dropped a backplane message"),
+                        }
+                    }
+                    tracing::warn!("lost the Redis subscription");
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to Redis"),
+                Err(_) => tracing::debug!("subscribing to Redis timed out"),
+            }
+            self.subscribed.store(false, Ordering::Relaxed);
+            hub.set_available(false);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    async fn run_heartbeat(
+        self: Arc<Self>,
+        hub: Arc<Hub>,
+        keyer: Arc<Keyer>,
+        rotation: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats = 0u32;
+        let mut period = period(rotation);
+        // Whether Redis may have lost what this node put there.
+        let mut lost = false;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            beats = beats.wrapping_add(1);
+            match self.beat().await {
+                Ok(1) if !lost => {}
+                Ok(1 | 2) => {
+                    if !lost {
+                        tracing::warn!("this node's state in Redis is gone; starting afresh");
+                        hub.set_available(false);
+                    }
+                    lost = self.recover(&hub, &keyer, rotation).await.is_err();
+                }
+                Ok(_) => {
+                    tracing::error!(node = self.node, "another node holds this node's number");
+                    hub.set_available(false);
+                    lost = true;
+                }
+                Err(e) => {
+                    if !lost {
+                        tracing::warn!(error = %e, "lost Redis");
+                    }
+                    hub.set_available(false);
+                    lost = true;
+                }
+            }
+            if lost {
+                continue;
+            }
+            if !self.subscribed.load(Ordering::Relaxed) {
+                // Closed by the subscriber; what this node queued is stale.
+                lost = true;
+                continue;
+            }
+            hub.set_available(true);
+            if let Err(e) = self.watch(&hub, beats).await {
+                tracing::debug!(error = %e, "heartbeat chores failed");
+            }
+            let now = self::period(rotation);
+            if now != period {
+                let fresh = random_secret();
+                match self.sync_secret(&keyer, rotation, fresh).await {
+                    Ok(()) => period = now,
+                    Err(e) => tracing::warn!(error = %e, "cannot rotate the shared secret"),
+                }
+            }
+        }
+    }
+
+    /// Back from an outage: restore the shared secret (ours, if Redis lost
+    /// it), drop this node's leftover waiters, serve again.
+    async fn recover(&self, hub: &Hub, keyer: &Keyer, rotation: Duration) -> anyhow::Result<()> {
+        if !self.subscribed.load(Ordering::Relaxed) {
+            anyhow::bail!("not subscribed yet");
+        }
+        self.sync_secret(keyer, rotation, keyer.secret()).await?;
+        let _: i64 = self
+            .sweep
+            .arg(SWEEP_LIMIT)
+            .arg(self.node)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        tracing::info!("Redis is back");
+        hub.set_available(true);
+        Ok(())
+    }
+
+    /// Ends calls with dead nodes, sweeps their waiters, keeps ours alive.
+    async fn watch(&self, hub: &Hub, beats: u32) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let nodes = hub.remote_nodes();
+        if !nodes.is_empty() {
+            let mut pipe = redis::pipe();
+            for &n in &nodes {
+                pipe.exists(key(&format!("node:{n}")));
+            }
+            let alive: Vec<bool> = pipe.query_async(&mut conn).await?;
+            for (&n, alive) in nodes.iter().zip(alive) {
+                if !alive {
+                    hub.backplane_event(Event::NodeDown(n));
+                }
+            }
+        }
+        let _: i64 = self
+            .sweep
+            .arg(SWEEP_LIMIT)
+            .arg("")
+            .invoke_async(&mut conn)
+            .await?;
+        if beats.is_multiple_of(WAITER_REFRESH_BEATS) {
+            let waiters = hub.shared_waiters();
+            for chunk in waiters.chunks(512) {
+                let mut pipe = redis::pipe();
+                for id in chunk {
+                    pipe.pexpire(waiter_key(*id), millis(WAITER_TTL) as i64)
+                        .ignore();
+                }
+                let () = pipe.query_async(&mut conn).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn waiter_key(id: ConnId) -> String {
+    key(&format!("w:{}", id.0))
+}
+
+fn ban_key(k: &ClientKey) -> String {
+    key(&format!("ban:{}", backplane::hex(k)))
+}
+
+/// The number of the key-rotation period now: the same on every node.
+fn period(rotation: Duration) -> u64 {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    secs / rotation.as_secs().max(1)
+}
+
+fn random_secret() -> [u8; 32] {
+    let mut s = [0u8; 32];
+    for chunk in s.chunks_mut(8) {
+        chunk.copy_from_slice(&crate::identity::random_u64().to_le_bytes());
+    }
+    s
+}
+
+fn hex32(b: &[u8; 32]) -> String {
+    let (a, c) = b.split_at(16);
+    let half = |h: &[u8]| {
+        let mut k = [0u8; 16];
+        k.copy_from_slice(h);
+        backplane::hex(&ClientKey(k))
+    };
+    half(a) + &half(c)
+}
+
+fn unhex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_round_trip_through_hex() {
+        let s = random_secret();
+        assert_eq!(unhex32(&hex32(&s)), Some(s));
+        assert_eq!(unhex32("zz"), None);
+        assert_eq!(unhex32(&"é".repeat(32)), None);
+    }
+}

@@ -1,0 +1,404 @@
+//! Several `earshot` nodes sharing one real `redis-server`, every process on
+//! its own loopback port: strangers on different nodes are matched and their
+//! offer, answer and candidates relayed; a ban made on one node holds on
+//! another; a node killed with SIGKILL ends its calls on the other nodes and
+//! leaves no waiter behind; a Redis restart closes connections with 1012
+//! ("backplane unavailable") and the nodes serve again once it is back.
+//!
+//! Each test starts its own `redis-server` (`--save "" --appendonly no`, so
+//! it writes nothing) and its own nodes. Clients connect from distinct
+//! 127.0.0.x addresses where they must be distinct clients.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::server::Server;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{WebSocketStream, client_async};
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// How long any one expected message may take: generous, since this only
+/// bounds a failing test (node death is noticed within about 4 s).
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A `redis-server` on a loopback port, killed on drop.
+struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: support::TempDir,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        RedisServer::start_on(support::free_port().unwrap())
+    }
+
+    fn start_on(port: u16) -> RedisServer {
+        let dir = support::TempDir::new("earshot-redis").unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        let server = RedisServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + WAIT;
+        while server.conn().is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn conn(&self) -> redis::RedisResult<redis::Connection> {
+        let mut c = redis::Client::open(self.url())?.get_connection()?;
+        redis::cmd("PING").query::<String>(&mut c)?;
+        Ok(c)
+    }
+
+    /// The waiting connection ids, oldest first.
+    fn queue(&self) -> Vec<String> {
+        redis::cmd("ZRANGE")
+            .arg("{earshot}:queue")
+            .arg(0)
+            .arg(-1)
+            .query(&mut self.conn().unwrap())
+            .unwrap()
+    }
+
+    /// Queue entries whose node is dead (its heartbeat key is gone).
+    fn stale_waiters(&self) -> usize {
+        let mut c = self.conn().unwrap();
+        self.queue()
+            .iter()
+            .filter(|id| {
+                let node = id.parse::<u64>().unwrap() >> 48;
+                let alive: bool = redis::cmd("EXISTS")
+                    .arg(format!("{{earshot}}:node:{node}"))
+                    .query(&mut c)
+                    .unwrap();
+                !alive
+            })
+            .count()
+    }
+
+    /// Every key, to check what is left behind.
+    fn keys(&self) -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut self.conn().unwrap())
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node(redis: &RedisServer) -> Server {
+    Server::start(
+        env!("CARGO_BIN_EXE_earshot"),
+        &["--redis", &redis.url(), "--pow", "off", "--log", "debug"],
+    )
+    .unwrap()
+}
+
+fn addr(server: &Server) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], server.port()))
+}
+
+async fn ws_from(source: &str, server: &Server) -> Ws {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(addr(server)).await.unwrap();
+    let url = format!("ws://{}/ws", addr(server));
+    let (ws, _) = tokio::time::timeout(WAIT, client_async(url, tcp))
+        .await
+        .expect("connected in time")
+        .unwrap();
+    ws
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+/// The next message: JSON text, or a close frame as
+/// `{"type": "close", "code": N, "reason": "..."}`.
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("the socket is open")
+            .unwrap();
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Close(frame) => {
+                let (code, reason) = frame.map_or((0, String::new()), |f| {
+                    (u16::from(f.code), f.reason.to_string())
+                });
+                return json!({"type": "close", "code": code, "reason": reason});
+            }
+            _ => continue,
+        }
+    }
+}
+
+async fn recv_type(ws: &mut Ws, kind: &str) -> Value {
+    let v = recv(ws).await;
+    assert_eq!(v["type"], kind, "{v}");
+    v
+}
+
+/// A greeted client from `source` on `server`.
+async fn client(source: &str, server: &Server) -> Ws {
+    let mut ws = ws_from(source, server).await;
+    send(&mut ws, json!({"type": "hello", "version": 1})).await;
+    recv_type(&mut ws, "welcome").await;
+    ws
+}
+
+async fn search(ws: &mut Ws) {
+    send(ws, json!({"type": "search"})).await;
+    recv_type(ws, "searching").await;
+}
+
+/// Waits (bounded) until `done` holds, polling.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `a` waits on one node, `b` joins on another: they are matched, `b`
+/// (the joiner) makes the offer. The call id.
+async fn match_pair(redis: &RedisServer, a: &mut Ws, b: &mut Ws) -> u64 {
+    let before = redis.queue().len();
+    search(a).await;
+    // `searching` comes before the queue join is done in Redis.
+    eventually("a waits in Redis", || redis.queue().len() > before);
+    search(b).await;
+    let mb = recv_type(b, "matched").await;
+    let ma = recv_type(a, "matched").await;
+    assert_eq!(ma["call"], mb["call"]);
+    assert_eq!(
+        (ma["polite"].as_bool(), mb["polite"].as_bool()),
+        (Some(true), Some(false))
+    );
+    ma["call"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_on_two_nodes_are_matched_and_signal_across() {
+    let redis = RedisServer::start();
+    let (na, nb) = (node(&redis), node(&redis));
+    let mut a = client("127.0.0.2", &na).await;
+    let mut b = client("127.0.0.3", &nb).await;
+    let call = match_pair(&redis, &mut a, &mut b).await;
+    assert!(call < 1 << 53, "call ids survive a JavaScript number");
+    assert!(redis.queue().is_empty(), "both left the queue");
+
+    let offer = json!({"type": "signal", "call": call,
+        "description": {"type": "offer", "sdp": "v=0 offer from b"}});
+    send(&mut b, offer).await;
+    let got = recv_type(&mut a, "signal").await;
+    assert_eq!(got["description"]["sdp"], "v=0 offer from b");
+    assert_eq!(got["call"], call);
+    let answer = json!({"type": "signal", "call": call,
+        "description": {"type": "answer", "sdp": "v=0 answer from a"}});
+    send(&mut a, answer).await;
+    assert_eq!(
+        recv_type(&mut b, "signal").await["description"]["type"],
+        "answer"
+    );
+    let cand = json!({"type": "signal", "call": call, "candidate": {
+        "candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host",
+        "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "abcd"}});
+    send(&mut a, cand.clone()).await;
+    let got = recv_type(&mut b, "signal").await;
+    assert_eq!(got["candidate"]["usernameFragment"], "abcd");
+    send(&mut b, cand).await;
+    let got = recv_type(&mut a, "signal").await;
+    assert_eq!(got["candidate"]["sdpMid"], "0");
+    // A signal for another call is refused on the sender's node.
+    send(
+        &mut a,
+        json!({"type": "signal", "call": call + 1,
+        "description": {"type": "offer", "sdp": "x"}}),
+    )
+    .await;
+    assert_eq!(recv_type(&mut a, "error").await["code"], "wrong_call");
+
+    // Skipping ends the call on the other node, which queues its user again;
+    // the skipper is queued too, but the two are kept apart.
+    send(&mut b, json!({"type": "skip"})).await;
+    recv_type(&mut b, "searching").await;
+    let ended = recv_type(&mut a, "call_ended").await;
+    assert_eq!(ended["reason"], "partner_skipped");
+    recv_type(&mut a, "searching").await;
+    eventually("both wait, kept apart", || redis.queue().len() == 2);
+
+    // A third person on node A is matched with one of them.
+    let mut c = client("127.0.0.4", &na).await;
+    search(&mut c).await;
+    recv_type(&mut c, "matched").await;
+    eventually("one is left waiting", || redis.queue().len() == 1);
+
+    // Ending leaves the queue too: nothing stays behind.
+    for ws in [&mut a, &mut b, &mut c] {
+        send(ws, json!({"type": "end"})).await;
+    }
+    eventually("the queue is empty", || redis.queue().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_made_on_one_node_holds_on_another() {
+    let redis = RedisServer::start();
+    let (na, nb) = (node(&redis), node(&redis));
+    // The same address has the same client key on every node.
+    let mut target = client("127.0.0.9", &nb).await;
+    search(&mut target).await;
+    for n in 2..=4 {
+        let mut reporter = client(&format!("127.0.0.{n}"), &na).await;
+        search(&mut reporter).await;
+        recv_type(&mut reporter, "matched").await;
+        recv_type(&mut target, "matched").await;
+        send(&mut reporter, json!({"type": "report", "reason": "spam"})).await;
+        recv_type(&mut reporter, "idle").await;
+        assert_eq!(
+            recv_type(&mut target, "call_ended").await["reason"],
+            "partner_ended"
+        );
+        let next = recv(&mut target).await;
+        if n < 4 {
+            assert_eq!(next["type"], "searching", "{next}");
+        }
+    }
+    eventually("the ban is in Redis", || {
+        redis.keys().iter().any(|k| k.starts_with("{earshot}:ban:"))
+    });
+    // On node B, which saw no report at all, the client may not search.
+    let mut again = client("127.0.0.9", &nb).await;
+    send(&mut again, json!({"type": "search"})).await;
+    let mut banned = recv(&mut again).await;
+    if banned["type"] == "searching" {
+        banned = recv(&mut again).await;
+    }
+    assert_eq!(banned["code"], "banned", "{banned}");
+    assert!(banned["retry_after_ms"].as_u64().unwrap() > 0);
+    recv_type(&mut again, "idle").await;
+    // Someone else on node B still gets matched, with a waiter on node A.
+    let mut other = client("127.0.0.5", &na).await;
+    let mut fine = client("127.0.0.6", &nb).await;
+    match_pair(&redis, &mut other, &mut fine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_ends_its_calls_and_leaves_no_waiters() {
+    let redis = RedisServer::start();
+    let (na, nb, nc) = (node(&redis), node(&redis), node(&redis));
+    let mut a = client("127.0.0.2", &na).await;
+    let mut b = client("127.0.0.3", &nb).await;
+    let call = match_pair(&redis, &mut a, &mut b).await;
+    // Someone on node B waits, with an interest nobody shares.
+    let mut waiting = client("127.0.0.4", &nb).await;
+    send(
+        &mut waiting,
+        json!({"type": "search", "interests": ["zither"]}),
+    )
+    .await;
+    recv_type(&mut waiting, "searching").await;
+    eventually("B's user waits", || redis.queue().len() == 1);
+
+    drop(nb); // SIGKILL: no goodbye to anyone.
+    let ended = recv_type(&mut a, "call_ended").await;
+    assert_eq!(
+        (ended["call"].as_u64(), ended["reason"].as_str()),
+        (Some(call), Some("partner_left"))
+    );
+    recv_type(&mut a, "searching").await;
+    // a waits alone: B's waiter is gone from the queue, not matched.
+    eventually("only a waits", || {
+        redis.queue().len() == 1 && redis.stale_waiters() == 0
+    });
+    let mut c = client("127.0.0.5", &nc).await;
+    search(&mut c).await;
+    recv_type(&mut c, "matched").await;
+    recv_type(&mut a, "matched").await;
+    eventually("nobody waits", || redis.queue().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_closes_connections_and_nodes_recover_clean() {
+    let mut redis = RedisServer::start();
+    let (na, nb) = (node(&redis), node(&redis));
+    let mut a = client("127.0.0.2", &na).await;
+    let mut b = client("127.0.0.3", &nb).await;
+    match_pair(&redis, &mut a, &mut b).await;
+    let mut waiting = client("127.0.0.4", &na).await;
+    search(&mut waiting).await;
+
+    let port = redis.port;
+    drop(redis);
+    for ws in [&mut a, &mut b, &mut waiting] {
+        let close = recv_type(ws, "close").await;
+        assert_eq!(close["code"], 1012, "{close}");
+        assert_eq!(close["reason"], "backplane unavailable");
+    }
+    // While Redis is away, new connections are turned away the same way.
+    let mut early = ws_from("127.0.0.5", &na).await;
+    assert_eq!(recv_type(&mut early, "close").await["code"], 1012);
+
+    redis = RedisServer::start_on(port);
+    // Back with empty state: both nodes serve again and match across.
+    let mut a = None;
+    let deadline = Instant::now() + WAIT;
+    while a.is_none() {
+        assert!(Instant::now() < deadline, "node A never served again");
+        let mut ws = ws_from("127.0.0.2", &na).await;
+        send(&mut ws, json!({"type": "hello", "version": 1})).await;
+        match recv(&mut ws).await["type"].as_str() {
+            Some("welcome") => a = Some(ws),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let mut a = a.unwrap();
+    let mut b = loop {
+        let mut ws = ws_from("127.0.0.3", &nb).await;
+        send(&mut ws, json!({"type": "hello", "version": 1})).await;
+        if recv(&mut ws).await["type"] == "welcome" {
+            break ws;
+        }
+        assert!(Instant::now() < deadline, "node B never served again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    match_pair(&redis, &mut a, &mut b).await;
+    assert!(redis.queue().is_empty(), "no stale waiter survived");
+    drop((na, nb));
+}
