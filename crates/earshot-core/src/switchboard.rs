@@ -1197,6 +1197,14 @@ impl Switchboard {
         self.node
     }
 
+    /// `id`'s call and partner, if it is in a call.
+    pub fn call_of(&self, id: ConnId) -> Option<(CallId, ConnId)> {
+        match self.conns.get(&id)?.phase {
+            Phase::InCall { call, partner } => Some((call, partner)),
+            _ => None,
+        }
+    }
+
     /// Every open connection.
     pub fn connection_ids(&self) -> Vec<ConnId> {
         self.conns.keys().copied().collect()
