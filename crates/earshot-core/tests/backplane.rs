@@ -266,7 +266,7 @@ impl Cluster {
     }
 
     fn collect(&mut self) -> Result<(), TestCaseError> {
-        for n in 0..self.boards.len() {
+        for (n, &node) in NODES.iter().enumerate() {
             while let Some(out) = self.boards[n].poll_output() {
                 match out {
                     Output::Send(to, msg) => {
@@ -296,7 +296,7 @@ impl Cluster {
                 }
             }
             if let Err(e) = self.boards[n].check_invariants() {
-                return Err(TestCaseError::fail(format!("node {}: {e}", NODES[n])));
+                return Err(TestCaseError::fail(format!("node {node}: {e}")));
             }
         }
         let mut seen = HashSet::new();
@@ -477,6 +477,9 @@ fn two_node_sessions_reach_cross_node_calls() {
         across += usize::from(had_call);
         ended += usize::from(had_call && c.boards[0].remote_nodes().is_empty());
     }
-    assert!(across > 20, "only {across} of 200 sessions had a cross-node call");
+    assert!(
+        across > 20,
+        "only {across} of 200 sessions had a cross-node call"
+    );
     assert!(ended > 5, "only {ended} of 200 sessions ended one");
 }
