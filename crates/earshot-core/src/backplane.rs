@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{CallId, ClientMsg, Country, EndReason, Signal};
+use crate::protocol::{
+    CallId, ClientMsg, Country, EndReason, ErrorCode, PeerId, RoomSignal, Signal, Verifier,
+};
 use crate::{ClientKey, ConnId};
 
 /// A node's number, unique among live nodes.
@@ -85,6 +87,24 @@ pub enum Request {
     },
     /// The client may not join the queue on any node for `ttl`.
     Ban { key: ClientKey, ttl: Duration },
+    /// Join the room with this [`room_key`], checking its size, lock and
+    /// removals. Answered with [`Event::RoomJoined`] or [`Event::RoomRefused`].
+    RoomJoin {
+        conn: ConnId,
+        room: String,
+        key: ClientKey,
+        verifier: Option<Verifier>,
+        max_size: usize,
+    },
+    /// `peer` left the room.
+    RoomLeave { room: String, peer: PeerId },
+    /// Lock the room with this verifier, or unlock it.
+    RoomLock {
+        room: String,
+        verifier: Option<Verifier>,
+    },
+    /// The members removed this client: it may not come back.
+    RoomRemove { room: String, key: ClientKey },
 }
 
 /// What the backplane tells the switchboard
@@ -101,6 +121,16 @@ pub enum Event {
     Banned { conn: ConnId, ttl: Duration },
     /// The backplane could not run `conn`'s queue join.
     Failed { conn: ConnId },
+    /// `conn` joined the room as `peer`; `others` were there already.
+    RoomJoined {
+        conn: ConnId,
+        room: String,
+        peer: PeerId,
+        others: Vec<Member>,
+        locked: bool,
+    },
+    /// The store refused `conn`'s room join.
+    RoomRefused { conn: ConnId, code: ErrorCode },
     /// Another node published this to one of ours.
     Remote(Remote),
     /// This node's heartbeat is gone: everything remote it knew is void.
@@ -115,6 +145,14 @@ pub struct Partner {
     /// The interests both share, in the joiner's order.
     pub shared: Vec<String>,
     pub country: Option<Country>,
+}
+
+/// A room member as the store holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub peer: PeerId,
+    pub conn: ConnId,
+    pub key: ClientKey,
 }
 
 /// A message from one node to a connection on another.
@@ -146,6 +184,51 @@ pub enum Remote {
     /// `to` was taken from the queue for a pairing that fell through: it
     /// should join again if it is still searching.
     Requeue { to: ConnId },
+    /// `member` joined `to`'s room.
+    PeerJoined {
+        to: ConnId,
+        room: String,
+        member: Member,
+    },
+    /// `peer` left `to`'s room.
+    PeerLeft {
+        to: ConnId,
+        room: String,
+        peer: PeerId,
+    },
+    /// A room signal from `from` for `to` (`signal.to` is `to`'s peer id).
+    RoomSignal {
+        to: ConnId,
+        room: String,
+        from: PeerId,
+        signal: RoomSignal,
+    },
+    /// `to`'s room was locked or unlocked.
+    RoomLock {
+        to: ConnId,
+        room: String,
+        locked: bool,
+    },
+}
+
+/// How the store names a room: a hash of its name, so the name itself is
+/// never stored.
+pub fn room_key(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"earshot room\0")
+        .chain_update(name.as_bytes())
+        .finalize();
+    let (a, b) = digest.split_at(16);
+    let half = |h: &[u8]| hex(&ClientKey(h.try_into().expect("16 bytes")));
+    half(a) + &half(b)
+}
+
+/// A verifier as the store keeps it: 64 hex digits.
+pub fn verifier_hex(v: &Verifier) -> String {
+    let (a, b) = v.0.split_at(16);
+    let half = |h: &[u8]| hex(&ClientKey(h.try_into().expect("16 bytes")));
+    half(a) + &half(b)
 }
 
 impl Remote {
@@ -155,7 +238,11 @@ impl Remote {
             Remote::Matched { to, .. }
             | Remote::Signal { to, .. }
             | Remote::Ended { to, .. }
-            | Remote::Requeue { to } => *to,
+            | Remote::Requeue { to }
+            | Remote::PeerJoined { to, .. }
+            | Remote::PeerLeft { to, .. }
+            | Remote::RoomSignal { to, .. }
+            | Remote::RoomLock { to, .. } => *to,
         }
     }
 
@@ -194,6 +281,38 @@ impl Remote {
                 reason: *reason,
             },
             Remote::Requeue { to } => Wire::Requeue { to: to.0 },
+            Remote::PeerJoined { to, room, member } => Wire::PeerJoined {
+                to: to.0,
+                room: room.clone(),
+                peer: member.peer,
+                conn: member.conn.0,
+                key: hex(&member.key),
+            },
+            Remote::PeerLeft { to, room, peer } => Wire::PeerLeft {
+                to: to.0,
+                room: room.clone(),
+                peer: *peer,
+            },
+            Remote::RoomSignal {
+                to,
+                room,
+                from,
+                signal,
+            } => Wire::RoomSignal {
+                to: to.0,
+                room: room.clone(),
+                from: *from,
+                signal: crate::ServerMsg::RoomSignal(RoomSignal {
+                    from: None,
+                    ..signal.clone()
+                })
+                .to_json(),
+            },
+            Remote::RoomLock { to, room, locked } => Wire::RoomLock {
+                to: to.0,
+                room: room.clone(),
+                locked: *locked,
+            },
         };
         serde_json::to_string(&wire).expect("backplane messages always serialize")
     }
@@ -239,6 +358,29 @@ enum Wire {
     Requeue {
         to: u64,
     },
+    PeerJoined {
+        to: u64,
+        room: String,
+        peer: PeerId,
+        conn: u64,
+        key: String,
+    },
+    PeerLeft {
+        to: u64,
+        room: String,
+        peer: PeerId,
+    },
+    RoomSignal {
+        to: u64,
+        room: String,
+        from: PeerId,
+        signal: String,
+    },
+    RoomLock {
+        to: u64,
+        room: String,
+        locked: bool,
+    },
 }
 
 /// Decodes a message another node published.
@@ -283,6 +425,115 @@ pub fn decode_remote(text: &str) -> Result<Remote, BackplaneError> {
             reason,
         },
         Wire::Requeue { to } => Remote::Requeue { to: ConnId(to) },
+        Wire::PeerJoined {
+            to,
+            room,
+            peer,
+            conn,
+            key,
+        } => Remote::PeerJoined {
+            to: ConnId(to),
+            room: check_room(room)?,
+            member: Member {
+                peer,
+                conn: ConnId(conn),
+                key: unhex(&key)?,
+            },
+        },
+        Wire::PeerLeft { to, room, peer } => Remote::PeerLeft {
+            to: ConnId(to),
+            room: check_room(room)?,
+            peer,
+        },
+        Wire::RoomSignal {
+            to,
+            room,
+            from,
+            signal,
+        } => match crate::protocol::decode(&signal) {
+            Ok(ClientMsg::RoomSignal(signal)) if signal.to.is_some() => Remote::RoomSignal {
+                to: ConnId(to),
+                room: check_room(room)?,
+                from,
+                signal,
+            },
+            _ => return Err(BackplaneError::Invalid),
+        },
+        Wire::RoomLock { to, room, locked } => Remote::RoomLock {
+            to: ConnId(to),
+            room: check_room(room)?,
+            locked,
+        },
+    })
+}
+
+fn check_room(room: String) -> Result<String, BackplaneError> {
+    let ok = room.len() == 64 && room.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    ok.then_some(room).ok_or(BackplaneError::Invalid)
+}
+
+/// What the store's room-join script answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoomReply {
+    Joined {
+        peer: PeerId,
+        others: Vec<Member>,
+        locked: bool,
+    },
+    Refused(ErrorCode),
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "r", rename_all = "snake_case", deny_unknown_fields)]
+enum RoomWire {
+    Joined {
+        peer: PeerId,
+        locked: bool,
+        others: Vec<(PeerId, String, String)>,
+    },
+    Refused {
+        code: String,
+    },
+}
+
+/// Decodes the room-join script's JSON reply.
+pub fn decode_room_reply(text: &str) -> Result<RoomReply, BackplaneError> {
+    if text.len() > MAX_REMOTE_BYTES {
+        return Err(BackplaneError::TooLarge);
+    }
+    let wire: RoomWire = serde_json::from_str(text).map_err(|_| BackplaneError::Malformed)?;
+    Ok(match wire {
+        RoomWire::Joined {
+            peer,
+            locked,
+            others,
+        } => {
+            if others.len() > 64 {
+                return Err(BackplaneError::Invalid);
+            }
+            let others = others
+                .into_iter()
+                .map(|(peer, conn, key)| {
+                    Ok(Member {
+                        peer,
+                        conn: ConnId(conn.parse().map_err(|_| BackplaneError::Invalid)?),
+                        key: unhex(&key)?,
+                    })
+                })
+                .collect::<Result<_, BackplaneError>>()?;
+            RoomReply::Joined {
+                peer,
+                others,
+                locked,
+            }
+        }
+        RoomWire::Refused { code } => RoomReply::Refused(match code.as_str() {
+            "room_full" => ErrorCode::RoomFull,
+            "passphrase_required" => ErrorCode::PassphraseRequired,
+            "wrong_passphrase" => ErrorCode::WrongPassphrase,
+            "removed" => ErrorCode::Removed,
+            _ => return Err(BackplaneError::Invalid),
+        }),
     })
 }
 

@@ -22,7 +22,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::backplane::{self, Event, NodeId, Partner, Remote, Request, Waiter};
+use crate::backplane::{self, Event, Member, NodeId, Partner, Remote, Request, Waiter};
 use crate::matchmaker::{MatchConfig, Matchmaker, Pairing};
 use crate::moderation::{ModConfig, Moderation, ReportOutcome};
 use crate::pow::{Pow, PowConfig, PowMode, PowSolution};
@@ -386,6 +386,9 @@ pub struct Switchboard {
     shared_waiting: HashMap<ConnId, Instant>,
     /// Backplane mode: interest waits ending, in time order.
     fallbacks: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// Backplane mode: room joins the store is still checking, with the
+    /// normalised room name.
+    joining: HashMap<ConnId, String>,
     matches_total: u64,
     errors_total: u64,
     errors_by_code: [u64; ErrorCode::ALL.len()],
@@ -433,6 +436,7 @@ impl Switchboard {
             remote_keys: HashMap::new(),
             shared_waiting: HashMap::new(),
             fallbacks: BinaryHeap::new(),
+            joining: HashMap::new(),
             matches_total: 0,
             errors_total: 0,
             errors_by_code: [0; ErrorCode::ALL.len()],
@@ -590,6 +594,9 @@ impl Switchboard {
                 Phase::Searching => self.reject(now, id, ErrorCode::AlreadySearching, None),
                 Phase::InCall { .. } => self.reject(now, id, ErrorCode::AlreadyInCall, None),
                 Phase::InRoom { .. } => self.reject(now, id, ErrorCode::AlreadyInRoom, None),
+                Phase::Idle if self.joining.contains_key(&id) => {
+                    self.reject(now, id, ErrorCode::AlreadyInRoom, None)
+                }
                 Phase::Idle => match protocol::normalize_interests(
                     &interests,
                     self.config.max_interests,
@@ -804,15 +811,23 @@ impl Switchboard {
         if let Err(wait) = self.strike(now, id, target_conn, reason) {
             return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
         }
-        if self.rooms.report(room, peer, target) {
+        // Backplane mode: only members on this node can be removed here
+        // (the strike above counts everywhere).
+        if self.rooms.report(room, peer, target) && !self.is_remote(target_conn) {
             tracing::debug!("a room removed a member");
             let key = self.key(target_conn);
             if let Some(c) = self.conns.get_mut(&target_conn) {
                 c.phase = Phase::Idle;
             }
-            for (_, other) in self.rooms.remove(room, target, key) {
-                self.send(other, ServerMsg::PeerLeft { peer: target });
+            let store_key = self.room_key(room);
+            if self.node.is_some() {
+                self.request(Request::RoomRemove {
+                    room: store_key.clone(),
+                    key,
+                });
             }
+            let others = self.rooms.remove(room, target, key);
+            self.announce_left(room, store_key, target, others, true);
             self.reject(now, target_conn, ErrorCode::Removed, None);
             self.send(target_conn, ServerMsg::Idle);
         }
@@ -827,6 +842,7 @@ impl Switchboard {
         verifier: Option<&Verifier>,
     ) {
         let busy = match phase {
+            Phase::Idle if self.joining.contains_key(&id) => Some(ErrorCode::AlreadyInRoom),
             Phase::Idle => None,
             Phase::Searching => Some(ErrorCode::AlreadySearching),
             Phase::InCall { .. } => Some(ErrorCode::AlreadyInCall),
@@ -844,6 +860,22 @@ impl Switchboard {
             && let Err(wait) = self.clients.room_creations.take(now, &key)
         {
             return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
+        }
+        if self.node.is_some() {
+            if verifier.is_some()
+                && let Err(wait) = self.rooms.attempt(now, key)
+            {
+                return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
+            }
+            self.request(Request::RoomJoin {
+                conn: id,
+                room: backplane::room_key(&name),
+                key,
+                verifier: verifier.cloned(),
+                max_size: self.rooms.max_size(),
+            });
+            self.joining.insert(id, name);
+            return;
         }
         match self.rooms.join(now, &name, id, key, verifier) {
             Ok(joined) => {
@@ -887,6 +919,15 @@ impl Switchboard {
             return self.reject(now, id, ErrorCode::UnknownPeer, None);
         };
         tracing::trace!(conn = %id, "relaying a room signal");
+        if self.is_remote(target) {
+            let room = self.room_key(room);
+            return self.publish(Remote::RoomSignal {
+                to: target,
+                room,
+                from: peer,
+                signal,
+            });
+        }
         signal.to = None;
         signal.from = Some(peer);
         self.send(target, ServerMsg::RoomSignal(signal));
@@ -898,8 +939,24 @@ impl Switchboard {
         };
         let locked = verifier.is_some();
         tracing::debug!(conn = %id, locked, "room lock changed");
+        if self.node.is_some() {
+            let key = self.room_key(room);
+            self.request(Request::RoomLock {
+                room: key,
+                verifier: verifier.clone(),
+            });
+        }
         for member in self.rooms.set_lock(room, verifier) {
-            self.send(member, ServerMsg::RoomLockState { locked });
+            if self.is_remote(member) {
+                let key = self.room_key(room);
+                self.publish(Remote::RoomLock {
+                    to: member,
+                    room: key,
+                    locked,
+                });
+            } else {
+                self.send(member, ServerMsg::RoomLockState { locked });
+            }
         }
     }
 
@@ -1178,11 +1235,13 @@ impl Switchboard {
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.phase = Phase::Idle;
                 }
-                for (_, other) in self.rooms.leave(room, peer) {
-                    self.send(other, ServerMsg::PeerLeft { peer });
-                }
+                let store_key = self.room_key(room);
+                let others = self.rooms.leave(room, peer);
+                self.announce_left(room, store_key, peer, others, true);
             }
-            Some(Phase::Idle) | None => {}
+            Some(Phase::Idle) | None => {
+                self.joining.remove(&id);
+            }
         }
     }
 
@@ -1203,6 +1262,19 @@ impl Switchboard {
             Phase::InCall { call, partner } => Some((call, partner)),
             _ => None,
         }
+    }
+
+    /// Backplane mode: the store's names of the rooms this node has members
+    /// in (the shell keeps them alive).
+    pub fn shared_rooms(&self) -> Vec<String> {
+        let mut rooms: Vec<String> = self
+            .rooms
+            .all_members()
+            .map(|(r, _, _)| self.room_key(r))
+            .collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        rooms
     }
 
     /// Every open connection.
@@ -1294,6 +1366,18 @@ impl Switchboard {
                 }
             }
             Event::Failed { conn } => self.close(now, conn, CloseReason::BackplaneLost),
+            Event::RoomJoined {
+                conn,
+                room,
+                peer,
+                others,
+                locked,
+            } => self.room_joined(now, conn, room, peer, others, locked),
+            Event::RoomRefused { conn, code } => {
+                if self.joining.remove(&conn).is_some() {
+                    self.reject(now, conn, code, None);
+                }
+            }
             Event::Remote(msg) => self.remote(now, msg),
             Event::NodeDown(node) => {
                 let gone: Vec<(ConnId, ConnId, CallId)> = self
@@ -1313,6 +1397,25 @@ impl Switchboard {
                 }
                 for (to, from, call) in gone {
                     self.remote_ended(now, to, from, call, EndReason::PartnerLeft);
+                }
+                let members: Vec<(RoomId, PeerId)> = self
+                    .rooms
+                    .all_members()
+                    .filter(|&(_, _, c)| self.is_remote(c) && backplane::node_of(c) == node)
+                    .map(|(r, p, _)| (r, p))
+                    .collect();
+                for (room, peer) in members {
+                    let store_key = self.room_key(room);
+                    if let Some(conn) = self.rooms.member(room, peer) {
+                        self.remote_keys.remove(&conn);
+                    }
+                    let others = self.rooms.leave(room, peer);
+                    // The store is told once, by whoever sees it first.
+                    self.request(Request::RoomLeave {
+                        room: store_key.clone(),
+                        peer,
+                    });
+                    self.announce_left(room, store_key, peer, others, false);
                 }
             }
         }
@@ -1439,6 +1542,57 @@ impl Switchboard {
                     self.enqueue(now, to);
                 }
             }
+            Remote::PeerJoined { room, member, .. } => {
+                if let Some((r, _)) = self.remote_room(to, &room)
+                    && self.is_remote(member.conn)
+                {
+                    let known = self.rooms.member(r, member.peer).is_some();
+                    let name = self.rooms.name(r).map(str::to_owned).unwrap_or_default();
+                    let locked = self.rooms.is_locked(r);
+                    self.rooms
+                        .mirror(now, &name, &[(member.peer, member.conn)], locked);
+                    self.remote_keys.insert(member.conn, member.key);
+                    if !known || self.rooms.member(r, member.peer) == Some(member.conn) {
+                        self.send(to, ServerMsg::PeerJoined { peer: member.peer });
+                    }
+                }
+            }
+            Remote::PeerLeft { room, peer, .. } => {
+                if let Some((r, _)) = self.remote_room(to, &room) {
+                    if let Some(conn) = self.rooms.member(r, peer)
+                        && self.is_remote(conn)
+                    {
+                        self.remote_keys.remove(&conn);
+                        self.rooms.leave(r, peer);
+                    }
+                    self.send(to, ServerMsg::PeerLeft { peer });
+                }
+            }
+            Remote::RoomSignal {
+                room,
+                from,
+                mut signal,
+                ..
+            } => {
+                if let Some((r, me)) = self.remote_room(to, &room)
+                    && signal.to == Some(me)
+                    && self
+                        .rooms
+                        .member(r, from)
+                        .is_some_and(|c| self.is_remote(c))
+                {
+                    signal.to = None;
+                    signal.from = Some(from);
+                    self.send(to, ServerMsg::RoomSignal(signal));
+                }
+            }
+            Remote::RoomLock { room, locked, .. } => {
+                if let Some((r, _)) = self.remote_room(to, &room) {
+                    let name = self.rooms.name(r).map(str::to_owned).unwrap_or_default();
+                    self.rooms.mirror(now, &name, &[], locked);
+                    self.send(to, ServerMsg::RoomLockState { locked });
+                }
+            }
         }
     }
 
@@ -1468,6 +1622,116 @@ impl Switchboard {
         tracing::debug!(call, reason = ?reason, "call with another node ended");
         self.send(to, ServerMsg::CallEnded { call, reason });
         self.search(now, to);
+    }
+
+    /// The store's name for a room (backplane mode; empty otherwise).
+    fn room_key(&self, room: RoomId) -> String {
+        match (self.node, self.rooms.name(room)) {
+            (Some(_), Some(name)) => backplane::room_key(name),
+            _ => String::new(),
+        }
+    }
+
+    /// `peer` is out of the room: tells `others` (here, or through their
+    /// node) and, if `store` (the member was this node's), the store. A
+    /// node's copy of a room goes once none of its members are left.
+    fn announce_left(
+        &mut self,
+        room: RoomId,
+        store_key: String,
+        peer: PeerId,
+        others: Vec<(PeerId, ConnId)>,
+        store: bool,
+    ) {
+        if self.node.is_some() && store {
+            self.request(Request::RoomLeave {
+                room: store_key.clone(),
+                peer,
+            });
+        }
+        let mut local = false;
+        for (_, other) in others {
+            if self.is_remote(other) {
+                if store {
+                    self.publish(Remote::PeerLeft {
+                        to: other,
+                        room: store_key.clone(),
+                        peer,
+                    });
+                }
+            } else {
+                local = true;
+                self.send(other, ServerMsg::PeerLeft { peer });
+            }
+        }
+        if self.node.is_some() && !local {
+            for (_, _, conn) in self
+                .rooms
+                .all_members()
+                .filter(|m| m.0 == room)
+                .collect::<Vec<_>>()
+            {
+                self.remote_keys.remove(&conn);
+            }
+            self.rooms.forget(room);
+        }
+    }
+
+    fn room_joined(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        store_key: String,
+        peer: PeerId,
+        others: Vec<Member>,
+        locked: bool,
+    ) {
+        let Some(name) = self.joining.remove(&conn) else {
+            // Gone or ended while the store let it in: take it out again.
+            return self.request(Request::RoomLeave {
+                room: store_key,
+                peer,
+            });
+        };
+        let key = self.key(conn);
+        let mut members: Vec<(PeerId, ConnId)> = others.iter().map(|m| (m.peer, m.conn)).collect();
+        members.push((peer, conn));
+        let room = self.rooms.mirror(now, &name, &members, locked);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.phase = Phase::InRoom { room, peer };
+        }
+        tracing::debug!(conn = %conn, peer, "joined a shared room");
+        let me = Member { peer, conn, key };
+        for m in &others {
+            if self.is_remote(m.conn) {
+                self.remote_keys.insert(m.conn, m.key);
+                self.publish(Remote::PeerJoined {
+                    to: m.conn,
+                    room: store_key.clone(),
+                    member: me.clone(),
+                });
+            } else {
+                self.send(m.conn, ServerMsg::PeerJoined { peer });
+            }
+        }
+        self.send(
+            conn,
+            ServerMsg::RoomJoined {
+                room: name,
+                peer,
+                peers: others.iter().map(|m| m.peer).collect(),
+                locked,
+                max_size: self.rooms.max_size(),
+            },
+        );
+    }
+
+    /// A room message from another node for `to`, if `to` is still in that room.
+    fn remote_room(&mut self, to: ConnId, store_key: &str) -> Option<(RoomId, PeerId)> {
+        match self.conns.get(&to)?.phase {
+            Phase::InRoom { room, peer } if self.room_key(room) == store_key => Some((room, peer)),
+            _ => None,
+        }
     }
 
     /// Checks the switchboard's invariants; `Err` describes the first broken one.

@@ -18,10 +18,12 @@
 //! | `{earshot}:apart:<conn>:<conn>` | two connections kept apart (skip, report) | the cooldown |
 //! | `{earshot}:block:<key>:<key>` | two clients kept apart (report) | key memory (48 h) |
 //! | `{earshot}:ban:<key>` | a banned client | the ban |
+//! | `{earshot}:room:<hash>` | a room: `m:<peer>` → node, connection and client key of each member, `next` peer id, `lock` verifier, `x:<key>` removed clients | 2 min, refreshed every 30 s by nodes with members |
 //! | `{earshot}:secret:<period>` | the client-key HMAC secret of a rotation period | 3 periods |
 //!
-//! Client keys are the HMACs of `identity` (hex); no address, room name, SDP
-//! or candidate is ever stored. Signalling for a connection on another node
+//! Client keys are the HMACs of `identity` (hex); a room is known by the
+//! SHA-256 of its name, and a lock by its verifier (the passphrase never
+//! reaches a server); no address, room name, SDP or candidate is ever stored. Signalling for a connection on another node
 //! is published on that node's channel `{earshot}:ch:<n>` and never stored.
 //!
 //! Pairing is one Lua script ([`PAIR`]): it refuses a banned joiner, scans
@@ -43,7 +45,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use earshot_core::backplane::{
-    self, Event, NodeId, PairReply, Request, decode_pair_reply, decode_remote,
+    self, Event, NodeId, PairReply, Request, RoomReply, decode_pair_reply, decode_remote,
+    decode_room_reply,
 };
 use earshot_core::{ClientKey, ConnId};
 use futures_util::StreamExt;
@@ -62,6 +65,7 @@ const PREFIX: &str = "{earshot}:";
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const NODE_TTL: Duration = Duration::from_secs(3);
 const WAITER_TTL: Duration = Duration::from_secs(120);
+const ROOM_TTL: Duration = Duration::from_secs(120);
 /// Waiter entries are refreshed every this many heartbeats.
 const WAITER_REFRESH_BEATS: u32 = 30;
 const SCAN_LIMIT: usize = 64;
@@ -137,6 +141,62 @@ redis.call('SET', P .. 'w:' .. me,
 return '{"r":"queued"}'
 "#;
 
+/// Joins a room. ARGV: room hash, conn, node, client key, verifier hex
+/// ("" if none), max size, TTL (ms). Members of dead nodes are dropped
+/// first. Answers the JSON `decode_room_reply` reads.
+pub const ROOM_JOIN: &str = r#"
+local P = '{earshot}:'
+local k = P .. 'room:' .. ARGV[1]
+local conn, node, key, ver = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if redis.call('HEXISTS', k, 'x:' .. key) == 1 then
+  return '{"r":"refused","code":"removed"}'
+end
+local flat = redis.call('HGETALL', k)
+local others = {}
+local alive = {}
+for i = 1, #flat, 2 do
+  local f, v = flat[i], flat[i + 1]
+  if string.sub(f, 1, 2) == 'm:' then
+    local n, c, mk = string.match(v, '^(%d+):(%d+):(%x+)$')
+    if n and alive[n] == nil then
+      alive[n] = redis.call('EXISTS', P .. 'node:' .. n) == 1
+    end
+    if n and alive[n] then
+      table.insert(others, '[' .. string.sub(f, 3) .. ',"' .. c .. '","' .. mk .. '"]')
+    else
+      redis.call('HDEL', k, f)
+    end
+  end
+end
+if #others >= tonumber(ARGV[6]) then
+  return '{"r":"refused","code":"room_full"}'
+end
+local lock = redis.call('HGET', k, 'lock')
+if lock then
+  if ver == '' then return '{"r":"refused","code":"passphrase_required"}' end
+  if ver ~= lock then return '{"r":"refused","code":"wrong_passphrase"}' end
+end
+local peer = redis.call('HINCRBY', k, 'next', 1)
+redis.call('HSET', k, 'm:' .. peer, node .. ':' .. conn .. ':' .. key)
+redis.call('PEXPIRE', k, ARGV[7])
+local locked = 'false'
+if lock then locked = 'true' end
+return '{"r":"joined","peer":' .. peer .. ',"locked":' .. locked .. ',"others":['
+  .. table.concat(others, ',') .. ']}'
+"#;
+
+/// Takes a member out of a room (ARGV: room hash, peer); the room goes with
+/// its last member, lock and removals included.
+const ROOM_LEAVE: &str = r#"
+local k = '{earshot}:room:' .. ARGV[1]
+redis.call('HDEL', k, 'm:' .. ARGV[2])
+for _, f in ipairs(redis.call('HKEYS', k)) do
+  if string.sub(f, 1, 2) == 'm:' then return 0 end
+end
+redis.call('DEL', k)
+return 1
+"#;
+
 /// Removes waiters of dead nodes (and of node ARGV[2] if given: this node's
 /// own leftovers after an outage) from the oldest ARGV[1] entries.
 const SWEEP: &str = r#"
@@ -181,6 +241,8 @@ pub struct Redis {
     pair: redis::Script,
     sweep: redis::Script,
     heartbeat: redis::Script,
+    room_join: redis::Script,
+    room_leave: redis::Script,
     subscribed: AtomicBool,
     /// The first subscription, made before serving so that nothing
     /// published to this node is missed.
@@ -220,6 +282,8 @@ impl Redis {
             pair: redis::Script::new(PAIR),
             sweep: redis::Script::new(SWEEP),
             heartbeat: redis::Script::new(HEARTBEAT_SCRIPT),
+            room_join: redis::Script::new(ROOM_JOIN),
+            room_leave: redis::Script::new(ROOM_LEAVE),
             subscribed: AtomicBool::new(false),
             first_subscription: std::sync::Mutex::new(None),
         };
@@ -386,6 +450,73 @@ impl Redis {
                     .await
             }
             Request::Ban { key: k, ttl } => conn.pset_ex(ban_key(&k), 1, millis(ttl)).await,
+            Request::RoomJoin {
+                conn: id,
+                room,
+                key: k,
+                verifier,
+                max_size,
+            } => {
+                let reply: redis::RedisResult<String> = self
+                    .room_join
+                    .arg(&room)
+                    .arg(id.0)
+                    .arg(self.node)
+                    .arg(backplane::hex(&k))
+                    .arg(
+                        verifier
+                            .as_ref()
+                            .map(backplane::verifier_hex)
+                            .unwrap_or_default(),
+                    )
+                    .arg(max_size)
+                    .arg(millis(ROOM_TTL))
+                    .invoke_async(&mut conn)
+                    .await;
+                let event = match reply.map(|r| decode_room_reply(&r)) {
+                    Ok(Ok(RoomReply::Joined {
+                        peer,
+                        others,
+                        locked,
+                    })) => Event::RoomJoined {
+                        conn: id,
+                        room,
+                        peer,
+                        others,
+                        locked,
+                    },
+                    Ok(Ok(RoomReply::Refused(code))) => Event::RoomRefused { conn: id, code },
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "unexpected reply from the room script");
+                        Event::Failed { conn: id }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Redis failed a room join");
+                        Event::Failed { conn: id }
+                    }
+                };
+                hub.backplane_event(event);
+                Ok(())
+            }
+            Request::RoomLeave { room, peer } => {
+                self.room_leave
+                    .arg(room)
+                    .arg(peer)
+                    .invoke_async(&mut conn)
+                    .await
+            }
+            Request::RoomLock { room, verifier } => {
+                let k = key(&format!("room:{room}"));
+                match verifier {
+                    Some(v) => conn.hset(k, "lock", backplane::verifier_hex(&v)).await,
+                    None => conn.hdel(k, "lock").await,
+                }
+            }
+            Request::RoomRemove { room, key: client } => {
+                let k = key(&format!("room:{room}"));
+                conn.hset(k, format!("x:{}", backplane::hex(&client)), 1)
+                    .await
+            }
             other => {
                 tracing::warn!(?other, "backplane request not supported");
                 Ok(())
@@ -554,6 +685,15 @@ impl Redis {
                 let mut pipe = redis::pipe();
                 for id in chunk {
                     pipe.pexpire(waiter_key(*id), millis(WAITER_TTL) as i64)
+                        .ignore();
+                }
+                let () = pipe.query_async(&mut conn).await?;
+            }
+            let rooms = hub.shared_rooms();
+            for chunk in rooms.chunks(512) {
+                let mut pipe = redis::pipe();
+                for room in chunk {
+                    pipe.pexpire(key(&format!("room:{room}")), millis(ROOM_TTL) as i64)
                         .ignore();
                 }
                 let () = pipe.query_async(&mut conn).await?;

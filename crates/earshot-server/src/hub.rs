@@ -211,6 +211,11 @@ impl Hub {
         self.lock().board.shared_waiters()
     }
 
+    /// The store's names of rooms with members here.
+    pub fn shared_rooms(&self) -> Vec<String> {
+        self.lock().board.shared_rooms()
+    }
+
     /// Marks the shared store reachable or not. On losing it, every
     /// connection is closed with 1012 ("backplane unavailable"): what the
     /// store held for them may be gone, and clients reconnect with backoff

@@ -402,3 +402,125 @@ async fn a_redis_restart_closes_connections_and_nodes_recover_clean() {
     assert!(redis.queue().is_empty(), "no stale waiter survived");
     drop((na, nb));
 }
+
+const ROOM: &str = "quiet-otters-juggle-softly";
+
+async fn join(ws: &mut Ws, verifier: Option<&str>) -> Value {
+    let mut msg = json!({"type": "room_join", "room": ROOM});
+    if let Some(v) = verifier {
+        msg["verifier"] = json!(v);
+    }
+    send(ws, msg).await;
+    recv(ws).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_spans_three_nodes_and_locks() {
+    let redis = RedisServer::start();
+    let (na, nb, nc) = (node(&redis), node(&redis), node(&redis));
+    let mut p1 = client("127.0.0.2", &na).await;
+    let mut p2 = client("127.0.0.3", &nb).await;
+    let mut p3 = client("127.0.0.4", &nc).await;
+    let j1 = join(&mut p1, None).await;
+    assert_eq!(
+        (j1["type"].as_str(), j1["peer"].as_u64()),
+        (Some("room_joined"), Some(1)),
+        "{j1}"
+    );
+    assert_eq!(j1["room"], ROOM);
+    let j2 = join(&mut p2, None).await;
+    assert_eq!(j2["peers"], json!([1]), "{j2}");
+    assert_eq!(recv_type(&mut p1, "peer_joined").await["peer"], 2);
+    let j3 = join(&mut p3, None).await;
+    assert_eq!(j3["peers"], json!([1, 2]), "{j3}");
+    for ws in [&mut p1, &mut p2] {
+        assert_eq!(recv_type(ws, "peer_joined").await["peer"], 3);
+    }
+    // No room name in Redis, only its hash.
+    assert!(redis.keys().iter().all(|k| !k.contains(ROOM)));
+
+    // Signals go to the addressed member on whichever node, with `from`.
+    send(
+        &mut p3,
+        json!({"type": "signal", "to": 1, "auth": "tag",
+        "description": {"type": "offer", "sdp": "v=0 from 3"}}),
+    )
+    .await;
+    let got = recv_type(&mut p1, "signal").await;
+    assert_eq!(
+        (got["from"].as_u64(), got["auth"].as_str()),
+        (Some(3), Some("tag")),
+        "{got}"
+    );
+    assert_eq!(got["description"]["sdp"], "v=0 from 3");
+    send(
+        &mut p1,
+        json!({"type": "signal", "to": 2,
+        "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host"}}),
+    )
+    .await;
+    assert_eq!(recv_type(&mut p2, "signal").await["from"], 1);
+    send(
+        &mut p2,
+        json!({"type": "signal", "to": 9,
+        "description": {"type": "offer", "sdp": "x"}}),
+    )
+    .await;
+    assert_eq!(recv_type(&mut p2, "error").await["code"], "unknown_peer");
+
+    // Locked on node A: everyone hears it; a newcomer on node B needs the
+    // passphrase's verifier.
+    let right = "A".repeat(43);
+    let wrong = format!("{}E", "A".repeat(42));
+    send(&mut p1, json!({"type": "room_lock", "verifier": right})).await;
+    for ws in [&mut p1, &mut p2, &mut p3] {
+        assert_eq!(recv_type(ws, "room_lock_state").await["locked"], true);
+    }
+    let mut p4 = client("127.0.0.5", &nb).await;
+    assert_eq!(join(&mut p4, None).await["code"], "passphrase_required");
+    assert_eq!(
+        join(&mut p4, Some(&wrong)).await["code"],
+        "wrong_passphrase"
+    );
+    let j4 = join(&mut p4, Some(&right)).await;
+    assert_eq!(
+        (j4["peer"].as_u64(), j4["locked"].as_bool()),
+        (Some(4), Some(true)),
+        "{j4}"
+    );
+    assert_eq!(j4["peers"], json!([1, 2, 3]));
+    for ws in [&mut p1, &mut p2, &mut p3] {
+        assert_eq!(recv_type(ws, "peer_joined").await["peer"], 4);
+    }
+
+    // Leaving on node B is heard on A and C.
+    send(&mut p2, json!({"type": "end"})).await;
+    recv_type(&mut p2, "idle").await;
+    for ws in [&mut p1, &mut p3, &mut p4] {
+        assert_eq!(recv_type(ws, "peer_left").await["peer"], 2);
+    }
+    // Node C dies: its member leaves everyone else's room.
+    drop(nc);
+    for ws in [&mut p1, &mut p4] {
+        assert_eq!(recv_type(ws, "peer_left").await["peer"], 3);
+    }
+    // The last ones out take the room, lock and all, with them.
+    for ws in [&mut p1, &mut p4] {
+        send(ws, json!({"type": "end"})).await;
+        recv_type(ws, "idle").await;
+    }
+    eventually("the room is gone from Redis", || {
+        !redis
+            .keys()
+            .iter()
+            .any(|k| k.starts_with("{earshot}:room:"))
+    });
+    // A new room of that name starts unlocked.
+    let j = join(&mut p2, None).await;
+    assert_eq!(
+        (j["peer"].as_u64(), j["locked"].as_bool()),
+        (Some(1), Some(false)),
+        "{j}"
+    );
+    drop((na, nb, p3));
+}
