@@ -219,16 +219,12 @@ pub fn room_key(name: &str) -> String {
         .chain_update(b"earshot room\0")
         .chain_update(name.as_bytes())
         .finalize();
-    let (a, b) = digest.split_at(16);
-    let half = |h: &[u8]| hex(&ClientKey(h.try_into().expect("16 bytes")));
-    half(a) + &half(b)
+    hex_bytes(&digest)
 }
 
 /// A verifier as the store keeps it: 64 hex digits.
 pub fn verifier_hex(v: &Verifier) -> String {
-    let (a, b) = v.0.split_at(16);
-    let half = |h: &[u8]| hex(&ClientKey(h.try_into().expect("16 bytes")));
-    half(a) + &half(b)
+    hex_bytes(&v.0)
 }
 
 impl Remote {
@@ -511,7 +507,8 @@ pub fn decode_room_reply(text: &str) -> Result<RoomReply, BackplaneError> {
             if others.len() > 64 {
                 return Err(BackplaneError::Invalid);
             }
-            let others = others
+            // Peer ids grow with each join: their order is joining order.
+            let mut others: Vec<Member> = others
                 .into_iter()
                 .map(|(peer, conn, key)| {
                     Ok(Member {
@@ -521,6 +518,7 @@ pub fn decode_room_reply(text: &str) -> Result<RoomReply, BackplaneError> {
                     })
                 })
                 .collect::<Result<_, BackplaneError>>()?;
+            others.sort_unstable_by_key(|m| m.peer);
             RoomReply::Joined {
                 peer,
                 others,
@@ -588,11 +586,18 @@ pub fn decode_pair_reply(text: &str) -> Result<PairReply, BackplaneError> {
 
 /// A client key as 32 lower-case hex digits, as the store keys it.
 pub fn hex(key: &ClientKey) -> String {
+    hex_bytes(&key.0)
+}
+
+/// Lower-case hex digits, two per byte.
+pub fn hex_bytes(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    key.0.iter().fold(String::with_capacity(32), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn unhex(text: &str) -> Result<ClientKey, BackplaneError> {

@@ -102,6 +102,30 @@ impl Rooms {
         self.rooms.is_empty()
     }
 
+    /// The room called `name`, created empty if there is none.
+    fn open(&mut self, now: Instant, name: &str) -> RoomId {
+        if let Some(&id) = self.by_name.get(name) {
+            return id;
+        }
+        let id = RoomId(self.next_id);
+        self.next_id += 1;
+        let (burst, interval) = self.config.room_attempts;
+        self.rooms.insert(
+            id,
+            Room {
+                name: name.to_string(),
+                members: Vec::new(),
+                next_peer: 1,
+                verifier: None,
+                attempts: TokenBucket::every(now, interval, burst),
+                reports: HashMap::new(),
+                removed: Vec::new(),
+            },
+        );
+        self.by_name.insert(name.to_string(), id);
+        id
+    }
+
     /// Adds `conn` to the room called `name` (already normalised), creating it.
     ///
     /// Errors: `RoomFull`, `PassphraseRequired`, `RateLimited` (with the
@@ -114,28 +138,7 @@ impl Rooms {
         key: ClientKey,
         verifier: Option<&Verifier>,
     ) -> Result<Joined, (ErrorCode, Option<Duration>)> {
-        let id = match self.by_name.get(name) {
-            Some(&id) => id,
-            None => {
-                let id = RoomId(self.next_id);
-                self.next_id += 1;
-                let (burst, interval) = self.config.room_attempts;
-                self.rooms.insert(
-                    id,
-                    Room {
-                        name: name.to_string(),
-                        members: Vec::new(),
-                        next_peer: 1,
-                        verifier: None,
-                        attempts: TokenBucket::every(now, interval, burst),
-                        reports: HashMap::new(),
-                        removed: Vec::new(),
-                    },
-                );
-                self.by_name.insert(name.to_string(), id);
-                id
-            }
-        };
+        let id = self.open(now, name);
         let room = self.rooms.get_mut(&id).expect("by_name points at rooms");
         if room.removed.contains(&key) {
             return Err((ErrorCode::Removed, None));
@@ -248,28 +251,7 @@ impl Rooms {
         members: &[(PeerId, ConnId)],
         locked: bool,
     ) -> RoomId {
-        let id = match self.by_name.get(name) {
-            Some(&id) => id,
-            None => {
-                let id = RoomId(self.next_id);
-                self.next_id += 1;
-                let (burst, interval) = self.config.room_attempts;
-                self.rooms.insert(
-                    id,
-                    Room {
-                        name: name.to_string(),
-                        members: Vec::new(),
-                        next_peer: 1,
-                        verifier: None,
-                        attempts: TokenBucket::every(now, interval, burst),
-                        reports: HashMap::new(),
-                        removed: Vec::new(),
-                    },
-                );
-                self.by_name.insert(name.to_string(), id);
-                id
-            }
-        };
+        let id = self.open(now, name);
         let room = self.rooms.get_mut(&id).expect("by_name points at rooms");
         for &(peer, conn) in members {
             if !room.members.iter().any(|&(p, _)| p == peer) {

@@ -11,15 +11,20 @@
 //!
 //! | key | what | TTL |
 //! |-----|------|-----|
-//! | `{earshot}:node:<n>` | node `n` is alive (a random token) | 3 s, refreshed every 1 s |
+//! | `{earshot}:node:<n>` | node `n` is alive: its current token | 3 s, refreshed every 1 s |
 //! | `{earshot}:queue` | sorted set of waiting connection ids, by arrival | 1 day, refreshed by every sweep |
-//! | `{earshot}:w:<conn>` | one waiter: node, client key, interest tags, when it will take anyone, country | 2 min, refreshed every 30 s |
+//! | `{earshot}:w:<conn>` | one waiter: node and its token, client key, interest tags, when it will take anyone, country | 2 min, refreshed every 30 s |
 //! | `{earshot}:seq` | arrival counter for the queue | 1 day |
 //! | `{earshot}:apart:<conn>:<conn>` | two connections kept apart (skip, report) | the cooldown |
 //! | `{earshot}:block:<key>:<key>` | two clients kept apart (report) | key memory (48 h) |
 //! | `{earshot}:ban:<key>` | a banned client | the ban |
-//! | `{earshot}:room:<hash>` | a room: `m:<peer>` → node, connection and client key of each member, `next` peer id, `lock` verifier, `x:<key>` removed clients | 2 min, refreshed every 30 s by nodes with members |
+//! | `{earshot}:room:<hash>` | a room: `m:<peer>` → node, token, connection and client key of each member, `next` peer id, `lock` verifier, `x:<key>` removed clients | 2 min, refreshed every 30 s by nodes with members |
 //! | `{earshot}:secret:<period>` | the client-key HMAC secret of a rotation period | 3 periods |
+//!
+//! An entry counts only while its node's heartbeat holds the token it was
+//! written under: a dead node's entries vanish with its heartbeat, and a
+//! node back from an outage takes a new token, so whatever it left behind
+//! (leaves and dequeues that failed while Redis was away) is dead at once.
 //!
 //! Client keys are the HMACs of `identity` (hex); a room is known by the
 //! SHA-256 of its name, and a lock by its verifier (the passphrase never
@@ -39,6 +44,7 @@
 //! are refused the same way until Redis answers again; then the node
 //! restores the shared secret, purges its own stale waiters and serves.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -73,7 +79,8 @@ const SWEEP_LIMIT: usize = 256;
 
 /// Pairs a joiner with a waiter, or queues it. ARGV: conn, node, client key,
 /// tags (JSON array), open (0/1), interest wait (ms), country ("" if none),
-/// scan limit, entry TTL (ms). Answers the JSON `decode_pair_reply` reads.
+/// scan limit, entry TTL (ms), node token. Answers the JSON
+/// `decode_pair_reply` reads.
 pub const PAIR: &str = r#"
 local P = '{earshot}:'
 local me, node, key = ARGV[1], ARGV[2], ARGV[3]
@@ -98,14 +105,11 @@ local function keypair(a, b)
   if a < b then return a .. ':' .. b end
   return b .. ':' .. a
 end
-local alive = {}
 for _, c in ipairs(redis.call('ZRANGE', q, 0, tonumber(ARGV[8]) - 1)) do
   local raw = redis.call('GET', P .. 'w:' .. c)
   local e = raw and cjson.decode(raw)
-  if e and alive[e.n] == nil then
-    alive[e.n] = redis.call('EXISTS', P .. 'node:' .. e.n) == 1
-  end
-  if not e or not alive[e.n] then
+  local live = e and e.v and redis.call('GET', P .. 'node:' .. e.n) == e.v
+  if not live then
     redis.call('ZREM', q, c)
     redis.call('DEL', P .. 'w:' .. c)
   elseif redis.call('EXISTS', P .. 'ban:' .. e.k) == 0
@@ -137,12 +141,13 @@ redis.call('PEXPIRE', q, 86400000)
 local open_at = now
 if #tags > 0 and not open then open_at = now + tonumber(ARGV[6]) end
 redis.call('SET', P .. 'w:' .. me,
-  cjson.encode({n = node, k = key, t = tags, o = open_at, c = ARGV[7]}), 'PX', ARGV[9])
+  cjson.encode({n = node, v = ARGV[10], k = key, t = tags, o = open_at, c = ARGV[7]}),
+  'PX', ARGV[9])
 return '{"r":"queued"}'
 "#;
 
 /// Joins a room. ARGV: room hash, conn, node, client key, verifier hex
-/// ("" if none), max size, TTL (ms). Members of dead nodes are dropped
+/// ("" if none), max size, TTL (ms), node token. Members of dead nodes are dropped
 /// first. Answers the JSON `decode_room_reply` reads.
 pub const ROOM_JOIN: &str = r#"
 local P = '{earshot}:'
@@ -157,11 +162,12 @@ local alive = {}
 for i = 1, #flat, 2 do
   local f, v = flat[i], flat[i + 1]
   if string.sub(f, 1, 2) == 'm:' then
-    local n, c, mk = string.match(v, '^(%d+):(%d+):(%x+)$')
-    if n and alive[n] == nil then
-      alive[n] = redis.call('EXISTS', P .. 'node:' .. n) == 1
+    local n, t, c, mk = string.match(v, '^(%d+):(%x+):(%d+):(%x+)$')
+    local nt = n and (n .. ':' .. t)
+    if nt and alive[nt] == nil then
+      alive[nt] = redis.call('GET', P .. 'node:' .. n) == t
     end
-    if n and alive[n] then
+    if nt and alive[nt] then
       table.insert(others, '[' .. string.sub(f, 3) .. ',"' .. c .. '","' .. mk .. '"]')
     else
       redis.call('HDEL', k, f)
@@ -177,7 +183,7 @@ if lock then
   if ver ~= lock then return '{"r":"refused","code":"wrong_passphrase"}' end
 end
 local peer = redis.call('HINCRBY', k, 'next', 1)
-redis.call('HSET', k, 'm:' .. peer, node .. ':' .. conn .. ':' .. key)
+redis.call('HSET', k, 'm:' .. peer, node .. ':' .. ARGV[8] .. ':' .. conn .. ':' .. key)
 redis.call('PEXPIRE', k, ARGV[7])
 local locked = 'false'
 if lock then locked = 'true' end
@@ -197,20 +203,16 @@ redis.call('DEL', k)
 return 1
 "#;
 
-/// Removes waiters of dead nodes (and of node ARGV[2] if given: this node's
-/// own leftovers after an outage) from the oldest ARGV[1] entries.
+/// Removes waiters of dead nodes, or written under a node's old token, from
+/// the oldest ARGV[1] entries.
 const SWEEP: &str = r#"
 local P = '{earshot}:'
 local q = P .. 'queue'
-local alive = {}
 local removed = 0
 for _, c in ipairs(redis.call('ZRANGE', q, 0, tonumber(ARGV[1]) - 1)) do
   local raw = redis.call('GET', P .. 'w:' .. c)
   local e = raw and cjson.decode(raw)
-  if e and alive[e.n] == nil then
-    alive[e.n] = e.n ~= ARGV[2] and redis.call('EXISTS', P .. 'node:' .. e.n) == 1
-  end
-  if not e or not alive[e.n] then
+  if not (e and e.v and redis.call('GET', P .. 'node:' .. e.n) == e.v) then
     redis.call('ZREM', q, c)
     redis.call('DEL', P .. 'w:' .. c)
     removed = removed + 1
@@ -220,13 +222,13 @@ if redis.call('EXISTS', q) == 1 then redis.call('PEXPIRE', q, 86400000) end
 return removed
 "#;
 
-/// Refreshes this node's heartbeat. ARGV: node, token, TTL (ms). Answers
-/// 1 (refreshed), 2 (was missing: new, or Redis lost it) or 0 (another node
-/// holds the number).
+/// Refreshes this node's heartbeat. ARGV: node, token, TTL (ms), the
+/// token it replaces. Answers 1 (refreshed), 2 (was missing: new, or Redis
+/// lost it) or 0 (another node holds the number).
 const HEARTBEAT_SCRIPT: &str = r#"
 local k = '{earshot}:node:' .. ARGV[1]
 local v = redis.call('GET', k)
-if v and v ~= ARGV[2] then return 0 end
+if v and v ~= ARGV[2] and v ~= ARGV[4] then return 0 end
 redis.call('SET', k, ARGV[2], 'PX', ARGV[3])
 if v then return 1 end
 return 2
@@ -237,7 +239,8 @@ pub struct Redis {
     client: redis::Client,
     conn: ConnectionManager,
     node: NodeId,
-    token: String,
+    /// This node's token in its heartbeat key; a new one after an outage.
+    token: std::sync::Mutex<String>,
     pair: redis::Script,
     sweep: redis::Script,
     heartbeat: redis::Script,
@@ -278,7 +281,7 @@ impl Redis {
             client,
             conn,
             node: 0,
-            token: format!("{:016x}", crate::identity::random_u64()),
+            token: std::sync::Mutex::new(new_token()),
             pair: redis::Script::new(PAIR),
             sweep: redis::Script::new(SWEEP),
             heartbeat: redis::Script::new(HEARTBEAT_SCRIPT),
@@ -314,11 +317,20 @@ impl Redis {
         Ok(p)
     }
 
+    fn token(&self) -> String {
+        self.token.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     async fn beat(&self) -> redis::RedisResult<i64> {
+        self.beat_replacing(&self.token()).await
+    }
+
+    async fn beat_replacing(&self, old: &str) -> redis::RedisResult<i64> {
         self.heartbeat
             .arg(self.node)
-            .arg(&self.token)
+            .arg(self.token())
             .arg(millis(NODE_TTL))
+            .arg(old)
             .invoke_async(&mut self.conn.clone())
             .await
     }
@@ -408,6 +420,7 @@ impl Redis {
                     .arg(w.country.as_ref().map_or("", |c| c.as_str()))
                     .arg(SCAN_LIMIT)
                     .arg(millis(WAITER_TTL))
+                    .arg(self.token())
                     .invoke_async(&mut conn)
                     .await;
                 let event = match reply.map(|r| decode_pair_reply(&r)) {
@@ -471,6 +484,7 @@ impl Redis {
                     )
                     .arg(max_size)
                     .arg(millis(ROOM_TTL))
+                    .arg(self.token())
                     .invoke_async(&mut conn)
                     .await;
                 let event = match reply.map(|r| decode_room_reply(&r)) {
@@ -585,6 +599,7 @@ impl Redis {
         let mut tick = tokio::time::interval(HEARTBEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beats = 0u32;
+        let mut tokens = HashMap::new();
         let mut period = period(rotation);
         // Whether Redis may have lost what this node put there.
         let mut lost = false;
@@ -625,7 +640,7 @@ impl Redis {
                 continue;
             }
             hub.set_available(true);
-            if let Err(e) = self.watch(&hub, beats).await {
+            if let Err(e) = self.watch(&hub, beats, &mut tokens).await {
                 tracing::debug!(error = %e, "heartbeat chores failed");
             }
             let now = self::period(rotation);
@@ -639,46 +654,61 @@ impl Redis {
         }
     }
 
-    /// Back from an outage: restore the shared secret (ours, if Redis lost
-    /// it), drop this node's leftover waiters, serve again.
+    /// Back from an outage: a new token (what this node left in Redis is
+    /// dead), the shared secret restored (ours, if Redis lost it), serve.
     async fn recover(&self, hub: &Hub, keyer: &Keyer, rotation: Duration) -> anyhow::Result<()> {
         if !self.subscribed.load(Ordering::Relaxed) {
             anyhow::bail!("not subscribed yet");
         }
+        let old = std::mem::replace(
+            &mut *self.token.lock().unwrap_or_else(|e| e.into_inner()),
+            new_token(),
+        );
+        if self.beat_replacing(&old).await? == 0 {
+            anyhow::bail!("another node holds this node's number");
+        }
         self.sync_secret(keyer, rotation, keyer.secret()).await?;
-        let _: i64 = self
-            .sweep
-            .arg(SWEEP_LIMIT)
-            .arg(self.node)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
         tracing::info!("Redis is back");
         hub.set_available(true);
         Ok(())
     }
 
-    /// Ends calls with dead nodes, sweeps their waiters, keeps ours alive.
-    async fn watch(&self, hub: &Hub, beats: u32) -> redis::RedisResult<()> {
+    /// Ends calls and room memberships with nodes that died, or came back
+    /// from an outage under a new token (they closed every connection then,
+    /// and could not tell anyone); sweeps dead waiters; keeps ours alive.
+    /// `tokens`: the token last seen for each watched node.
+    async fn watch(
+        &self,
+        hub: &Hub,
+        beats: u32,
+        tokens: &mut HashMap<NodeId, String>,
+    ) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
         let nodes = hub.remote_nodes();
+        tokens.retain(|n, _| nodes.contains(n));
         if !nodes.is_empty() {
             let mut pipe = redis::pipe();
             for &n in &nodes {
-                pipe.exists(key(&format!("node:{n}")));
+                pipe.get(key(&format!("node:{n}")));
             }
-            let alive: Vec<bool> = pipe.query_async(&mut conn).await?;
-            for (&n, alive) in nodes.iter().zip(alive) {
-                if !alive {
+            let now: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+            for (&n, token) in nodes.iter().zip(now) {
+                let same = match (&token, tokens.get(&n)) {
+                    (Some(t), Some(seen)) => t == seen,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                if same {
+                    if let Some(t) = token {
+                        tokens.insert(n, t);
+                    }
+                } else {
+                    tokens.remove(&n);
                     hub.backplane_event(Event::NodeDown(n));
                 }
             }
         }
-        let _: i64 = self
-            .sweep
-            .arg(SWEEP_LIMIT)
-            .arg("")
-            .invoke_async(&mut conn)
-            .await?;
+        let _: i64 = self.sweep.arg(SWEEP_LIMIT).invoke_async(&mut conn).await?;
         if beats.is_multiple_of(WAITER_REFRESH_BEATS) {
             let waiters = hub.shared_waiters();
             for chunk in waiters.chunks(512) {
@@ -701,6 +731,10 @@ impl Redis {
         }
         Ok(())
     }
+}
+
+fn new_token() -> String {
+    format!("{:016x}", crate::identity::random_u64())
 }
 
 fn waiter_key(id: ConnId) -> String {
@@ -728,13 +762,7 @@ fn random_secret() -> [u8; 32] {
 }
 
 fn hex32(b: &[u8; 32]) -> String {
-    let (a, c) = b.split_at(16);
-    let half = |h: &[u8]| {
-        let mut k = [0u8; 16];
-        k.copy_from_slice(h);
-        backplane::hex(&ClientKey(k))
-    };
-    half(a) + &half(c)
+    backplane::hex_bytes(b)
 }
 
 fn unhex32(text: &str) -> Option<[u8; 32]> {

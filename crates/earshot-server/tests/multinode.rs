@@ -3,7 +3,8 @@
 //! offer, answer and candidates relayed; a ban made on one node holds on
 //! another; a node killed with SIGKILL ends its calls on the other nodes and
 //! leaves no waiter behind; a Redis restart closes connections with 1012
-//! ("backplane unavailable") and the nodes serve again once it is back.
+//! ("backplane unavailable") and the nodes serve again once it is back, and
+//! a short outage (Redis frozen) leaves no ghost waiter or room member.
 //!
 //! Each test starts its own `redis-server` (`--save "" --appendonly no`, so
 //! it writes nothing) and its own nodes. Clients connect from distinct
@@ -180,6 +181,21 @@ async fn client(source: &str, server: &Server) -> Ws {
     send(&mut ws, json!({"type": "hello", "version": 1})).await;
     recv_type(&mut ws, "welcome").await;
     ws
+}
+
+/// A greeted client, once `server` serves again: until then it closes new
+/// connections with 1012 (bounded by `WAIT`).
+async fn client_when_ready(source: &str, server: &Server) -> Ws {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut ws = ws_from(source, server).await;
+        send(&mut ws, json!({"type": "hello", "version": 1})).await;
+        if recv(&mut ws).await["type"] == "welcome" {
+            return ws;
+        }
+        assert!(Instant::now() < deadline, "the node never served again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn search(ws: &mut Ws) {
@@ -377,27 +393,8 @@ async fn a_redis_restart_closes_connections_and_nodes_recover_clean() {
 
     redis = RedisServer::start_on(port);
     // Back with empty state: both nodes serve again and match across.
-    let mut a = None;
-    let deadline = Instant::now() + WAIT;
-    while a.is_none() {
-        assert!(Instant::now() < deadline, "node A never served again");
-        let mut ws = ws_from("127.0.0.2", &na).await;
-        send(&mut ws, json!({"type": "hello", "version": 1})).await;
-        match recv(&mut ws).await["type"].as_str() {
-            Some("welcome") => a = Some(ws),
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    let mut a = a.unwrap();
-    let mut b = loop {
-        let mut ws = ws_from("127.0.0.3", &nb).await;
-        send(&mut ws, json!({"type": "hello", "version": 1})).await;
-        if recv(&mut ws).await["type"] == "welcome" {
-            break ws;
-        }
-        assert!(Instant::now() < deadline, "node B never served again");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let mut a = client_when_ready("127.0.0.2", &na).await;
+    let mut b = client_when_ready("127.0.0.3", &nb).await;
     match_pair(&redis, &mut a, &mut b).await;
     assert!(redis.queue().is_empty(), "no stale waiter survived");
     drop((na, nb));
@@ -505,10 +502,11 @@ async fn a_room_spans_three_nodes_and_locks() {
         assert_eq!(recv_type(ws, "peer_left").await["peer"], 3);
     }
     // The last ones out take the room, lock and all, with them.
-    for ws in [&mut p1, &mut p4] {
-        send(ws, json!({"type": "end"})).await;
-        recv_type(ws, "idle").await;
-    }
+    send(&mut p1, json!({"type": "end"})).await;
+    recv_type(&mut p1, "idle").await;
+    assert_eq!(recv_type(&mut p4, "peer_left").await["peer"], 1);
+    send(&mut p4, json!({"type": "end"})).await;
+    recv_type(&mut p4, "idle").await;
     eventually("the room is gone from Redis", || {
         !redis
             .keys()
@@ -523,4 +521,53 @@ async fn a_room_spans_three_nodes_and_locks() {
         "{j}"
     );
     drop((na, nb, p3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_redis_outage_leaves_no_ghosts() {
+    let redis = RedisServer::start();
+    let (na, nb) = (node(&redis), node(&redis));
+    let mut a = client("127.0.0.2", &na).await;
+    let mut b = client("127.0.0.3", &nb).await;
+    match_pair(&redis, &mut a, &mut b).await;
+    let mut waiting = client("127.0.0.4", &na).await;
+    search(&mut waiting).await;
+    let mut member = client("127.0.0.6", &na).await;
+    assert_eq!(join(&mut member, None).await["type"], "room_joined");
+    eventually("the waiter is in Redis", || redis.queue().len() == 1);
+
+    // Redis stops answering for a while (frozen, state kept): the nodes'
+    // leaves and dequeues fail meanwhile.
+    let pid = redis.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    for ws in [&mut a, &mut b, &mut waiting, &mut member] {
+        let close = recv_type(ws, "close").await;
+        assert_eq!(close["reason"], "backplane unavailable", "{close}");
+    }
+    signal("-CONT");
+
+    // Back: what node A left behind counts for nothing. A newcomer waits
+    // alone rather than meeting a ghost, and finds an empty room.
+    let mut x = client_when_ready("127.0.0.5", &nb).await;
+    search(&mut x).await;
+    let mut y = client_when_ready("127.0.0.7", &na).await;
+    let j = join(&mut y, None).await;
+    assert_eq!(
+        (j["peer"].as_u64().is_some(), &j["peers"]),
+        (true, &json!([])),
+        "{j}"
+    );
+    eventually("only the newcomer waits", || {
+        redis.queue().len() == 1 && redis.stale_waiters() == 0
+    });
+    // And the two find each other once y searches instead.
+    send(&mut y, json!({"type": "end"})).await;
+    recv_type(&mut y, "idle").await;
+    search(&mut y).await;
+    recv_type(&mut y, "matched").await;
+    recv_type(&mut x, "matched").await;
 }
