@@ -14,11 +14,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use support::redis::RedisServer;
 use support::server::Server;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -29,95 +30,6 @@ type Ws = WebSocketStream<TcpStream>;
 /// How long any one expected message may take: generous, since this only
 /// bounds a failing test (node death is noticed within about 4 s).
 const WAIT: Duration = Duration::from_secs(15);
-
-/// A `redis-server` on a loopback port, killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-    _dir: support::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        RedisServer::start_on(support::free_port().unwrap())
-    }
-
-    fn start_on(port: u16) -> RedisServer {
-        let dir = support::TempDir::new("earshot-redis").unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test installs it)");
-        let server = RedisServer {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + WAIT;
-        while server.conn().is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn conn(&self) -> redis::RedisResult<redis::Connection> {
-        let mut c = redis::Client::open(self.url())?.get_connection()?;
-        redis::cmd("PING").query::<String>(&mut c)?;
-        Ok(c)
-    }
-
-    /// The waiting connection ids, oldest first.
-    fn queue(&self) -> Vec<String> {
-        redis::cmd("ZRANGE")
-            .arg("{earshot}:queue")
-            .arg(0)
-            .arg(-1)
-            .query(&mut self.conn().unwrap())
-            .unwrap()
-    }
-
-    /// Queue entries whose node is dead (its heartbeat key is gone).
-    fn stale_waiters(&self) -> usize {
-        let mut c = self.conn().unwrap();
-        self.queue()
-            .iter()
-            .filter(|id| {
-                let node = id.parse::<u64>().unwrap() >> 48;
-                let alive: bool = redis::cmd("EXISTS")
-                    .arg(format!("{{earshot}}:node:{node}"))
-                    .query(&mut c)
-                    .unwrap();
-                !alive
-            })
-            .count()
-    }
-
-    /// Every key, to check what is left behind.
-    fn keys(&self) -> Vec<String> {
-        redis::cmd("KEYS")
-            .arg("*")
-            .query(&mut self.conn().unwrap())
-            .unwrap()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn node(redis: &RedisServer) -> Server {
     Server::start(
@@ -538,7 +450,7 @@ async fn a_short_redis_outage_leaves_no_ghosts() {
 
     // Redis stops answering for a while (frozen, state kept): the nodes'
     // leaves and dequeues fail meanwhile.
-    let pid = redis.child.id().to_string();
+    let pid = redis.pid().to_string();
     let signal = |sig: &str| {
         let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
         assert!(ok.success());
