@@ -95,6 +95,8 @@ pub enum Request {
         key: ClientKey,
         verifier: Option<Verifier>,
         max_size: usize,
+        /// Passphrase attempts on one room: a burst, then one per interval.
+        attempts: (u32, Duration),
     },
     /// `peer` left the room.
     RoomLeave { room: String, peer: PeerId },
@@ -129,8 +131,12 @@ pub enum Event {
         others: Vec<Member>,
         locked: bool,
     },
-    /// The store refused `conn`'s room join.
-    RoomRefused { conn: ConnId, code: ErrorCode },
+    /// The store refused `conn`'s room join (`retry` with `rate_limited`).
+    RoomRefused {
+        conn: ConnId,
+        code: ErrorCode,
+        retry: Option<Duration>,
+    },
     /// Another node published this to one of ours.
     Remote(Remote),
     /// This node's heartbeat is gone: everything remote it knew is void.
@@ -476,7 +482,7 @@ pub enum RoomReply {
         others: Vec<Member>,
         locked: bool,
     },
-    Refused(ErrorCode),
+    Refused(ErrorCode, Option<Duration>),
 }
 
 #[derive(Deserialize)]
@@ -489,6 +495,8 @@ enum RoomWire {
     },
     Refused {
         code: String,
+        #[serde(default)]
+        ms: Option<u64>,
     },
 }
 
@@ -525,13 +533,22 @@ pub fn decode_room_reply(text: &str) -> Result<RoomReply, BackplaneError> {
                 locked,
             }
         }
-        RoomWire::Refused { code } => RoomReply::Refused(match code.as_str() {
-            "room_full" => ErrorCode::RoomFull,
-            "passphrase_required" => ErrorCode::PassphraseRequired,
-            "wrong_passphrase" => ErrorCode::WrongPassphrase,
-            "removed" => ErrorCode::Removed,
-            _ => return Err(BackplaneError::Invalid),
-        }),
+        RoomWire::Refused { code, ms } => {
+            let code = match code.as_str() {
+                "room_full" => ErrorCode::RoomFull,
+                "passphrase_required" => ErrorCode::PassphraseRequired,
+                "wrong_passphrase" => ErrorCode::WrongPassphrase,
+                "removed" => ErrorCode::Removed,
+                "rate_limited" => ErrorCode::RateLimited,
+                _ => return Err(BackplaneError::Invalid),
+            };
+            let retry = match (code, ms) {
+                (ErrorCode::RateLimited, Some(ms)) => Some(Duration::from_millis(ms.max(1))),
+                (ErrorCode::RateLimited, None) => return Err(BackplaneError::Invalid),
+                _ => None,
+            };
+            RoomReply::Refused(code, retry)
+        }
     })
 }
 

@@ -873,6 +873,7 @@ impl Switchboard {
                 key,
                 verifier: verifier.cloned(),
                 max_size: self.rooms.max_size(),
+                attempts: self.config.rooms.room_attempts,
             });
             self.joining.insert(id, name);
             return;
@@ -1373,9 +1374,9 @@ impl Switchboard {
                 others,
                 locked,
             } => self.room_joined(now, conn, room, peer, others, locked),
-            Event::RoomRefused { conn, code } => {
+            Event::RoomRefused { conn, code, retry } => {
                 if self.joining.remove(&conn).is_some() {
-                    self.reject(now, conn, code, None);
+                    self.reject(now, conn, code, retry);
                 }
             }
             Event::Remote(msg) => self.remote(now, msg),

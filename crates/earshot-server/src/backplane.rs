@@ -147,7 +147,10 @@ return '{"r":"queued"}'
 "#;
 
 /// Joins a room. ARGV: room hash, conn, node, client key, verifier hex
-/// ("" if none), max size, TTL (ms), node token. Members of dead nodes are dropped
+/// ("" if none), max size, TTL (ms), node token, passphrase attempts on one
+/// room (burst), one more per this many ms. A locked room's attempts are a
+/// token bucket in the room's hash (`ab`, `at`): shared by all nodes, so a
+/// lock cannot be guessed faster by spreading over nodes. Members of dead nodes are dropped
 /// first. Answers the JSON `decode_room_reply` reads.
 pub const ROOM_JOIN: &str = r#"
 local P = '{earshot}:'
@@ -180,6 +183,21 @@ end
 local lock = redis.call('HGET', k, 'lock')
 if lock then
   if ver == '' then return '{"r":"refused","code":"passphrase_required"}' end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local burst, every = tonumber(ARGV[9]), tonumber(ARGV[10])
+  local tokens = tonumber(redis.call('HGET', k, 'ab') or burst)
+  local at = tonumber(redis.call('HGET', k, 'at') or now)
+  local gained = math.floor((now - at) / every)
+  if gained > 0 then
+    tokens = math.min(burst, tokens + gained)
+    at = at + gained * every
+  end
+  if tokens >= burst then at = now end
+  if tokens < 1 then
+    return '{"r":"refused","code":"rate_limited","ms":' .. math.max(1, at + every - now) .. '}'
+  end
+  redis.call('HSET', k, 'ab', tokens - 1, 'at', at)
   if ver ~= lock then return '{"r":"refused","code":"wrong_passphrase"}' end
 end
 local peer = redis.call('HINCRBY', k, 'next', 1)
@@ -469,6 +487,7 @@ impl Redis {
                 key: k,
                 verifier,
                 max_size,
+                attempts,
             } => {
                 let reply: redis::RedisResult<String> = self
                     .room_join
@@ -485,6 +504,8 @@ impl Redis {
                     .arg(max_size)
                     .arg(millis(ROOM_TTL))
                     .arg(self.token())
+                    .arg(attempts.0)
+                    .arg(millis(attempts.1))
                     .invoke_async(&mut conn)
                     .await;
                 let event = match reply.map(|r| decode_room_reply(&r)) {
@@ -499,7 +520,11 @@ impl Redis {
                         others,
                         locked,
                     },
-                    Ok(Ok(RoomReply::Refused(code))) => Event::RoomRefused { conn: id, code },
+                    Ok(Ok(RoomReply::Refused(code, retry))) => Event::RoomRefused {
+                        conn: id,
+                        code,
+                        retry,
+                    },
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "unexpected reply from the room script");
                         Event::Failed { conn: id }

@@ -402,6 +402,27 @@ async fn a_room_spans_three_nodes_and_locks() {
         assert_eq!(recv_type(ws, "peer_joined").await["peer"], 4);
     }
 
+    // Guessing is limited per room across nodes: guessers on B and C, each
+    // within its own client allowance (5), together run out the room's 20.
+    let mut limited = None;
+    'guess: for n in 10..14 {
+        let on = if n % 2 == 0 { &nb } else { &nc };
+        let mut guesser = client(&format!("127.0.0.{n}"), on).await;
+        for _ in 0..5 {
+            let answer = join(&mut guesser, Some(&wrong)).await;
+            match answer["code"].as_str() {
+                Some("wrong_passphrase") => {}
+                Some("rate_limited") => {
+                    limited = Some(answer);
+                    break 'guess;
+                }
+                _ => panic!("{answer}"),
+            }
+        }
+    }
+    let limited = limited.expect("the room's attempts ran out");
+    assert!(limited["retry_after_ms"].as_u64().unwrap() > 0, "{limited}");
+
     // Leaving on node B is heard on A and C.
     send(&mut p2, json!({"type": "end"})).await;
     recv_type(&mut p2, "idle").await;
