@@ -252,6 +252,14 @@ if v then return 1 end
 return 2
 "#;
 
+/// Removes this node's heartbeat if it still holds this node's token.
+/// ARGV: node, token.
+const LEAVE: &str = r#"
+local k = '{earshot}:node:' .. ARGV[1]
+if redis.call('GET', k) == ARGV[2] then return redis.call('DEL', k) end
+return 0
+"#;
+
 /// A node's connection to Redis.
 pub struct Redis {
     client: redis::Client,
@@ -264,6 +272,7 @@ pub struct Redis {
     heartbeat: redis::Script,
     room_join: redis::Script,
     room_leave: redis::Script,
+    leave: redis::Script,
     subscribed: AtomicBool,
     /// The first subscription, made before serving so that nothing
     /// published to this node is missed.
@@ -305,6 +314,7 @@ impl Redis {
             heartbeat: redis::Script::new(HEARTBEAT_SCRIPT),
             room_join: redis::Script::new(ROOM_JOIN),
             room_leave: redis::Script::new(ROOM_LEAVE),
+            leave: redis::Script::new(LEAVE),
             subscribed: AtomicBool::new(false),
             first_subscription: std::sync::Mutex::new(None),
         };
@@ -630,7 +640,16 @@ impl Redis {
         let mut lost = false;
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => {
+                    // Leaving on purpose: the other nodes end this node's
+                    // calls at their next beat rather than after the TTL.
+                    let mut leave = self.leave.prepare_invoke();
+                    leave.arg(self.node).arg(self.token());
+                    let mut conn = self.conn.clone();
+                    let _ = tokio::time::timeout(HEARTBEAT, leave.invoke_async::<i64>(&mut conn))
+                        .await;
+                    return;
+                }
                 _ = tick.tick() => {}
             }
             beats = beats.wrapping_add(1);
