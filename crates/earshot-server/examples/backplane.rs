@@ -265,8 +265,11 @@ async fn relay_latency(nodes: &[SocketAddr], pairs: usize, seconds: u64) -> Vec<
                     tick.tick().await;
                     let sent = epoch.elapsed().as_micros() as u64;
                     let cand = format!("candidate:1 1 udp 1 127.0.0.1 {} typ host", sent);
-                    send(&mut tx, json!({"type": "signal", "call": call,
-                        "candidate": {"candidate": cand}}))
+                    send(
+                        &mut tx,
+                        json!({"type": "signal", "call": call,
+                        "candidate": {"candidate": cand}}),
+                    )
                     .await;
                     let Some(v) = recv(&mut rx).await else { break };
                     let got = epoch.elapsed().as_micros() as u64;
