@@ -1547,15 +1547,14 @@ impl Switchboard {
                 if let Some((r, _)) = self.remote_room(to, &room)
                     && self.is_remote(member.conn)
                 {
-                    let known = self.rooms.member(r, member.peer).is_some();
+                    // Each member here gets its own copy; the room's copy
+                    // gains the newcomer once.
                     let name = self.rooms.name(r).map(str::to_owned).unwrap_or_default();
                     let locked = self.rooms.is_locked(r);
                     self.rooms
                         .mirror(now, &name, &[(member.peer, member.conn)], locked);
                     self.remote_keys.insert(member.conn, member.key);
-                    if !known || self.rooms.member(r, member.peer) == Some(member.conn) {
-                        self.send(to, ServerMsg::PeerJoined { peer: member.peer });
-                    }
+                    self.send(to, ServerMsg::PeerJoined { peer: member.peer });
                 }
             }
             Remote::PeerLeft { room, peer, .. } => {

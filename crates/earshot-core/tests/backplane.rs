@@ -9,9 +9,11 @@
 //!   everything pending is delivered, every call is known to both sides
 //!   with the same id, nobody is in a call with a kept-apart partner, and
 //!   every publish went to another node. A dead node ends every call with it.
-//! - `remote_messages_round_trip` and `backplane_decoders_never_panic`:
-//!   what nodes publish decodes to itself; anything else (arbitrary text,
-//!   mangled JSON) is a typed error, never a panic.
+//! - `remote_messages_round_trip`, `room_messages_round_trip`,
+//!   `backplane_decoders_never_panic` and
+//!   `backplane_decoders_refuse_mangled_replies`: what nodes publish decodes
+//!   to itself; the Redis scripts' replies and anything else (arbitrary
+//!   text, mangled JSON) decode or are a typed error, never a panic.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -405,6 +407,7 @@ proptest! {
     fn backplane_decoders_never_panic(text in ".{0,200}") {
         let _ = decode_remote(&text);
         let _ = decode_pair_reply(&text);
+        let _ = decode_room_reply(&text);
     }
 
     #[test]
@@ -415,6 +418,9 @@ proptest! {
             "\"to\"", "\"from\"", "\"call\"", "\"shared\"", "\"country\"", "\"reason\"",
             "\"partner_left\"", "\"requeue\"", "1", "-1", "18446744073709551616", "null",
             "\"00112233445566778899aabbccddeeff\"", "\"zz\"", "\"DE\"", "\"x\"", "1e400",
+            "\"joined\"", "\"refused\"", "\"peer\"", "\"others\"", "\"locked\"", "true",
+            "\"room_full\"", "\"rate_limited\"", "\"code\"", "\"room\"", "\"peer_joined\"",
+            "\"room_signal\"", "\"room_lock\"", "\"12\"",
         ]), 0..40),
     ) {
         let text: String = parts.concat();
@@ -422,10 +428,48 @@ proptest! {
             prop_assert!(p.shared.len() <= 32);
         }
         let _ = decode_remote(&text);
+        if let Ok(RoomReply::Joined { others, .. }) = decode_room_reply(&text) {
+            prop_assert!(others.len() <= 64);
+            prop_assert!(others.windows(2).all(|w| w[0].peer <= w[1].peer));
+        }
+    }
+
+    #[test]
+    fn room_messages_round_trip(
+        to in any::<u64>(),
+        conn in any::<u64>(),
+        peer in 1..1_000_000u32,
+        from in 1..1_000_000u32,
+        key in any::<[u8; 16]>(),
+        locked in any::<bool>(),
+        name in "[a-z]{1,20}",
+        kind in 0..4u8,
+    ) {
+        let (to, room) = (ConnId(to), backplane::room_key(&name));
+        let msg = match kind {
+            0 => Remote::PeerJoined {
+                to,
+                room,
+                member: backplane::Member { peer, conn: ConnId(conn), key: ClientKey(key) },
+            },
+            1 => Remote::PeerLeft { to, room, peer },
+            2 => Remote::RoomLock { to, room, locked },
+            _ => {
+                let text = json!({"type": "signal", "to": peer, "auth": "abc_-9",
+                    "description": {"type": "offer", "sdp": "v=0"}});
+                let Ok(earshot_core::ClientMsg::RoomSignal(signal)) =
+                    earshot_core::protocol::decode(&text.to_string())
+                else {
+                    return Err(TestCaseError::fail("a valid room signal"));
+                };
+                Remote::RoomSignal { to, room, from, signal }
+            }
+        };
+        prop_assert_eq!(decode_remote(&msg.encode()), Ok(msg));
     }
 }
 
-use earshot_core::backplane::PairReply;
+use earshot_core::backplane::{PairReply, RoomReply, decode_room_reply};
 
 #[test]
 fn a_signal_from_a_stranger_is_dropped() {
