@@ -1,12 +1,21 @@
 //! The switchboard's side of a shared backplane: several nodes, one store.
 //!
 //! In backplane mode ([`crate::Switchboard::set_node`]) the switchboard no
-//! longer pairs strangers itself. It asks the shell to run [`Request`]s
-//! (queue a waiter, leave the queue, publish to another node, record a
-//! cooldown, a block or a ban) and is fed back [`Event`]s: the outcome of a
-//! queue join, messages other nodes published to this one ([`Remote`]), and
+//! longer pairs strangers or admits room members itself. It asks the shell
+//! to run [`Request`]s (queue a waiter, leave the queue, join or leave a
+//! room, lock it, publish to another node, record a cooldown, a block, a ban
+//! or a room removal) and is fed back [`Event`]s: the outcome of a queue or
+//! room join, messages other nodes published to this one ([`Remote`]), and
 //! nodes that died. The shell's backplane (Redis in `earshot-server`) only
 //! stores and moves these; every decision stays in the switchboard.
+//!
+//! Each node keeps its own side of every call and a copy of each room it
+//! has members in (the others' peer ids, connections and client keys), kept
+//! current by [`Remote`] messages; the store is the authority on who may
+//! join. Messages are checked against that state when they arrive: anything
+//! about a call or room a connection is no longer in is dropped, and a
+//! pairing that arrives too late is undone (`Requeue`, `Ended`, a room
+//! leave).
 //!
 //! Identifiers are unique across nodes: a [`ConnId`] carries its node in the
 //! top 16 bits, a call id its node in bits 32..48 (so it stays below 2^53 and
