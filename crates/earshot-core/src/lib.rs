@@ -20,6 +20,7 @@
 //! - [`protocol`]: the signalling messages and the decoder of client frames
 //!   (`PROTOCOL.md` describes the wire format).
 //! - [`matchmaker`]: the stranger queue with interest lanes.
+//! - [`backplane`]: requests and events when several nodes share a store.
 //! - [`rooms`]: rooms by link: members, size, passphrase locks.
 //! - [`moderation`]: reports, strikes, bans, keyed by client key.
 //! - [`names`]: room-name rules and memorable random suggestions.
@@ -34,6 +35,7 @@
 //! and keep them out of logs and `Debug`; signalling payloads' `Debug` is
 //! redacted.
 
+pub mod backplane;
 pub mod matchmaker;
 pub mod moderation;
 pub mod names;

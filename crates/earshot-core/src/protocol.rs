@@ -305,7 +305,7 @@ pub struct Limits {
 }
 
 /// Why a call ended, as told to the partner who did not end it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     PartnerSkipped,

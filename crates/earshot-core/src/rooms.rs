@@ -102,6 +102,30 @@ impl Rooms {
         self.rooms.is_empty()
     }
 
+    /// The room called `name`, created empty if there is none.
+    fn open(&mut self, now: Instant, name: &str) -> RoomId {
+        if let Some(&id) = self.by_name.get(name) {
+            return id;
+        }
+        let id = RoomId(self.next_id);
+        self.next_id += 1;
+        let (burst, interval) = self.config.room_attempts;
+        self.rooms.insert(
+            id,
+            Room {
+                name: name.to_string(),
+                members: Vec::new(),
+                next_peer: 1,
+                verifier: None,
+                attempts: TokenBucket::every(now, interval, burst),
+                reports: HashMap::new(),
+                removed: Vec::new(),
+            },
+        );
+        self.by_name.insert(name.to_string(), id);
+        id
+    }
+
     /// Adds `conn` to the room called `name` (already normalised), creating it.
     ///
     /// Errors: `RoomFull`, `PassphraseRequired`, `RateLimited` (with the
@@ -114,28 +138,7 @@ impl Rooms {
         key: ClientKey,
         verifier: Option<&Verifier>,
     ) -> Result<Joined, (ErrorCode, Option<Duration>)> {
-        let id = match self.by_name.get(name) {
-            Some(&id) => id,
-            None => {
-                let id = RoomId(self.next_id);
-                self.next_id += 1;
-                let (burst, interval) = self.config.room_attempts;
-                self.rooms.insert(
-                    id,
-                    Room {
-                        name: name.to_string(),
-                        members: Vec::new(),
-                        next_peer: 1,
-                        verifier: None,
-                        attempts: TokenBucket::every(now, interval, burst),
-                        reports: HashMap::new(),
-                        removed: Vec::new(),
-                    },
-                );
-                self.by_name.insert(name.to_string(), id);
-                id
-            }
-        };
+        let id = self.open(now, name);
         let room = self.rooms.get_mut(&id).expect("by_name points at rooms");
         if room.removed.contains(&key) {
             return Err((ErrorCode::Removed, None));
@@ -236,6 +239,65 @@ impl Rooms {
             }
             None => Vec::new(),
         }
+    }
+
+    /// Backplane mode: this node's copy of a room held in the shared store.
+    /// Adds the members it lacks (peer ids as the store gave them) and sets
+    /// whether it is locked; the lock itself is checked by the store.
+    pub fn mirror(
+        &mut self,
+        now: Instant,
+        name: &str,
+        members: &[(PeerId, ConnId)],
+        locked: bool,
+    ) -> RoomId {
+        let id = self.open(now, name);
+        let room = self.rooms.get_mut(&id).expect("by_name points at rooms");
+        for &(peer, conn) in members {
+            if !room.members.iter().any(|&(p, _)| p == peer) {
+                room.members.push((peer, conn));
+            }
+        }
+        room.members.sort_unstable_by_key(|&(p, _)| p);
+        room.verifier = locked.then(|| room.verifier.clone().unwrap_or(Verifier([0; 32])));
+        id
+    }
+
+    /// Backplane mode: forgets this node's copy of a room (no member here any more).
+    pub fn forget(&mut self, room: RoomId) {
+        if let Some(r) = self.rooms.remove(&room) {
+            self.by_name.remove(&r.name);
+        }
+    }
+
+    pub fn is_locked(&self, room: RoomId) -> bool {
+        self.rooms.get(&room).is_some_and(|r| r.verifier.is_some())
+    }
+
+    /// The room's name, for as long as it exists.
+    pub fn name(&self, room: RoomId) -> Option<&str> {
+        self.rooms.get(&room).map(|r| r.name.as_str())
+    }
+
+    /// Everyone in `room`, in peer order.
+    pub fn members(&self, room: RoomId) -> Vec<(PeerId, ConnId)> {
+        self.rooms
+            .get(&room)
+            .map(|r| r.members.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every room and member, for backplane bookkeeping.
+    pub fn all_members(&self) -> impl Iterator<Item = (RoomId, PeerId, ConnId)> + '_ {
+        self.rooms
+            .iter()
+            .flat_map(|(&id, r)| r.members.iter().map(move |&(p, c)| (id, p, c)))
+    }
+
+    /// Takes one passphrase attempt from `key`'s allowance (backplane mode,
+    /// where the store checks the lock).
+    pub fn attempt(&mut self, now: Instant, key: ClientKey) -> Result<(), Duration> {
+        self.client_attempts.take(now, &key)
     }
 
     /// The connection of `peer` in `room`.

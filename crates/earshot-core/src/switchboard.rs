@@ -9,11 +9,20 @@
 //! with exactly one partner, who is `InCall` with it under the same call id.
 //! [`Switchboard::check_invariants`] states these rules as code; the property
 //! tests call it after every step.
+//!
+//! In backplane mode ([`Switchboard::set_node`]) the stranger queue is shared
+//! by several nodes: joining it, and reaching a partner on another node, are
+//! [`Output::Backplane`] requests, and what comes back is fed to
+//! [`Switchboard::handle_backplane`]. A partner may then live on another
+//! node: this switchboard holds only its own side of such a call, and any
+//! message about a call it no longer has is answered or dropped, never
+//! trusted (see the `backplane` module).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::backplane::{self, Event, Member, NodeId, Partner, Remote, Request, Waiter};
 use crate::matchmaker::{MatchConfig, Matchmaker, Pairing};
 use crate::moderation::{ModConfig, Moderation, ReportOutcome};
 use crate::pow::{Pow, PowConfig, PowMode, PowSolution};
@@ -183,6 +192,9 @@ pub enum CloseReason {
     ServerFull,
     /// Too many connections from one client (network).
     TooManyConnections,
+    /// The shared backplane is unreachable or lost this node's state:
+    /// reconnect later (calls carry on).
+    BackplaneLost,
 }
 
 impl CloseReason {
@@ -191,7 +203,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => 1001,
             CloseReason::HelloTimeout | CloseReason::TooManyErrors => 1008,
             CloseReason::MessageTooBig => 1009,
-            CloseReason::ServerRestart => 1012,
+            CloseReason::ServerRestart | CloseReason::BackplaneLost => 1012,
             CloseReason::ServerFull | CloseReason::TooManyConnections => 1013,
         }
     }
@@ -205,6 +217,7 @@ impl CloseReason {
             CloseReason::ServerRestart => "server restart",
             CloseReason::ServerFull => "server full",
             CloseReason::TooManyConnections => "too many connections from your network",
+            CloseReason::BackplaneLost => "backplane unavailable",
         }
     }
 }
@@ -217,6 +230,8 @@ pub enum Output {
     /// Close this connection. The switchboard has already forgotten its call
     /// and queue place; the shell still calls `disconnect` when it is gone.
     Close(ConnId, CloseReason),
+    /// Backplane mode only: run this on the shared store or another node.
+    Backplane(Request),
 }
 
 /// Aggregate figures, for metrics. Nothing per user.
@@ -362,7 +377,22 @@ pub struct Switchboard {
     /// New connections' hello deadlines, in time order.
     hello_deadlines: BinaryHeap<Reverse<(Instant, ConnId)>>,
     next_call: CallId,
+    /// Calls with both sides here.
     calls: usize,
+    /// Backplane mode: this node, whose number is in every id it makes.
+    node: Option<NodeId>,
+    /// Backplane mode: calls with the partner on another node.
+    remote_calls: usize,
+    /// Backplane mode: the client keys of partners on other nodes.
+    remote_keys: HashMap<ConnId, ClientKey>,
+    /// Backplane mode: who waits in the shared queue, and from when they
+    /// will talk to anyone.
+    shared_waiting: HashMap<ConnId, Instant>,
+    /// Backplane mode: interest waits ending, in time order.
+    fallbacks: BinaryHeap<Reverse<(Instant, ConnId)>>,
+    /// Backplane mode: room joins the store is still checking, with the
+    /// normalised room name.
+    joining: HashMap<ConnId, String>,
     matches_total: u64,
     errors_total: u64,
     errors_by_code: [u64; ErrorCode::ALL.len()],
@@ -405,6 +435,12 @@ impl Switchboard {
             hello_deadlines: BinaryHeap::new(),
             next_call: 1,
             calls: 0,
+            node: None,
+            remote_calls: 0,
+            remote_keys: HashMap::new(),
+            shared_waiting: HashMap::new(),
+            fallbacks: BinaryHeap::new(),
+            joining: HashMap::new(),
             matches_total: 0,
             errors_total: 0,
             errors_by_code: [0; ErrorCode::ALL.len()],
@@ -452,8 +488,8 @@ impl Switchboard {
     pub fn stats(&self) -> Stats {
         Stats {
             connections: self.conns.len(),
-            waiting: self.queue.len(),
-            calls: self.calls,
+            waiting: self.queue.len() + self.shared_waiting.len(),
+            calls: self.calls + self.remote_calls,
             matches_total: self.matches_total,
             errors_total: self.errors_total,
             errors_by_code: self.errors_by_code,
@@ -562,6 +598,9 @@ impl Switchboard {
                 Phase::Searching => self.reject(now, id, ErrorCode::AlreadySearching, None),
                 Phase::InCall { .. } => self.reject(now, id, ErrorCode::AlreadyInCall, None),
                 Phase::InRoom { .. } => self.reject(now, id, ErrorCode::AlreadyInRoom, None),
+                Phase::Idle if self.joining.contains_key(&id) => {
+                    self.reject(now, id, ErrorCode::AlreadyInRoom, None)
+                }
                 Phase::Idle => match protocol::normalize_interests(
                     &interests,
                     self.config.max_interests,
@@ -703,7 +742,11 @@ impl Switchboard {
     }
 
     fn key(&self, id: ConnId) -> ClientKey {
-        self.conns.get(&id).map(|c| c.info.key).unwrap_or_default()
+        self.conns
+            .get(&id)
+            .map(|c| c.info.key)
+            .or_else(|| self.remote_keys.get(&id).copied())
+            .unwrap_or_default()
     }
 
     /// Counts a report against the reporter's limit and records a strike.
@@ -719,15 +762,19 @@ impl Switchboard {
         if let Err(wait) = self.clients.reports.take(now, &mine) {
             // Over the limit the report does not count, but it still protects.
             self.moderation.block(now, mine, theirs);
+            self.share_block(reporter, reported, mine, theirs);
             return Err(wait);
         }
         let reason = reason.map_or("none", ReportReason::as_str);
         match self.moderation.report(now, mine, theirs) {
-            ReportOutcome::Banned { .. } => {
+            ReportOutcome::Banned { until } => {
                 tracing::info!(reason, "a report completed a ban");
+                let ttl = until.saturating_duration_since(now);
+                self.request(Request::Ban { key: theirs, ttl });
             }
             outcome => tracing::debug!(reason, ?outcome, "report recorded"),
         }
+        self.share_block(reporter, reported, mine, theirs);
         Ok(())
     }
 
@@ -768,15 +815,23 @@ impl Switchboard {
         if let Err(wait) = self.strike(now, id, target_conn, reason) {
             return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
         }
-        if self.rooms.report(room, peer, target) {
+        // Backplane mode: only members on this node can be removed here
+        // (the strike above counts everywhere).
+        if self.rooms.report(room, peer, target) && !self.is_remote(target_conn) {
             tracing::debug!("a room removed a member");
             let key = self.key(target_conn);
             if let Some(c) = self.conns.get_mut(&target_conn) {
                 c.phase = Phase::Idle;
             }
-            for (_, other) in self.rooms.remove(room, target, key) {
-                self.send(other, ServerMsg::PeerLeft { peer: target });
+            let store_key = self.room_key(room);
+            if self.node.is_some() {
+                self.request(Request::RoomRemove {
+                    room: store_key.clone(),
+                    key,
+                });
             }
+            let others = self.rooms.remove(room, target, key);
+            self.announce_left(room, store_key, target, others, true);
             self.reject(now, target_conn, ErrorCode::Removed, None);
             self.send(target_conn, ServerMsg::Idle);
         }
@@ -791,6 +846,7 @@ impl Switchboard {
         verifier: Option<&Verifier>,
     ) {
         let busy = match phase {
+            Phase::Idle if self.joining.contains_key(&id) => Some(ErrorCode::AlreadyInRoom),
             Phase::Idle => None,
             Phase::Searching => Some(ErrorCode::AlreadySearching),
             Phase::InCall { .. } => Some(ErrorCode::AlreadyInCall),
@@ -808,6 +864,23 @@ impl Switchboard {
             && let Err(wait) = self.clients.room_creations.take(now, &key)
         {
             return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
+        }
+        if self.node.is_some() {
+            if verifier.is_some()
+                && let Err(wait) = self.rooms.attempt(now, key)
+            {
+                return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
+            }
+            self.request(Request::RoomJoin {
+                conn: id,
+                room: backplane::room_key(&name),
+                key,
+                verifier: verifier.cloned(),
+                max_size: self.rooms.max_size(),
+                attempts: self.config.rooms.room_attempts,
+            });
+            self.joining.insert(id, name);
+            return;
         }
         match self.rooms.join(now, &name, id, key, verifier) {
             Ok(joined) => {
@@ -851,6 +924,15 @@ impl Switchboard {
             return self.reject(now, id, ErrorCode::UnknownPeer, None);
         };
         tracing::trace!(conn = %id, "relaying a room signal");
+        if self.is_remote(target) {
+            let room = self.room_key(room);
+            return self.publish(Remote::RoomSignal {
+                to: target,
+                room,
+                from: peer,
+                signal,
+            });
+        }
         signal.to = None;
         signal.from = Some(peer);
         self.send(target, ServerMsg::RoomSignal(signal));
@@ -862,8 +944,24 @@ impl Switchboard {
         };
         let locked = verifier.is_some();
         tracing::debug!(conn = %id, locked, "room lock changed");
+        if self.node.is_some() {
+            let key = self.room_key(room);
+            self.request(Request::RoomLock {
+                room: key,
+                verifier: verifier.clone(),
+            });
+        }
         for member in self.rooms.set_lock(room, verifier) {
-            self.send(member, ServerMsg::RoomLockState { locked });
+            if self.is_remote(member) {
+                let key = self.room_key(room);
+                self.publish(Remote::RoomLock {
+                    to: member,
+                    room: key,
+                    locked,
+                });
+            } else {
+                self.send(member, ServerMsg::RoomLockState { locked });
+            }
         }
     }
 
@@ -891,15 +989,25 @@ impl Switchboard {
         for p in pairs {
             self.start_call(now, p);
         }
+        while let Some(&Reverse((at, id))) = self.fallbacks.peek() {
+            if at > now {
+                break;
+            }
+            self.fallbacks.pop();
+            if self.shared_waiting.get(&id) == Some(&at) {
+                self.enqueue(now, id);
+            }
+        }
     }
 
     /// When `handle_timeout` should next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let hello = self.hello_deadlines.peek().map(|&Reverse((at, _))| at);
-        match (hello, self.queue.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let fallback = self.fallbacks.peek().map(|&Reverse((at, _))| at);
+        [hello, self.queue.poll_timeout(), fallback]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next thing for the shell to do.
@@ -968,7 +1076,15 @@ impl Switchboard {
         match phase {
             Phase::InCall { call, partner } if call == signal.call => {
                 tracing::trace!(conn = %id, call, "relaying a signal");
-                self.send(partner, ServerMsg::Signal(signal));
+                if self.is_remote(partner) {
+                    self.publish(Remote::Signal {
+                        to: partner,
+                        from: id,
+                        signal,
+                    });
+                } else {
+                    self.send(partner, ServerMsg::Signal(signal));
+                }
             }
             Phase::InCall { .. } => self.reject(now, id, ErrorCode::WrongCall, None),
             _ => self.reject(now, id, ErrorCode::NotInCall, None),
@@ -994,6 +1110,18 @@ impl Switchboard {
                 interests: interests.clone(),
             },
         );
+        if self.node.is_some() {
+            let open_at = if interests.is_empty() {
+                now
+            } else {
+                now + self.config.interest_wait
+            };
+            self.shared_waiting.insert(id, open_at);
+            if open_at > now {
+                self.fallbacks.push(Reverse((open_at, id)));
+            }
+            return self.enqueue(now, id);
+        }
         let blocked = Blocker {
             now,
             cooldowns: &self.cooldowns,
@@ -1006,9 +1134,17 @@ impl Switchboard {
         }
     }
 
-    fn start_call(&mut self, now: Instant, p: Pairing) {
-        let call = self.next_call;
+    fn new_call(&mut self) -> CallId {
+        let n = self.next_call;
         self.next_call += 1;
+        match self.node {
+            Some(node) => backplane::call_id(node, n),
+            None => n,
+        }
+    }
+
+    fn start_call(&mut self, now: Instant, p: Pairing) {
+        let call = self.new_call();
         self.calls += 1;
         self.matches_total += 1;
         let mut country = |id: ConnId, partner: ConnId| {
@@ -1049,6 +1185,29 @@ impl Switchboard {
         let Some(Phase::InCall { call, partner }) = self.conns.get(&id).map(|c| c.phase) else {
             return;
         };
+        if self.is_remote(partner) {
+            self.remote_calls -= 1;
+            self.remote_keys.remove(&partner);
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.phase = Phase::Idle;
+            }
+            tracing::debug!(call, reason = ?reason, "call with another node ended");
+            if reason == EndReason::PartnerSkipped {
+                let ttl = self.config.rematch_cooldown;
+                self.request(Request::KeepApart {
+                    a: id,
+                    b: partner,
+                    ttl,
+                });
+            }
+            // The partner's node tells them and puts them back in the queue.
+            return self.publish(Remote::Ended {
+                to: partner,
+                from: id,
+                call,
+                reason,
+            });
+        }
         self.calls -= 1;
         for who in [id, partner] {
             if let Some(c) = self.conns.get_mut(&who) {
@@ -1070,6 +1229,9 @@ impl Switchboard {
             Some(Phase::InCall { .. }) => self.end_call(now, id, reason),
             Some(Phase::Searching) => {
                 self.queue.leave(id);
+                if self.shared_waiting.remove(&id).is_some() {
+                    self.request(Request::Dequeue { conn: id });
+                }
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.phase = Phase::Idle;
                 }
@@ -1078,17 +1240,508 @@ impl Switchboard {
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.phase = Phase::Idle;
                 }
-                for (_, other) in self.rooms.leave(room, peer) {
-                    self.send(other, ServerMsg::PeerLeft { peer });
+                let store_key = self.room_key(room);
+                let others = self.rooms.leave(room, peer);
+                self.announce_left(room, store_key, peer, others, true);
+            }
+            Some(Phase::Idle) | None => {
+                self.joining.remove(&id);
+            }
+        }
+    }
+
+    /// Switches backplane mode on (`Some(node)`) or off. Only while no
+    /// connection is open: connection ids must carry the node number.
+    pub fn set_node(&mut self, node: Option<NodeId>) {
+        debug_assert!(self.conns.is_empty(), "set_node with connections open");
+        self.node = node;
+    }
+
+    pub fn node(&self) -> Option<NodeId> {
+        self.node
+    }
+
+    /// `id`'s call and partner, if it is in a call.
+    pub fn call_of(&self, id: ConnId) -> Option<(CallId, ConnId)> {
+        match self.conns.get(&id)?.phase {
+            Phase::InCall { call, partner } => Some((call, partner)),
+            _ => None,
+        }
+    }
+
+    /// Backplane mode: the store's names of the rooms this node has members
+    /// in (the shell keeps them alive).
+    pub fn shared_rooms(&self) -> Vec<String> {
+        let mut rooms: Vec<String> = self
+            .rooms
+            .all_members()
+            .map(|(r, _, _)| self.room_key(r))
+            .collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        rooms
+    }
+
+    /// Every open connection.
+    pub fn connection_ids(&self) -> Vec<ConnId> {
+        self.conns.keys().copied().collect()
+    }
+
+    /// Backplane mode: who waits in the shared queue (the shell keeps their
+    /// entries alive).
+    pub fn shared_waiters(&self) -> Vec<ConnId> {
+        self.shared_waiting.keys().copied().collect()
+    }
+
+    /// The nodes this one's calls reach: the shell watches their heartbeats
+    /// and reports a dead one as [`Event::NodeDown`].
+    pub fn remote_nodes(&self) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self
+            .remote_keys
+            .keys()
+            .map(|&id| backplane::node_of(id))
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes
+    }
+
+    fn is_remote(&self, id: ConnId) -> bool {
+        self.node.is_some_and(|n| backplane::node_of(id) != n)
+    }
+
+    fn request(&mut self, r: Request) {
+        if self.node.is_some() {
+            self.out.push_back(Output::Backplane(r));
+        }
+    }
+
+    fn publish(&mut self, msg: Remote) {
+        self.request(Request::Publish(msg));
+    }
+
+    /// A report in backplane mode: the pair is kept apart on every node.
+    fn share_block(&mut self, a: ConnId, b: ConnId, ka: ClientKey, kb: ClientKey) {
+        let ttl = self.config.moderation.key_memory;
+        self.request(Request::KeepApart { a, b, ttl });
+        self.request(Request::Block { a: ka, b: kb, ttl });
+    }
+
+    /// Asks the shared queue to pair `id` or keep it waiting.
+    fn enqueue(&mut self, now: Instant, id: ConnId) {
+        let (Some(c), Some(&open_at)) = (self.conns.get(&id), self.shared_waiting.get(&id)) else {
+            return;
+        };
+        let waiter = Waiter {
+            conn: id,
+            key: c.info.key,
+            interests: c.interests.clone(),
+            open: open_at <= now,
+            interest_wait: self.config.interest_wait,
+            country: c.info.country,
+        };
+        self.request(Request::Enqueue(waiter));
+    }
+
+    /// Gives back a waiter the shared queue handed over for a pairing that
+    /// fell through.
+    fn requeue(&mut self, now: Instant, id: ConnId) {
+        if self.is_remote(id) {
+            self.publish(Remote::Requeue { to: id });
+        } else if self.shared_waiting.contains_key(&id) {
+            self.enqueue(now, id);
+        }
+    }
+
+    /// An answer from the backplane, or a message from another node.
+    pub fn handle_backplane(&mut self, now: Instant, event: Event) {
+        if self.node.is_none() {
+            return;
+        }
+        match event {
+            Event::Paired { conn, partner } => self.paired(now, conn, partner),
+            Event::Queued { .. } => {}
+            Event::Banned { conn, ttl } => {
+                if self.shared_waiting.remove(&conn).is_some() {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.phase = Phase::Idle;
+                    }
+                    self.reject(now, conn, ErrorCode::Banned, Some(ttl));
+                    self.send(conn, ServerMsg::Idle);
                 }
             }
-            Some(Phase::Idle) | None => {}
+            Event::Failed { conn } => self.close(now, conn, CloseReason::BackplaneLost),
+            Event::RoomJoined {
+                conn,
+                room,
+                peer,
+                others,
+                locked,
+            } => self.room_joined(now, conn, room, peer, others, locked),
+            Event::RoomRefused { conn, code, retry } => {
+                if self.joining.remove(&conn).is_some() {
+                    self.reject(now, conn, code, retry);
+                }
+            }
+            Event::Remote(msg) => self.remote(now, msg),
+            Event::NodeDown(node) => {
+                let gone: Vec<(ConnId, ConnId, CallId)> = self
+                    .conns
+                    .iter()
+                    .filter_map(|(&id, c)| match c.phase {
+                        Phase::InCall { call, partner }
+                            if self.is_remote(partner) && backplane::node_of(partner) == node =>
+                        {
+                            Some((id, partner, call))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if !gone.is_empty() {
+                    tracing::info!(node, calls = gone.len(), "a node is gone; ending its calls");
+                }
+                for (to, from, call) in gone {
+                    self.remote_ended(now, to, from, call, EndReason::PartnerLeft);
+                }
+                let members: Vec<(RoomId, PeerId)> = self
+                    .rooms
+                    .all_members()
+                    .filter(|&(_, _, c)| self.is_remote(c) && backplane::node_of(c) == node)
+                    .map(|(r, p, _)| (r, p))
+                    .collect();
+                for (room, peer) in members {
+                    let store_key = self.room_key(room);
+                    if let Some(conn) = self.rooms.member(room, peer) {
+                        self.remote_keys.remove(&conn);
+                    }
+                    let others = self.rooms.leave(room, peer);
+                    // The store is told once, by whoever sees it first.
+                    self.request(Request::RoomLeave {
+                        room: store_key.clone(),
+                        peer,
+                    });
+                    self.announce_left(room, store_key, peer, others, false);
+                }
+            }
+        }
+    }
+
+    fn paired(&mut self, now: Instant, conn: ConnId, partner: Partner) {
+        if !self.shared_waiting.contains_key(&conn) {
+            // Left the queue while the join ran: the waiter goes back.
+            return self.requeue(now, partner.conn);
+        }
+        if !self.is_remote(partner.conn) {
+            if partner.conn != conn && self.shared_waiting.contains_key(&partner.conn) {
+                self.shared_waiting.remove(&conn);
+                self.shared_waiting.remove(&partner.conn);
+                let pairing = Pairing {
+                    waiting: partner.conn,
+                    joining: conn,
+                    shared: partner.shared,
+                };
+                return self.start_call(now, pairing);
+            }
+            // The waiter left meanwhile: try again.
+            return self.enqueue(now, conn);
+        }
+        self.shared_waiting.remove(&conn);
+        let call = self.new_call();
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.phase = Phase::InCall {
+            call,
+            partner: partner.conn,
+        };
+        let (key, country) = (c.info.key, c.info.country);
+        self.remote_calls += 1;
+        self.remote_keys.insert(partner.conn, partner.key);
+        self.moderation.matched(now, key);
+        tracing::debug!(call, "matched across nodes");
+        self.send(
+            conn,
+            ServerMsg::Matched {
+                call,
+                polite: false,
+                interests: partner.shared.clone(),
+                country: partner.country,
+            },
+        );
+        self.publish(Remote::Matched {
+            to: partner.conn,
+            from: conn,
+            call,
+            key,
+            shared: partner.shared,
+            country,
+        });
+    }
+
+    fn remote(&mut self, now: Instant, msg: Remote) {
+        let to = msg.to();
+        if self.is_remote(to) {
+            return;
+        }
+        let phase = self.conns.get(&to).map(|c| c.phase);
+        match msg {
+            Remote::Matched {
+                from,
+                call,
+                key,
+                shared,
+                country,
+                ..
+            } => {
+                let waiting = self.shared_waiting.contains_key(&to);
+                if !waiting || !self.is_remote(from) {
+                    // Gone or busy since: the joiner's call ends at once.
+                    return self.publish(Remote::Ended {
+                        to: from,
+                        from: to,
+                        call,
+                        reason: EndReason::PartnerLeft,
+                    });
+                }
+                self.shared_waiting.remove(&to);
+                // A late fallback join may have queued it again.
+                self.request(Request::Dequeue { conn: to });
+                let Some(c) = self.conns.get_mut(&to) else {
+                    return;
+                };
+                c.phase = Phase::InCall {
+                    call,
+                    partner: from,
+                };
+                let own = c.info.key;
+                self.remote_calls += 1;
+                self.remote_keys.insert(from, key);
+                self.moderation.matched(now, own);
+                tracing::debug!(call, "matched across nodes");
+                self.send(
+                    to,
+                    ServerMsg::Matched {
+                        call,
+                        polite: true,
+                        interests: shared,
+                        country,
+                    },
+                );
+            }
+            Remote::Signal { from, signal, .. } => {
+                if phase
+                    == Some(Phase::InCall {
+                        call: signal.call,
+                        partner: from,
+                    })
+                {
+                    tracing::trace!(conn = %to, "relaying a signal from another node");
+                    self.send(to, ServerMsg::Signal(signal));
+                }
+            }
+            Remote::Ended {
+                from, call, reason, ..
+            } => self.remote_ended(now, to, from, call, reason),
+            Remote::Requeue { .. } => {
+                if phase == Some(Phase::Searching) {
+                    self.enqueue(now, to);
+                }
+            }
+            Remote::PeerJoined { room, member, .. } => {
+                if let Some((r, _)) = self.remote_room(to, &room)
+                    && self.is_remote(member.conn)
+                {
+                    // Each member here gets its own copy; the room's copy
+                    // gains the newcomer once.
+                    let name = self.rooms.name(r).map(str::to_owned).unwrap_or_default();
+                    let locked = self.rooms.is_locked(r);
+                    self.rooms
+                        .mirror(now, &name, &[(member.peer, member.conn)], locked);
+                    self.remote_keys.insert(member.conn, member.key);
+                    self.send(to, ServerMsg::PeerJoined { peer: member.peer });
+                }
+            }
+            Remote::PeerLeft { room, peer, .. } => {
+                if let Some((r, _)) = self.remote_room(to, &room) {
+                    if let Some(conn) = self.rooms.member(r, peer)
+                        && self.is_remote(conn)
+                    {
+                        self.remote_keys.remove(&conn);
+                        self.rooms.leave(r, peer);
+                    }
+                    self.send(to, ServerMsg::PeerLeft { peer });
+                }
+            }
+            Remote::RoomSignal {
+                room,
+                from,
+                mut signal,
+                ..
+            } => {
+                if let Some((r, me)) = self.remote_room(to, &room)
+                    && signal.to == Some(me)
+                    && self
+                        .rooms
+                        .member(r, from)
+                        .is_some_and(|c| self.is_remote(c))
+                {
+                    signal.to = None;
+                    signal.from = Some(from);
+                    self.send(to, ServerMsg::RoomSignal(signal));
+                }
+            }
+            Remote::RoomLock { room, locked, .. } => {
+                if let Some((r, _)) = self.remote_room(to, &room) {
+                    let name = self.rooms.name(r).map(str::to_owned).unwrap_or_default();
+                    self.rooms.mirror(now, &name, &[], locked);
+                    self.send(to, ServerMsg::RoomLockState { locked });
+                }
+            }
+        }
+    }
+
+    /// `from`, on another node, left the call with `to`.
+    fn remote_ended(
+        &mut self,
+        now: Instant,
+        to: ConnId,
+        from: ConnId,
+        call: CallId,
+        reason: EndReason,
+    ) {
+        let Some(c) = self.conns.get_mut(&to) else {
+            return;
+        };
+        if c.phase
+            != (Phase::InCall {
+                call,
+                partner: from,
+            })
+        {
+            return;
+        }
+        c.phase = Phase::Idle;
+        self.remote_calls -= 1;
+        self.remote_keys.remove(&from);
+        tracing::debug!(call, reason = ?reason, "call with another node ended");
+        self.send(to, ServerMsg::CallEnded { call, reason });
+        self.search(now, to);
+    }
+
+    /// The store's name for a room (backplane mode; empty otherwise).
+    fn room_key(&self, room: RoomId) -> String {
+        match (self.node, self.rooms.name(room)) {
+            (Some(_), Some(name)) => backplane::room_key(name),
+            _ => String::new(),
+        }
+    }
+
+    /// `peer` is out of the room: tells `others` (here, or through their
+    /// node) and, if `store` (the member was this node's), the store. A
+    /// node's copy of a room goes once none of its members are left.
+    fn announce_left(
+        &mut self,
+        room: RoomId,
+        store_key: String,
+        peer: PeerId,
+        others: Vec<(PeerId, ConnId)>,
+        store: bool,
+    ) {
+        if self.node.is_some() && store {
+            self.request(Request::RoomLeave {
+                room: store_key.clone(),
+                peer,
+            });
+        }
+        let mut local = false;
+        for (_, other) in others {
+            if self.is_remote(other) {
+                if store {
+                    self.publish(Remote::PeerLeft {
+                        to: other,
+                        room: store_key.clone(),
+                        peer,
+                    });
+                }
+            } else {
+                local = true;
+                self.send(other, ServerMsg::PeerLeft { peer });
+            }
+        }
+        if self.node.is_some() && !local {
+            for (_, _, conn) in self
+                .rooms
+                .all_members()
+                .filter(|m| m.0 == room)
+                .collect::<Vec<_>>()
+            {
+                self.remote_keys.remove(&conn);
+            }
+            self.rooms.forget(room);
+        }
+    }
+
+    fn room_joined(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        store_key: String,
+        peer: PeerId,
+        others: Vec<Member>,
+        locked: bool,
+    ) {
+        let Some(name) = self.joining.remove(&conn) else {
+            // Gone or ended while the store let it in: take it out again.
+            return self.request(Request::RoomLeave {
+                room: store_key,
+                peer,
+            });
+        };
+        let key = self.key(conn);
+        let mut members: Vec<(PeerId, ConnId)> = others.iter().map(|m| (m.peer, m.conn)).collect();
+        members.push((peer, conn));
+        let room = self.rooms.mirror(now, &name, &members, locked);
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.phase = Phase::InRoom { room, peer };
+        }
+        tracing::debug!(conn = %conn, peer, "joined a shared room");
+        let me = Member { peer, conn, key };
+        for m in &others {
+            if self.is_remote(m.conn) {
+                self.remote_keys.insert(m.conn, m.key);
+                self.publish(Remote::PeerJoined {
+                    to: m.conn,
+                    room: store_key.clone(),
+                    member: me.clone(),
+                });
+            } else {
+                self.send(m.conn, ServerMsg::PeerJoined { peer });
+            }
+        }
+        self.send(
+            conn,
+            ServerMsg::RoomJoined {
+                room: name,
+                peer,
+                peers: others.iter().map(|m| m.peer).collect(),
+                locked,
+                max_size: self.rooms.max_size(),
+            },
+        );
+    }
+
+    /// A room message from another node for `to`, if `to` is still in that room.
+    fn remote_room(&mut self, to: ConnId, store_key: &str) -> Option<(RoomId, PeerId)> {
+        match self.conns.get(&to)?.phase {
+            Phase::InRoom { room, peer } if self.room_key(room) == store_key => Some((room, peer)),
+            _ => None,
         }
     }
 
     /// Checks the switchboard's invariants; `Err` describes the first broken one.
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut in_call = 0;
+        let mut remote = 0;
         let mut in_room = Vec::new();
         for (&id, c) in &self.conns {
             match c.phase {
@@ -1107,7 +1760,7 @@ impl Switchboard {
                     }
                 }
                 Phase::Searching => {
-                    if !self.queue.is_waiting(id) {
+                    if !self.queue.is_waiting(id) && !self.shared_waiting.contains_key(&id) {
                         return Err(format!("{id} is searching but not queued"));
                     }
                     if c.closed {
@@ -1125,6 +1778,11 @@ impl Switchboard {
                     if c.closed {
                         return Err(format!("{id} is closed but in a call"));
                     }
+                    if self.is_remote(partner) {
+                        remote += 1;
+                        in_call -= 1;
+                        continue;
+                    }
                     let back = self.conns.get(&partner).map(|p| p.phase);
                     if back != Some(Phase::InCall { call, partner: id }) {
                         return Err(format!(
@@ -1138,6 +1796,19 @@ impl Switchboard {
             if !self.conns.contains_key(&id) {
                 return Err(format!("{id} is queued but gone"));
             }
+        }
+        for &id in self.shared_waiting.keys() {
+            if self.conns.get(&id).map(|c| c.phase) != Some(Phase::Searching) {
+                return Err(format!(
+                    "{id} waits in the shared queue but is not searching"
+                ));
+            }
+        }
+        if remote != self.remote_calls {
+            return Err(format!(
+                "{remote} people in calls with other nodes but {} such calls",
+                self.remote_calls
+            ));
         }
         if in_call != 2 * self.calls {
             return Err(format!(

@@ -1313,6 +1313,11 @@ impl Model {
             );
         }
         let (to, msg) = match out {
+            Output::Backplane(r) => {
+                return Err(TestCaseError::fail(format!(
+                    "a single node asked for a backplane: {r:?}"
+                )));
+            }
             Output::Close(id, reason) => {
                 let peer = self.peer(*id)?;
                 prop_assert!(!peer.gone, "(d) Close for {id} after disconnect");
@@ -4015,6 +4020,11 @@ impl Scene {
                         "(d) {msg:?} sent to {to} after its Close: {heard:?}"
                     );
                     heard.to.entry(to).or_default().push(msg);
+                }
+                Output::Backplane(r) => {
+                    return Err(TestCaseError::fail(format!(
+                        "a single node asked for a backplane: {r:?}"
+                    )));
                 }
                 Output::Close(id, reason) => {
                     prop_assert!(

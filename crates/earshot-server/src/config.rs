@@ -144,6 +144,13 @@ pub struct Args {
     #[arg(long, env = "EARSHOT_KEY_ROTATION", default_value_t = 24.0)]
     pub key_rotation: f64,
 
+    /// Share state with other earshot nodes through this Redis
+    /// (redis://host:port/db): the stranger queue, bans and blocks, and
+    /// signalling between users on different nodes. Without it, state is
+    /// in memory and the node stands alone.
+    #[arg(long, env = "EARSHOT_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+
     /// Log filter (tracing syntax: error, warn, info, debug, trace, or
     /// per-module like earshot_server=debug). Logs never contain addresses,
     /// SDP, candidates or chat text at any level.
@@ -181,6 +188,18 @@ pub struct Settings {
     pub geoip_db: Option<std::path::PathBuf>,
     pub tls: TlsSetup,
     pub proxies: crate::proxy::TrustedProxies,
+    /// `None`: state in memory, one node.
+    pub redis: Option<RedisUrl>,
+}
+
+/// A Redis URL; it may hold a password, so it never formats.
+#[derive(Clone)]
+pub struct RedisUrl(pub String);
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisUrl(<redacted>)")
+    }
 }
 
 /// Where HTTPS comes from, if anywhere.
@@ -264,6 +283,7 @@ impl Settings {
             geoip_db: None,
             tls: TlsSetup::None,
             proxies: crate::proxy::TrustedProxies::default(),
+            redis: None,
         }
     }
 }
@@ -319,6 +339,12 @@ impl TryFrom<&Args> for Settings {
         settings.core.pow.base_maxnumber = args.pow_difficulty;
         settings.core.pow.max_maxnumber = settings.core.pow.max_maxnumber.max(args.pow_difficulty);
         settings.key_rotation = seconds("key-rotation", args.key_rotation * 3600.0)?;
+        if let Some(url) = &args.redis {
+            if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+                bail!("--redis must be a redis:// URL");
+            }
+            settings.redis = Some(RedisUrl(url.clone()));
+        }
         for url in &args.turn_urls {
             if !(url.starts_with("turn:") || url.starts_with("turns:")) {
                 bail!("--turn-url must start with turn: or turns:");

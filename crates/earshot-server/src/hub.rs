@@ -10,15 +10,23 @@
 //! Outboxes are plain `VecDeque`s owned by the hub plus a `Notify` to wake the
 //! connection task: an empty one allocates nothing, which matters because
 //! almost every signalling socket is idle (see BENCHMARKS.md).
+//!
+//! With `--redis` the switchboard runs in backplane mode: connection ids
+//! carry this node's number, `Output::Backplane` requests go to the
+//! [`crate::backplane`] task through an unbounded channel (requests follow
+//! client messages, which are rate-limited), and its answers come back
+//! through [`Hub::backplane_event`].
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
+use earshot_core::backplane::{self, Event, NodeId, Request};
 use earshot_core::{CloseReason, ConnId, ConnInfo, Output, Switchboard};
 use tokio::sync::Notify;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 /// What a connection task is asked to do.
@@ -39,6 +47,8 @@ struct State {
     outboxes: HashMap<ConnId, Outbox>,
     /// Most messages an outbox holds before its reader counts as slow.
     outbox_len: usize,
+    /// Where backplane requests go, in backplane mode.
+    requests: Option<UnboundedSender<Request>>,
 }
 
 /// What a connection task finds in its outbox.
@@ -55,6 +65,10 @@ pub struct Hub {
     /// Woken when the switchboard's next deadline may have moved earlier.
     timer: Notify,
     next_id: AtomicU64,
+    node: Option<NodeId>,
+    /// Backplane mode: whether the shared store is reachable; while it is
+    /// not, new connections are closed at once with 1012.
+    available: AtomicBool,
 }
 
 /// The shell's clock. Tokio's, so that tests with paused time drive the core too.
@@ -64,17 +78,33 @@ fn now() -> Instant {
 
 impl Hub {
     pub fn new(config: earshot_core::Config, outbox_len: usize) -> Arc<Hub> {
+        Hub::with_backplane(config, outbox_len, None)
+    }
+
+    /// A hub whose switchboard is in backplane mode as `node` when given
+    /// one: its requests go to `requests`.
+    pub fn with_backplane(
+        config: earshot_core::Config,
+        outbox_len: usize,
+        backplane: Option<(NodeId, UnboundedSender<Request>)>,
+    ) -> Arc<Hub> {
+        let mut board = Switchboard::with_entropy(
+            config,
+            earshot_core::Entropy::new(crate::identity::random_u64),
+        );
+        let node = backplane.as_ref().map(|&(node, _)| node);
+        board.set_node(node);
         Arc::new(Hub {
             state: Mutex::new(State {
-                board: Switchboard::with_entropy(
-                    config,
-                    earshot_core::Entropy::new(crate::identity::random_u64),
-                ),
+                board,
                 outboxes: HashMap::new(),
                 outbox_len,
+                requests: backplane.map(|(_, tx)| tx),
             }),
             timer: Notify::new(),
             next_id: AtomicU64::new(1),
+            node,
+            available: AtomicBool::new(true),
         })
     }
 
@@ -99,14 +129,24 @@ impl Hub {
     /// Registers a new connection. The `Notify` is signalled whenever its
     /// outbox may have something to `pop`.
     pub fn connect(&self, info: ConnInfo) -> (ConnId, Arc<Notify>) {
-        let id = ConnId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = match self.node {
+            Some(node) => backplane::conn_id(node, n),
+            None => ConnId(n),
+        };
         let wake = Arc::new(Notify::new());
         let outbox = Outbox {
             items: VecDeque::new(),
             wake: wake.clone(),
         };
         self.lock().outboxes.insert(id, outbox);
-        self.step(|board, now| board.connect(now, id, info));
+        let available = self.available.load(Ordering::Relaxed);
+        self.step(|board, now| {
+            board.connect(now, id, info);
+            if !available {
+                board.close(now, id, CloseReason::BackplaneLost);
+            }
+        });
         (id, wake)
     }
 
@@ -156,6 +196,50 @@ impl Hub {
         });
     }
 
+    /// An answer from the backplane or a message from another node.
+    pub fn backplane_event(&self, event: Event) {
+        self.step(|board, now| board.handle_backplane(now, event));
+    }
+
+    /// The nodes this node's calls reach, whose heartbeats to watch.
+    pub fn remote_nodes(&self) -> Vec<NodeId> {
+        self.lock().board.remote_nodes()
+    }
+
+    /// Connections waiting in the shared queue.
+    pub fn shared_waiters(&self) -> Vec<ConnId> {
+        self.lock().board.shared_waiters()
+    }
+
+    /// The store's names of rooms with members here.
+    pub fn shared_rooms(&self) -> Vec<String> {
+        self.lock().board.shared_rooms()
+    }
+
+    /// Marks the shared store reachable or not. On losing it, every
+    /// connection is closed with 1012 ("backplane unavailable"): what the
+    /// store held for them may be gone, and clients reconnect with backoff
+    /// while their calls carry on.
+    pub fn set_available(&self, available: bool) {
+        let was = self.available.swap(available, Ordering::Relaxed);
+        if was && !available {
+            self.close_all(CloseReason::BackplaneLost);
+        }
+    }
+
+    pub fn is_available(&self) -> bool {
+        self.available.load(Ordering::Relaxed)
+    }
+
+    /// Closes every connection for `reason`.
+    pub fn close_all(&self, reason: CloseReason) {
+        self.step(|board, now| {
+            for id in board.connection_ids() {
+                board.close(now, id, reason);
+            }
+        });
+    }
+
     pub fn stats(&self) -> earshot_core::switchboard::Stats {
         self.lock().board.stats()
     }
@@ -201,6 +285,12 @@ impl State {
                         .items
                         .push_back(Outbound::Text(Utf8Bytes::from(msg.to_json())));
                     outbox.wake.notify_one();
+                }
+                Output::Backplane(request) => {
+                    if let Some(tx) = &self.requests {
+                        // Only fails once the backplane task has stopped (shutdown).
+                        let _ = tx.send(request);
+                    }
                 }
                 Output::Close(id, reason) => {
                     if let Some(outbox) = self.outboxes.get_mut(&id) {

@@ -57,6 +57,17 @@ impl Keyer {
         Ok(())
     }
 
+    /// The current secret, to share with other nodes (see `backplane`).
+    pub fn secret(&self) -> [u8; 32] {
+        self.secrets.read().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// Adopts secrets agreed with other nodes, so that one client has one
+    /// key on every node.
+    pub fn set_secrets(&self, current: [u8; 32], previous: Option<[u8; 32]>) {
+        *self.secrets.write().unwrap_or_else(|e| e.into_inner()) = (current, previous);
+    }
+
     /// The client's key now, and under the previous secret if there is one.
     pub fn keys(&self, addr: Pii<IpAddr>) -> (ClientKey, Option<ClientKey>) {
         let s = *self.secrets.read().unwrap_or_else(|e| e.into_inner());

@@ -6,6 +6,8 @@
 //! - `http`: routes, the embedded web client (`web/`), security headers.
 //! - `ws`: one task per signalling WebSocket, with its limits.
 //! - [`hub`]: drives the sans-IO `Switchboard` and delivers its outputs.
+//! - [`backplane`]: with `--redis`, the state several nodes share and the
+//!   signalling between them.
 //! - [`identity`]: client keys (HMAC of the address) and the `Pii` wrapper.
 //! - `listener`: TCP caps per client and a deadline for request heads.
 //! - [`stun`]: the embedded STUN server's UDP loop.
@@ -18,6 +20,7 @@
 //! only parses flags, sets up logging and waits for a signal. Tests and
 //! benchmarks start servers in-process the same way.
 
+pub mod backplane;
 pub mod config;
 pub mod geo;
 mod http;
@@ -125,15 +128,35 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         None => geo::Geo::embedded(),
     };
     tracing::info!(source = %geo.description(), "country lookup ready");
-    let hub = hub::Hub::new(settings.core.clone(), settings.outbound_queue);
+    let keyer =
+        Arc::new(identity::Keyer::random().context("no OS randomness for the client-key secret")?);
+    let (hub, redis) = match &settings.redis {
+        Some(url) => {
+            let redis = Arc::new(backplane::Redis::connect(&url.0).await?);
+            let fresh = keyer.secret();
+            redis
+                .sync_secret(&keyer, settings.key_rotation, fresh)
+                .await
+                .context("cannot agree the client-key secret through Redis")?;
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let hub = hub::Hub::with_backplane(
+                settings.core.clone(),
+                settings.outbound_queue,
+                Some((redis.node(), tx)),
+            );
+            (hub, Some((redis, rx)))
+        }
+        None => (
+            hub::Hub::new(settings.core.clone(), settings.outbound_queue),
+            None,
+        ),
+    };
     if turn_addr.is_some() || !settings.turn.urls.is_empty() {
         hub.set_turn_credentials(
             settings.turn.secret.clone(),
             settings.core.turn_credential_ttl,
         );
     }
-    let keyer =
-        Arc::new(identity::Keyer::random().context("no OS randomness for the client-key secret")?);
     let guards = listener::Guards {
         // Room for requests that are not signalling sockets, and for sockets
         // that are closing.
@@ -166,7 +189,20 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         pinger,
         last_ice_servers: std::sync::Mutex::new(None),
     });
-    tracker.spawn(rotate_keys(app.clone()));
+    match redis {
+        // The backplane rotates the shared secret with the other nodes.
+        Some((redis, rx)) => redis.spawn(
+            app.hub.clone(),
+            keyer.clone(),
+            app.settings.key_rotation,
+            rx,
+            shutdown.clone(),
+            &tracker,
+        ),
+        None => {
+            tracker.spawn(rotate_keys(app.clone()));
+        }
+    }
     let router = http::router(app.clone());
     let server = tokio::spawn(async move {
         let serve = axum::serve(

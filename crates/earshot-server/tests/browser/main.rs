@@ -14,6 +14,8 @@
 //!   ends a call at once for both; three reports from three addresses ban a
 //!   page, whose ban notice counts down; proof of work shows its progress,
 //!   then the page works.
+//! - `multinode`: strangers on two nodes that share a real `redis-server`
+//!   meet, hear each other and chat.
 //! - `reach`: "hide my IP" relays a call through TURN (the embedded server,
 //!   or a real coturn) with nothing but relay candidates reaching either
 //!   side; safety words match, and change when a fingerprint is swapped;
@@ -45,6 +47,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod multinode;
 mod reach;
 mod rooms;
 mod safety;

@@ -57,7 +57,7 @@ fn browser_call_survives_a_server_restart() -> Result<()> {
 
 /// `a` presses Start, then `b`: they meet, hear each other (see
 /// [`check_audio_flows`]) and chat both ways. The time to audio.
-fn meet_and_chat(run: &Run, a: &Browser, b: &Browser) -> Result<f64> {
+pub(crate) fn meet_and_chat(run: &Run, a: &Browser, b: &Browser) -> Result<f64> {
     a.arm()?;
     b.arm()?;
     a.click("start")?;

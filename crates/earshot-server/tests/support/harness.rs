@@ -325,6 +325,18 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Starts one more server with the run's flags (another node sharing
+    /// the same Redis, say) and returns its URL. It goes first in
+    /// `servers`, so the current server stays the one [`Run::finish`] stops;
+    /// its log is checked all the same.
+    pub fn start_node(&self) -> Result<String> {
+        let args: Vec<&str> = self.server_args.iter().map(String::as_str).collect();
+        let server = Server::start(&super::earshot_binary(), &args)?;
+        let url = server.url.clone();
+        self.servers.borrow_mut().insert(0, server);
+        Ok(url)
+    }
+
     /// `from` types `text` into the chat and sends it; it must show up in the
     /// chat log of every one of `to`. The text is remembered for the log
     /// check.

@@ -7,6 +7,8 @@
 //!   the log privacy check (`server::check_log`).
 //! - [`netns`]: the loopback-only network guard that every WebRTC test runs
 //!   behind, so no candidate or packet ever leaves 127.0.0.1.
+//! - [`redis`]: a real `redis-server` on a loopback port, for several
+//!   Earshot nodes to share, and looks at what they keep in it.
 //! - [`harness`]: the browser scenario harness on top of those three: a
 //!   `Run` (servers, browsers, the closing privacy checks), a `Browser` (one
 //!   page, its probes and snapshots), polling, audio checks and the report.
@@ -19,6 +21,7 @@
 
 pub mod harness;
 pub mod netns;
+pub mod redis;
 pub mod server;
 pub mod webdriver;
 

@@ -1,0 +1,529 @@
+//! Property tests of backplane mode: two switchboards (nodes 1 and 2) share
+//! a fake backplane that behaves as the Redis one does (an atomic FIFO
+//! queue with bans and keep-apart pairs, requests run in order per node,
+//! pub/sub delivered in order per node), while the schedule interleaves
+//! clients, request processing and deliveries at random.
+//!
+//! - `two_nodes_keep_their_promises`: after every step both boards'
+//!   invariants hold and nobody waits in the shared queue twice; once
+//!   everything pending is delivered, every call is known to both sides
+//!   with the same id, nobody is in a call with a kept-apart partner, and
+//!   every publish went to another node. A dead node ends every call with it.
+//! - `remote_messages_round_trip`, `room_messages_round_trip`,
+//!   `backplane_decoders_never_panic` and
+//!   `backplane_decoders_refuse_mangled_replies`: what nodes publish decodes
+//!   to itself; the Redis scripts' replies and anything else (arbitrary
+//!   text, mangled JSON) decode or are a typed error, never a panic.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use earshot_core::backplane::{
+    self, Event, NodeId, Partner, Remote, Request, decode_pair_reply, decode_remote,
+};
+use earshot_core::pow::{PowConfig, PowMode};
+use earshot_core::protocol::{EndReason, ServerMsg};
+use earshot_core::{ClientKey, Config, ConnId, ConnInfo, Country, Output, Switchboard};
+use proptest::prelude::*;
+use proptest::test_runner::Config as ProptestConfig;
+use serde_json::json;
+
+const NODES: [NodeId; 2] = [1, 2];
+const PER_NODE: u64 = 3;
+
+fn config() -> Config {
+    Config {
+        interest_wait: Duration::from_secs(2),
+        rematch_cooldown: Duration::from_secs(3),
+        pow: PowConfig {
+            mode: PowMode::Off,
+            ..PowConfig::default()
+        },
+        ..Config::default()
+    }
+}
+
+/// The shared store, as the Redis scripts keep it.
+#[derive(Default)]
+struct Store {
+    /// (conn, key, tags, open) in arrival order.
+    queue: Vec<(ConnId, ClientKey, Vec<String>, bool)>,
+    apart: HashSet<(ConnId, ConnId)>,
+    blocked: HashSet<([u8; 16], [u8; 16])>,
+    banned: HashSet<ClientKey>,
+}
+
+fn ordered<T: Ord>(a: T, b: T) -> (T, T) {
+    if a < b { (a, b) } else { (b, a) }
+}
+
+impl Store {
+    fn enqueue(&mut self, w: backplane::Waiter) -> Event {
+        self.queue.retain(|e| e.0 != w.conn);
+        if self.banned.contains(&w.key) {
+            return Event::Banned {
+                conn: w.conn,
+                ttl: Duration::from_secs(1),
+            };
+        }
+        let found = self.queue.iter().position(|(c, k, tags, open)| {
+            let shared = w.interests.iter().any(|t| tags.contains(t));
+            !self.banned.contains(k)
+                && !self.apart.contains(&ordered(*c, w.conn))
+                && !self.blocked.contains(&ordered(k.0, w.key.0))
+                && (shared || ((w.interests.is_empty() || w.open) && (tags.is_empty() || *open)))
+        });
+        match found {
+            Some(i) => {
+                let (conn, key, tags, _) = self.queue.remove(i);
+                let shared = w
+                    .interests
+                    .iter()
+                    .filter(|t| tags.contains(t))
+                    .cloned()
+                    .collect();
+                Event::Paired {
+                    conn: w.conn,
+                    partner: Partner {
+                        conn,
+                        key,
+                        shared,
+                        country: Country::new("de"),
+                    },
+                }
+            }
+            None => {
+                self.queue.push((w.conn, w.key, w.interests, w.open));
+                Event::Queued { conn: w.conn }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Connect(usize),
+    Search(usize, bool),
+    Skip(usize),
+    End(usize),
+    Signal(usize),
+    Report(usize),
+    Disconnect(usize),
+    /// Run one pending request of node 0 or 1.
+    Run(usize),
+    /// Deliver one published message to node 0 or 1.
+    Deliver(usize),
+    Wait(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let slot = 0..(2 * PER_NODE as usize);
+    prop_oneof![
+        2 => slot.clone().prop_map(Op::Connect),
+        3 => (slot.clone(), any::<bool>()).prop_map(|(s, t)| Op::Search(s, t)),
+        1 => slot.clone().prop_map(Op::Skip),
+        1 => slot.clone().prop_map(Op::End),
+        2 => slot.clone().prop_map(Op::Signal),
+        1 => slot.clone().prop_map(Op::Report),
+        1 => slot.prop_map(Op::Disconnect),
+        5 => (0..2usize).prop_map(Op::Run),
+        5 => (0..2usize).prop_map(Op::Deliver),
+        1 => (1..3000u64).prop_map(Op::Wait),
+    ]
+}
+
+struct Cluster {
+    now: Instant,
+    boards: Vec<Switchboard>,
+    store: Store,
+    /// Requests waiting to run, per node, in order.
+    requests: Vec<VecDeque<Request>>,
+    /// Published messages waiting for delivery, per node, in order.
+    inbox: Vec<VecDeque<Remote>>,
+    live: HashSet<ConnId>,
+    /// The last call each connection was told of.
+    calls: HashMap<ConnId, u64>,
+}
+
+fn id(slot: usize) -> ConnId {
+    let node = NODES[slot / PER_NODE as usize];
+    backplane::conn_id(node, slot as u64 % PER_NODE + 1)
+}
+
+fn index(node: NodeId) -> usize {
+    NODES.iter().position(|&n| n == node).expect("a known node")
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let boards = NODES
+            .iter()
+            .map(|&n| {
+                let mut b = Switchboard::new(config());
+                b.set_node(Some(n));
+                b
+            })
+            .collect();
+        Cluster {
+            now: Instant::now(),
+            boards,
+            store: Store::default(),
+            requests: vec![VecDeque::new(), VecDeque::new()],
+            inbox: vec![VecDeque::new(), VecDeque::new()],
+            live: HashSet::new(),
+            calls: HashMap::new(),
+        }
+    }
+
+    fn board(&mut self, conn: ConnId) -> &mut Switchboard {
+        &mut self.boards[index(backplane::node_of(conn))]
+    }
+
+    fn text(&mut self, slot: usize, v: serde_json::Value) {
+        let (now, conn) = (self.now, id(slot));
+        if self.live.contains(&conn) {
+            self.board(conn).handle_text(now, conn, &v.to_string());
+        }
+    }
+
+    fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
+        let now = self.now;
+        match op {
+            Op::Connect(s) => {
+                let conn = id(s);
+                if self.live.insert(conn) {
+                    let info = ConnInfo {
+                        key: ClientKey([s as u8 + 1; 16]),
+                        ..ConnInfo::default()
+                    };
+                    self.board(conn).connect(now, conn, info);
+                    self.text(s, json!({"type": "hello", "version": 1}));
+                }
+            }
+            Op::Search(s, tagged) => {
+                let interests: Vec<&str> = if tagged { vec!["chess"] } else { vec![] };
+                self.text(s, json!({"type": "search", "interests": interests}));
+            }
+            Op::Skip(s) => self.text(s, json!({"type": "skip"})),
+            Op::End(s) => self.text(s, json!({"type": "end"})),
+            Op::Report(s) => self.text(s, json!({"type": "report"})),
+            Op::Signal(s) => {
+                let call = self.calls.get(&id(s)).copied().unwrap_or(0);
+                self.text(
+                    s,
+                    json!({"type": "signal", "call": call,
+                        "description": {"type": "offer", "sdp": "v=0"}}),
+                );
+            }
+            Op::Disconnect(s) => {
+                let conn = id(s);
+                if self.live.remove(&conn) {
+                    self.board(conn).disconnect(now, conn);
+                }
+            }
+            Op::Run(n) => {
+                if let Some(r) = self.requests[n].pop_front() {
+                    self.run(n, r);
+                }
+            }
+            Op::Deliver(n) => {
+                if let Some(m) = self.inbox[n].pop_front() {
+                    self.boards[n].handle_backplane(now, Event::Remote(m));
+                }
+            }
+            Op::Wait(ms) => {
+                self.now += Duration::from_millis(ms);
+                let now = self.now;
+                for b in &mut self.boards {
+                    b.handle_timeout(now);
+                }
+            }
+        }
+        self.collect()
+    }
+
+    fn run(&mut self, n: usize, r: Request) {
+        let now = self.now;
+        match r {
+            Request::Enqueue(w) => {
+                let e = self.store.enqueue(w);
+                self.boards[n].handle_backplane(now, e);
+            }
+            Request::Dequeue { conn } => self.store.queue.retain(|e| e.0 != conn),
+            Request::Publish(m) => {
+                let to = index(backplane::node_of(m.to()));
+                self.inbox[to].push_back(m);
+            }
+            Request::KeepApart { a, b, .. } => {
+                self.store.apart.insert(ordered(a, b));
+            }
+            Request::Block { a, b, .. } => {
+                self.store.blocked.insert(ordered(a.0, b.0));
+            }
+            Request::Ban { key, .. } => {
+                self.store.banned.insert(key);
+            }
+            _ => {}
+        }
+    }
+
+    fn collect(&mut self) -> Result<(), TestCaseError> {
+        for (n, &node) in NODES.iter().enumerate() {
+            while let Some(out) = self.boards[n].poll_output() {
+                match out {
+                    Output::Send(to, msg) => {
+                        prop_assert_eq!(
+                            backplane::node_of(to),
+                            NODES[n],
+                            "sent to another node's conn"
+                        );
+                        if let ServerMsg::Matched { call, .. } = msg {
+                            prop_assert!(call < 1 << 53);
+                            self.calls.insert(to, call);
+                        }
+                    }
+                    Output::Close(..) => {}
+                    Output::Backplane(r) => {
+                        if let Request::Publish(m) = &r {
+                            prop_assert_ne!(
+                                backplane::node_of(m.to()),
+                                NODES[n],
+                                "published to itself"
+                            );
+                            let back = decode_remote(&m.encode());
+                            prop_assert_eq!(back.as_ref(), Ok(m), "publish round trip");
+                        }
+                        self.requests[n].push_back(r);
+                    }
+                }
+            }
+            if let Err(e) = self.boards[n].check_invariants() {
+                return Err(TestCaseError::fail(format!("node {node}: {e}")));
+            }
+        }
+        let mut seen = HashSet::new();
+        for (c, ..) in &self.store.queue {
+            prop_assert!(seen.insert(*c), "{c} waits twice");
+        }
+        Ok(())
+    }
+
+    /// Runs and delivers everything pending (bounded: each step can cause
+    /// only a few more).
+    fn settle(&mut self) -> Result<(), TestCaseError> {
+        for _ in 0..10_000 {
+            let busy = (0..2).find(|&n| !self.requests[n].is_empty() || !self.inbox[n].is_empty());
+            let Some(n) = busy else { return Ok(()) };
+            let op = if self.requests[n].is_empty() {
+                Op::Deliver(n)
+            } else {
+                Op::Run(n)
+            };
+            self.apply(op)?;
+        }
+        Err(TestCaseError::fail("the backplane never settled"))
+    }
+
+    /// Both sides of every call agree on it.
+    fn check_calls(&self) -> Result<(), TestCaseError> {
+        for &conn in &self.live {
+            let board = &self.boards[index(backplane::node_of(conn))];
+            if let Some((call, partner)) = board.call_of(conn) {
+                let theirs = &self.boards[index(backplane::node_of(partner))];
+                prop_assert_eq!(
+                    theirs.call_of(partner),
+                    Some((call, conn)),
+                    "{}'s partner {} does not know of call {}",
+                    conn,
+                    partner,
+                    call
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn proptest_config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(proptest_config(256))]
+
+    #[test]
+    fn two_nodes_keep_their_promises(ops in prop::collection::vec(op(), 1..120)) {
+        let mut c = Cluster::new();
+        for op in ops {
+            c.apply(op)?;
+        }
+        c.settle()?;
+        c.check_calls()?;
+        // Node 2 dies: node 1 ends every call with it and queues its users again.
+        let now = c.now;
+        c.boards[0].handle_backplane(now, Event::NodeDown(2));
+        c.collect()?;
+        for &conn in &c.live {
+            if backplane::node_of(conn) == 1
+                && let Some((_, partner)) = c.boards[0].call_of(conn)
+            {
+                prop_assert_eq!(backplane::node_of(partner), 1, "a call with a dead node survived");
+            }
+        }
+        prop_assert!(c.boards[0].remote_nodes().is_empty());
+    }
+
+    #[test]
+    fn remote_messages_round_trip(
+        to in any::<u64>(),
+        from in any::<u64>(),
+        call in 0..(1u64 << 53),
+        key in any::<[u8; 16]>(),
+        shared in prop::collection::vec("[a-z]{1,12}", 0..5),
+        kind in 0..4u8,
+    ) {
+        let (to, from) = (ConnId(to), ConnId(from));
+        let msg = match kind {
+            0 => Remote::Matched { to, from, call, key: ClientKey(key), shared, country: Country::new("fr") },
+            1 => Remote::Ended { to, from, call, reason: EndReason::PartnerSkipped },
+            2 => Remote::Requeue { to },
+            _ => {
+                let text = json!({"type": "signal", "call": call,
+                    "candidate": {"candidate": "candidate:1 1 udp 1 192.0.2.1 5000 typ host"}});
+                let Ok(earshot_core::ClientMsg::Signal(signal)) = earshot_core::protocol::decode(&text.to_string()) else {
+                    return Err(TestCaseError::fail("a valid signal"));
+                };
+                Remote::Signal { to, from, signal }
+            }
+        };
+        prop_assert_eq!(decode_remote(&msg.encode()), Ok(msg));
+    }
+
+    #[test]
+    fn backplane_decoders_never_panic(text in ".{0,200}") {
+        let _ = decode_remote(&text);
+        let _ = decode_pair_reply(&text);
+        let _ = decode_room_reply(&text);
+    }
+
+    #[test]
+    fn backplane_decoders_refuse_mangled_replies(
+        parts in prop::collection::vec(prop::sample::select(vec![
+            "{", "}", "[", "]", ",", ":", "\"t\"", "\"r\"", "\"matched\"", "\"signal\"",
+            "\"ended\"", "\"queued\"", "\"banned\"", "\"ms\"", "\"conn\"", "\"key\"",
+            "\"to\"", "\"from\"", "\"call\"", "\"shared\"", "\"country\"", "\"reason\"",
+            "\"partner_left\"", "\"requeue\"", "1", "-1", "18446744073709551616", "null",
+            "\"00112233445566778899aabbccddeeff\"", "\"zz\"", "\"DE\"", "\"x\"", "1e400",
+            "\"joined\"", "\"refused\"", "\"peer\"", "\"others\"", "\"locked\"", "true",
+            "\"room_full\"", "\"rate_limited\"", "\"code\"", "\"room\"", "\"peer_joined\"",
+            "\"room_signal\"", "\"room_lock\"", "\"12\"",
+        ]), 0..40),
+    ) {
+        let text: String = parts.concat();
+        if let Ok(PairReply::Matched(p)) = decode_pair_reply(&text) {
+            prop_assert!(p.shared.len() <= 32);
+        }
+        let _ = decode_remote(&text);
+        if let Ok(RoomReply::Joined { others, .. }) = decode_room_reply(&text) {
+            prop_assert!(others.len() <= 64);
+            prop_assert!(others.windows(2).all(|w| w[0].peer <= w[1].peer));
+        }
+    }
+
+    #[test]
+    fn room_messages_round_trip(
+        to in any::<u64>(),
+        conn in any::<u64>(),
+        peer in 1..1_000_000u32,
+        from in 1..1_000_000u32,
+        key in any::<[u8; 16]>(),
+        locked in any::<bool>(),
+        name in "[a-z]{1,20}",
+        kind in 0..4u8,
+    ) {
+        let (to, room) = (ConnId(to), backplane::room_key(&name));
+        let msg = match kind {
+            0 => Remote::PeerJoined {
+                to,
+                room,
+                member: backplane::Member { peer, conn: ConnId(conn), key: ClientKey(key) },
+            },
+            1 => Remote::PeerLeft { to, room, peer },
+            2 => Remote::RoomLock { to, room, locked },
+            _ => {
+                let text = json!({"type": "signal", "to": peer, "auth": "abc_-9",
+                    "description": {"type": "offer", "sdp": "v=0"}});
+                let Ok(earshot_core::ClientMsg::RoomSignal(signal)) =
+                    earshot_core::protocol::decode(&text.to_string())
+                else {
+                    return Err(TestCaseError::fail("a valid room signal"));
+                };
+                Remote::RoomSignal { to, room, from, signal }
+            }
+        };
+        prop_assert_eq!(decode_remote(&msg.encode()), Ok(msg));
+    }
+}
+
+use earshot_core::backplane::{PairReply, RoomReply, decode_room_reply};
+
+#[test]
+fn a_signal_from_a_stranger_is_dropped() {
+    let mut c = Cluster::new();
+    c.apply(Op::Connect(0)).unwrap();
+    let now = c.now;
+    let text = json!({"type": "signal", "call": 1, "description": {"type": "offer", "sdp": "v=0"}});
+    let Ok(earshot_core::ClientMsg::Signal(signal)) =
+        earshot_core::protocol::decode(&text.to_string())
+    else {
+        panic!("a valid signal");
+    };
+    let stranger = backplane::conn_id(2, 9);
+    c.boards[0].handle_backplane(
+        now,
+        Event::Remote(Remote::Signal {
+            to: id(0),
+            from: stranger,
+            signal,
+        }),
+    );
+    while let Some(out) = c.boards[0].poll_output() {
+        assert!(
+            !matches!(out, Output::Send(_, ServerMsg::Signal(_))),
+            "{out:?}"
+        );
+    }
+}
+
+/// The random sessions do reach calls across nodes (and skips and reports
+/// of them), or the property above would prove little.
+#[test]
+fn two_node_sessions_reach_cross_node_calls() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let (mut across, mut ended) = (0, 0);
+    for _ in 0..200 {
+        let ops = prop::collection::vec(op(), 1..120)
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
+        let mut c = Cluster::new();
+        let mut had_call = false;
+        for op in ops {
+            c.apply(op).unwrap();
+            had_call |= !c.boards[0].remote_nodes().is_empty();
+        }
+        c.settle().unwrap();
+        across += usize::from(had_call);
+        ended += usize::from(had_call && c.boards[0].remote_nodes().is_empty());
+    }
+    assert!(
+        across > 20,
+        "only {across} of 200 sessions had a cross-node call"
+    );
+    assert!(ended > 5, "only {ended} of 200 sessions ended one");
+}

@@ -1,0 +1,506 @@
+//! Several `earshot` nodes sharing one real `redis-server`, every process on
+//! its own loopback port: strangers on different nodes are matched and their
+//! offer, answer and candidates relayed; a ban made on one node holds on
+//! another; a node killed with SIGKILL ends its calls on the other nodes and
+//! leaves no waiter behind; a Redis restart closes connections with 1012
+//! ("backplane unavailable") and the nodes serve again once it is back, and
+//! a short outage (Redis frozen) leaves no ghost waiter or room member.
+//!
+//! Each test starts its own `redis-server` (`--save "" --appendonly no`, so
+//! it writes nothing) and its own nodes. Clients connect from distinct
+//! 127.0.0.x addresses where they must be distinct clients.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use support::redis::RedisServer;
+use support::server::Server;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{WebSocketStream, client_async};
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// How long any one expected message may take: generous, since this only
+/// bounds a failing test (node death is noticed within about 4 s).
+const WAIT: Duration = Duration::from_secs(15);
+
+fn node(redis: &RedisServer) -> Server {
+    Server::start(
+        env!("CARGO_BIN_EXE_earshot"),
+        &["--redis", &redis.url(), "--pow", "off", "--log", "debug"],
+    )
+    .unwrap()
+}
+
+fn addr(server: &Server) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], server.port()))
+}
+
+async fn ws_from(source: &str, server: &Server) -> Ws {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let tcp = socket.connect(addr(server)).await.unwrap();
+    let url = format!("ws://{}/ws", addr(server));
+    let (ws, _) = tokio::time::timeout(WAIT, client_async(url, tcp))
+        .await
+        .expect("connected in time")
+        .unwrap();
+    ws
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+/// The next message: JSON text, or a close frame as
+/// `{"type": "close", "code": N, "reason": "..."}`.
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("the socket is open")
+            .unwrap();
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Close(frame) => {
+                let (code, reason) = frame.map_or((0, String::new()), |f| {
+                    (u16::from(f.code), f.reason.to_string())
+                });
+                return json!({"type": "close", "code": code, "reason": reason});
+            }
+            _ => continue,
+        }
+    }
+}
+
+async fn recv_type(ws: &mut Ws, kind: &str) -> Value {
+    let v = recv(ws).await;
+    assert_eq!(v["type"], kind, "{v}");
+    v
+}
+
+/// A greeted client from `source` on `server`.
+async fn client(source: &str, server: &Server) -> Ws {
+    let mut ws = ws_from(source, server).await;
+    send(&mut ws, json!({"type": "hello", "version": 1})).await;
+    recv_type(&mut ws, "welcome").await;
+    ws
+}
+
+/// A greeted client, once `server` serves again: until then it closes new
+/// connections with 1012 (bounded by `WAIT`).
+async fn client_when_ready(source: &str, server: &Server) -> Ws {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut ws = ws_from(source, server).await;
+        send(&mut ws, json!({"type": "hello", "version": 1})).await;
+        if recv(&mut ws).await["type"] == "welcome" {
+            return ws;
+        }
+        assert!(Instant::now() < deadline, "the node never served again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn search(ws: &mut Ws) {
+    send(ws, json!({"type": "search"})).await;
+    recv_type(ws, "searching").await;
+}
+
+/// Waits (bounded) until `done` holds, polling.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `a` waits on one node, `b` joins on another: they are matched, `b`
+/// (the joiner) makes the offer. The call id.
+async fn match_pair(redis: &RedisServer, a: &mut Ws, b: &mut Ws) -> u64 {
+    let before = redis.queue().len();
+    search(a).await;
+    // `searching` comes before the queue join is done in Redis.
+    eventually("a waits in Redis", || redis.queue().len() > before);
+    search(b).await;
+    let mb = recv_type(b, "matched").await;
+    let ma = recv_type(a, "matched").await;
+    assert_eq!(ma["call"], mb["call"]);
+    assert_eq!(
+        (ma["polite"].as_bool(), mb["polite"].as_bool()),
+        (Some(true), Some(false))
+    );
+    ma["call"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_on_two_nodes_are_matched_and_signal_across() {
+    let redis = RedisServer::start();
+    let (na, nb) = (node(&redis), node(&redis));
+    let mut a = client("127.0.0.2", &na).await;
+    let mut b = client("127.0.0.3", &nb).await;
+    let call = match_pair(&redis, &mut a, &mut b).await;
+    assert!(call < 1 << 53, "call ids survive a JavaScript number");
+    assert!(redis.queue().is_empty(), "both left the queue");
+
+    let offer = json!({"type": "signal", "call": call,
+        "description": {"type": "offer", "sdp": "v=0 offer from b"}});
+    send(&mut b, offer).await;
+    let got = recv_type(&mut a, "signal").await;
+    assert_eq!(got["description"]["sdp"], "v=0 offer from b");
+    assert_eq!(got["call"], call);
+    let answer = json!({"type": "signal", "call": call,
+        "description": {"type": "answer", "sdp": "v=0 answer from a"}});
+    send(&mut a, answer).await;
+    assert_eq!(
+        recv_type(&mut b, "signal").await["description"]["type"],
+        "answer"
+    );
+    let cand = json!({"type": "signal", "call": call, "candidate": {
+        "candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host",
+        "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "abcd"}});
+    send(&mut a, cand.clone()).await;
+    let got = recv_type(&mut b, "signal").await;
+    assert_eq!(got["candidate"]["usernameFragment"], "abcd");
+    send(&mut b, cand).await;
+    let got = recv_type(&mut a, "signal").await;
+    assert_eq!(got["candidate"]["sdpMid"], "0");
+    // A signal for another call is refused on the sender's node.
+    send(
+        &mut a,
+        json!({"type": "signal", "call": call + 1,
+        "description": {"type": "offer", "sdp": "x"}}),
+    )
+    .await;
+    assert_eq!(recv_type(&mut a, "error").await["code"], "wrong_call");
+
+    // Skipping ends the call on the other node, which queues its user again;
+    // the skipper is queued too, but the two are kept apart.
+    send(&mut b, json!({"type": "skip"})).await;
+    recv_type(&mut b, "searching").await;
+    let ended = recv_type(&mut a, "call_ended").await;
+    assert_eq!(ended["reason"], "partner_skipped");
+    recv_type(&mut a, "searching").await;
+    eventually("both wait, kept apart", || redis.queue().len() == 2);
+
+    // A third person on node A is matched with one of them.
+    let mut c = client("127.0.0.4", &na).await;
+    search(&mut c).await;
+    recv_type(&mut c, "matched").await;
+    eventually("one is left waiting", || redis.queue().len() == 1);
+
+    // Ending leaves the queue too: nothing stays behind.
+    for ws in [&mut a, &mut b, &mut c] {
+        send(ws, json!({"type": "end"})).await;
+    }
+    eventually("the queue is empty", || redis.queue().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_made_on_one_node_holds_on_another() {
+    let redis = RedisServer::start();
+    let (na, nb) = (node(&redis), node(&redis));
+    // The same address has the same client key on every node.
+    let mut target = client("127.0.0.9", &nb).await;
+    search(&mut target).await;
+    for n in 2..=4 {
+        let mut reporter = client(&format!("127.0.0.{n}"), &na).await;
+        search(&mut reporter).await;
+        recv_type(&mut reporter, "matched").await;
+        recv_type(&mut target, "matched").await;
+        send(&mut reporter, json!({"type": "report", "reason": "spam"})).await;
+        recv_type(&mut reporter, "idle").await;
+        assert_eq!(
+            recv_type(&mut target, "call_ended").await["reason"],
+            "partner_ended"
+        );
+        let next = recv(&mut target).await;
+        if n < 4 {
+            assert_eq!(next["type"], "searching", "{next}");
+        }
+    }
+    eventually("the ban is in Redis", || {
+        redis.keys().iter().any(|k| k.starts_with("{earshot}:ban:"))
+    });
+    // On node B, which saw no report at all, the client may not search.
+    let mut again = client("127.0.0.9", &nb).await;
+    send(&mut again, json!({"type": "search"})).await;
+    let mut banned = recv(&mut again).await;
+    if banned["type"] == "searching" {
+        banned = recv(&mut again).await;
+    }
+    assert_eq!(banned["code"], "banned", "{banned}");
+    assert!(banned["retry_after_ms"].as_u64().unwrap() > 0);
+    recv_type(&mut again, "idle").await;
+    // Someone else on node B still gets matched, with a waiter on node A.
+    let mut other = client("127.0.0.5", &na).await;
+    let mut fine = client("127.0.0.6", &nb).await;
+    match_pair(&redis, &mut other, &mut fine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_ends_its_calls_and_leaves_no_waiters() {
+    let redis = RedisServer::start();
+    let (na, nb, nc) = (node(&redis), node(&redis), node(&redis));
+    let mut a = client("127.0.0.2", &na).await;
+    let mut b = client("127.0.0.3", &nb).await;
+    let call = match_pair(&redis, &mut a, &mut b).await;
+    // Someone on node B waits, with an interest nobody shares.
+    let mut waiting = client("127.0.0.4", &nb).await;
+    send(
+        &mut waiting,
+        json!({"type": "search", "interests": ["zither"]}),
+    )
+    .await;
+    recv_type(&mut waiting, "searching").await;
+    eventually("B's user waits", || redis.queue().len() == 1);
+
+    drop(nb); // SIGKILL: no goodbye to anyone.
+    let ended = recv_type(&mut a, "call_ended").await;
+    assert_eq!(
+        (ended["call"].as_u64(), ended["reason"].as_str()),
+        (Some(call), Some("partner_left"))
+    );
+    recv_type(&mut a, "searching").await;
+    // a waits alone: B's waiter is gone from the queue, not matched.
+    eventually("only a waits", || {
+        redis.queue().len() == 1 && redis.stale_waiters() == 0
+    });
+    let mut c = client("127.0.0.5", &nc).await;
+    search(&mut c).await;
+    recv_type(&mut c, "matched").await;
+    recv_type(&mut a, "matched").await;
+    eventually("nobody waits", || redis.queue().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_closes_connections_and_nodes_recover_clean() {
+    let mut redis = RedisServer::start();
+    let (na, nb) = (node(&redis), node(&redis));
+    let mut a = client("127.0.0.2", &na).await;
+    let mut b = client("127.0.0.3", &nb).await;
+    match_pair(&redis, &mut a, &mut b).await;
+    let mut waiting = client("127.0.0.4", &na).await;
+    search(&mut waiting).await;
+
+    let port = redis.port;
+    drop(redis);
+    for ws in [&mut a, &mut b, &mut waiting] {
+        let close = recv_type(ws, "close").await;
+        assert_eq!(close["code"], 1012, "{close}");
+        assert_eq!(close["reason"], "backplane unavailable");
+    }
+    // While Redis is away, new connections are turned away the same way.
+    let mut early = ws_from("127.0.0.5", &na).await;
+    assert_eq!(recv_type(&mut early, "close").await["code"], 1012);
+
+    redis = RedisServer::start_on(port);
+    // Back with empty state: both nodes serve again and match across.
+    let mut a = client_when_ready("127.0.0.2", &na).await;
+    let mut b = client_when_ready("127.0.0.3", &nb).await;
+    match_pair(&redis, &mut a, &mut b).await;
+    assert!(redis.queue().is_empty(), "no stale waiter survived");
+    drop((na, nb));
+}
+
+const ROOM: &str = "quiet-otters-juggle-softly";
+
+async fn join(ws: &mut Ws, verifier: Option<&str>) -> Value {
+    let mut msg = json!({"type": "room_join", "room": ROOM});
+    if let Some(v) = verifier {
+        msg["verifier"] = json!(v);
+    }
+    send(ws, msg).await;
+    recv(ws).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_spans_three_nodes_and_locks() {
+    let redis = RedisServer::start();
+    let (na, nb, nc) = (node(&redis), node(&redis), node(&redis));
+    let mut p1 = client("127.0.0.2", &na).await;
+    let mut p2 = client("127.0.0.3", &nb).await;
+    let mut p3 = client("127.0.0.4", &nc).await;
+    let j1 = join(&mut p1, None).await;
+    assert_eq!(
+        (j1["type"].as_str(), j1["peer"].as_u64()),
+        (Some("room_joined"), Some(1)),
+        "{j1}"
+    );
+    assert_eq!(j1["room"], ROOM);
+    let j2 = join(&mut p2, None).await;
+    assert_eq!(j2["peers"], json!([1]), "{j2}");
+    assert_eq!(recv_type(&mut p1, "peer_joined").await["peer"], 2);
+    let j3 = join(&mut p3, None).await;
+    assert_eq!(j3["peers"], json!([1, 2]), "{j3}");
+    for ws in [&mut p1, &mut p2] {
+        assert_eq!(recv_type(ws, "peer_joined").await["peer"], 3);
+    }
+    // No room name in Redis, only its hash.
+    assert!(redis.keys().iter().all(|k| !k.contains(ROOM)));
+
+    // Signals go to the addressed member on whichever node, with `from`.
+    send(
+        &mut p3,
+        json!({"type": "signal", "to": 1, "auth": "tag",
+        "description": {"type": "offer", "sdp": "v=0 from 3"}}),
+    )
+    .await;
+    let got = recv_type(&mut p1, "signal").await;
+    assert_eq!(
+        (got["from"].as_u64(), got["auth"].as_str()),
+        (Some(3), Some("tag")),
+        "{got}"
+    );
+    assert_eq!(got["description"]["sdp"], "v=0 from 3");
+    send(
+        &mut p1,
+        json!({"type": "signal", "to": 2,
+        "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host"}}),
+    )
+    .await;
+    assert_eq!(recv_type(&mut p2, "signal").await["from"], 1);
+    send(
+        &mut p2,
+        json!({"type": "signal", "to": 9,
+        "description": {"type": "offer", "sdp": "x"}}),
+    )
+    .await;
+    assert_eq!(recv_type(&mut p2, "error").await["code"], "unknown_peer");
+
+    // Locked on node A: everyone hears it; a newcomer on node B needs the
+    // passphrase's verifier.
+    let right = "A".repeat(43);
+    let wrong = format!("{}E", "A".repeat(42));
+    send(&mut p1, json!({"type": "room_lock", "verifier": right})).await;
+    for ws in [&mut p1, &mut p2, &mut p3] {
+        assert_eq!(recv_type(ws, "room_lock_state").await["locked"], true);
+    }
+    let mut p4 = client("127.0.0.5", &nb).await;
+    assert_eq!(join(&mut p4, None).await["code"], "passphrase_required");
+    assert_eq!(
+        join(&mut p4, Some(&wrong)).await["code"],
+        "wrong_passphrase"
+    );
+    let j4 = join(&mut p4, Some(&right)).await;
+    assert_eq!(
+        (j4["peer"].as_u64(), j4["locked"].as_bool()),
+        (Some(4), Some(true)),
+        "{j4}"
+    );
+    assert_eq!(j4["peers"], json!([1, 2, 3]));
+    for ws in [&mut p1, &mut p2, &mut p3] {
+        assert_eq!(recv_type(ws, "peer_joined").await["peer"], 4);
+    }
+
+    // Guessing is limited per room across nodes: guessers on B and C, each
+    // within its own client allowance (5), together run out the room's 20.
+    let mut limited = None;
+    'guess: for n in 10..14 {
+        let on = if n % 2 == 0 { &nb } else { &nc };
+        let mut guesser = client(&format!("127.0.0.{n}"), on).await;
+        for _ in 0..5 {
+            let answer = join(&mut guesser, Some(&wrong)).await;
+            match answer["code"].as_str() {
+                Some("wrong_passphrase") => {}
+                Some("rate_limited") => {
+                    limited = Some(answer);
+                    break 'guess;
+                }
+                _ => panic!("{answer}"),
+            }
+        }
+    }
+    let limited = limited.expect("the room's attempts ran out");
+    assert!(limited["retry_after_ms"].as_u64().unwrap() > 0, "{limited}");
+
+    // Leaving on node B is heard on A and C.
+    send(&mut p2, json!({"type": "end"})).await;
+    recv_type(&mut p2, "idle").await;
+    for ws in [&mut p1, &mut p3, &mut p4] {
+        assert_eq!(recv_type(ws, "peer_left").await["peer"], 2);
+    }
+    // Node C dies: its member leaves everyone else's room.
+    drop(nc);
+    for ws in [&mut p1, &mut p4] {
+        assert_eq!(recv_type(ws, "peer_left").await["peer"], 3);
+    }
+    // The last ones out take the room, lock and all, with them.
+    send(&mut p1, json!({"type": "end"})).await;
+    recv_type(&mut p1, "idle").await;
+    assert_eq!(recv_type(&mut p4, "peer_left").await["peer"], 1);
+    send(&mut p4, json!({"type": "end"})).await;
+    recv_type(&mut p4, "idle").await;
+    eventually("the room is gone from Redis", || {
+        !redis
+            .keys()
+            .iter()
+            .any(|k| k.starts_with("{earshot}:room:"))
+    });
+    // A new room of that name starts unlocked.
+    let j = join(&mut p2, None).await;
+    assert_eq!(
+        (j["peer"].as_u64(), j["locked"].as_bool()),
+        (Some(1), Some(false)),
+        "{j}"
+    );
+    drop((na, nb, p3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_redis_outage_leaves_no_ghosts() {
+    let redis = RedisServer::start();
+    let (na, nb) = (node(&redis), node(&redis));
+    let mut a = client("127.0.0.2", &na).await;
+    let mut b = client("127.0.0.3", &nb).await;
+    match_pair(&redis, &mut a, &mut b).await;
+    let mut waiting = client("127.0.0.4", &na).await;
+    search(&mut waiting).await;
+    let mut member = client("127.0.0.6", &na).await;
+    assert_eq!(join(&mut member, None).await["type"], "room_joined");
+    eventually("the waiter is in Redis", || redis.queue().len() == 1);
+
+    // Redis stops answering for a while (frozen, state kept): the nodes'
+    // leaves and dequeues fail meanwhile.
+    let pid = redis.pid().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    for ws in [&mut a, &mut b, &mut waiting, &mut member] {
+        let close = recv_type(ws, "close").await;
+        assert_eq!(close["reason"], "backplane unavailable", "{close}");
+    }
+    signal("-CONT");
+
+    // Back: what node A left behind counts for nothing. A newcomer waits
+    // alone rather than meeting a ghost, and finds an empty room.
+    let mut x = client_when_ready("127.0.0.5", &nb).await;
+    search(&mut x).await;
+    let mut y = client_when_ready("127.0.0.7", &na).await;
+    let j = join(&mut y, None).await;
+    assert_eq!(
+        (j["peer"].as_u64().is_some(), &j["peers"]),
+        (true, &json!([])),
+        "{j}"
+    );
+    eventually("only the newcomer waits", || {
+        redis.queue().len() == 1 && redis.stale_waiters() == 0
+    });
+    // And the two find each other once y searches instead.
+    send(&mut y, json!({"type": "end"})).await;
+    recv_type(&mut y, "idle").await;
+    search(&mut y).await;
+    recv_type(&mut y, "matched").await;
+    recv_type(&mut x, "matched").await;
+}
