@@ -305,6 +305,10 @@ impl Worker {
         })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// One command line to the worker.
     pub fn tell(&mut self, line: &str) -> anyhow::Result<()> {
         let stdin = self.stdin.as_mut().context("the worker was stopped")?;

@@ -126,6 +126,10 @@ pub struct Round {
     pub all: Duration,
     /// From the first `search` to the `matched` of 99 % of the users.
     pub p99: Duration,
+    /// Server CPU time (all threads) over the round, when we started it.
+    pub server_cpu: Option<Duration>,
+    /// CPU time of the client workers over the round.
+    pub client_cpu: Duration,
 }
 
 impl Round {
@@ -136,6 +140,8 @@ impl Round {
         Round {
             all: at(matched.len() - 1),
             p99: at(p99_rank),
+            server_cpu: None,
+            client_cpu: Duration::ZERO,
         }
     }
 }
@@ -167,6 +173,25 @@ impl Summary {
                 .iter()
                 .map(|r| rate(self.waiting as f64 * 0.99 / 2.0, r.p99)),
         )
+    }
+
+    /// Server CPU time per pair, median round, in µs.
+    pub fn cpu_per_pair(&self) -> Option<f64> {
+        let values: Option<Vec<f64>> = self
+            .rounds
+            .iter()
+            .map(|r| Some(self.per_pair(r.server_cpu?)))
+            .collect();
+        Some(median(values?.into_iter()))
+    }
+
+    /// The client workers' CPU time per pair, median round, in µs.
+    pub fn client_cpu_per_pair(&self) -> f64 {
+        median(self.rounds.iter().map(|r| self.per_pair(r.client_cpu)))
+    }
+
+    fn per_pair(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / (self.waiting as f64 / 2.0)
     }
 
     fn median_time(&self, f: impl Fn(&Round) -> Duration) -> Duration {
@@ -246,7 +271,21 @@ fn measure(
     wait_ready(&events, &workers.iter().collect::<Vec<_>>(), connect_by)?;
 
     let mut rounds = Vec::new();
+    let cpu = || {
+        server
+            .as_ref()
+            .map(|s| crate::procmem::cpu_ns(s.pid()))
+            .transpose()
+    };
+    let client_cpu = |workers: &[Worker]| -> anyhow::Result<u64> {
+        workers
+            .iter()
+            .map(|w| crate::procmem::cpu_ns(w.pid()))
+            .sum()
+    };
     for round in 0..=config.runs {
+        let cpu_before = cpu()?;
+        let clients_before = client_cpu(&workers)?;
         for w in &mut workers {
             w.tell("go")?;
         }
@@ -260,14 +299,20 @@ fn measure(
             times.extend(matched);
         }
         ensure!(times.len() == n, "{} of {n} users matched", times.len());
-        let r = Round::from_times(first_sent, times);
+        let mut r = Round::from_times(first_sent, times);
+        if let (Some(before), Some(after)) = (cpu_before, cpu()?) {
+            r.server_cpu = Some(Duration::from_nanos(after.saturating_sub(before)));
+        }
+        r.client_cpu = Duration::from_nanos(client_cpu(&workers)?.saturating_sub(clients_before));
         eprintln!(
-            "match: {n} waiting{}, round {round}{}: all matched in {:.1} ms ({:.0} pairs/s), 99 % in {:.1} ms",
+            "match: {n} waiting{}, round {round}{}: all matched in {:.1} ms ({:.0} pairs/s), 99 % in {:.1} ms, CPU: server {:.1} ms, clients {:.1} ms",
             if interests { " with interests" } else { "" },
             if round == 0 { " (warm-up)" } else { "" },
             r.all.as_secs_f64() * 1e3,
             rate(n as f64 / 2.0, r.all),
             r.p99.as_secs_f64() * 1e3,
+            r.server_cpu.map_or(f64::NAN, |c| c.as_secs_f64() * 1e3),
+            r.client_cpu.as_secs_f64() * 1e3,
         );
         if round > 0 {
             rounds.push(r);
@@ -299,12 +344,12 @@ fn parse_matched(line: &str) -> anyhow::Result<(u64, Vec<u64>)> {
 
 pub fn table(summaries: &[Summary]) -> String {
     let mut out = String::from(
-        "| users waiting | interests | rounds | all matched in | pairs/s (all) | 99 % matched in | pairs/s (99 %) |\n\
-         |---:|---|---:|---:|---:|---:|---:|\n",
+        "| users waiting | interests | rounds | all matched in | pairs/s (all) | 99 % matched in | pairs/s (99 %) | server CPU µs/pair | client CPU µs/pair |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for s in summaries {
         out.push_str(&format!(
-            "| {} | {} | {} | {:.1} ms | {:.0} | {:.1} ms | {:.0} |\n",
+            "| {} | {} | {} | {:.1} ms | {:.0} | {:.1} ms | {:.0} | {} | {:.1} |\n",
             s.waiting,
             if s.interests { "1-3 of 50" } else { "none" },
             s.rounds.len(),
@@ -312,6 +357,8 @@ pub fn table(summaries: &[Summary]) -> String {
             s.pairs_per_sec(),
             s.median_time(|r| r.p99).as_secs_f64() * 1e3,
             s.pairs_per_sec_p99(),
+            s.cpu_per_pair().map_or("-".into(), |c| format!("{c:.1}")),
+            s.client_cpu_per_pair(),
         ));
     }
     out
@@ -325,9 +372,13 @@ pub fn to_json(summaries: &[Summary]) -> serde_json::Value {
             "interests": s.interests,
             "pairs_per_sec": s.pairs_per_sec(),
             "pairs_per_sec_99": s.pairs_per_sec_p99(),
+            "server_cpu_us_per_pair": s.cpu_per_pair(),
+            "client_cpu_us_per_pair": s.client_cpu_per_pair(),
             "rounds": s.rounds.iter().map(|r| serde_json::json!({
                 "all_matched_secs": r.all.as_secs_f64(),
                 "p99_matched_secs": r.p99.as_secs_f64(),
+                "server_cpu_secs": r.server_cpu.map(|c| c.as_secs_f64()),
+                "client_cpu_secs": r.client_cpu.as_secs_f64(),
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })

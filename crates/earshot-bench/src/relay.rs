@@ -92,6 +92,9 @@ pub struct Run {
     pub received: u64,
     pub errors: u64,
     pub latency: Histogram,
+    /// Server CPU time per message offered (warm-up included), in µs, when
+    /// the bench started the server.
+    pub server_cpu_us: Option<f64>,
 }
 
 /// All runs of one server at one offered rate.
@@ -127,6 +130,12 @@ impl Summary {
                 .iter()
                 .map(|r| r.received as f64 / self.duration.as_secs_f64()),
         )
+    }
+
+    /// Median server CPU per message, µs.
+    pub fn server_cpu_us(&self) -> Option<f64> {
+        let values: Option<Vec<f64>> = self.runs.iter().map(|r| r.server_cpu_us).collect();
+        Some(median(values?.into_iter()))
     }
 
     pub fn held(&self) -> bool {
@@ -243,6 +252,10 @@ fn one_run(
         &workers.iter().collect::<Vec<_>>(),
         Instant::now() + Duration::from_secs(60),
     )?;
+    let cpu_before = server
+        .as_ref()
+        .map(|s| crate::procmem::cpu_ns(s.pid()))
+        .transpose()?;
     for w in &mut workers {
         w.tell("go")?;
     }
@@ -253,7 +266,13 @@ fn one_run(
         received: 0,
         errors: 0,
         latency: Histogram::default(),
+        server_cpu_us: None,
     };
+    if let (Some(server), Some(before)) = (&server, cpu_before) {
+        let used = crate::procmem::cpu_ns(server.pid())?.saturating_sub(before);
+        let offered = f64::from(rate) * (config.warmup + config.duration).as_secs_f64();
+        total.server_cpu_us = Some(used as f64 / 1e3 / offered);
+    }
     for line in lines.values() {
         let r = parse_result(line)?;
         total.sent += r.sent;
@@ -289,6 +308,7 @@ fn parse_result(line: &str) -> anyhow::Result<Run> {
         received: received.parse()?,
         errors: errors.parse()?,
         latency: Histogram::decode(hist)?,
+        server_cpu_us: None,
     })
 }
 
@@ -298,8 +318,8 @@ fn ms(micros: f64) -> String {
 
 pub fn table(config: &Config, summaries: &[Summary]) -> String {
     let mut out = String::from(
-        "| server | offered msg/s | runs | delivered msg/s | p50 ms | p99 ms | held (p99 < 10 ms) | p99 ms, every run |\n\
-         |---|---:|---:|---:|---:|---:|---|---|\n",
+        "| server | offered msg/s | runs | delivered msg/s | p50 ms | p99 ms | held (p99 < 10 ms) | p99 ms, every run | server CPU µs/msg |\n\
+         |---|---:|---:|---:|---:|---:|---|---|---:|\n",
     );
     for s in summaries {
         let every: Vec<String> = s
@@ -308,7 +328,7 @@ pub fn table(config: &Config, summaries: &[Summary]) -> String {
             .map(|r| ms(r.latency.quantile(0.99).unwrap_or(f64::NAN)))
             .collect();
         out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |\n",
             s.target.name(),
             s.rate,
             s.runs.len(),
@@ -317,6 +337,7 @@ pub fn table(config: &Config, summaries: &[Summary]) -> String {
             ms(s.p99()),
             if s.held() { "yes" } else { "no" },
             every.join(", "),
+            s.server_cpu_us().map_or("-".into(), |c| format!("{c:.1}")),
         ));
     }
     for &target in &config.against {
@@ -330,10 +351,11 @@ pub fn table(config: &Config, summaries: &[Summary]) -> String {
     let ratios = ratios(summaries);
     if !ratios.is_empty() {
         out.push_str(
-            "\n| offered msg/s | PeerJS p50 ÷ Earshot p50 | PeerJS p99 ÷ Earshot p99 |\n|---:|---:|---:|\n",
+            "\n| offered msg/s | PeerJS p50 ÷ Earshot p50 | PeerJS p99 ÷ Earshot p99 | PeerJS CPU/msg ÷ Earshot CPU/msg |\n|---:|---:|---:|---:|\n",
         );
-        for (rate, p50, p99) in ratios {
-            out.push_str(&format!("| {rate} | {p50:.2} | {p99:.2} |\n"));
+        for (rate, p50, p99, cpu) in ratios {
+            let cpu = cpu.map_or("-".into(), |c| format!("{c:.2}"));
+            out.push_str(&format!("| {rate} | {p50:.2} | {p99:.2} | {cpu} |\n"));
         }
     }
     out
@@ -347,8 +369,9 @@ fn highest_held(summaries: &[Summary], target: Protocol) -> Option<u32> {
         .max()
 }
 
-/// PeerJS's latency over Earshot's at every rate measured on both.
-fn ratios(summaries: &[Summary]) -> Vec<(u32, f64, f64)> {
+/// PeerJS's latency (p50, p99) and CPU per message over Earshot's, at every
+/// rate measured on both.
+fn ratios(summaries: &[Summary]) -> Vec<(u32, f64, f64, Option<f64>)> {
     summaries
         .iter()
         .filter(|s| s.target == Protocol::Earshot)
@@ -356,7 +379,8 @@ fn ratios(summaries: &[Summary]) -> Vec<(u32, f64, f64)> {
             let p = summaries
                 .iter()
                 .find(|p| p.target == Protocol::Peerjs && p.rate == e.rate)?;
-            Some((e.rate, p.p50() / e.p50(), p.p99() / e.p99()))
+            let cpu = Some(p.server_cpu_us()? / e.server_cpu_us()?);
+            Some((e.rate, p.p50() / e.p50(), p.p99() / e.p99(), cpu))
         })
         .collect()
 }
@@ -371,20 +395,22 @@ pub fn to_json(config: &Config, summaries: &[Summary]) -> serde_json::Value {
         "highest_held": config.against.iter().map(|&t| serde_json::json!({
             "target": t.name(), "rate": highest_held(summaries, t),
         })).collect::<Vec<_>>(),
-        "peerjs_over_earshot": ratios(summaries).into_iter().map(|(rate, p50, p99)| serde_json::json!({
-            "rate": rate, "p50": p50, "p99": p99,
+        "peerjs_over_earshot": ratios(summaries).into_iter().map(|(rate, p50, p99, cpu)| serde_json::json!({
+            "rate": rate, "p50": p50, "p99": p99, "server_cpu": cpu,
         })).collect::<Vec<_>>(),
         "results": summaries.iter().map(|s| serde_json::json!({
             "target": s.target.name(),
             "rate": s.rate,
             "p50": s.p50(),
             "p99": s.p99(),
+            "server_cpu_us_per_msg": s.server_cpu_us(),
             "delivered_per_sec": s.delivered(),
             "held": s.held(),
             "runs": s.runs.iter().map(|r| serde_json::json!({
                 "sent": r.sent, "received": r.received, "errors": r.errors,
                 "p50": r.latency.quantile(0.5), "p99": r.latency.quantile(0.99),
                 "max": r.latency.quantile(1.0),
+                "server_cpu_us_per_msg": r.server_cpu_us,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
@@ -473,6 +499,7 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
         received: 0,
         errors: 0,
         latency: Histogram::default(),
+        server_cpu_us: None,
     };
     for t in tasks {
         let r = t.await.context("a client task failed")?;
@@ -533,6 +560,7 @@ async fn client(mut ws: Ws, route: Route, plan: Arc<Plan>, offset: Duration) -> 
         received: 0,
         errors: 0,
         latency: Histogram::default(),
+        server_cpu_us: None,
     };
     let mut ticks = interval_at((plan.start + offset).into(), plan.interval);
     // Open loop: a late tick is made up at once, so the offered rate holds.
@@ -567,13 +595,15 @@ async fn client(mut ws: Ws, route: Route, plan: Arc<Plan>, offset: Duration) -> 
                                 run.latency.record(sent.elapsed().as_micros() as u64);
                             }
                         }
-                        // Anything else (an error, a heartbeat) is a failure here.
-                        Err(_) => run.errors += 1,
+                        // Anything else (an error) is a failure, unless the
+                        // partner has already closed (`call_ended`).
+                        Err(_) if Instant::now() < plan.stop => run.errors += 1,
+                        Err(_) => {}
                     }
                 }
                 Some(Ok(_)) => {}
                 _ => {
-                    run.errors += 1;
+                    run.errors += u64::from(Instant::now() < plan.stop);
                     break;
                 }
             },
@@ -598,6 +628,7 @@ mod tests {
             received: 9,
             errors: 1,
             latency,
+            server_cpu_us: None,
         };
         let line = format_result(&r);
         let back = parse_result(line.strip_prefix("result").unwrap()).unwrap();
@@ -642,6 +673,7 @@ mod tests {
                 received,
                 errors: 0,
                 latency,
+                server_cpu_us: None,
             }
         };
         let s = |runs| Summary {
