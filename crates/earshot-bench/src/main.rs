@@ -166,7 +166,7 @@ struct MatchArgs {
     #[arg(long, value_delimiter = ',')]
     target: Vec<String>,
     /// Most users one worker process holds.
-    #[arg(long, default_value_t = 2500)]
+    #[arg(long, default_value_t = 5000)]
     per_worker: usize,
     /// Seconds one round may take.
     #[arg(long, default_value_t = 30.0)]
