@@ -20,7 +20,8 @@ use crate::App;
 use crate::hub::{Outbound, Pop};
 
 /// Frames queued together are written with one syscall up to this size (see
-/// `drain`); the buffer is only allocated while there is something to write.
+/// `drain`). tungstenite's buffer grows only as far as a batch needs (and
+/// keeps that capacity, as it kept the largest single frame's before).
 const WRITE_BATCH_BYTES: usize = 16 * 1024;
 
 /// Applies the per-socket buffer limits: signalling sockets are mostly idle,
