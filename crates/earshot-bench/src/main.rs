@@ -1,27 +1,42 @@
 //! `earshot-bench`: benchmarks for the earshot server, as programs that print
-//! figures (not timed tests).
+//! figures (not timed tests). See BENCHMARKS.md for what each one measures.
 //!
 //! Module map:
 //!
-//! - [`idle`]: `earshot-bench idle`, memory per idle signalling WebSocket.
-//!   Starts the real `earshot` binary, fans the client sockets out over
-//!   worker processes, reads the server's memory from `/proc`.
-//! - [`worker`]: the hidden `idle-worker` subcommand the bench re-executes
-//!   itself as: holds N idle WebSockets from one 127.0.0.x source address.
-//! - [`procmem`]: reading a process's memory from `/proc/PID/status` and
-//!   `/proc/PID/smaps_rollup`.
+//! - [`idle`]: `earshot-bench idle`, memory per idle signalling WebSocket
+//!   (also of PeerJS server, `--against`).
+//! - [`matching`]: `earshot-bench match`, matchmaking throughput.
+//! - [`relay`]: `earshot-bench relay`, signalling relay latency at fixed
+//!   offered loads, and the highest load held.
+//! - [`fleet`]: the processes of a run: the server under test and the
+//!   bench's worker processes (this binary re-run with a hidden subcommand,
+//!   each from its own 127.0.x.y).
+//! - [`worker`], [`load`]: the worker side (`idle-worker`; `match-worker`
+//!   and `relay-worker`); [`client`]: one client socket of either server.
+//! - [`peerjs`]: installing and starting PeerJS server for comparison.
+//! - [`hist`]: latency histograms; [`procmem`]: memory from `/proc`.
 //!
-//! Everything only ever connects to 127.0.0.0/8, and every wait is bounded.
+//! Everything only ever connects to 127.0.0.0/8, every load is bounded in
+//! time and count, and every wait is bounded.
 
+mod client;
+mod fleet;
+mod hist;
 mod idle;
+mod load;
+mod matching;
+mod peerjs;
 mod procmem;
+mod relay;
 mod worker;
 
-use std::net::SocketAddr;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::client::Protocol;
 
 #[derive(Debug, Parser)]
 #[command(name = "earshot-bench", about = "Benchmarks for the earshot server", long_about = None)]
@@ -32,11 +47,86 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Server memory per idle signalling WebSocket (after hello/welcome).
+    /// Server memory per idle signalling WebSocket (after the greeting).
     Idle(IdleArgs),
+    /// Matchmaking throughput: pairs per second from `search` to `matched`.
+    Match(MatchArgs),
+    /// Signalling relay latency (p50, p99) at fixed offered loads.
+    Relay(RelayArgs),
     /// One client process of `idle`: holds --count idle WebSockets.
     #[command(hide = true)]
     IdleWorker(WorkerArgs),
+    #[command(hide = true)]
+    MatchWorker(MatchWorkerArgs),
+    #[command(hide = true)]
+    RelayWorker(RelayWorkerArgs),
+}
+
+/// Which servers to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Against {
+    Earshot,
+    Peerjs,
+    Both,
+}
+
+impl Against {
+    fn targets(self) -> Vec<Protocol> {
+        match self {
+            Against::Earshot => vec![Protocol::Earshot],
+            Against::Peerjs => vec![Protocol::Peerjs],
+            Against::Both => vec![Protocol::Earshot, Protocol::Peerjs],
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// Runs (or rounds) per figure; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// The earshot binary [default: `earshot` next to this executable].
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// Where PeerJS server is installed (npm `peer`), installing it if
+    /// missing [default: `peerjs` in the target directory].
+    #[arg(long)]
+    peerjs_dir: Option<PathBuf>,
+    /// Print a JSON document on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Common {
+    fn servers(&self) -> anyhow::Result<fleet::Servers> {
+        let exe = std::env::current_exe()?;
+        let earshot = self
+            .server
+            .clone()
+            .unwrap_or_else(|| exe.with_file_name("earshot"));
+        // target/release/earshot-bench -> target/peerjs
+        let peerjs_dir = match &self.peerjs_dir {
+            Some(dir) => dir.clone(),
+            None => exe
+                .parent()
+                .and_then(|p| p.parent())
+                .map(|t| t.join("peerjs"))
+                .ok_or_else(|| anyhow::anyhow!("pass --peerjs-dir"))?,
+        };
+        Ok(fleet::Servers {
+            earshot,
+            peerjs_dir,
+        })
+    }
+
+    fn print(&self, json: serde_json::Value, table: String) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&json)?);
+        } else {
+            print!("{table}");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -44,15 +134,11 @@ struct IdleArgs {
     /// Connection counts to measure, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     connections: Vec<usize>,
-    /// Runs per count, each with a fresh server; the median is reported.
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
-    /// The earshot binary [default: `earshot` next to this executable].
-    #[arg(long)]
-    server: Option<PathBuf>,
-    /// Print a JSON document on stdout instead of the table.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    common: Common,
+    /// The server(s) to measure.
+    #[arg(long, value_enum, default_value = "earshot")]
+    against: Against,
     /// Most sockets one worker process holds (a process may open 20,000
     /// files here).
     #[arg(long, default_value_t = 8000)]
@@ -66,21 +152,127 @@ struct IdleArgs {
 }
 
 #[derive(Debug, clap::Args)]
-struct WorkerArgs {
-    /// ws://127.0.0.1:PORT/ws
+struct MatchArgs {
+    /// Users waiting: each round, this many connected users search at once.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    waiting: Vec<usize>,
+    /// Workloads: `off` (no interests), `on` (1-3 interest tags each).
+    #[arg(long, value_delimiter = ',', default_value = "off,on", value_parser = ["off", "on"])]
+    interests: Vec<String>,
+    #[command(flatten)]
+    common: Common,
+    /// Already-running earshot servers (ws://127.x.y.z:PORT/ws), clients
+    /// spread round-robin over them, instead of starting one.
+    #[arg(long, value_delimiter = ',')]
+    target: Vec<String>,
+    /// Most users one worker process holds.
+    #[arg(long, default_value_t = 5000)]
+    per_worker: usize,
+    /// Seconds one round may take.
+    #[arg(long, default_value_t = 30.0)]
+    round_timeout: f64,
+}
+
+#[derive(Debug, clap::Args)]
+struct RelayArgs {
+    /// Offered loads, messages per second in total, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    rate: Vec<u32>,
+    /// Then raise the load by 25 % steps until p99 reaches 10 ms (or
+    /// messages are lost), to find the highest load held.
     #[arg(long)]
-    url: String,
+    find_max: bool,
+    /// Matched pairs exchanging messages.
+    #[arg(long, default_value_t = 100)]
+    pairs: usize,
+    /// Client processes the pairs are spread over.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    #[command(flatten)]
+    common: Common,
+    /// The server(s) to measure.
+    #[arg(long, value_enum, default_value = "earshot")]
+    against: Against,
+    /// Already-running earshot servers (ws://127.x.y.z:PORT/ws), clients
+    /// spread round-robin over them, instead of starting one per run.
+    #[arg(long, value_delimiter = ',')]
+    target: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    fanout: FanoutArgs,
     #[arg(long)]
     count: usize,
+}
+
+#[derive(Debug, clap::Args)]
+struct FanoutArgs {
+    /// Server URLs, comma-separated; clients go round-robin over them.
+    #[arg(long, value_delimiter = ',', required = true)]
+    urls: Vec<String>,
+    /// Global index of this worker's first client.
+    #[arg(long, default_value_t = 0)]
+    first: usize,
     /// Source address for every socket, in 127.0.0.0/8.
     #[arg(long)]
-    source: std::net::Ipv4Addr,
+    source: Ipv4Addr,
+    #[arg(long, value_enum, default_value = "earshot")]
+    protocol: Protocol,
     /// Connection attempts in flight at once.
     #[arg(long, default_value_t = 128)]
     concurrency: usize,
-    /// Seconds one connection (TCP, upgrade, hello, welcome) may take.
+    /// Seconds one connection (TCP, upgrade, greeting) may take.
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
+}
+
+impl FanoutArgs {
+    fn fanout(self) -> anyhow::Result<load::Fanout> {
+        for url in &self.urls {
+            client::parse_url(url)?;
+        }
+        Ok(load::Fanout {
+            protocol: self.protocol,
+            urls: self.urls,
+            first: self.first,
+            source: self.source,
+            concurrency: self.concurrency,
+            connect_timeout: seconds("connect-timeout", self.connect_timeout)?,
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct MatchWorkerArgs {
+    #[command(flatten)]
+    fanout: FanoutArgs,
+    #[arg(long)]
+    count: usize,
+    #[arg(long)]
+    interests: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct RelayWorkerArgs {
+    #[command(flatten)]
+    fanout: FanoutArgs,
+    #[arg(long)]
+    pairs: usize,
+    /// This worker's share of the load, messages per second.
+    #[arg(long)]
+    rate: f64,
+    #[arg(long)]
+    warmup: f64,
+    #[arg(long)]
+    duration: f64,
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -91,40 +283,77 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Idle(args) => {
-            let server = match args.server {
-                Some(path) => path,
-                None => std::env::current_exe()?.with_file_name("earshot"),
-            };
             let config = idle::Config {
                 connections: args.connections,
-                runs: args.runs,
-                server,
+                runs: args.common.runs,
+                servers: args.common.servers()?,
+                targets: args.against.targets(),
                 per_worker: args.per_worker,
                 settle: seconds("settle", args.settle)?,
                 deadline: seconds("deadline", args.deadline)?,
             };
             config.validate()?;
             let results = idle::run(&config)?;
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&idle::to_json(&config, &results))?
-                );
-            } else {
-                print!("{}", idle::table(&results));
-            }
-            Ok(())
+            args.common
+                .print(idle::to_json(&config, &results), idle::table(&results))
+        }
+        Command::Match(args) => {
+            let config = matching::Config {
+                waiting: args.waiting,
+                interests: args.interests.iter().map(|i| i == "on").collect(),
+                runs: args.common.runs,
+                servers: args.common.servers()?,
+                targets: args.target,
+                per_worker: args.per_worker,
+                round_timeout: seconds("round-timeout", args.round_timeout)?,
+            };
+            config.validate()?;
+            let results = matching::run(&config)?;
+            args.common
+                .print(matching::to_json(&results), matching::table(&results))
+        }
+        Command::Relay(args) => {
+            let config = relay::Config {
+                rates: args.rate,
+                find_max: args.find_max,
+                pairs: args.pairs,
+                workers: args.workers,
+                warmup: seconds("warmup", args.warmup)?,
+                duration: seconds("duration", args.duration)?,
+                runs: args.common.runs,
+                against: args.against.targets(),
+                servers: args.common.servers()?,
+                targets: args.target,
+            };
+            config.validate()?;
+            let results = relay::run(&config)?;
+            args.common.print(
+                relay::to_json(&config, &results),
+                relay::table(&config, &results),
+            )
         }
         Command::IdleWorker(args) => {
-            let server = worker::parse_url(&args.url)?;
+            let fanout = args.fanout.fanout()?;
             worker::run(worker::Config {
-                server: SocketAddr::V4(server),
-                url: args.url,
+                protocol: fanout.protocol,
+                url: fanout.urls[0].clone(),
                 count: args.count,
-                source: args.source,
-                concurrency: args.concurrency.max(1),
-                connect_timeout: seconds("connect-timeout", args.connect_timeout)?,
+                source: fanout.source,
+                concurrency: fanout.concurrency.max(1),
+                connect_timeout: fanout.connect_timeout,
             })
         }
+        Command::MatchWorker(args) => matching::worker(matching::WorkerConfig {
+            fanout: args.fanout.fanout()?,
+            count: args.count,
+            interests: args.interests,
+        }),
+        Command::RelayWorker(args) => relay::worker(relay::WorkerConfig {
+            fanout: args.fanout.fanout()?,
+            pairs: args.pairs,
+            rate: args.rate,
+            warmup: seconds("warmup", args.warmup)?,
+            duration: seconds("duration", args.duration)?,
+        }),
     }
 }

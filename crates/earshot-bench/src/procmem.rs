@@ -38,6 +38,27 @@ pub fn read(pid: u32) -> anyhow::Result<Memory> {
     Ok(Memory { rss, pss, private })
 }
 
+/// CPU time the process has used so far, all threads, in nanoseconds (the
+/// first field of each `/proc/PID/task/TID/schedstat`): what a burst of
+/// load cost the server, whatever else the machine was doing.
+pub fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    let tasks = format!("/proc/{pid}/task");
+    for task in std::fs::read_dir(&tasks).with_context(|| format!("cannot read {tasks}"))? {
+        let path = task?.path().join("schedstat");
+        // A thread may end between listing and reading.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        total += text
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .with_context(|| format!("bad {}", path.display()))?;
+    }
+    Ok(total)
+}
+
 /// The value of a `Name:   1234 kB` line, in bytes.
 fn field_kib(text: &str, name: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(name))?;
@@ -66,5 +87,11 @@ mod tests {
     fn reads_our_own_process() {
         let m = super::read(std::process::id()).unwrap();
         assert!(m.rss > 0);
+        let before = super::cpu_ns(std::process::id()).unwrap();
+        let mut x = 0u64;
+        for i in 0..10_000_000u64 {
+            x = std::hint::black_box(x.wrapping_add(i));
+        }
+        assert!(super::cpu_ns(std::process::id()).unwrap() > before);
     }
 }

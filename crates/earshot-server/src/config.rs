@@ -156,6 +156,12 @@ pub struct Args {
     /// SDP, candidates or chat text at any level.
     #[arg(long, env = "EARSHOT_LOG", default_value = "info")]
     pub log: String,
+
+    /// Benchmarks and tests only: lift the per-connection message rate and
+    /// the per-client connect and search limits, so that a few load
+    /// generator addresses can offer the load of many people.
+    #[arg(long, hide = true)]
+    pub bench_no_rate_limits: bool,
 }
 
 /// Validated settings for one server.
@@ -408,6 +414,12 @@ impl TryFrom<&Args> for Settings {
         }
         settings.core.interest_wait = seconds("interest-wait", args.interest_wait)?;
         settings.core.rematch_cooldown = seconds("rematch-cooldown", args.rematch_cooldown)?;
+        if args.bench_no_rate_limits {
+            let core = &mut settings.core;
+            (core.messages_per_second, core.message_burst) = (1_000_000, 1_000_000);
+            core.per_client.connects.0 = 1_000_000;
+            core.per_client.searches.0 = 1_000_000;
+        }
         Ok(settings)
     }
 }
@@ -489,5 +501,8 @@ mod tests {
         let s = parse(&["--pow", "always", "--max-connections-per-client", "3"]).unwrap();
         assert_eq!(s.core.pow.mode, earshot_core::pow::PowMode::Always);
         assert_eq!(s.core.per_client.connections, 3);
+        let b = parse(&["--bench-no-rate-limits"]).unwrap().core;
+        assert!(b.messages_per_second >= 1_000_000 && b.per_client.searches.0 >= 1_000_000);
+        assert_eq!(parse(&[]).unwrap().core.messages_per_second, 20);
     }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use earshot_core::{CloseReason, ConnId, ConnInfo};
+use futures_util::SinkExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -19,12 +20,17 @@ use tracing::Instrument;
 use crate::App;
 use crate::hub::{Outbound, Pop};
 
+/// Frames queued together are written with one syscall up to this size (see
+/// `drain`). tungstenite's buffer grows only as far as a batch needs (and
+/// keeps that capacity, as it kept the largest single frame's before).
+const WRITE_BATCH_BYTES: usize = 16 * 1024;
+
 /// Applies the per-socket buffer limits: signalling sockets are mostly idle,
 /// so buffers start small and only grow for the rare large SDP.
 pub fn configure(upgrade: WebSocketUpgrade, max_frame_bytes: usize) -> WebSocketUpgrade {
     upgrade
         .read_buffer_size(256)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BATCH_BYTES)
         .max_write_buffer_size(max_frame_bytes * 4)
         .max_message_size(max_frame_bytes)
         .max_frame_size(max_frame_bytes)
@@ -162,16 +168,27 @@ fn connection(
 }
 
 /// Sends everything in the outbox; `Err` says why the connection must end.
+/// Messages queued together (`searching` and `matched`, trickled candidates)
+/// are buffered and flushed once: on loopback, sending is most of the cost.
 async fn drain(app: &App, id: ConnId, socket: &mut WebSocket) -> Result<(), &'static str> {
     let limit = app.settings.write_timeout;
+    let mut unflushed = false;
     loop {
         match app.hub.pop(id) {
-            Pop::Empty => return Ok(()),
-            Pop::Gone => return Err("dropped as a slow reader"),
-            Pop::Item(Outbound::Text(text)) => {
-                if !write(socket, Message::Text(text), limit).await {
+            Pop::Empty if !unflushed => return Ok(()),
+            Pop::Empty => {
+                if !matches!(Box::pin(timeout(limit, socket.flush())).await, Ok(Ok(()))) {
                     return Err("write failed or timed out");
                 }
+                return Ok(());
+            }
+            Pop::Gone => return Err("dropped as a slow reader"),
+            Pop::Item(Outbound::Text(text)) => {
+                let feed = Box::pin(timeout(limit, socket.feed(Message::Text(text))));
+                if !matches!(feed.await, Ok(Ok(()))) {
+                    return Err("write failed or timed out");
+                }
+                unflushed = true;
             }
             Pop::Item(Outbound::Close(reason)) => {
                 send_close(socket, reason, limit).await;
