@@ -15,37 +15,10 @@ use anyhow::{Context, Result, ensure};
 use common::support::harness::{Browser, Run, check_audio, poll, wait_for};
 use common::*;
 use earshot_peer::{Event, Peer, Remote, Stats};
-use serde_json::{Value, json};
-
-/// Stats of the page's stranger `RTCPeerConnection` (`window.earshot.pc`),
-/// or of its room connection to peer `arguments[0]` (`window.earshot.peers`),
-/// summed over inbound audio, with every candidate's address, in the shape
-/// `check_audio` reads.
-const STATS_JS: &str = r#"
-const done = arguments[arguments.length - 1];
-const e = window.earshot || {};
-const pc = arguments[0] === null ? e.pc : (e.peers || {})[arguments[0]];
-if (!pc) { done({error: 'no such peer connection'}); return; }
-pc.getStats().then(stats => {
-  const out = {inbound: 0, bytes: 0, packets: 0, energy: 0, candidates: [],
-               connectionState: pc.connectionState};
-  stats.forEach(r => {
-    if (r.type === 'inbound-rtp' && r.kind === 'audio') {
-      out.inbound += 1;
-      out.bytes += r.bytesReceived || 0;
-      out.packets += r.packetsReceived || 0;
-      out.energy += r.totalAudioEnergy || 0;
-    }
-    if (r.type === 'local-candidate' || r.type === 'remote-candidate') {
-      out.candidates.push({kind: r.type, address: r.address ?? r.ip ?? null});
-    }
-  });
-  done(out);
-}, err => done({error: String(err)}));
-"#;
+use serde_json::Value;
 
 fn page_stats(b: &Browser, room_peer: Option<u32>) -> Result<Value> {
-    b.execute_async(STATS_JS, json!([room_peer]))
+    b.audio_stats(room_peer)
 }
 
 /// The page hears the peer (the stranger, or room member `room_peer`):

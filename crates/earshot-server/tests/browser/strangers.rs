@@ -684,29 +684,6 @@ return {clicks: e2e.clicks, audioAt: run.audioAt ?? null, bytesAt: run.bytesAt ?
         states: run.states || []};
 "#;
 
-const STATS_JS: &str = r#"
-const done = arguments[arguments.length - 1];
-const pc = window.earshot && window.earshot.pc;
-if (!pc) { done({error: 'window.earshot.pc is null'}); return; }
-pc.getStats().then(stats => {
-  const out = {inbound: 0, bytes: 0, packets: 0, energy: 0, candidates: [],
-               connectionState: pc.connectionState};
-  stats.forEach(r => {
-    if (r.type === 'inbound-rtp' && r.kind === 'audio') {
-      out.inbound += 1;
-      out.bytes += r.bytesReceived || 0;
-      out.packets += r.packetsReceived || 0;
-      out.energy += r.totalAudioEnergy || 0;
-    }
-    if (r.type === 'local-candidate' || r.type === 'remote-candidate') {
-      out.candidates.push({kind: r.type, type: r.candidateType, protocol: r.protocol,
-                           address: r.address ?? r.ip ?? null, port: r.port});
-    }
-  });
-  done(out);
-}, err => done({error: String(err)}));
-"#;
-
 /// Starts watching the current peer connection: every change of its
 /// connection and ICE state from now on.
 const WATCH_CALL_JS: &str = r#"
@@ -783,10 +760,6 @@ impl Browser<'_> {
 
     /// Audio statistics of the current call (see `STATS_JS`).
     fn stats(&self) -> Result<Value> {
-        let stats = self.session.execute_async(STATS_JS, json!([]))?;
-        if let Some(error) = stats["error"].as_str() {
-            bail!("{}: no stats: {error}", self.name);
-        }
-        Ok(stats)
+        self.audio_stats(None)
     }
 }

@@ -681,6 +681,34 @@ const INIT_JS: &str = r#"
 })();
 "#;
 
+/// Audio statistics of the page's stranger `RTCPeerConnection`
+/// (`window.earshot.pc`) when `arguments[0]` is null, or of its room
+/// connection to peer `arguments[0]` (`window.earshot.peers`): inbound audio
+/// summed, with every candidate, in the shape [`check_audio`] reads.
+const AUDIO_STATS_JS: &str = r#"
+const done = arguments[arguments.length - 1];
+const e = window.earshot || {};
+const pc = arguments[0] == null ? e.pc : (e.peers || {})[arguments[0]];
+if (!pc) { done({error: 'no such peer connection'}); return; }
+pc.getStats().then(stats => {
+  const out = {inbound: 0, bytes: 0, packets: 0, energy: 0, candidates: [],
+               connectionState: pc.connectionState};
+  stats.forEach(r => {
+    if (r.type === 'inbound-rtp' && r.kind === 'audio') {
+      out.inbound += 1;
+      out.bytes += r.bytesReceived || 0;
+      out.packets += r.packetsReceived || 0;
+      out.energy += r.totalAudioEnergy || 0;
+    }
+    if (r.type === 'local-candidate' || r.type === 'remote-candidate') {
+      out.candidates.push({kind: r.type, type: r.candidateType, protocol: r.protocol,
+                           address: r.address ?? r.ip ?? null, port: r.port});
+    }
+  });
+  done(out);
+}, err => done({error: String(err)}));
+"#;
+
 /// See [`Browser::page_requests`].
 const PAGE_REQUESTS_JS: &str = r#"
 const names = type => performance.getEntriesByType(type).map(e => e.name);
@@ -842,6 +870,15 @@ impl<'d> Browser<'d> {
         self.session
             .execute_async(script, args)
             .with_context(|| format!("{}: async script failed", self.name))
+    }
+
+    /// See [`AUDIO_STATS_JS`]: the stranger call's, or room peer `room_peer`'s.
+    pub fn audio_stats(&self, room_peer: Option<u32>) -> Result<Value> {
+        let stats = self.execute_async(AUDIO_STATS_JS, json!([room_peer]))?;
+        if let Some(error) = stats["error"].as_str() {
+            bail!("{}: no stats: {error}", self.name);
+        }
+        Ok(stats)
     }
 
     pub fn snapshot(&self) -> Result<Snapshot> {
