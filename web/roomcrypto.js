@@ -17,9 +17,9 @@
 // where `fingerprints` is the sorted, newline-joined list of the SDP's
 // `a=fingerprint:` values (algorithm and hex, as written, lower-cased; every
 // occurrence, duplicates included). Nothing here touches the DOM, the network
-// or storage, and nothing is logged. The passphrase is encoded as UTF-8
-// exactly as typed (no trimming, no Unicode normalisation), as the protocol
-// says.
+// or storage, and nothing is logged. The passphrase is encoded as UTF-8 after
+// Unicode NFC normalisation and nothing else (no trimming), as the protocol
+// says, so the same passphrase typed on different devices gives the same keys.
 
 export const PBKDF2_ITERATIONS = 300000;
 const VERIFIER_SALT = 'earshot/v1/room-verifier/';

@@ -1816,6 +1816,10 @@ impl Switchboard {
                 self.calls
             ));
         }
+        // In backplane mode a room also lists members on other nodes.
+        if self.node.is_none() {
+            self.rooms.check(&in_room)?;
+        }
         Ok(())
     }
 }
