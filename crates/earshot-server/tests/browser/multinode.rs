@@ -2,7 +2,7 @@
 //! (all on loopback ports); a browser on each node. See the crate docs in
 //! `main.rs` and the signalling-level tests in `tests/multinode.rs`.
 
-use crate::strangers::meet_and_chat;
+use crate::strangers::{meet_and_chat, milestones};
 use crate::support::harness::{Run, Setup, report, should_run};
 use crate::support::redis::RedisServer;
 use anyhow::Result;
@@ -31,8 +31,14 @@ fn browser_strangers_talk_across_nodes() -> Result<()> {
         let (a, b) = (run.browser("A")?, run.browser("B")?);
         b.goto(&second)?;
         let time = meet_and_chat(run, a, b)?;
+        let since = a.clicked_at("start")?.max(b.clicked_at("start")?);
+        let steps: Vec<String> = milestones(a, b, since)?
+            .iter()
+            .map(|(label, ms)| format!("{label} {ms:.0}"))
+            .collect();
         report(&format!(
-            "strangers across two nodes (Redis): time to audio {time:.0} ms"
+            "strangers across two nodes (Redis): time to audio {time:.0} ms ({})",
+            steps.join(", ")
         ));
         Ok(())
     })

@@ -480,7 +480,7 @@ fn report_milestones(steps: &[Vec<(&'static str, f64)>], limits: &[Limit]) {
 /// Where a call's time to audio goes: for the call `y` started at `since`
 /// with `c` waiting, milliseconds from `since` to the first time either page
 /// reached each step (from the pages' timelines, see `harness::INIT_JS`).
-fn milestones(y: &Browser, c: &Browser, since: f64) -> Result<Vec<(&'static str, f64)>> {
+pub(crate) fn milestones(y: &Browser, c: &Browser, since: f64) -> Result<Vec<(&'static str, f64)>> {
     const STEPS: [(&str, &str); 7] = [
         ("search sent (microphone open)", "ws>search"),
         ("matched", "ws<matched"),
