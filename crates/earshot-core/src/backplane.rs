@@ -96,6 +96,22 @@ pub enum Request {
     },
     /// The client may not join the queue on any node for `ttl`.
     Ban { key: ClientKey, ttl: Duration },
+    /// `reporter` reported `key`: a strike of `weight` (thousandths of a
+    /// full report), pooled across nodes. Within `rule.window`, strikes from
+    /// `rule.reporters` distinct reporters weighing `rule.weight` in all
+    /// ban `key` on every node (the `n`-th ban lasts `rule.ban_lengths[n]`,
+    /// the last repeating). A reporter's repeated strike counts once.
+    Strike {
+        key: ClientKey,
+        reporter: ClientKey,
+        weight: u32,
+        rule: StrikeRule,
+    },
+    /// `call` began between `a` and `b` (recorded by the node that made
+    /// it, so an operator or another node can see a call's parties).
+    CallStart { call: CallId, a: ConnId, b: ConnId },
+    /// `call` is over (either side may say so, more than once).
+    CallEnd { call: CallId },
     /// Join the room with this [`room_key`], checking its size, lock and
     /// removals. Answered with [`Event::RoomJoined`] or [`Event::RoomRefused`].
     RoomJoin {
@@ -150,6 +166,16 @@ pub enum Event {
     Remote(Remote),
     /// This node's heartbeat is gone: everything remote it knew is void.
     NodeDown(NodeId),
+}
+
+/// When pooled strikes ban a client ([`Request::Strike`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StrikeRule {
+    pub window: Duration,
+    pub reporters: usize,
+    /// Total weight needed, in thousandths.
+    pub weight: u32,
+    pub ban_lengths: Vec<Duration>,
 }
 
 /// The waiter a queue join was paired with, as the store recorded it.

@@ -22,7 +22,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::backplane::{self, Event, Member, NodeId, Partner, Remote, Request, Waiter};
+use crate::backplane::{self, Event, Member, NodeId, Partner, Remote, Request, StrikeRule, Waiter};
 use crate::matchmaker::{MatchConfig, Matchmaker, Pairing};
 use crate::moderation::{ModConfig, Moderation, ReportOutcome};
 use crate::pow::{Pow, PowConfig, PowMode, PowSolution};
@@ -766,6 +766,27 @@ impl Switchboard {
             return Err(wait);
         }
         let reason = reason.map_or("none", ReportReason::as_str);
+        if self.node.is_some() {
+            // The store counts strikes from every node and bans.
+            if let Some(weight) = self.moderation.weigh(now, mine, theirs) {
+                tracing::debug!(reason, weight, "report recorded");
+                let m = &self.config.moderation;
+                let rule = StrikeRule {
+                    window: m.strike_window,
+                    reporters: m.reporters_for_ban,
+                    weight: m.weight_for_ban.saturating_mul(1000),
+                    ban_lengths: m.ban_lengths.clone(),
+                };
+                self.request(Request::Strike {
+                    key: theirs,
+                    reporter: mine,
+                    weight,
+                    rule,
+                });
+            }
+            self.share_block(reporter, reported, mine, theirs);
+            return Ok(());
+        }
         match self.moderation.report(now, mine, theirs) {
             ReportOutcome::Banned { until } => {
                 tracing::info!(reason, "a report completed a ban");
@@ -1159,6 +1180,11 @@ impl Switchboard {
             self.moderation.matched(now, key);
         }
         tracing::debug!(call, a = %p.waiting, b = %p.joining, "matched");
+        self.request(Request::CallStart {
+            call,
+            a: p.waiting,
+            b: p.joining,
+        });
         // The newcomer is impolite: it makes the first offer.
         self.send(
             p.waiting,
@@ -1185,6 +1211,7 @@ impl Switchboard {
         let Some(Phase::InCall { call, partner }) = self.conns.get(&id).map(|c| c.phase) else {
             return;
         };
+        self.request(Request::CallEnd { call });
         if self.is_remote(partner) {
             self.remote_calls -= 1;
             self.remote_keys.remove(&partner);
@@ -1285,6 +1312,22 @@ impl Switchboard {
     /// Every open connection.
     pub fn connection_ids(&self) -> Vec<ConnId> {
         self.conns.keys().copied().collect()
+    }
+
+    /// Backplane mode: the calls this node has a side in (the shell keeps
+    /// their records alive).
+    pub fn shared_calls(&self) -> Vec<CallId> {
+        let mut calls: Vec<CallId> = self
+            .conns
+            .values()
+            .filter_map(|c| match c.phase {
+                Phase::InCall { call, .. } => Some(call),
+                _ => None,
+            })
+            .collect();
+        calls.sort_unstable();
+        calls.dedup();
+        calls
     }
 
     /// Backplane mode: who waits in the shared queue (the shell keeps their
@@ -1459,6 +1502,13 @@ impl Switchboard {
         self.remote_keys.insert(partner.conn, partner.key);
         self.moderation.matched(now, key);
         tracing::debug!(call, "matched across nodes");
+        // Recorded before the waiter's node hears of the call, so any end
+        // of it comes after.
+        self.request(Request::CallStart {
+            call,
+            a: partner.conn,
+            b: conn,
+        });
         self.send(
             conn,
             ServerMsg::Matched {
@@ -1623,6 +1673,7 @@ impl Switchboard {
         c.phase = Phase::Idle;
         self.remote_calls -= 1;
         self.remote_keys.remove(&from);
+        self.request(Request::CallEnd { call });
         tracing::debug!(call, reason = ?reason, "call with another node ended");
         self.send(to, ServerMsg::CallEnded { call, reason });
         self.search(now, to);

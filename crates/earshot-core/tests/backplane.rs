@@ -7,8 +7,12 @@
 //! - `two_nodes_keep_their_promises`: after every step both boards'
 //!   invariants hold and nobody waits in the shared queue twice; once
 //!   everything pending is delivered, every call is known to both sides
-//!   with the same id, nobody is in a call with a kept-apart partner, and
-//!   every publish went to another node. A dead node ends every call with it.
+//!   with the same id and recorded in the store with its two sides (and
+//!   no call that is over is), nobody is in a call with a kept-apart
+//!   partner, and every publish went to another node. A dead node ends
+//!   every call with it.
+//! - `strikes_from_both_nodes_add_up_to_a_ban`: reports made on two nodes
+//!   are pooled in the store and ban the reported client.
 //! - `remote_messages_round_trip`, `room_messages_round_trip`,
 //!   `backplane_decoders_never_panic` and
 //!   `backplane_decoders_refuse_mangled_replies`: what nodes publish decodes
@@ -22,7 +26,7 @@ use earshot_core::backplane::{
     self, Event, NodeId, Partner, Remote, Request, decode_pair_reply, decode_remote,
 };
 use earshot_core::pow::{PowConfig, PowMode};
-use earshot_core::protocol::{EndReason, ServerMsg};
+use earshot_core::protocol::{EndReason, ErrorCode, ServerMsg};
 use earshot_core::{ClientKey, Config, ConnId, ConnInfo, Country, Output, Switchboard};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
@@ -51,6 +55,10 @@ struct Store {
     apart: HashSet<(ConnId, ConnId)>,
     blocked: HashSet<([u8; 16], [u8; 16])>,
     banned: HashSet<ClientKey>,
+    /// Pooled strikes: reporter and weight, per reported client.
+    strikes: HashMap<ClientKey, Vec<(ClientKey, u32)>>,
+    /// Recorded calls and their two sides.
+    calls: HashMap<u64, (ConnId, ConnId)>,
 }
 
 fn ordered<T: Ord>(a: T, b: T) -> (T, T) {
@@ -143,6 +151,8 @@ struct Cluster {
     live: HashSet<ConnId>,
     /// The last call each connection was told of.
     calls: HashMap<ConnId, u64>,
+    /// Every error each connection was sent.
+    errors: HashMap<ConnId, Vec<ErrorCode>>,
 }
 
 fn id(slot: usize) -> ConnId {
@@ -172,6 +182,7 @@ impl Cluster {
             inbox: vec![VecDeque::new(), VecDeque::new()],
             live: HashSet::new(),
             calls: HashMap::new(),
+            errors: HashMap::new(),
         }
     }
 
@@ -263,6 +274,28 @@ impl Cluster {
             Request::Ban { key, .. } => {
                 self.store.banned.insert(key);
             }
+            Request::CallStart { call, a, b } => {
+                self.store.calls.insert(call, ordered(a, b));
+            }
+            Request::CallEnd { call } => {
+                self.store.calls.remove(&call);
+            }
+            Request::Strike {
+                key,
+                reporter,
+                weight,
+                rule,
+            } => {
+                let strikes = self.store.strikes.entry(key).or_default();
+                if !strikes.iter().any(|&(r, _)| r == reporter) {
+                    strikes.push((reporter, weight));
+                }
+                let total: u32 = strikes.iter().map(|&(_, w)| w).sum();
+                if strikes.len() >= rule.reporters && total >= rule.weight {
+                    strikes.clear();
+                    self.store.banned.insert(key);
+                }
+            }
             _ => {}
         }
     }
@@ -277,9 +310,15 @@ impl Cluster {
                             NODES[n],
                             "sent to another node's conn"
                         );
-                        if let ServerMsg::Matched { call, .. } = msg {
-                            prop_assert!(call < 1 << 53);
-                            self.calls.insert(to, call);
+                        match msg {
+                            ServerMsg::Matched { call, .. } => {
+                                prop_assert!(call < 1 << 53);
+                                self.calls.insert(to, call);
+                            }
+                            ServerMsg::Error { code, .. } => {
+                                self.errors.entry(to).or_default().push(code);
+                            }
+                            _ => {}
                         }
                     }
                     Output::Close(..) => {}
@@ -324,11 +363,14 @@ impl Cluster {
         Err(TestCaseError::fail("the backplane never settled"))
     }
 
-    /// Both sides of every call agree on it.
+    /// Both sides of every call agree on it, and the store records exactly
+    /// the calls going on, with their sides.
     fn check_calls(&self) -> Result<(), TestCaseError> {
+        let mut going = HashMap::new();
         for &conn in &self.live {
             let board = &self.boards[index(backplane::node_of(conn))];
             if let Some((call, partner)) = board.call_of(conn) {
+                going.insert(call, ordered(conn, partner));
                 let theirs = &self.boards[index(backplane::node_of(partner))];
                 prop_assert_eq!(
                     theirs.call_of(partner),
@@ -340,6 +382,7 @@ impl Cluster {
                 );
             }
         }
+        prop_assert_eq!(&going, &self.store.calls, "the store's calls");
         Ok(())
     }
 }
@@ -526,4 +569,40 @@ fn two_node_sessions_reach_cross_node_calls() {
         "only {across} of 200 sessions had a cross-node call"
     );
     assert!(ended > 5, "only {ended} of 200 sessions ended one");
+}
+
+/// Reports made on both nodes add up: three reporters, one on the target's
+/// node and two on the other, ban the target everywhere.
+#[test]
+fn strikes_from_both_nodes_add_up_to_a_ban() {
+    let mut c = Cluster::new();
+    let target = 0;
+    for s in [target, 1, 3, 4] {
+        c.apply(Op::Connect(s)).unwrap();
+    }
+    c.apply(Op::Search(target, false)).unwrap();
+    c.settle().unwrap();
+    for reporter in [1, 3, 4] {
+        assert!(!c.store.banned.contains(&ClientKey([1; 16])));
+        c.apply(Op::Search(reporter, false)).unwrap();
+        c.settle().unwrap();
+        assert_eq!(
+            c.boards[index(backplane::node_of(id(reporter)))]
+                .call_of(id(reporter))
+                .map(|(_, p)| p),
+            Some(id(target)),
+            "reporter {reporter} met the target"
+        );
+        c.apply(Op::Report(reporter)).unwrap();
+        c.settle().unwrap();
+    }
+    assert!(c.store.banned.contains(&ClientKey([1; 16])));
+    // The target, queued again after the last report, is refused.
+    assert!(
+        c.errors
+            .get(&id(target))
+            .is_some_and(|e| e.contains(&ErrorCode::Banned)),
+        "{:?}",
+        c.errors.get(&id(target))
+    );
 }

@@ -18,6 +18,8 @@
 //! | `{earshot}:apart:<conn>:<conn>` | two connections kept apart (skip, report) | the cooldown |
 //! | `{earshot}:block:<key>:<key>` | two clients kept apart (report) | key memory (48 h) |
 //! | `{earshot}:ban:<key>` | a banned client | the ban |
+//! | `{earshot}:strikes:<key>` | strikes against a client from every node: reporter key → when and weight, `n` bans so far | the strike window (24 h) past the last strike |
+//! | `{earshot}:call:<call>` | a call's two sides: `<node>:<conn> <node>:<conn>`; deleted when it ends | 2 min, refreshed every 30 s by nodes with a side in it |
 //! | `{earshot}:room:<hash>` | a room: `m:<peer>` → node, token, connection and client key of each member, `next` peer id, `lock` verifier, `x:<key>` removed clients | 2 min, refreshed every 30 s by nodes with members |
 //! | `{earshot}:secret:<period>` | the client-key HMAC secret of a rotation period | 3 periods |
 //!
@@ -72,6 +74,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const NODE_TTL: Duration = Duration::from_secs(3);
 const WAITER_TTL: Duration = Duration::from_secs(120);
 const ROOM_TTL: Duration = Duration::from_secs(120);
+const CALL_TTL: Duration = Duration::from_secs(120);
 /// Waiter entries are refreshed every this many heartbeats.
 const WAITER_REFRESH_BEATS: u32 = 30;
 const SCAN_LIMIT: usize = 64;
@@ -209,6 +212,55 @@ return '{"r":"joined","peer":' .. peer .. ',"locked":' .. locked .. ',"others":[
   .. table.concat(others, ',') .. ']}'
 "#;
 
+/// Counts a strike against a client, pooled across nodes. ARGV: reported
+/// key, reporter key, weight (thousandths), strike window (ms), distinct
+/// reporters for a ban, total weight for a ban, ban lengths (ms, comma
+/// separated; the last repeats). The strikes hash holds `<reporter>` →
+/// `<ms>:<weight>` for each strike within the window and `n`, the bans so
+/// far; it lives one window past the last strike. Answers the ban's length
+/// in ms, or 0.
+const STRIKE: &str = r#"
+local P = '{earshot}:'
+local k = P .. 'strikes:' .. ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[4])
+local flat = redis.call('HGETALL', k)
+local count, total = 0, 0
+for i = 1, #flat, 2 do
+  local f, v = flat[i], flat[i + 1]
+  if f ~= 'n' then
+    local at, w = string.match(v, '^(%d+):(%d+)$')
+    if at and now - tonumber(at) < window then
+      if f == ARGV[2] then return 0 end
+      count = count + 1
+      total = total + tonumber(w)
+    else
+      redis.call('HDEL', k, f)
+    end
+  end
+end
+count = count + 1
+total = total + tonumber(ARGV[3])
+if count >= tonumber(ARGV[5]) and total >= tonumber(ARGV[6]) then
+  local n = redis.call('HINCRBY', k, 'n', 1)
+  local lengths = {}
+  for x in string.gmatch(ARGV[7], '%d+') do table.insert(lengths, tonumber(x)) end
+  local ms = lengths[math.min(n, #lengths)] or 3600000
+  for _, f in ipairs(redis.call('HKEYS', k)) do
+    if f ~= 'n' then redis.call('HDEL', k, f) end
+  end
+  redis.call('PEXPIRE', k, window)
+  if redis.call('PTTL', P .. 'ban:' .. ARGV[1]) < ms then
+    redis.call('SET', P .. 'ban:' .. ARGV[1], 1, 'PX', ms)
+  end
+  return ms
+end
+redis.call('HSET', k, ARGV[2], now .. ':' .. ARGV[3])
+redis.call('PEXPIRE', k, window)
+return 0
+"#;
+
 /// Takes a member out of a room (ARGV: room hash, peer); the room goes with
 /// its last member, lock and removals included.
 const ROOM_LEAVE: &str = r#"
@@ -272,6 +324,7 @@ pub struct Redis {
     heartbeat: redis::Script,
     room_join: redis::Script,
     room_leave: redis::Script,
+    strike: redis::Script,
     leave: redis::Script,
     subscribed: AtomicBool,
     /// The first subscription, made before serving so that nothing
@@ -314,6 +367,7 @@ impl Redis {
             heartbeat: redis::Script::new(HEARTBEAT_SCRIPT),
             room_join: redis::Script::new(ROOM_JOIN),
             room_leave: redis::Script::new(ROOM_LEAVE),
+            strike: redis::Script::new(STRIKE),
             leave: redis::Script::new(LEAVE),
             subscribed: AtomicBool::new(false),
             first_subscription: std::sync::Mutex::new(None),
@@ -491,6 +545,45 @@ impl Redis {
                     .await
             }
             Request::Ban { key: k, ttl } => conn.pset_ex(ban_key(&k), 1, millis(ttl)).await,
+            Request::Strike {
+                key: k,
+                reporter,
+                weight,
+                rule,
+            } => {
+                let lengths: Vec<String> = rule
+                    .ban_lengths
+                    .iter()
+                    .map(|&d| millis(d).to_string())
+                    .collect();
+                let banned: redis::RedisResult<u64> = self
+                    .strike
+                    .arg(backplane::hex(&k))
+                    .arg(backplane::hex(&reporter))
+                    .arg(weight)
+                    .arg(millis(rule.window))
+                    .arg(rule.reporters)
+                    .arg(rule.weight)
+                    .arg(lengths.join(","))
+                    .invoke_async(&mut conn)
+                    .await;
+                banned.map(|ms| {
+                    if ms > 0 {
+                        tracing::info!(ban_ms = ms, "pooled strikes completed a ban");
+                    }
+                })
+            }
+            Request::CallStart { call, a, b } => {
+                let sides = format!(
+                    "{}:{} {}:{}",
+                    backplane::node_of(a),
+                    a.0,
+                    backplane::node_of(b),
+                    b.0
+                );
+                conn.pset_ex(call_key(call), sides, millis(CALL_TTL)).await
+            }
+            Request::CallEnd { call } => conn.del(call_key(call)).await,
             Request::RoomJoin {
                 conn: id,
                 room,
@@ -763,6 +856,15 @@ impl Redis {
                 }
                 let () = pipe.query_async(&mut conn).await?;
             }
+            let calls = hub.shared_calls();
+            for chunk in calls.chunks(512) {
+                let mut pipe = redis::pipe();
+                for &call in chunk {
+                    pipe.pexpire(call_key(call), millis(CALL_TTL) as i64)
+                        .ignore();
+                }
+                let () = pipe.query_async(&mut conn).await?;
+            }
             let rooms = hub.shared_rooms();
             for chunk in rooms.chunks(512) {
                 let mut pipe = redis::pipe();
@@ -783,6 +885,10 @@ fn new_token() -> String {
 
 fn waiter_key(id: ConnId) -> String {
     key(&format!("w:{}", id.0))
+}
+
+fn call_key(call: earshot_core::protocol::CallId) -> String {
+    key(&format!("call:{call}"))
 }
 
 fn ban_key(k: &ClientKey) -> String {

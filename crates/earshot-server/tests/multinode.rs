@@ -1,10 +1,13 @@
 //! Several `earshot` nodes sharing one real `redis-server`, every process on
 //! its own loopback port: strangers on different nodes are matched and their
 //! offer, answer and candidates relayed; a ban made on one node holds on
-//! another; a node killed with SIGKILL ends its calls on the other nodes and
-//! leaves no waiter behind; a Redis restart closes connections with 1012
-//! ("backplane unavailable") and the nodes serve again once it is back, and
-//! a short outage (Redis frozen) leaves no ghost waiter or room member.
+//! another, and three reports made on three nodes add up to a ban; a call's
+//! record in Redis names both sides while it lasts and is gone once it
+//! ends, or once a side's node dies; a node killed with SIGKILL ends its
+//! calls on the other nodes and leaves no waiter behind; a Redis restart
+//! closes connections with 1012 ("backplane unavailable") and the nodes
+//! serve again once it is back, and a short outage (Redis frozen) leaves no
+//! ghost waiter or room member.
 //!
 //! Each test starts its own `redis-server` (`--save "" --appendonly no`, so
 //! it writes nothing) and its own nodes. Clients connect from distinct
@@ -142,6 +145,15 @@ async fn match_pair(redis: &RedisServer, a: &mut Ws, b: &mut Ws) -> u64 {
     ma["call"].as_u64().unwrap()
 }
 
+/// The store's record of `call`: its two sides and the record's TTL (ms).
+fn call_record(redis: &RedisServer, call: u64) -> Option<(String, i64)> {
+    let mut c = redis.conn().unwrap();
+    let k = format!("{{earshot}}:call:{call}");
+    let sides: Option<String> = redis::cmd("GET").arg(&k).query(&mut c).unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut c).unwrap();
+    sides.map(|s| (s, ttl))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_on_two_nodes_are_matched_and_signal_across() {
     let redis = RedisServer::start();
@@ -151,6 +163,19 @@ async fn strangers_on_two_nodes_are_matched_and_signal_across() {
     let call = match_pair(&redis, &mut a, &mut b).await;
     assert!(call < 1 << 53, "call ids survive a JavaScript number");
     assert!(redis.queue().is_empty(), "both left the queue");
+    // The call's record names both sides, each on its own node.
+    let (sides, ttl) = call_record(&redis, call).expect("the call is recorded");
+    let sides: Vec<(u64, u64)> = sides
+        .split(' ')
+        .map(|s| {
+            let (n, c) = s.split_once(':').unwrap();
+            (n.parse().unwrap(), c.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(sides.len(), 2);
+    assert!(sides.iter().all(|&(n, c)| c >> 48 == n), "{sides:?}");
+    assert_ne!(sides[0].0, sides[1].0, "two nodes");
+    assert!(ttl > 0 && ttl <= 120_000, "{ttl}");
 
     let offer = json!({"type": "signal", "call": call,
         "description": {"type": "offer", "sdp": "v=0 offer from b"}});
@@ -190,6 +215,9 @@ async fn strangers_on_two_nodes_are_matched_and_signal_across() {
     let ended = recv_type(&mut a, "call_ended").await;
     assert_eq!(ended["reason"], "partner_skipped");
     recv_type(&mut a, "searching").await;
+    eventually("the ended call's record is gone", || {
+        call_record(&redis, call).is_none()
+    });
     eventually("both wait, kept apart", || redis.queue().len() == 2);
 
     // A third person on node A is matched with one of them.
@@ -248,12 +276,62 @@ async fn a_ban_made_on_one_node_holds_on_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_reporters_on_three_nodes_ban_a_client_everywhere() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis), node(&redis), node(&redis)];
+    let mut target = client("127.0.0.9", &nodes[0]).await;
+    search(&mut target).await;
+    // One report per node: no node alone saw enough for a ban.
+    for (n, server) in nodes.iter().enumerate() {
+        assert!(
+            !redis.keys().iter().any(|k| k.starts_with("{earshot}:ban:")),
+            "banned after {n} reports"
+        );
+        let mut reporter = client(&format!("127.0.0.{}", n + 2), server).await;
+        search(&mut reporter).await;
+        recv_type(&mut reporter, "matched").await;
+        recv_type(&mut target, "matched").await;
+        send(&mut reporter, json!({"type": "report"})).await;
+        recv_type(&mut reporter, "idle").await;
+        recv_type(&mut target, "call_ended").await;
+        let next = recv(&mut target).await;
+        if n < 2 {
+            assert_eq!(next["type"], "searching", "{next}");
+            eventually("the target waits again", || redis.queue().len() == 1);
+        }
+    }
+    eventually("the ban is in Redis", || {
+        redis.keys().iter().any(|k| k.starts_with("{earshot}:ban:"))
+    });
+    // The strike record expires with the strike window.
+    let mut c = redis.conn().unwrap();
+    let strikes: Vec<String> = redis
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("{earshot}:strikes:"))
+        .collect();
+    assert_eq!(strikes.len(), 1, "{strikes:?}");
+    let ttl: i64 = redis::cmd("PTTL").arg(&strikes[0]).query(&mut c).unwrap();
+    assert!(ttl > 0 && ttl <= 24 * 3600 * 1000, "{ttl}");
+    for server in &nodes {
+        let mut again = client("127.0.0.9", server).await;
+        send(&mut again, json!({"type": "search"})).await;
+        let mut banned = recv(&mut again).await;
+        if banned["type"] == "searching" {
+            banned = recv(&mut again).await;
+        }
+        assert_eq!(banned["code"], "banned", "{banned}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_ends_its_calls_and_leaves_no_waiters() {
     let redis = RedisServer::start();
     let (na, nb, nc) = (node(&redis), node(&redis), node(&redis));
     let mut a = client("127.0.0.2", &na).await;
     let mut b = client("127.0.0.3", &nb).await;
     let call = match_pair(&redis, &mut a, &mut b).await;
+    assert!(call_record(&redis, call).is_some(), "the call is recorded");
     // Someone on node B waits, with an interest nobody shares.
     let mut waiting = client("127.0.0.4", &nb).await;
     send(
@@ -270,6 +348,10 @@ async fn a_killed_node_ends_its_calls_and_leaves_no_waiters() {
         (ended["call"].as_u64(), ended["reason"].as_str()),
         (Some(call), Some("partner_left"))
     );
+    // The surviving side removed the record of the call.
+    eventually("the dead call's record is gone", || {
+        call_record(&redis, call).is_none()
+    });
     recv_type(&mut a, "searching").await;
     // a waits alone: B's waiter is gone from the queue, not matched.
     eventually("only a waits", || {
