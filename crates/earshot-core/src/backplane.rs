@@ -72,6 +72,10 @@ pub struct Waiter {
     /// How long a tagged waiter holds out for a shared interest.
     pub interest_wait: Duration,
     pub country: Option<Country>,
+    /// The client's search allowance (a burst, then one per interval),
+    /// charged in the store for a search or skip the client made, so that
+    /// all its connections on all nodes share it; `None` for a join again.
+    pub limit: Option<(u32, Duration)>,
 }
 
 /// What the switchboard asks of the backplane (`Output::Backplane`).
@@ -79,7 +83,8 @@ pub struct Waiter {
 #[non_exhaustive]
 pub enum Request {
     /// Pair `Waiter` with a compatible waiter atomically, or queue it.
-    /// Answered with [`Event::Paired`], [`Event::Queued`] or [`Event::Banned`].
+    /// Answered with [`Event::Paired`], [`Event::Queued`], [`Event::Banned`]
+    /// or [`Event::Limited`].
     /// Joining again (when the interest wait ends) keeps the queue position.
     Enqueue(Waiter),
     /// Take `conn` out of the queue, if it is still there.
@@ -146,6 +151,8 @@ pub enum Event {
     Queued { conn: ConnId },
     /// `conn`'s client is banned for `ttl`.
     Banned { conn: ConnId, ttl: Duration },
+    /// `conn`'s client is over its search allowance: retry after `retry`.
+    Limited { conn: ConnId, retry: Duration },
     /// The backplane could not run `conn`'s queue join.
     Failed { conn: ConnId },
     /// `conn` joined the room as `peer`; `others` were there already.
@@ -592,6 +599,7 @@ pub fn decode_room_reply(text: &str) -> Result<RoomReply, BackplaneError> {
 pub enum PairReply {
     Queued,
     Banned { ttl: Duration },
+    Limited { retry: Duration },
     Matched(Partner),
 }
 
@@ -600,6 +608,9 @@ pub enum PairReply {
 enum PairWire {
     Queued,
     Banned {
+        ms: u64,
+    },
+    Limited {
         ms: u64,
     },
     Matched {
@@ -621,6 +632,9 @@ pub fn decode_pair_reply(text: &str) -> Result<PairReply, BackplaneError> {
         PairWire::Queued => PairReply::Queued,
         PairWire::Banned { ms } => PairReply::Banned {
             ttl: Duration::from_millis(ms.max(1)),
+        },
+        PairWire::Limited { ms } => PairReply::Limited {
+            retry: Duration::from_millis(ms.max(1)),
         },
         PairWire::Matched {
             conn,

@@ -272,6 +272,9 @@ struct Conn {
     /// Connections this one reported: never matched with it again, even
     /// when both share a client key (one household behind one address).
     reported: Vec<ConnId>,
+    /// Backplane mode: the next queue join charges the client's shared
+    /// search allowance (it is the client's own search or skip).
+    charge_search: bool,
 }
 
 /// Pairs that skipped each other, kept apart until a deadline.
@@ -527,6 +530,7 @@ impl Switchboard {
             ),
             hello_by: now + self.config.hello_timeout,
             reported: Vec::new(),
+            charge_search: false,
         };
         if self.conns.insert(id, Box::new(conn)).is_some() {
             tracing::warn!(conn = %id, "connection id reused; replacing its state");
@@ -612,6 +616,7 @@ impl Switchboard {
                         if let Err(wait) = self.clients.searches.take(now, &key) {
                             return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
                         }
+                        conn.charge_search = self.node.is_some();
                         self.search(now, id);
                     }
                     Err(code) => self.reject(now, id, code, None),
@@ -625,6 +630,9 @@ impl Switchboard {
                         return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
                     }
                     self.end_call(now, id, EndReason::PartnerSkipped);
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.charge_search = self.node.is_some();
+                    }
                     self.search(now, id);
                 }
                 Phase::Idle | Phase::Searching | Phase::InRoom { .. } => {
@@ -1372,9 +1380,12 @@ impl Switchboard {
 
     /// Asks the shared queue to pair `id` or keep it waiting.
     fn enqueue(&mut self, now: Instant, id: ConnId) {
-        let (Some(c), Some(&open_at)) = (self.conns.get(&id), self.shared_waiting.get(&id)) else {
+        let (Some(c), Some(&open_at)) = (self.conns.get_mut(&id), self.shared_waiting.get(&id))
+        else {
             return;
         };
+        // Charged once, for the search or skip the client made.
+        let limit = std::mem::take(&mut c.charge_search).then_some(self.config.per_client.searches);
         let waiter = Waiter {
             conn: id,
             key: c.info.key,
@@ -1382,6 +1393,7 @@ impl Switchboard {
             open: open_at <= now,
             interest_wait: self.config.interest_wait,
             country: c.info.country,
+            limit,
         };
         self.request(Request::Enqueue(waiter));
     }
@@ -1404,14 +1416,9 @@ impl Switchboard {
         match event {
             Event::Paired { conn, partner } => self.paired(now, conn, partner),
             Event::Queued { .. } => {}
-            Event::Banned { conn, ttl } => {
-                if self.shared_waiting.remove(&conn).is_some() {
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        c.phase = Phase::Idle;
-                    }
-                    self.reject(now, conn, ErrorCode::Banned, Some(ttl));
-                    self.send(conn, ServerMsg::Idle);
-                }
+            Event::Banned { conn, ttl } => self.search_refused(now, conn, ErrorCode::Banned, ttl),
+            Event::Limited { conn, retry } => {
+                self.search_refused(now, conn, ErrorCode::RateLimited, retry)
             }
             Event::Failed { conn } => self.close(now, conn, CloseReason::BackplaneLost),
             Event::RoomJoined {
@@ -1466,6 +1473,18 @@ impl Switchboard {
                     self.announce_left(room, store_key, peer, others, false);
                 }
             }
+        }
+    }
+
+    /// The store refused `conn`'s queue join (a ban, the shared search
+    /// allowance): it is idle again, if it was still searching.
+    fn search_refused(&mut self, now: Instant, conn: ConnId, code: ErrorCode, retry: Duration) {
+        if self.shared_waiting.remove(&conn).is_some() {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.phase = Phase::Idle;
+            }
+            self.reject(now, conn, code, Some(retry));
+            self.send(conn, ServerMsg::Idle);
         }
     }
 

@@ -13,6 +13,8 @@
 //!   every call with it.
 //! - `strikes_from_both_nodes_add_up_to_a_ban`: reports made on two nodes
 //!   are pooled in the store and ban the reported client.
+//! - `a_clients_searches_on_both_nodes_share_one_allowance`: the store
+//!   charges one client's searches on any node to one allowance.
 //! - `remote_messages_round_trip`, `room_messages_round_trip`,
 //!   `backplane_decoders_never_panic` and
 //!   `backplane_decoders_refuse_mangled_replies`: what nodes publish decodes
@@ -27,6 +29,7 @@ use earshot_core::backplane::{
 };
 use earshot_core::pow::{PowConfig, PowMode};
 use earshot_core::protocol::{EndReason, ErrorCode, ServerMsg};
+use earshot_core::ratelimit::TokenBucket;
 use earshot_core::{ClientKey, Config, ConnId, ConnInfo, Country, Output, Switchboard};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
@@ -59,6 +62,8 @@ struct Store {
     strikes: HashMap<ClientKey, Vec<(ClientKey, u32)>>,
     /// Recorded calls and their two sides.
     calls: HashMap<u64, (ConnId, ConnId)>,
+    /// Each client's search allowance.
+    searches: HashMap<ClientKey, TokenBucket>,
 }
 
 fn ordered<T: Ord>(a: T, b: T) -> (T, T) {
@@ -66,8 +71,20 @@ fn ordered<T: Ord>(a: T, b: T) -> (T, T) {
 }
 
 impl Store {
-    fn enqueue(&mut self, w: backplane::Waiter) -> Event {
+    fn enqueue(&mut self, now: Instant, w: backplane::Waiter) -> Event {
         self.queue.retain(|e| e.0 != w.conn);
+        if let Some((burst, every)) = w.limit {
+            let bucket = self
+                .searches
+                .entry(w.key)
+                .or_insert_with(|| TokenBucket::every(now, every, burst));
+            if let Err(retry) = bucket.take(now) {
+                return Event::Limited {
+                    conn: w.conn,
+                    retry,
+                };
+            }
+        }
         if self.banned.contains(&w.key) {
             return Event::Banned {
                 conn: w.conn,
@@ -166,10 +183,14 @@ fn index(node: NodeId) -> usize {
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::with(config())
+    }
+
+    fn with(config: Config) -> Cluster {
         let boards = NODES
             .iter()
             .map(|&n| {
-                let mut b = Switchboard::new(config());
+                let mut b = Switchboard::new(config.clone());
                 b.set_node(Some(n));
                 b
             })
@@ -257,7 +278,7 @@ impl Cluster {
         let now = self.now;
         match r {
             Request::Enqueue(w) => {
-                let e = self.store.enqueue(w);
+                let e = self.store.enqueue(now, w);
                 self.boards[n].handle_backplane(now, e);
             }
             Request::Dequeue { conn } => self.store.queue.retain(|e| e.0 != conn),
@@ -457,7 +478,7 @@ proptest! {
     fn backplane_decoders_refuse_mangled_replies(
         parts in prop::collection::vec(prop::sample::select(vec![
             "{", "}", "[", "]", ",", ":", "\"t\"", "\"r\"", "\"matched\"", "\"signal\"",
-            "\"ended\"", "\"queued\"", "\"banned\"", "\"ms\"", "\"conn\"", "\"key\"",
+            "\"ended\"", "\"queued\"", "\"banned\"", "\"limited\"", "\"ms\"", "\"conn\"", "\"key\"",
             "\"to\"", "\"from\"", "\"call\"", "\"shared\"", "\"country\"", "\"reason\"",
             "\"partner_left\"", "\"requeue\"", "1", "-1", "18446744073709551616", "null",
             "\"00112233445566778899aabbccddeeff\"", "\"zz\"", "\"DE\"", "\"x\"", "1e400",
@@ -605,4 +626,34 @@ fn strikes_from_both_nodes_add_up_to_a_ban() {
         "{:?}",
         c.errors.get(&id(target))
     );
+}
+
+/// One client's searches on both nodes draw on one allowance: with room for
+/// three, the fourth is refused wherever it is made.
+#[test]
+fn a_clients_searches_on_both_nodes_share_one_allowance() {
+    let mut config = config();
+    config.per_client.searches = (3, Duration::from_secs(60));
+    let mut c = Cluster::with(config);
+    // Slots 0 (node 1) and 3 (node 2) are one client: the same key.
+    c.apply(Op::Connect(0)).unwrap();
+    let info = ConnInfo {
+        key: ClientKey([1; 16]),
+        ..ConnInfo::default()
+    };
+    c.live.insert(id(3));
+    c.boards[1].connect(c.now, id(3), info);
+    c.text(3, json!({"type": "hello", "version": 1}));
+    c.collect().unwrap();
+    for (n, s) in [0, 3, 0, 3].into_iter().enumerate() {
+        c.apply(Op::Search(s, true)).unwrap();
+        c.settle().unwrap();
+        let limited = c
+            .errors
+            .get(&id(s))
+            .is_some_and(|e| e.contains(&ErrorCode::RateLimited));
+        assert_eq!(limited, n == 3, "search {n}");
+        c.apply(Op::End(s)).unwrap();
+        c.settle().unwrap();
+    }
 }

@@ -18,6 +18,7 @@
 //! | `{earshot}:apart:<conn>:<conn>` | two connections kept apart (skip, report) | the cooldown |
 //! | `{earshot}:block:<key>:<key>` | two clients kept apart (report) | key memory (48 h) |
 //! | `{earshot}:ban:<key>` | a banned client | the ban |
+//! | `{earshot}:rl:search:<key>` | a client's search allowance, a token bucket shared by all nodes | until it is full again (at most burst × interval: 60 s) |
 //! | `{earshot}:strikes:<key>` | strikes against a client from every node: reporter key → when and weight, `n` bans so far | the strike window (24 h) past the last strike |
 //! | `{earshot}:call:<call>` | a call's two sides: `<node>:<conn> <node>:<conn>`; deleted when it ends | 2 min, refreshed every 30 s by nodes with a side in it |
 //! | `{earshot}:room:<hash>` | a room: `m:<peer>` → node, token, connection and client key of each member, `next` peer id, `lock` verifier, `x:<key>` removed clients | 2 min, refreshed every 30 s by nodes with members |
@@ -33,7 +34,9 @@
 //! reaches a server); no address, room name, SDP or candidate is ever stored. Signalling for a connection on another node
 //! is published on that node's channel `{earshot}:ch:<n>` and never stored.
 //!
-//! Pairing is one Lua script ([`PAIR`]): it refuses a banned joiner, scans
+//! Pairing is one Lua script ([`PAIR`]): it charges a search the client
+//! made to the client's shared allowance (no extra round trip), refuses a
+//! banned joiner, scans
 //! the oldest waiters, drops those of dead nodes, skips banned, kept-apart
 //! and blocked ones, and takes the first compatible waiter out of the queue,
 //! or queues the joiner. Nodes watch the heartbeats of the nodes their
@@ -82,8 +85,11 @@ const SWEEP_LIMIT: usize = 256;
 
 /// Pairs a joiner with a waiter, or queues it. ARGV: conn, node, client key,
 /// tags (JSON array), open (0/1), interest wait (ms), country ("" if none),
-/// scan limit, entry TTL (ms), node token. Answers the JSON
-/// `decode_pair_reply` reads.
+/// scan limit, entry TTL (ms), node token, and, for a search the client
+/// made, its search allowance: burst and one more per this many ms ("" and
+/// "" for a join again). The allowance is a token bucket per client key
+/// (`l`: ms of refill banked, `t`: when), shared by every node, kept only
+/// until it is full again. Answers the JSON `decode_pair_reply` reads.
 pub const PAIR: &str = r#"
 local P = '{earshot}:'
 local me, node, key = ARGV[1], ARGV[2], ARGV[3]
@@ -95,6 +101,21 @@ local q = P .. 'queue'
 local seq = redis.call('ZSCORE', q, me)
 redis.call('ZREM', q, me)
 redis.call('DEL', P .. 'w:' .. me)
+if ARGV[11] ~= '' then
+  local rk = P .. 'rl:search:' .. key
+  local every = tonumber(ARGV[12])
+  local cap = every * tonumber(ARGV[11])
+  local level, at = cap, now
+  local b = redis.call('HMGET', rk, 'l', 't')
+  if b[1] then level, at = tonumber(b[1]), tonumber(b[2]) end
+  level = math.min(cap, level + math.max(0, now - at))
+  if level < every then
+    return '{"r":"limited","ms":' .. (every - level) .. '}'
+  end
+  level = level - every
+  redis.call('HSET', rk, 'l', level, 't', now)
+  redis.call('PEXPIRE', rk, cap - level + 1)
+end
 local ban = redis.call('PTTL', P .. 'ban:' .. key)
 if ban > 0 then
   return '{"r":"banned","ms":' .. ban .. '}'
@@ -503,11 +524,20 @@ impl Redis {
                     .arg(SCAN_LIMIT)
                     .arg(millis(WAITER_TTL))
                     .arg(self.token())
+                    .arg(
+                        w.limit
+                            .map_or(String::new(), |(burst, _)| burst.to_string()),
+                    )
+                    .arg(
+                        w.limit
+                            .map_or(String::new(), |(_, every)| millis(every).to_string()),
+                    )
                     .invoke_async(&mut conn)
                     .await;
                 let event = match reply.map(|r| decode_pair_reply(&r)) {
                     Ok(Ok(PairReply::Queued)) => Event::Queued { conn: id },
                     Ok(Ok(PairReply::Banned { ttl })) => Event::Banned { conn: id, ttl },
+                    Ok(Ok(PairReply::Limited { retry })) => Event::Limited { conn: id, retry },
                     Ok(Ok(PairReply::Matched(partner))) => Event::Paired { conn: id, partner },
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "unexpected reply from the pairing script");

@@ -1,13 +1,14 @@
 //! Several `earshot` nodes sharing one real `redis-server`, every process on
 //! its own loopback port: strangers on different nodes are matched and their
 //! offer, answer and candidates relayed; a ban made on one node holds on
-//! another, and three reports made on three nodes add up to a ban; a call's
-//! record in Redis names both sides while it lasts and is gone once it
-//! ends, or once a side's node dies; a node killed with SIGKILL ends its
-//! calls on the other nodes and leaves no waiter behind; a Redis restart
-//! closes connections with 1012 ("backplane unavailable") and the nodes
-//! serve again once it is back, and a short outage (Redis frozen) leaves no
-//! ghost waiter or room member.
+//! another, and three reports made on three nodes add up to a ban; one
+//! client's searches on two nodes draw on one allowance; a call's record in
+//! Redis names both sides while it lasts and is gone once it ends, or once a
+//! side's node dies; a node killed with SIGKILL ends its calls on the other
+//! nodes and leaves no waiter behind; a Redis restart closes connections
+//! with 1012 ("backplane unavailable") and the nodes serve again once it is
+//! back, and a short outage (Redis frozen) leaves no ghost waiter or room
+//! member.
 //!
 //! Each test starts its own `redis-server` (`--save "" --appendonly no`, so
 //! it writes nothing) and its own nodes. Clients connect from distinct
@@ -322,6 +323,61 @@ async fn three_reporters_on_three_nodes_ban_a_client_everywhere() {
         }
         assert_eq!(banned["code"], "banned", "{banned}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_searches_on_two_nodes_share_one_allowance() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis), node(&redis)];
+    // One client (one address) with a connection on each node. Each node
+    // alone allows a burst of 30 searches, then one every 2 s.
+    let mut ws = [
+        client("127.0.0.7", &nodes[0]).await,
+        client("127.0.0.7", &nodes[1]).await,
+    ];
+    let mut limited_at = None;
+    for i in 0..40 {
+        let ws = &mut ws[i % 2];
+        search(ws).await;
+        // Queued (then leave again), or refused by the shared allowance.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            tokio::select! {
+                msg = recv(ws) => {
+                    assert_eq!(msg["code"], "rate_limited", "{msg}");
+                    assert!(msg["retry_after_ms"].as_u64().unwrap() > 0);
+                    recv_type(ws, "idle").await;
+                    limited_at = Some(i);
+                    break;
+                }
+                () = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if redis.queue().len() == 1 {
+                        send(ws, json!({"type": "end"})).await;
+                        recv_type(ws, "idle").await;
+                        // Out of the queue before the other connection
+                        // searches, or it would be matched with itself.
+                        eventually("the queue is empty", || redis.queue().is_empty());
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "search {i} never settled");
+                }
+            }
+        }
+        if limited_at.is_some() {
+            break;
+        }
+    }
+    // 20 searches per node are within each node's own allowance: only the
+    // shared one can refuse, after its burst of 30.
+    let at = limited_at.expect("the shared allowance ran out");
+    assert!(at >= 30, "refused at search {at}");
+    assert!(
+        redis
+            .keys()
+            .iter()
+            .any(|k| k.starts_with("{earshot}:rl:search:")),
+        "the allowance is kept in Redis"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
