@@ -127,6 +127,9 @@ pub enum Request {
         max_size: usize,
         /// Passphrase attempts on one room: a burst, then one per interval.
         attempts: (u32, Duration),
+        /// The client's room creations, shared by all its connections on
+        /// all nodes; charged when the join creates the room.
+        creations: (u32, Duration),
     },
     /// `peer` left the room.
     RoomLeave { room: String, peer: PeerId },
@@ -183,6 +186,10 @@ pub struct StrikeRule {
     /// Total weight needed, in thousandths.
     pub weight: u32,
     pub ban_lengths: Vec<Duration>,
+    /// The reporter's report allowance (a burst, then one per interval),
+    /// shared by all its connections on all nodes: over it, the strike does
+    /// not count.
+    pub reports: (u32, Duration),
 }
 
 /// The waiter a queue join was paired with, as the store recorded it.

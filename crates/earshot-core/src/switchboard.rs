@@ -784,6 +784,7 @@ impl Switchboard {
                     reporters: m.reporters_for_ban,
                     weight: m.weight_for_ban.saturating_mul(1000),
                     ban_lengths: m.ban_lengths.clone(),
+                    reports: self.config.per_client.reports,
                 };
                 self.request(Request::Strike {
                     key: theirs,
@@ -907,6 +908,7 @@ impl Switchboard {
                 verifier: verifier.cloned(),
                 max_size: self.rooms.max_size(),
                 attempts: self.config.rooms.room_attempts,
+                creations: self.config.per_client.room_creations,
             });
             self.joining.insert(id, name);
             return;

@@ -13,8 +13,10 @@
 //!   every call with it.
 //! - `strikes_from_both_nodes_add_up_to_a_ban`: reports made on two nodes
 //!   are pooled in the store and ban the reported client.
-//! - `a_clients_searches_on_both_nodes_share_one_allowance`: the store
-//!   charges one client's searches on any node to one allowance.
+//! - `a_clients_searches_on_both_nodes_share_one_allowance` and
+//!   `a_reporters_strikes_on_both_nodes_share_one_allowance`: the store
+//!   charges one client's searches, and its reports, on any node to one
+//!   allowance.
 //! - `remote_messages_round_trip`, `room_messages_round_trip`,
 //!   `backplane_decoders_never_panic` and
 //!   `backplane_decoders_refuse_mangled_replies`: what nodes publish decodes
@@ -64,6 +66,8 @@ struct Store {
     calls: HashMap<u64, (ConnId, ConnId)>,
     /// Each client's search allowance.
     searches: HashMap<ClientKey, TokenBucket>,
+    /// Each reporter's report allowance.
+    reports: HashMap<ClientKey, TokenBucket>,
 }
 
 fn ordered<T: Ord>(a: T, b: T) -> (T, T) {
@@ -207,6 +211,21 @@ impl Cluster {
         }
     }
 
+    /// Connects `slot` as the client with `key` (the same client on
+    /// another node, say).
+    fn connect_as(&mut self, slot: usize, key: ClientKey) {
+        let conn = id(slot);
+        self.live.insert(conn);
+        let info = ConnInfo {
+            key,
+            ..ConnInfo::default()
+        };
+        let now = self.now;
+        self.board(conn).connect(now, conn, info);
+        self.text(slot, json!({"type": "hello", "version": 1}));
+        self.collect().unwrap();
+    }
+
     fn board(&mut self, conn: ConnId) -> &mut Switchboard {
         &mut self.boards[index(backplane::node_of(conn))]
     }
@@ -307,6 +326,15 @@ impl Cluster {
                 weight,
                 rule,
             } => {
+                let (burst, every) = rule.reports;
+                let allowance = self
+                    .store
+                    .reports
+                    .entry(reporter)
+                    .or_insert_with(|| TokenBucket::every(now, every, burst));
+                if allowance.take(now).is_err() {
+                    return;
+                }
                 let strikes = self.store.strikes.entry(key).or_default();
                 if !strikes.iter().any(|&(r, _)| r == reporter) {
                     strikes.push((reporter, weight));
@@ -628,6 +656,44 @@ fn strikes_from_both_nodes_add_up_to_a_ban() {
     );
 }
 
+/// One client's reports on both nodes draw on one allowance: with room for
+/// two, the third strike (made on the node that counted only one) does not
+/// count.
+#[test]
+fn a_reporters_strikes_on_both_nodes_share_one_allowance() {
+    let mut config = config();
+    config.per_client.reports = (2, Duration::from_secs(600));
+    let mut c = Cluster::with(config);
+    // Slots 0 (node 1) and 3 (node 2) are one reporter.
+    c.apply(Op::Connect(0)).unwrap();
+    c.connect_as(3, ClientKey([1; 16]));
+    for (reporter, target) in [(0, 1), (3, 4), (0, 2)] {
+        c.apply(Op::Connect(target)).unwrap();
+        c.apply(Op::Search(target, false)).unwrap();
+        c.settle().unwrap();
+        c.apply(Op::Search(reporter, false)).unwrap();
+        c.settle().unwrap();
+        c.apply(Op::Report(reporter)).unwrap();
+        c.apply(Op::Disconnect(target)).unwrap();
+        c.settle().unwrap();
+    }
+    let struck = |s: u8| {
+        c.store
+            .strikes
+            .get(&ClientKey([s + 1; 16]))
+            .is_some_and(|v| !v.is_empty())
+    };
+    assert!(struck(1) && struck(4), "the first two count");
+    assert!(!struck(2), "the third is over the shared allowance");
+    assert!(
+        c.errors
+            .values()
+            .flatten()
+            .all(|&e| e != ErrorCode::RateLimited),
+        "no node alone saw too many reports"
+    );
+}
+
 /// One client's searches on both nodes draw on one allowance: with room for
 /// three, the fourth is refused wherever it is made.
 #[test]
@@ -637,14 +703,7 @@ fn a_clients_searches_on_both_nodes_share_one_allowance() {
     let mut c = Cluster::with(config);
     // Slots 0 (node 1) and 3 (node 2) are one client: the same key.
     c.apply(Op::Connect(0)).unwrap();
-    let info = ConnInfo {
-        key: ClientKey([1; 16]),
-        ..ConnInfo::default()
-    };
-    c.live.insert(id(3));
-    c.boards[1].connect(c.now, id(3), info);
-    c.text(3, json!({"type": "hello", "version": 1}));
-    c.collect().unwrap();
+    c.connect_as(3, ClientKey([1; 16]));
     for (n, s) in [0, 3, 0, 3].into_iter().enumerate() {
         c.apply(Op::Search(s, true)).unwrap();
         c.settle().unwrap();

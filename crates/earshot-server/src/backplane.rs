@@ -19,6 +19,8 @@
 //! | `{earshot}:block:<key>:<key>` | two clients kept apart (report) | key memory (48 h) |
 //! | `{earshot}:ban:<key>` | a banned client | the ban |
 //! | `{earshot}:rl:search:<key>` | a client's search allowance, a token bucket shared by all nodes | until it is full again (at most burst × interval: 60 s) |
+//! | `{earshot}:rl:report:<key>` | a client's report allowance (its strikes beyond it do not count) | until it is full again (20 min) |
+//! | `{earshot}:rl:room:<key>` | a client's room creations | until it is full again (5 min) |
 //! | `{earshot}:strikes:<key>` | strikes against a client from every node: reporter key → when and weight, `n` bans so far | the strike window (24 h) past the last strike |
 //! | `{earshot}:call:<call>` | a call's two sides: `<node>:<conn> <node>:<conn>`; deleted when it ends | 2 min, refreshed every 30 s by nodes with a side in it |
 //! | `{earshot}:room:<hash>` | a room: `m:<peer>` → node, token, connection and client key of each member, `next` peer id, `lock` verifier, `x:<key>` removed clients | 2 min, refreshed every 30 s by nodes with members |
@@ -35,11 +37,13 @@
 //! is published on that node's channel `{earshot}:ch:<n>` and never stored.
 //!
 //! Pairing is one Lua script ([`PAIR`]): it charges a search the client
-//! made to the client's shared allowance (no extra round trip), refuses a
-//! banned joiner, scans
+//! made to the client's shared allowance, refuses a banned joiner, scans
 //! the oldest waiters, drops those of dead nodes, skips banned, kept-apart
 //! and blocked ones, and takes the first compatible waiter out of the queue,
-//! or queues the joiner. Nodes watch the heartbeats of the nodes their
+//! or queues the joiner. Per-client allowances are charged inside the
+//! script that does the work (searches in [`PAIR`], reports in [`STRIKE`],
+//! room creations in [`ROOM_JOIN`]), so they cost no extra round trip; the
+//! per-connection message rate stays with the connection's node. Nodes watch the heartbeats of the nodes their
 //! calls reach and end those calls when one dies ([`Event::NodeDown`]); a
 //! sweep every beat removes dead nodes' waiters.
 //!
@@ -83,13 +87,33 @@ const WAITER_REFRESH_BEATS: u32 = 30;
 const SCAN_LIMIT: usize = 64;
 const SWEEP_LIMIT: usize = 256;
 
+/// Lua, put before the scripts that use it: `take(key, burst, every_ms,
+/// now_ms)` takes one token from a client's allowance, a token bucket in
+/// the hash `key` (`l`: ms of refill banked, `t`: when) shared by every
+/// node and kept only until it is full again (the same arithmetic as
+/// `earshot_core::ratelimit::TokenBucket`). Answers 0, or the ms until a
+/// token is there.
+pub const TAKE: &str = r#"
+local function take(rk, burst, every, now)
+  every = tonumber(every)
+  local cap = every * tonumber(burst)
+  local level, at = cap, now
+  local b = redis.call('HMGET', rk, 'l', 't')
+  if b[1] then level, at = tonumber(b[1]), tonumber(b[2]) end
+  level = math.min(cap, level + math.max(0, now - at))
+  if level < every then return every - level end
+  level = level - every
+  redis.call('HSET', rk, 'l', level, 't', now)
+  redis.call('PEXPIRE', rk, cap - level + 1)
+  return 0
+end
+"#;
+
 /// Pairs a joiner with a waiter, or queues it. ARGV: conn, node, client key,
 /// tags (JSON array), open (0/1), interest wait (ms), country ("" if none),
 /// scan limit, entry TTL (ms), node token, and, for a search the client
 /// made, its search allowance: burst and one more per this many ms ("" and
-/// "" for a join again). The allowance is a token bucket per client key
-/// (`l`: ms of refill banked, `t`: when), shared by every node, kept only
-/// until it is full again. Answers the JSON `decode_pair_reply` reads.
+/// "" for a join again), charged with [`TAKE`]. Answers the JSON `decode_pair_reply` reads.
 pub const PAIR: &str = r#"
 local P = '{earshot}:'
 local me, node, key = ARGV[1], ARGV[2], ARGV[3]
@@ -102,19 +126,8 @@ local seq = redis.call('ZSCORE', q, me)
 redis.call('ZREM', q, me)
 redis.call('DEL', P .. 'w:' .. me)
 if ARGV[11] ~= '' then
-  local rk = P .. 'rl:search:' .. key
-  local every = tonumber(ARGV[12])
-  local cap = every * tonumber(ARGV[11])
-  local level, at = cap, now
-  local b = redis.call('HMGET', rk, 'l', 't')
-  if b[1] then level, at = tonumber(b[1]), tonumber(b[2]) end
-  level = math.min(cap, level + math.max(0, now - at))
-  if level < every then
-    return '{"r":"limited","ms":' .. (every - level) .. '}'
-  end
-  level = level - every
-  redis.call('HSET', rk, 'l', level, 't', now)
-  redis.call('PEXPIRE', rk, cap - level + 1)
+  local wait = take(P .. 'rl:search:' .. key, ARGV[11], ARGV[12], now)
+  if wait > 0 then return '{"r":"limited","ms":' .. wait .. '}' end
 end
 local ban = redis.call('PTTL', P .. 'ban:' .. key)
 if ban > 0 then
@@ -172,10 +185,12 @@ return '{"r":"queued"}'
 
 /// Joins a room. ARGV: room hash, conn, node, client key, verifier hex
 /// ("" if none), max size, TTL (ms), node token, passphrase attempts on one
-/// room (burst), one more per this many ms. A locked room's attempts are a
-/// token bucket in the room's hash (`ab`, `at`): shared by all nodes, so a
-/// lock cannot be guessed faster by spreading over nodes. Members of dead nodes are dropped
-/// first. Answers the JSON `decode_room_reply` reads.
+/// room (burst), one more per this many ms, and the client's room
+/// creations (burst, one more per this many ms; charged with [`TAKE`] when
+/// the room has no member yet). A locked room's attempts are a token bucket
+/// in the room's hash (`ab`, `at`): shared by all nodes, so a lock cannot be
+/// guessed faster by spreading over nodes. Members of dead nodes are
+/// dropped first. Answers the JSON `decode_room_reply` reads.
 pub const ROOM_JOIN: &str = r#"
 local P = '{earshot}:'
 local k = P .. 'room:' .. ARGV[1]
@@ -224,6 +239,12 @@ if lock then
   redis.call('HSET', k, 'ab', tokens - 1, 'at', at)
   if ver ~= lock then return '{"r":"refused","code":"wrong_passphrase"}' end
 end
+if #others == 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local wait = take(P .. 'rl:room:' .. key, ARGV[11], ARGV[12], now)
+  if wait > 0 then return '{"r":"refused","code":"rate_limited","ms":' .. wait .. '}' end
+end
 local peer = redis.call('HINCRBY', k, 'next', 1)
 redis.call('HSET', k, 'm:' .. peer, node .. ':' .. ARGV[8] .. ':' .. conn .. ':' .. key)
 redis.call('PEXPIRE', k, ARGV[7])
@@ -236,24 +257,31 @@ return '{"r":"joined","peer":' .. peer .. ',"locked":' .. locked .. ',"others":[
 /// Counts a strike against a client, pooled across nodes. ARGV: reported
 /// key, reporter key, weight (thousandths), strike window (ms), distinct
 /// reporters for a ban, total weight for a ban, ban lengths (ms, comma
-/// separated; the last repeats). The strikes hash holds `<reporter>` →
+/// separated; the last repeats), the reporter's report allowance (burst,
+/// one more per this many ms: over it the strike does not count, answered
+/// -1). The strikes hash holds `<reporter>` →
 /// `<ms>:<weight>` for each strike within the window and `n`, the bans so
 /// far; it lives one window past the last strike. Answers the ban's length
 /// in ms, or 0.
-const STRIKE: &str = r#"
+pub const STRIKE: &str = r#"
 local P = '{earshot}:'
 local k = P .. 'strikes:' .. ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[4])
 local flat = redis.call('HGETALL', k)
+for i = 1, #flat, 2 do
+  if flat[i] == ARGV[2] and now - tonumber(string.match(flat[i + 1], '^%d+') or 0) < window then
+    return 0
+  end
+end
+if take(P .. 'rl:report:' .. ARGV[2], ARGV[8], ARGV[9], now) > 0 then return -1 end
 local count, total = 0, 0
 for i = 1, #flat, 2 do
   local f, v = flat[i], flat[i + 1]
   if f ~= 'n' then
     local at, w = string.match(v, '^(%d+):(%d+)$')
     if at and now - tonumber(at) < window then
-      if f == ARGV[2] then return 0 end
       count = count + 1
       total = total + tonumber(w)
     else
@@ -383,12 +411,12 @@ impl Redis {
             conn,
             node: 0,
             token: std::sync::Mutex::new(new_token()),
-            pair: redis::Script::new(PAIR),
+            pair: redis::Script::new(&format!("{TAKE}{PAIR}")),
             sweep: redis::Script::new(SWEEP),
             heartbeat: redis::Script::new(HEARTBEAT_SCRIPT),
-            room_join: redis::Script::new(ROOM_JOIN),
+            room_join: redis::Script::new(&format!("{TAKE}{ROOM_JOIN}")),
             room_leave: redis::Script::new(ROOM_LEAVE),
-            strike: redis::Script::new(STRIKE),
+            strike: redis::Script::new(&format!("{TAKE}{STRIKE}")),
             leave: redis::Script::new(LEAVE),
             subscribed: AtomicBool::new(false),
             first_subscription: std::sync::Mutex::new(None),
@@ -586,7 +614,7 @@ impl Redis {
                     .iter()
                     .map(|&d| millis(d).to_string())
                     .collect();
-                let banned: redis::RedisResult<u64> = self
+                let banned: redis::RedisResult<i64> = self
                     .strike
                     .arg(backplane::hex(&k))
                     .arg(backplane::hex(&reporter))
@@ -595,12 +623,14 @@ impl Redis {
                     .arg(rule.reporters)
                     .arg(rule.weight)
                     .arg(lengths.join(","))
+                    .arg(rule.reports.0)
+                    .arg(millis(rule.reports.1))
                     .invoke_async(&mut conn)
                     .await;
-                banned.map(|ms| {
-                    if ms > 0 {
-                        tracing::info!(ban_ms = ms, "pooled strikes completed a ban");
-                    }
+                banned.map(|ms| match ms {
+                    -1 => tracing::debug!("a strike over the reporter's shared allowance"),
+                    1.. => tracing::info!(ban_ms = ms, "pooled strikes completed a ban"),
+                    _ => {}
                 })
             }
             Request::CallStart { call, a, b } => {
@@ -621,6 +651,7 @@ impl Redis {
                 verifier,
                 max_size,
                 attempts,
+                creations,
             } => {
                 let reply: redis::RedisResult<String> = self
                     .room_join
@@ -639,6 +670,8 @@ impl Redis {
                     .arg(self.token())
                     .arg(attempts.0)
                     .arg(millis(attempts.1))
+                    .arg(creations.0)
+                    .arg(millis(creations.1))
                     .invoke_async(&mut conn)
                     .await;
                 let event = match reply.map(|r| decode_room_reply(&r)) {

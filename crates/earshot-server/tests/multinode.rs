@@ -2,7 +2,8 @@
 //! its own loopback port: strangers on different nodes are matched and their
 //! offer, answer and candidates relayed; a ban made on one node holds on
 //! another, and three reports made on three nodes add up to a ban; one
-//! client's searches on two nodes draw on one allowance; a call's record in
+//! client's searches, reports and room creations on two nodes draw on one
+//! allowance each; a call's record in
 //! Redis names both sides while it lasts and is gone once it ends, or once a
 //! side's node dies; a node killed with SIGKILL ends its calls on the other
 //! nodes and leaves no waiter behind; a Redis restart closes connections
@@ -378,6 +379,81 @@ async fn one_clients_searches_on_two_nodes_share_one_allowance() {
             .any(|k| k.starts_with("{earshot}:rl:search:")),
         "the allowance is kept in Redis"
     );
+}
+
+/// The keys in Redis that start with `prefix`.
+fn count_keys(redis: &RedisServer, prefix: &str) -> usize {
+    redis
+        .keys()
+        .iter()
+        .filter(|k| k.starts_with(prefix))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_reporters_strikes_on_two_nodes_share_one_allowance() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis), node(&redis)];
+    // One reporter with a connection on each node; each node alone lets it
+    // make 10 reports that count (then one every 2 minutes).
+    let mut reporter = [
+        client("127.0.0.7", &nodes[0]).await,
+        client("127.0.0.7", &nodes[1]).await,
+    ];
+    for i in 0..11 {
+        let server = &nodes[i % 2];
+        let mut target = client(&format!("127.0.0.{}", 20 + i), server).await;
+        search(&mut target).await;
+        eventually("the target waits", || redis.queue().len() == 1);
+        let ws = &mut reporter[i % 2];
+        search(ws).await;
+        recv_type(ws, "matched").await;
+        send(ws, json!({"type": "report"})).await;
+        // 6 and 5 reports: within each node's own allowance.
+        recv_type(ws, "idle").await;
+        recv_type(&mut target, "matched").await;
+        recv_type(&mut target, "call_ended").await;
+        drop(target);
+        eventually("nobody waits", || redis.queue().is_empty());
+    }
+    // Each report's block is stored after its strike, on the same node.
+    eventually("every report ran", || {
+        count_keys(&redis, "{earshot}:block:") == 11
+    });
+    assert_eq!(
+        count_keys(&redis, "{earshot}:strikes:"),
+        10,
+        "the 11th strike is over the shared allowance"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_room_creations_on_two_nodes_share_one_allowance() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis), node(&redis)];
+    // Each node alone lets a client create 10 rooms, then one every 30 s.
+    let mut ws = [
+        client("127.0.0.8", &nodes[0]).await,
+        client("127.0.0.8", &nodes[1]).await,
+    ];
+    let mut limited_at = None;
+    for i in 0..12 {
+        let ws = &mut ws[i % 2];
+        let room = format!("quiet-otters-room-{i:02}");
+        send(ws, json!({"type": "room_join", "room": room})).await;
+        let reply = recv(ws).await;
+        if reply["type"] == "error" {
+            assert_eq!(reply["code"], "rate_limited", "{reply}");
+            limited_at = Some(i);
+            break;
+        }
+        assert_eq!(reply["type"], "room_joined", "{reply}");
+        send(ws, json!({"type": "end"})).await;
+        recv_type(ws, "idle").await;
+    }
+    // 6 rooms per node are within each node's own allowance.
+    let at = limited_at.expect("the shared allowance ran out");
+    assert!(at >= 10, "refused at room {at}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
