@@ -89,6 +89,14 @@ pub enum Request {
     Enqueue(Waiter),
     /// Take `conn` out of the queue, if it is still there.
     Dequeue { conn: ConnId },
+    /// A connection of `key` opened: charge the client's connect allowance
+    /// (a burst, then one per interval), shared by all nodes. Answered with
+    /// [`Event::TooManyConnects`] if it is spent.
+    Connect {
+        conn: ConnId,
+        key: ClientKey,
+        allowance: (u32, Duration),
+    },
     /// Deliver `msg` to the node of its `to` connection.
     Publish(Remote),
     /// Do not pair these two connections for a while (a skip, a report).
@@ -156,6 +164,8 @@ pub enum Event {
     Banned { conn: ConnId, ttl: Duration },
     /// `conn`'s client is over its search allowance: retry after `retry`.
     Limited { conn: ConnId, retry: Duration },
+    /// `conn`'s client opened connections faster than its shared allowance.
+    TooManyConnects { conn: ConnId },
     /// The backplane could not run `conn`'s queue join.
     Failed { conn: ConnId },
     /// `conn` joined the room as `peer`; `others` were there already.

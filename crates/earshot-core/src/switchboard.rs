@@ -539,6 +539,13 @@ impl Switchboard {
             .push(Reverse((now + self.config.hello_timeout, id)));
         if too_many {
             self.close(now, id, CloseReason::TooManyConnections);
+        } else {
+            let allowance = self.config.per_client.connects;
+            self.request(Request::Connect {
+                conn: id,
+                key,
+                allowance,
+            });
         }
     }
 
@@ -1421,6 +1428,9 @@ impl Switchboard {
             Event::Banned { conn, ttl } => self.search_refused(now, conn, ErrorCode::Banned, ttl),
             Event::Limited { conn, retry } => {
                 self.search_refused(now, conn, ErrorCode::RateLimited, retry)
+            }
+            Event::TooManyConnects { conn } => {
+                self.close(now, conn, CloseReason::TooManyConnections)
             }
             Event::Failed { conn } => self.close(now, conn, CloseReason::BackplaneLost),
             Event::RoomJoined {

@@ -13,10 +13,11 @@
 //!   every call with it.
 //! - `strikes_from_both_nodes_add_up_to_a_ban`: reports made on two nodes
 //!   are pooled in the store and ban the reported client.
-//! - `a_clients_searches_on_both_nodes_share_one_allowance` and
+//! - `a_clients_connects_on_both_nodes_share_one_allowance`,
+//!   `a_clients_searches_on_both_nodes_share_one_allowance` and
 //!   `a_reporters_strikes_on_both_nodes_share_one_allowance`: the store
-//!   charges one client's searches, and its reports, on any node to one
-//!   allowance.
+//!   charges one client's connects, searches and reports on any node to
+//!   one allowance each.
 //! - `remote_messages_round_trip`, `room_messages_round_trip`,
 //!   `backplane_decoders_never_panic` and
 //!   `backplane_decoders_refuse_mangled_replies`: what nodes publish decodes
@@ -64,10 +65,8 @@ struct Store {
     strikes: HashMap<ClientKey, Vec<(ClientKey, u32)>>,
     /// Recorded calls and their two sides.
     calls: HashMap<u64, (ConnId, ConnId)>,
-    /// Each client's search allowance.
-    searches: HashMap<ClientKey, TokenBucket>,
-    /// Each reporter's report allowance.
-    reports: HashMap<ClientKey, TokenBucket>,
+    /// Each client's allowances, by kind ("search", "report", "connect").
+    allowances: HashMap<(&'static str, ClientKey), TokenBucket>,
 }
 
 fn ordered<T: Ord>(a: T, b: T) -> (T, T) {
@@ -75,19 +74,30 @@ fn ordered<T: Ord>(a: T, b: T) -> (T, T) {
 }
 
 impl Store {
+    /// Takes one from `key`'s allowance of this kind (a burst, then one per
+    /// interval), or says how long until there is one.
+    fn take(
+        &mut self,
+        now: Instant,
+        kind: &'static str,
+        key: ClientKey,
+        (burst, every): (u32, Duration),
+    ) -> Result<(), Duration> {
+        self.allowances
+            .entry((kind, key))
+            .or_insert_with(|| TokenBucket::every(now, every, burst))
+            .take(now)
+    }
+
     fn enqueue(&mut self, now: Instant, w: backplane::Waiter) -> Event {
         self.queue.retain(|e| e.0 != w.conn);
-        if let Some((burst, every)) = w.limit {
-            let bucket = self
-                .searches
-                .entry(w.key)
-                .or_insert_with(|| TokenBucket::every(now, every, burst));
-            if let Err(retry) = bucket.take(now) {
-                return Event::Limited {
-                    conn: w.conn,
-                    retry,
-                };
-            }
+        if let Some(limit) = w.limit
+            && let Err(retry) = self.take(now, "search", w.key, limit)
+        {
+            return Event::Limited {
+                conn: w.conn,
+                retry,
+            };
         }
         if self.banned.contains(&w.key) {
             return Event::Banned {
@@ -174,6 +184,8 @@ struct Cluster {
     calls: HashMap<ConnId, u64>,
     /// Every error each connection was sent.
     errors: HashMap<ConnId, Vec<ErrorCode>>,
+    /// Connections the boards closed.
+    closed: HashSet<ConnId>,
 }
 
 fn id(slot: usize) -> ConnId {
@@ -208,6 +220,7 @@ impl Cluster {
             live: HashSet::new(),
             calls: HashMap::new(),
             errors: HashMap::new(),
+            closed: HashSet::new(),
         }
     }
 
@@ -314,6 +327,13 @@ impl Cluster {
             Request::Ban { key, .. } => {
                 self.store.banned.insert(key);
             }
+            Request::Connect {
+                conn,
+                key,
+                allowance,
+            } if self.store.take(now, "connect", key, allowance).is_err() => {
+                self.boards[n].handle_backplane(now, Event::TooManyConnects { conn });
+            }
             Request::CallStart { call, a, b } => {
                 self.store.calls.insert(call, ordered(a, b));
             }
@@ -326,13 +346,11 @@ impl Cluster {
                 weight,
                 rule,
             } => {
-                let (burst, every) = rule.reports;
-                let allowance = self
+                if self
                     .store
-                    .reports
-                    .entry(reporter)
-                    .or_insert_with(|| TokenBucket::every(now, every, burst));
-                if allowance.take(now).is_err() {
+                    .take(now, "report", reporter, rule.reports)
+                    .is_err()
+                {
                     return;
                 }
                 let strikes = self.store.strikes.entry(key).or_default();
@@ -370,7 +388,9 @@ impl Cluster {
                             _ => {}
                         }
                     }
-                    Output::Close(..) => {}
+                    Output::Close(conn, _) => {
+                        self.closed.insert(conn);
+                    }
                     Output::Backplane(r) => {
                         if let Request::Publish(m) = &r {
                             prop_assert_ne!(
@@ -654,6 +674,22 @@ fn strikes_from_both_nodes_add_up_to_a_ban() {
         "{:?}",
         c.errors.get(&id(target))
     );
+}
+
+/// One client's connects on both nodes draw on one allowance: with room
+/// for two, the third connection (the second on its node) is closed.
+#[test]
+fn a_clients_connects_on_both_nodes_share_one_allowance() {
+    let mut config = config();
+    config.per_client.connects = (2, Duration::from_secs(60));
+    let mut c = Cluster::with(config);
+    let key = ClientKey([1; 16]);
+    for s in [0, 3, 1] {
+        c.connect_as(s, key);
+        c.settle().unwrap();
+    }
+    assert!(!c.closed.contains(&id(0)) && !c.closed.contains(&id(3)));
+    assert!(c.closed.contains(&id(1)), "the third connect is refused");
 }
 
 /// One client's reports on both nodes draw on one allowance: with room for

@@ -18,6 +18,7 @@
 //! | `{earshot}:apart:<conn>:<conn>` | two connections kept apart (skip, report) | the cooldown |
 //! | `{earshot}:block:<key>:<key>` | two clients kept apart (report) | key memory (48 h) |
 //! | `{earshot}:ban:<key>` | a banned client | the ban |
+//! | `{earshot}:rl:connect:<key>` | a client's connect allowance, a token bucket shared by all nodes | until it is full again (at most burst × interval: 60 s) |
 //! | `{earshot}:rl:search:<key>` | a client's search allowance, a token bucket shared by all nodes | until it is full again (at most burst × interval: 60 s) |
 //! | `{earshot}:rl:report:<key>` | a client's report allowance (its strikes beyond it do not count) | until it is full again (20 min) |
 //! | `{earshot}:rl:room:<key>` | a client's room creations | until it is full again (5 min) |
@@ -42,8 +43,10 @@
 //! and blocked ones, and takes the first compatible waiter out of the queue,
 //! or queues the joiner. Per-client allowances are charged inside the
 //! script that does the work (searches in [`PAIR`], reports in [`STRIKE`],
-//! room creations in [`ROOM_JOIN`]), so they cost no extra round trip; the
-//! per-connection message rate stays with the connection's node. Nodes watch the heartbeats of the nodes their
+//! room creations in [`ROOM_JOIN`]), so they cost no extra round trip;
+//! connects take one ([`CONNECT`]), and one over the allowance is closed
+//! once it answers. The per-connection message rate stays with the
+//! connection's node, and so does the count of a client's open connections. Nodes watch the heartbeats of the nodes their
 //! calls reach and end those calls when one dies ([`Event::NodeDown`]); a
 //! sweep every beat removes dead nodes' waiters.
 //!
@@ -107,6 +110,15 @@ local function take(rk, burst, every, now)
   redis.call('PEXPIRE', rk, cap - level + 1)
   return 0
 end
+"#;
+
+/// Charges a new connection to its client's connect allowance ([`TAKE`]).
+/// ARGV: client key, burst, one more per this many ms. Answers 0, or the
+/// ms until the next connect is allowed.
+pub const CONNECT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return take('{earshot}:rl:connect:' .. ARGV[1], ARGV[2], ARGV[3], now)
 "#;
 
 /// Pairs a joiner with a waiter, or queues it. ARGV: conn, node, client key,
@@ -374,6 +386,7 @@ pub struct Redis {
     room_join: redis::Script,
     room_leave: redis::Script,
     strike: redis::Script,
+    connect: redis::Script,
     leave: redis::Script,
     subscribed: AtomicBool,
     /// The first subscription, made before serving so that nothing
@@ -417,6 +430,7 @@ impl Redis {
             room_join: redis::Script::new(&format!("{TAKE}{ROOM_JOIN}")),
             room_leave: redis::Script::new(ROOM_LEAVE),
             strike: redis::Script::new(&format!("{TAKE}{STRIKE}")),
+            connect: redis::Script::new(&format!("{TAKE}{CONNECT}")),
             leave: redis::Script::new(LEAVE),
             subscribed: AtomicBool::new(false),
             first_subscription: std::sync::Mutex::new(None),
@@ -578,6 +592,24 @@ impl Redis {
                 };
                 hub.backplane_event(event);
                 Ok(())
+            }
+            Request::Connect {
+                conn: id,
+                key: k,
+                allowance: (burst, every),
+            } => {
+                let wait: redis::RedisResult<u64> = self
+                    .connect
+                    .arg(backplane::hex(&k))
+                    .arg(burst)
+                    .arg(millis(every))
+                    .invoke_async(&mut conn)
+                    .await;
+                wait.map(|ms| {
+                    if ms > 0 {
+                        hub.backplane_event(Event::TooManyConnects { conn: id });
+                    }
+                })
             }
             Request::Dequeue { conn: id } => {
                 redis::pipe()

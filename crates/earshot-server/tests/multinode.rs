@@ -2,8 +2,8 @@
 //! its own loopback port: strangers on different nodes are matched and their
 //! offer, answer and candidates relayed; a ban made on one node holds on
 //! another, and three reports made on three nodes add up to a ban; one
-//! client's searches, reports and room creations on two nodes draw on one
-//! allowance each; a call's record in
+//! client's connects, searches, reports and room creations on two nodes
+//! draw on one allowance each; a call's record in
 //! Redis names both sides while it lasts and is gone once it ends, or once a
 //! side's node dies; a node killed with SIGKILL ends its calls on the other
 //! nodes and leaves no waiter behind; a Redis restart closes connections
@@ -379,6 +379,48 @@ async fn one_clients_searches_on_two_nodes_share_one_allowance() {
             .any(|k| k.starts_with("{earshot}:rl:search:")),
         "the allowance is kept in Redis"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_connects_on_two_nodes_share_one_allowance() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis), node(&redis)];
+    // 20 connections per node: within each node's limits (20 open at once;
+    // a burst of 30 connects, then one every 2 s), but not the shared one.
+    let mut open = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..40 {
+        let mut ws = ws_from("127.0.0.11", &nodes[i % 2]).await;
+        send(&mut ws, json!({"type": "hello", "version": 1})).await;
+        let reply = recv(&mut ws).await;
+        if reply["type"] == "welcome" {
+            open.push((i, ws));
+        } else {
+            assert_eq!(reply["code"], 1013, "{reply}");
+            refused.push(i);
+        }
+    }
+    // Each node's connect checks run in order: once a later client's search
+    // is queued on a node, every check before it has been answered there.
+    for (n, server) in nodes.iter().enumerate() {
+        let mut marker = client(&format!("127.0.0.{}", 12 + n), server).await;
+        search(&mut marker).await;
+        eventually("the marker waits", || redis.queue().len() == 1);
+        send(&mut marker, json!({"type": "end"})).await;
+        recv_type(&mut marker, "idle").await;
+        eventually("nobody waits", || redis.queue().is_empty());
+    }
+    for (i, ws) in &mut open {
+        send(ws, json!({"type": "room_suggest"})).await;
+        let reply = recv(ws).await;
+        if reply["type"] != "room_suggestion" {
+            assert_eq!(reply["code"], 1013, "{reply}");
+            refused.push(*i);
+        }
+    }
+    refused.sort_unstable();
+    let first = *refused.first().expect("the shared allowance ran out");
+    assert!(first >= 30, "refused at connect {first}");
 }
 
 /// The keys in Redis that start with `prefix`.
