@@ -3,10 +3,14 @@
 //! In backplane mode ([`crate::Switchboard::set_node`]) the switchboard no
 //! longer pairs strangers or admits room members itself. It asks the shell
 //! to run [`Request`]s (queue a waiter, leave the queue, join or leave a
-//! room, lock it, publish to another node, record a cooldown, a block, a ban
-//! or a room removal) and is fed back [`Event`]s: the outcome of a queue or
-//! room join, messages other nodes published to this one ([`Remote`]), and
-//! nodes that died. The shell's backplane (Redis in `earshot-server`) only
+//! room, lock it, publish to another node, record a cooldown, a block, a
+//! ban, a strike, a room removal or a call's two sides, charge a client's
+//! connect allowance) and is fed back [`Event`]s: the outcome of a queue or
+//! room join or a connect, messages other nodes published to this one
+//! ([`Remote`]), and nodes that died. Per-client allowances (connects,
+//! searches, reports, room creations) and strikes are counted by the store,
+//! so a client gets the same allowance and the same strikes on every node;
+//! each node still checks its own counts first. The shell's backplane (Redis in `earshot-server`) only
 //! stores and moves these; every decision stays in the switchboard.
 //!
 //! Each node keeps its own side of every call and a copy of each room it

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::ClientKey;
 
 /// Weights are in thousandths of a full report.
-const FULL: u32 = 1000;
+pub const FULL: u32 = 1000;
 
 /// Tunables for moderation.
 #[derive(Debug, Clone)]

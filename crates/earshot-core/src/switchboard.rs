@@ -789,7 +789,7 @@ impl Switchboard {
                 let rule = StrikeRule {
                     window: m.strike_window,
                     reporters: m.reporters_for_ban,
-                    weight: m.weight_for_ban.saturating_mul(1000),
+                    weight: m.weight_for_ban.saturating_mul(crate::moderation::FULL),
                     ban_lengths: m.ban_lengths.clone(),
                     reports: self.config.per_client.reports,
                 };
