@@ -3,10 +3,14 @@
 //! In backplane mode ([`crate::Switchboard::set_node`]) the switchboard no
 //! longer pairs strangers or admits room members itself. It asks the shell
 //! to run [`Request`]s (queue a waiter, leave the queue, join or leave a
-//! room, lock it, publish to another node, record a cooldown, a block, a ban
-//! or a room removal) and is fed back [`Event`]s: the outcome of a queue or
-//! room join, messages other nodes published to this one ([`Remote`]), and
-//! nodes that died. The shell's backplane (Redis in `earshot-server`) only
+//! room, lock it, publish to another node, record a cooldown, a block, a
+//! ban, a strike, a room removal or a call's two sides, charge a client's
+//! connect allowance) and is fed back [`Event`]s: the outcome of a queue or
+//! room join or a connect, messages other nodes published to this one
+//! ([`Remote`]), and nodes that died. Per-client allowances (connects,
+//! searches, reports, room creations) and strikes are counted by the store,
+//! so a client gets the same allowance and the same strikes on every node;
+//! each node still checks its own counts first. The shell's backplane (Redis in `earshot-server`) only
 //! stores and moves these; every decision stays in the switchboard.
 //!
 //! Each node keeps its own side of every call and a copy of each room it
@@ -72,6 +76,10 @@ pub struct Waiter {
     /// How long a tagged waiter holds out for a shared interest.
     pub interest_wait: Duration,
     pub country: Option<Country>,
+    /// The client's search allowance (a burst, then one per interval),
+    /// charged in the store for a search or skip the client made, so that
+    /// all its connections on all nodes share it; `None` for a join again.
+    pub limit: Option<(u32, Duration)>,
 }
 
 /// What the switchboard asks of the backplane (`Output::Backplane`).
@@ -79,11 +87,20 @@ pub struct Waiter {
 #[non_exhaustive]
 pub enum Request {
     /// Pair `Waiter` with a compatible waiter atomically, or queue it.
-    /// Answered with [`Event::Paired`], [`Event::Queued`] or [`Event::Banned`].
+    /// Answered with [`Event::Paired`], [`Event::Queued`], [`Event::Banned`]
+    /// or [`Event::Limited`].
     /// Joining again (when the interest wait ends) keeps the queue position.
     Enqueue(Waiter),
     /// Take `conn` out of the queue, if it is still there.
     Dequeue { conn: ConnId },
+    /// A connection of `key` opened: charge the client's connect allowance
+    /// (a burst, then one per interval), shared by all nodes. Answered with
+    /// [`Event::TooManyConnects`] if it is spent.
+    Connect {
+        conn: ConnId,
+        key: ClientKey,
+        allowance: (u32, Duration),
+    },
     /// Deliver `msg` to the node of its `to` connection.
     Publish(Remote),
     /// Do not pair these two connections for a while (a skip, a report).
@@ -96,6 +113,22 @@ pub enum Request {
     },
     /// The client may not join the queue on any node for `ttl`.
     Ban { key: ClientKey, ttl: Duration },
+    /// `reporter` reported `key`: a strike of `weight` (thousandths of a
+    /// full report), pooled across nodes. Within `rule.window`, strikes from
+    /// `rule.reporters` distinct reporters weighing `rule.weight` in all
+    /// ban `key` on every node (the `n`-th ban lasts `rule.ban_lengths[n]`,
+    /// the last repeating). A reporter's repeated strike counts once.
+    Strike {
+        key: ClientKey,
+        reporter: ClientKey,
+        weight: u32,
+        rule: StrikeRule,
+    },
+    /// `call` began between `a` and `b` (recorded by the node that made
+    /// it, so an operator or another node can see a call's parties).
+    CallStart { call: CallId, a: ConnId, b: ConnId },
+    /// `call` is over (either side may say so, more than once).
+    CallEnd { call: CallId },
     /// Join the room with this [`room_key`], checking its size, lock and
     /// removals. Answered with [`Event::RoomJoined`] or [`Event::RoomRefused`].
     RoomJoin {
@@ -106,6 +139,9 @@ pub enum Request {
         max_size: usize,
         /// Passphrase attempts on one room: a burst, then one per interval.
         attempts: (u32, Duration),
+        /// The client's room creations, shared by all its connections on
+        /// all nodes; charged when the join creates the room.
+        creations: (u32, Duration),
     },
     /// `peer` left the room.
     RoomLeave { room: String, peer: PeerId },
@@ -130,6 +166,10 @@ pub enum Event {
     Queued { conn: ConnId },
     /// `conn`'s client is banned for `ttl`.
     Banned { conn: ConnId, ttl: Duration },
+    /// `conn`'s client is over its search allowance: retry after `retry`.
+    Limited { conn: ConnId, retry: Duration },
+    /// `conn`'s client opened connections faster than its shared allowance.
+    TooManyConnects { conn: ConnId },
     /// The backplane could not run `conn`'s queue join.
     Failed { conn: ConnId },
     /// `conn` joined the room as `peer`; `others` were there already.
@@ -150,6 +190,20 @@ pub enum Event {
     Remote(Remote),
     /// This node's heartbeat is gone: everything remote it knew is void.
     NodeDown(NodeId),
+}
+
+/// When pooled strikes ban a client ([`Request::Strike`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StrikeRule {
+    pub window: Duration,
+    pub reporters: usize,
+    /// Total weight needed, in thousandths.
+    pub weight: u32,
+    pub ban_lengths: Vec<Duration>,
+    /// The reporter's report allowance (a burst, then one per interval),
+    /// shared by all its connections on all nodes: over it, the strike does
+    /// not count.
+    pub reports: (u32, Duration),
 }
 
 /// The waiter a queue join was paired with, as the store recorded it.
@@ -566,6 +620,7 @@ pub fn decode_room_reply(text: &str) -> Result<RoomReply, BackplaneError> {
 pub enum PairReply {
     Queued,
     Banned { ttl: Duration },
+    Limited { retry: Duration },
     Matched(Partner),
 }
 
@@ -574,6 +629,9 @@ pub enum PairReply {
 enum PairWire {
     Queued,
     Banned {
+        ms: u64,
+    },
+    Limited {
         ms: u64,
     },
     Matched {
@@ -595,6 +653,9 @@ pub fn decode_pair_reply(text: &str) -> Result<PairReply, BackplaneError> {
         PairWire::Queued => PairReply::Queued,
         PairWire::Banned { ms } => PairReply::Banned {
             ttl: Duration::from_millis(ms.max(1)),
+        },
+        PairWire::Limited { ms } => PairReply::Limited {
+            retry: Duration::from_millis(ms.max(1)),
         },
         PairWire::Matched {
             conn,

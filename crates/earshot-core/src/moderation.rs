@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::ClientKey;
 
 /// Weights are in thousandths of a full report.
-const FULL: u32 = 1000;
+pub const FULL: u32 = 1000;
 
 /// Tunables for moderation.
 #[derive(Debug, Clone)]
@@ -177,6 +177,38 @@ impl Moderation {
         }
     }
 
+    /// Records a report and blocks the pair, without striking: the weight
+    /// the strike carries (thousandths), or `None` for a repeated report.
+    /// With a shared backplane the strike itself is counted by the store.
+    pub fn weigh(&mut self, now: Instant, reporter: ClientKey, reported: ClientKey) -> Option<u32> {
+        self.reports_total += 1;
+        if reporter == reported {
+            // One address behind both (a shared network): nothing to weigh.
+            return None;
+        }
+        if self.blocks.insert((reporter, reported), now).is_some() {
+            return None;
+        }
+        let config = &self.config;
+        let (window, full_weight_reports) = (config.strike_window, config.full_weight_reports);
+        let r = self.record(now, reporter);
+        r.reports_made.push_back(now);
+        prune(&mut r.reports_made, now, window);
+        prune(&mut r.matches, now, window);
+        let made = r.reports_made.len() as u32;
+        let met = r.matches.len() as u32;
+        let mut w = if made <= full_weight_reports {
+            FULL
+        } else {
+            FULL * full_weight_reports / made
+        };
+        // Reporting most of the people one meets is not a signal about them.
+        if met >= 5 && made * 2 > met {
+            w /= 4;
+        }
+        Some(w)
+    }
+
     /// `reporter` reports `reported`.
     pub fn report(
         &mut self,
@@ -184,34 +216,11 @@ impl Moderation {
         reporter: ClientKey,
         reported: ClientKey,
     ) -> ReportOutcome {
-        self.reports_total += 1;
-        if reporter == reported {
-            // One address behind both (a shared network): nothing to weigh.
+        let Some(weight) = self.weigh(now, reporter, reported) else {
             return ReportOutcome::Repeated;
-        }
-        if self.blocks.insert((reporter, reported), now).is_some() {
-            return ReportOutcome::Repeated;
-        }
+        };
         let config = self.config.clone();
         let window = config.strike_window;
-        let weight = {
-            let r = self.record(now, reporter);
-            r.reports_made.push_back(now);
-            prune(&mut r.reports_made, now, window);
-            prune(&mut r.matches, now, window);
-            let made = r.reports_made.len() as u32;
-            let met = r.matches.len() as u32;
-            let mut w = if made <= config.full_weight_reports {
-                FULL
-            } else {
-                FULL * config.full_weight_reports / made
-            };
-            // Reporting most of the people one meets is not a signal about them.
-            if met >= 5 && made * 2 > met {
-                w /= 4;
-            }
-            w
-        };
         let target = self.record(now, reported);
         target
             .strikes

@@ -22,7 +22,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::backplane::{self, Event, Member, NodeId, Partner, Remote, Request, Waiter};
+use crate::backplane::{self, Event, Member, NodeId, Partner, Remote, Request, StrikeRule, Waiter};
 use crate::matchmaker::{MatchConfig, Matchmaker, Pairing};
 use crate::moderation::{ModConfig, Moderation, ReportOutcome};
 use crate::pow::{Pow, PowConfig, PowMode, PowSolution};
@@ -272,6 +272,9 @@ struct Conn {
     /// Connections this one reported: never matched with it again, even
     /// when both share a client key (one household behind one address).
     reported: Vec<ConnId>,
+    /// Backplane mode: the next queue join charges the client's shared
+    /// search allowance (it is the client's own search or skip).
+    charge_search: bool,
 }
 
 /// Pairs that skipped each other, kept apart until a deadline.
@@ -527,6 +530,7 @@ impl Switchboard {
             ),
             hello_by: now + self.config.hello_timeout,
             reported: Vec::new(),
+            charge_search: false,
         };
         if self.conns.insert(id, Box::new(conn)).is_some() {
             tracing::warn!(conn = %id, "connection id reused; replacing its state");
@@ -535,6 +539,13 @@ impl Switchboard {
             .push(Reverse((now + self.config.hello_timeout, id)));
         if too_many {
             self.close(now, id, CloseReason::TooManyConnections);
+        } else {
+            let allowance = self.config.per_client.connects;
+            self.request(Request::Connect {
+                conn: id,
+                key,
+                allowance,
+            });
         }
     }
 
@@ -612,6 +623,7 @@ impl Switchboard {
                         if let Err(wait) = self.clients.searches.take(now, &key) {
                             return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
                         }
+                        conn.charge_search = self.node.is_some();
                         self.search(now, id);
                     }
                     Err(code) => self.reject(now, id, code, None),
@@ -625,6 +637,9 @@ impl Switchboard {
                         return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
                     }
                     self.end_call(now, id, EndReason::PartnerSkipped);
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.charge_search = self.node.is_some();
+                    }
                     self.search(now, id);
                 }
                 Phase::Idle | Phase::Searching | Phase::InRoom { .. } => {
@@ -766,6 +781,28 @@ impl Switchboard {
             return Err(wait);
         }
         let reason = reason.map_or("none", ReportReason::as_str);
+        if self.node.is_some() {
+            // The store counts strikes from every node and bans.
+            if let Some(weight) = self.moderation.weigh(now, mine, theirs) {
+                tracing::debug!(reason, weight, "report recorded");
+                let m = &self.config.moderation;
+                let rule = StrikeRule {
+                    window: m.strike_window,
+                    reporters: m.reporters_for_ban,
+                    weight: m.weight_for_ban.saturating_mul(crate::moderation::FULL),
+                    ban_lengths: m.ban_lengths.clone(),
+                    reports: self.config.per_client.reports,
+                };
+                self.request(Request::Strike {
+                    key: theirs,
+                    reporter: mine,
+                    weight,
+                    rule,
+                });
+            }
+            self.share_block(reporter, reported, mine, theirs);
+            return Ok(());
+        }
         match self.moderation.report(now, mine, theirs) {
             ReportOutcome::Banned { until } => {
                 tracing::info!(reason, "a report completed a ban");
@@ -878,6 +915,7 @@ impl Switchboard {
                 verifier: verifier.cloned(),
                 max_size: self.rooms.max_size(),
                 attempts: self.config.rooms.room_attempts,
+                creations: self.config.per_client.room_creations,
             });
             self.joining.insert(id, name);
             return;
@@ -1159,6 +1197,11 @@ impl Switchboard {
             self.moderation.matched(now, key);
         }
         tracing::debug!(call, a = %p.waiting, b = %p.joining, "matched");
+        self.request(Request::CallStart {
+            call,
+            a: p.waiting,
+            b: p.joining,
+        });
         // The newcomer is impolite: it makes the first offer.
         self.send(
             p.waiting,
@@ -1185,6 +1228,7 @@ impl Switchboard {
         let Some(Phase::InCall { call, partner }) = self.conns.get(&id).map(|c| c.phase) else {
             return;
         };
+        self.request(Request::CallEnd { call });
         if self.is_remote(partner) {
             self.remote_calls -= 1;
             self.remote_keys.remove(&partner);
@@ -1287,6 +1331,22 @@ impl Switchboard {
         self.conns.keys().copied().collect()
     }
 
+    /// Backplane mode: the calls this node has a side in (the shell keeps
+    /// their records alive).
+    pub fn shared_calls(&self) -> Vec<CallId> {
+        let mut calls: Vec<CallId> = self
+            .conns
+            .values()
+            .filter_map(|c| match c.phase {
+                Phase::InCall { call, .. } => Some(call),
+                _ => None,
+            })
+            .collect();
+        calls.sort_unstable();
+        calls.dedup();
+        calls
+    }
+
     /// Backplane mode: who waits in the shared queue (the shell keeps their
     /// entries alive).
     pub fn shared_waiters(&self) -> Vec<ConnId> {
@@ -1329,9 +1389,12 @@ impl Switchboard {
 
     /// Asks the shared queue to pair `id` or keep it waiting.
     fn enqueue(&mut self, now: Instant, id: ConnId) {
-        let (Some(c), Some(&open_at)) = (self.conns.get(&id), self.shared_waiting.get(&id)) else {
+        let (Some(c), Some(&open_at)) = (self.conns.get_mut(&id), self.shared_waiting.get(&id))
+        else {
             return;
         };
+        // Charged once, for the search or skip the client made.
+        let limit = std::mem::take(&mut c.charge_search).then_some(self.config.per_client.searches);
         let waiter = Waiter {
             conn: id,
             key: c.info.key,
@@ -1339,6 +1402,7 @@ impl Switchboard {
             open: open_at <= now,
             interest_wait: self.config.interest_wait,
             country: c.info.country,
+            limit,
         };
         self.request(Request::Enqueue(waiter));
     }
@@ -1361,14 +1425,12 @@ impl Switchboard {
         match event {
             Event::Paired { conn, partner } => self.paired(now, conn, partner),
             Event::Queued { .. } => {}
-            Event::Banned { conn, ttl } => {
-                if self.shared_waiting.remove(&conn).is_some() {
-                    if let Some(c) = self.conns.get_mut(&conn) {
-                        c.phase = Phase::Idle;
-                    }
-                    self.reject(now, conn, ErrorCode::Banned, Some(ttl));
-                    self.send(conn, ServerMsg::Idle);
-                }
+            Event::Banned { conn, ttl } => self.search_refused(now, conn, ErrorCode::Banned, ttl),
+            Event::Limited { conn, retry } => {
+                self.search_refused(now, conn, ErrorCode::RateLimited, retry)
+            }
+            Event::TooManyConnects { conn } => {
+                self.close(now, conn, CloseReason::TooManyConnections)
             }
             Event::Failed { conn } => self.close(now, conn, CloseReason::BackplaneLost),
             Event::RoomJoined {
@@ -1426,6 +1488,18 @@ impl Switchboard {
         }
     }
 
+    /// The store refused `conn`'s queue join (a ban, the shared search
+    /// allowance): it is idle again, if it was still searching.
+    fn search_refused(&mut self, now: Instant, conn: ConnId, code: ErrorCode, retry: Duration) {
+        if self.shared_waiting.remove(&conn).is_some() {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.phase = Phase::Idle;
+            }
+            self.reject(now, conn, code, Some(retry));
+            self.send(conn, ServerMsg::Idle);
+        }
+    }
+
     fn paired(&mut self, now: Instant, conn: ConnId, partner: Partner) {
         if !self.shared_waiting.contains_key(&conn) {
             // Left the queue while the join ran: the waiter goes back.
@@ -1459,6 +1533,13 @@ impl Switchboard {
         self.remote_keys.insert(partner.conn, partner.key);
         self.moderation.matched(now, key);
         tracing::debug!(call, "matched across nodes");
+        // Recorded before the waiter's node hears of the call, so any end
+        // of it comes after.
+        self.request(Request::CallStart {
+            call,
+            a: partner.conn,
+            b: conn,
+        });
         self.send(
             conn,
             ServerMsg::Matched {
@@ -1623,6 +1704,7 @@ impl Switchboard {
         c.phase = Phase::Idle;
         self.remote_calls -= 1;
         self.remote_keys.remove(&from);
+        self.request(Request::CallEnd { call });
         tracing::debug!(call, reason = ?reason, "call with another node ended");
         self.send(to, ServerMsg::CallEnded { call, reason });
         self.search(now, to);

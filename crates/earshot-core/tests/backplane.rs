@@ -7,8 +7,17 @@
 //! - `two_nodes_keep_their_promises`: after every step both boards'
 //!   invariants hold and nobody waits in the shared queue twice; once
 //!   everything pending is delivered, every call is known to both sides
-//!   with the same id, nobody is in a call with a kept-apart partner, and
-//!   every publish went to another node. A dead node ends every call with it.
+//!   with the same id and recorded in the store with its two sides (and
+//!   no call that is over is), nobody is in a call with a kept-apart
+//!   partner, and every publish went to another node. A dead node ends
+//!   every call with it.
+//! - `strikes_from_both_nodes_add_up_to_a_ban`: reports made on two nodes
+//!   are pooled in the store and ban the reported client.
+//! - `a_clients_connects_on_both_nodes_share_one_allowance`,
+//!   `a_clients_searches_on_both_nodes_share_one_allowance` and
+//!   `a_reporters_strikes_on_both_nodes_share_one_allowance`: the store
+//!   charges one client's connects, searches and reports on any node to
+//!   one allowance each.
 //! - `remote_messages_round_trip`, `room_messages_round_trip`,
 //!   `backplane_decoders_never_panic` and
 //!   `backplane_decoders_refuse_mangled_replies`: what nodes publish decodes
@@ -22,7 +31,8 @@ use earshot_core::backplane::{
     self, Event, NodeId, Partner, Remote, Request, decode_pair_reply, decode_remote,
 };
 use earshot_core::pow::{PowConfig, PowMode};
-use earshot_core::protocol::{EndReason, ServerMsg};
+use earshot_core::protocol::{EndReason, ErrorCode, ServerMsg};
+use earshot_core::ratelimit::TokenBucket;
 use earshot_core::{ClientKey, Config, ConnId, ConnInfo, Country, Output, Switchboard};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
@@ -51,6 +61,12 @@ struct Store {
     apart: HashSet<(ConnId, ConnId)>,
     blocked: HashSet<([u8; 16], [u8; 16])>,
     banned: HashSet<ClientKey>,
+    /// Pooled strikes: reporter and weight, per reported client.
+    strikes: HashMap<ClientKey, Vec<(ClientKey, u32)>>,
+    /// Recorded calls and their two sides.
+    calls: HashMap<u64, (ConnId, ConnId)>,
+    /// Each client's allowances, by kind ("search", "report", "connect").
+    allowances: HashMap<(&'static str, ClientKey), TokenBucket>,
 }
 
 fn ordered<T: Ord>(a: T, b: T) -> (T, T) {
@@ -58,8 +74,31 @@ fn ordered<T: Ord>(a: T, b: T) -> (T, T) {
 }
 
 impl Store {
-    fn enqueue(&mut self, w: backplane::Waiter) -> Event {
+    /// Takes one from `key`'s allowance of this kind (a burst, then one per
+    /// interval), or says how long until there is one.
+    fn take(
+        &mut self,
+        now: Instant,
+        kind: &'static str,
+        key: ClientKey,
+        (burst, every): (u32, Duration),
+    ) -> Result<(), Duration> {
+        self.allowances
+            .entry((kind, key))
+            .or_insert_with(|| TokenBucket::every(now, every, burst))
+            .take(now)
+    }
+
+    fn enqueue(&mut self, now: Instant, w: backplane::Waiter) -> Event {
         self.queue.retain(|e| e.0 != w.conn);
+        if let Some(limit) = w.limit
+            && let Err(retry) = self.take(now, "search", w.key, limit)
+        {
+            return Event::Limited {
+                conn: w.conn,
+                retry,
+            };
+        }
         if self.banned.contains(&w.key) {
             return Event::Banned {
                 conn: w.conn,
@@ -143,6 +182,10 @@ struct Cluster {
     live: HashSet<ConnId>,
     /// The last call each connection was told of.
     calls: HashMap<ConnId, u64>,
+    /// Every error each connection was sent.
+    errors: HashMap<ConnId, Vec<ErrorCode>>,
+    /// Connections the boards closed.
+    closed: HashSet<ConnId>,
 }
 
 fn id(slot: usize) -> ConnId {
@@ -156,10 +199,14 @@ fn index(node: NodeId) -> usize {
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::with(config())
+    }
+
+    fn with(config: Config) -> Cluster {
         let boards = NODES
             .iter()
             .map(|&n| {
-                let mut b = Switchboard::new(config());
+                let mut b = Switchboard::new(config.clone());
                 b.set_node(Some(n));
                 b
             })
@@ -172,7 +219,24 @@ impl Cluster {
             inbox: vec![VecDeque::new(), VecDeque::new()],
             live: HashSet::new(),
             calls: HashMap::new(),
+            errors: HashMap::new(),
+            closed: HashSet::new(),
         }
+    }
+
+    /// Connects `slot` as the client with `key` (the same client on
+    /// another node, say).
+    fn connect_as(&mut self, slot: usize, key: ClientKey) {
+        let conn = id(slot);
+        self.live.insert(conn);
+        let info = ConnInfo {
+            key,
+            ..ConnInfo::default()
+        };
+        let now = self.now;
+        self.board(conn).connect(now, conn, info);
+        self.text(slot, json!({"type": "hello", "version": 1}));
+        self.collect().unwrap();
     }
 
     fn board(&mut self, conn: ConnId) -> &mut Switchboard {
@@ -246,7 +310,7 @@ impl Cluster {
         let now = self.now;
         match r {
             Request::Enqueue(w) => {
-                let e = self.store.enqueue(w);
+                let e = self.store.enqueue(now, w);
                 self.boards[n].handle_backplane(now, e);
             }
             Request::Dequeue { conn } => self.store.queue.retain(|e| e.0 != conn),
@@ -263,6 +327,42 @@ impl Cluster {
             Request::Ban { key, .. } => {
                 self.store.banned.insert(key);
             }
+            Request::Connect {
+                conn,
+                key,
+                allowance,
+            } if self.store.take(now, "connect", key, allowance).is_err() => {
+                self.boards[n].handle_backplane(now, Event::TooManyConnects { conn });
+            }
+            Request::CallStart { call, a, b } => {
+                self.store.calls.insert(call, ordered(a, b));
+            }
+            Request::CallEnd { call } => {
+                self.store.calls.remove(&call);
+            }
+            Request::Strike {
+                key,
+                reporter,
+                weight,
+                rule,
+            } => {
+                if self
+                    .store
+                    .take(now, "report", reporter, rule.reports)
+                    .is_err()
+                {
+                    return;
+                }
+                let strikes = self.store.strikes.entry(key).or_default();
+                if !strikes.iter().any(|&(r, _)| r == reporter) {
+                    strikes.push((reporter, weight));
+                }
+                let total: u32 = strikes.iter().map(|&(_, w)| w).sum();
+                if strikes.len() >= rule.reporters && total >= rule.weight {
+                    strikes.clear();
+                    self.store.banned.insert(key);
+                }
+            }
             _ => {}
         }
     }
@@ -277,12 +377,20 @@ impl Cluster {
                             NODES[n],
                             "sent to another node's conn"
                         );
-                        if let ServerMsg::Matched { call, .. } = msg {
-                            prop_assert!(call < 1 << 53);
-                            self.calls.insert(to, call);
+                        match msg {
+                            ServerMsg::Matched { call, .. } => {
+                                prop_assert!(call < 1 << 53);
+                                self.calls.insert(to, call);
+                            }
+                            ServerMsg::Error { code, .. } => {
+                                self.errors.entry(to).or_default().push(code);
+                            }
+                            _ => {}
                         }
                     }
-                    Output::Close(..) => {}
+                    Output::Close(conn, _) => {
+                        self.closed.insert(conn);
+                    }
                     Output::Backplane(r) => {
                         if let Request::Publish(m) = &r {
                             prop_assert_ne!(
@@ -324,11 +432,14 @@ impl Cluster {
         Err(TestCaseError::fail("the backplane never settled"))
     }
 
-    /// Both sides of every call agree on it.
+    /// Both sides of every call agree on it, and the store records exactly
+    /// the calls going on, with their sides.
     fn check_calls(&self) -> Result<(), TestCaseError> {
+        let mut going = HashMap::new();
         for &conn in &self.live {
             let board = &self.boards[index(backplane::node_of(conn))];
             if let Some((call, partner)) = board.call_of(conn) {
+                going.insert(call, ordered(conn, partner));
                 let theirs = &self.boards[index(backplane::node_of(partner))];
                 prop_assert_eq!(
                     theirs.call_of(partner),
@@ -340,6 +451,7 @@ impl Cluster {
                 );
             }
         }
+        prop_assert_eq!(&going, &self.store.calls, "the store's calls");
         Ok(())
     }
 }
@@ -414,7 +526,7 @@ proptest! {
     fn backplane_decoders_refuse_mangled_replies(
         parts in prop::collection::vec(prop::sample::select(vec![
             "{", "}", "[", "]", ",", ":", "\"t\"", "\"r\"", "\"matched\"", "\"signal\"",
-            "\"ended\"", "\"queued\"", "\"banned\"", "\"ms\"", "\"conn\"", "\"key\"",
+            "\"ended\"", "\"queued\"", "\"banned\"", "\"limited\"", "\"ms\"", "\"conn\"", "\"key\"",
             "\"to\"", "\"from\"", "\"call\"", "\"shared\"", "\"country\"", "\"reason\"",
             "\"partner_left\"", "\"requeue\"", "1", "-1", "18446744073709551616", "null",
             "\"00112233445566778899aabbccddeeff\"", "\"zz\"", "\"DE\"", "\"x\"", "1e400",
@@ -526,4 +638,117 @@ fn two_node_sessions_reach_cross_node_calls() {
         "only {across} of 200 sessions had a cross-node call"
     );
     assert!(ended > 5, "only {ended} of 200 sessions ended one");
+}
+
+/// Reports made on both nodes add up: three reporters, one on the target's
+/// node and two on the other, ban the target everywhere.
+#[test]
+fn strikes_from_both_nodes_add_up_to_a_ban() {
+    let mut c = Cluster::new();
+    let target = 0;
+    for s in [target, 1, 3, 4] {
+        c.apply(Op::Connect(s)).unwrap();
+    }
+    c.apply(Op::Search(target, false)).unwrap();
+    c.settle().unwrap();
+    for reporter in [1, 3, 4] {
+        assert!(!c.store.banned.contains(&ClientKey([1; 16])));
+        c.apply(Op::Search(reporter, false)).unwrap();
+        c.settle().unwrap();
+        assert_eq!(
+            c.boards[index(backplane::node_of(id(reporter)))]
+                .call_of(id(reporter))
+                .map(|(_, p)| p),
+            Some(id(target)),
+            "reporter {reporter} met the target"
+        );
+        c.apply(Op::Report(reporter)).unwrap();
+        c.settle().unwrap();
+    }
+    assert!(c.store.banned.contains(&ClientKey([1; 16])));
+    // The target, queued again after the last report, is refused.
+    assert!(
+        c.errors
+            .get(&id(target))
+            .is_some_and(|e| e.contains(&ErrorCode::Banned)),
+        "{:?}",
+        c.errors.get(&id(target))
+    );
+}
+
+/// One client's connects on both nodes draw on one allowance: with room
+/// for two, the third connection (the second on its node) is closed.
+#[test]
+fn a_clients_connects_on_both_nodes_share_one_allowance() {
+    let mut config = config();
+    config.per_client.connects = (2, Duration::from_secs(60));
+    let mut c = Cluster::with(config);
+    let key = ClientKey([1; 16]);
+    for s in [0, 3, 1] {
+        c.connect_as(s, key);
+        c.settle().unwrap();
+    }
+    assert!(!c.closed.contains(&id(0)) && !c.closed.contains(&id(3)));
+    assert!(c.closed.contains(&id(1)), "the third connect is refused");
+}
+
+/// One client's reports on both nodes draw on one allowance: with room for
+/// two, the third strike (made on the node that counted only one) does not
+/// count.
+#[test]
+fn a_reporters_strikes_on_both_nodes_share_one_allowance() {
+    let mut config = config();
+    config.per_client.reports = (2, Duration::from_secs(600));
+    let mut c = Cluster::with(config);
+    // Slots 0 (node 1) and 3 (node 2) are one reporter.
+    c.apply(Op::Connect(0)).unwrap();
+    c.connect_as(3, ClientKey([1; 16]));
+    for (reporter, target) in [(0, 1), (3, 4), (0, 2)] {
+        c.apply(Op::Connect(target)).unwrap();
+        c.apply(Op::Search(target, false)).unwrap();
+        c.settle().unwrap();
+        c.apply(Op::Search(reporter, false)).unwrap();
+        c.settle().unwrap();
+        c.apply(Op::Report(reporter)).unwrap();
+        c.apply(Op::Disconnect(target)).unwrap();
+        c.settle().unwrap();
+    }
+    let struck = |s: u8| {
+        c.store
+            .strikes
+            .get(&ClientKey([s + 1; 16]))
+            .is_some_and(|v| !v.is_empty())
+    };
+    assert!(struck(1) && struck(4), "the first two count");
+    assert!(!struck(2), "the third is over the shared allowance");
+    assert!(
+        c.errors
+            .values()
+            .flatten()
+            .all(|&e| e != ErrorCode::RateLimited),
+        "no node alone saw too many reports"
+    );
+}
+
+/// One client's searches on both nodes draw on one allowance: with room for
+/// three, the fourth is refused wherever it is made.
+#[test]
+fn a_clients_searches_on_both_nodes_share_one_allowance() {
+    let mut config = config();
+    config.per_client.searches = (3, Duration::from_secs(60));
+    let mut c = Cluster::with(config);
+    // Slots 0 (node 1) and 3 (node 2) are one client: the same key.
+    c.apply(Op::Connect(0)).unwrap();
+    c.connect_as(3, ClientKey([1; 16]));
+    for (n, s) in [0, 3, 0, 3].into_iter().enumerate() {
+        c.apply(Op::Search(s, true)).unwrap();
+        c.settle().unwrap();
+        let limited = c
+            .errors
+            .get(&id(s))
+            .is_some_and(|e| e.contains(&ErrorCode::RateLimited));
+        assert_eq!(limited, n == 3, "search {n}");
+        c.apply(Op::End(s)).unwrap();
+        c.settle().unwrap();
+    }
 }

@@ -18,6 +18,12 @@
 //! | `{earshot}:apart:<conn>:<conn>` | two connections kept apart (skip, report) | the cooldown |
 //! | `{earshot}:block:<key>:<key>` | two clients kept apart (report) | key memory (48 h) |
 //! | `{earshot}:ban:<key>` | a banned client | the ban |
+//! | `{earshot}:rl:connect:<key>` | a client's connect allowance, a token bucket shared by all nodes | until it is full again (at most burst × interval: 60 s) |
+//! | `{earshot}:rl:search:<key>` | a client's search allowance, a token bucket shared by all nodes | until it is full again (at most burst × interval: 60 s) |
+//! | `{earshot}:rl:report:<key>` | a client's report allowance (its strikes beyond it do not count) | until it is full again (20 min) |
+//! | `{earshot}:rl:room:<key>` | a client's room creations | until it is full again (5 min) |
+//! | `{earshot}:strikes:<key>` | strikes against a client from every node: reporter key → when and weight, `n` bans so far | the strike window (24 h) past the last strike |
+//! | `{earshot}:call:<call>` | a call's two sides: `<node>:<conn> <node>:<conn>`; deleted when it ends | 2 min, refreshed every 30 s by nodes with a side in it |
 //! | `{earshot}:room:<hash>` | a room: `m:<peer>` → node, token, connection and client key of each member, `next` peer id, `lock` verifier, `x:<key>` removed clients | 2 min, refreshed every 30 s by nodes with members |
 //! | `{earshot}:secret:<period>` | the client-key HMAC secret of a rotation period | 3 periods |
 //!
@@ -31,10 +37,16 @@
 //! reaches a server); no address, room name, SDP or candidate is ever stored. Signalling for a connection on another node
 //! is published on that node's channel `{earshot}:ch:<n>` and never stored.
 //!
-//! Pairing is one Lua script ([`PAIR`]): it refuses a banned joiner, scans
+//! Pairing is one Lua script ([`PAIR`]): it charges a search the client
+//! made to the client's shared allowance, refuses a banned joiner, scans
 //! the oldest waiters, drops those of dead nodes, skips banned, kept-apart
 //! and blocked ones, and takes the first compatible waiter out of the queue,
-//! or queues the joiner. Nodes watch the heartbeats of the nodes their
+//! or queues the joiner. Per-client allowances are charged inside the
+//! script that does the work (searches in [`PAIR`], reports in [`STRIKE`],
+//! room creations in [`ROOM_JOIN`]), so they cost no extra round trip;
+//! connects take one ([`CONNECT`]), and one over the allowance is closed
+//! once it answers. The per-connection message rate stays with the
+//! connection's node, and so does the count of a client's open connections. Nodes watch the heartbeats of the nodes their
 //! calls reach and end those calls when one dies ([`Event::NodeDown`]); a
 //! sweep every beat removes dead nodes' waiters.
 //!
@@ -72,15 +84,48 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const NODE_TTL: Duration = Duration::from_secs(3);
 const WAITER_TTL: Duration = Duration::from_secs(120);
 const ROOM_TTL: Duration = Duration::from_secs(120);
+const CALL_TTL: Duration = Duration::from_secs(120);
 /// Waiter entries are refreshed every this many heartbeats.
 const WAITER_REFRESH_BEATS: u32 = 30;
 const SCAN_LIMIT: usize = 64;
 const SWEEP_LIMIT: usize = 256;
 
+/// Lua, put before the scripts that use it: `take(key, burst, every_ms,
+/// now_ms)` takes one token from a client's allowance, a token bucket in
+/// the hash `key` (`l`: ms of refill banked, `t`: when) shared by every
+/// node and kept only until it is full again (the same arithmetic as
+/// `earshot_core::ratelimit::TokenBucket`). Answers 0, or the ms until a
+/// token is there.
+pub const TAKE: &str = r#"
+local function take(rk, burst, every, now)
+  every = tonumber(every)
+  local cap = every * tonumber(burst)
+  local level, at = cap, now
+  local b = redis.call('HMGET', rk, 'l', 't')
+  if b[1] then level, at = tonumber(b[1]), tonumber(b[2]) end
+  level = math.min(cap, level + math.max(0, now - at))
+  if level < every then return every - level end
+  level = level - every
+  redis.call('HSET', rk, 'l', level, 't', now)
+  redis.call('PEXPIRE', rk, cap - level + 1)
+  return 0
+end
+"#;
+
+/// Charges a new connection to its client's connect allowance ([`TAKE`]).
+/// ARGV: client key, burst, one more per this many ms. Answers 0, or the
+/// ms until the next connect is allowed.
+pub const CONNECT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return take('{earshot}:rl:connect:' .. ARGV[1], ARGV[2], ARGV[3], now)
+"#;
+
 /// Pairs a joiner with a waiter, or queues it. ARGV: conn, node, client key,
 /// tags (JSON array), open (0/1), interest wait (ms), country ("" if none),
-/// scan limit, entry TTL (ms), node token. Answers the JSON
-/// `decode_pair_reply` reads.
+/// scan limit, entry TTL (ms), node token, and, for a search the client
+/// made, its search allowance: burst and one more per this many ms ("" and
+/// "" for a join again), charged with [`TAKE`]. Answers the JSON `decode_pair_reply` reads.
 pub const PAIR: &str = r#"
 local P = '{earshot}:'
 local me, node, key = ARGV[1], ARGV[2], ARGV[3]
@@ -92,6 +137,10 @@ local q = P .. 'queue'
 local seq = redis.call('ZSCORE', q, me)
 redis.call('ZREM', q, me)
 redis.call('DEL', P .. 'w:' .. me)
+if ARGV[11] ~= '' then
+  local wait = take(P .. 'rl:search:' .. key, ARGV[11], ARGV[12], now)
+  if wait > 0 then return '{"r":"limited","ms":' .. wait .. '}' end
+end
 local ban = redis.call('PTTL', P .. 'ban:' .. key)
 if ban > 0 then
   return '{"r":"banned","ms":' .. ban .. '}'
@@ -148,10 +197,12 @@ return '{"r":"queued"}'
 
 /// Joins a room. ARGV: room hash, conn, node, client key, verifier hex
 /// ("" if none), max size, TTL (ms), node token, passphrase attempts on one
-/// room (burst), one more per this many ms. A locked room's attempts are a
-/// token bucket in the room's hash (`ab`, `at`): shared by all nodes, so a
-/// lock cannot be guessed faster by spreading over nodes. Members of dead nodes are dropped
-/// first. Answers the JSON `decode_room_reply` reads.
+/// room (burst), one more per this many ms, and the client's room
+/// creations (burst, one more per this many ms; charged with [`TAKE`] when
+/// the room has no member yet). A locked room's attempts are a token bucket
+/// in the room's hash (`ab`, `at`): shared by all nodes, so a lock cannot be
+/// guessed faster by spreading over nodes. Members of dead nodes are
+/// dropped first. Answers the JSON `decode_room_reply` reads.
 pub const ROOM_JOIN: &str = r#"
 local P = '{earshot}:'
 local k = P .. 'room:' .. ARGV[1]
@@ -200,6 +251,12 @@ if lock then
   redis.call('HSET', k, 'ab', tokens - 1, 'at', at)
   if ver ~= lock then return '{"r":"refused","code":"wrong_passphrase"}' end
 end
+if #others == 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local wait = take(P .. 'rl:room:' .. key, ARGV[11], ARGV[12], now)
+  if wait > 0 then return '{"r":"refused","code":"rate_limited","ms":' .. wait .. '}' end
+end
 local peer = redis.call('HINCRBY', k, 'next', 1)
 redis.call('HSET', k, 'm:' .. peer, node .. ':' .. ARGV[8] .. ':' .. conn .. ':' .. key)
 redis.call('PEXPIRE', k, ARGV[7])
@@ -207,6 +264,62 @@ local locked = 'false'
 if lock then locked = 'true' end
 return '{"r":"joined","peer":' .. peer .. ',"locked":' .. locked .. ',"others":['
   .. table.concat(others, ',') .. ']}'
+"#;
+
+/// Counts a strike against a client, pooled across nodes. ARGV: reported
+/// key, reporter key, weight (thousandths), strike window (ms), distinct
+/// reporters for a ban, total weight for a ban, ban lengths (ms, comma
+/// separated; the last repeats), the reporter's report allowance (burst,
+/// one more per this many ms: over it the strike does not count, answered
+/// -1). The strikes hash holds `<reporter>` →
+/// `<ms>:<weight>` for each strike within the window and `n`, the bans so
+/// far; it lives one window past the last strike. Answers the ban's length
+/// in ms, or 0.
+pub const STRIKE: &str = r#"
+local P = '{earshot}:'
+local k = P .. 'strikes:' .. ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[4])
+local flat = redis.call('HGETALL', k)
+for i = 1, #flat, 2 do
+  if flat[i] == ARGV[2] and now - tonumber(string.match(flat[i + 1], '^%d+') or 0) < window then
+    return 0
+  end
+end
+if take(P .. 'rl:report:' .. ARGV[2], ARGV[8], ARGV[9], now) > 0 then return -1 end
+local count, total = 0, 0
+for i = 1, #flat, 2 do
+  local f, v = flat[i], flat[i + 1]
+  if f ~= 'n' then
+    local at, w = string.match(v, '^(%d+):(%d+)$')
+    if at and now - tonumber(at) < window then
+      count = count + 1
+      total = total + tonumber(w)
+    else
+      redis.call('HDEL', k, f)
+    end
+  end
+end
+count = count + 1
+total = total + tonumber(ARGV[3])
+if count >= tonumber(ARGV[5]) and total >= tonumber(ARGV[6]) then
+  local n = redis.call('HINCRBY', k, 'n', 1)
+  local lengths = {}
+  for x in string.gmatch(ARGV[7], '%d+') do table.insert(lengths, tonumber(x)) end
+  local ms = lengths[math.min(n, #lengths)] or 3600000
+  for _, f in ipairs(redis.call('HKEYS', k)) do
+    if f ~= 'n' then redis.call('HDEL', k, f) end
+  end
+  redis.call('PEXPIRE', k, window)
+  if redis.call('PTTL', P .. 'ban:' .. ARGV[1]) < ms then
+    redis.call('SET', P .. 'ban:' .. ARGV[1], 1, 'PX', ms)
+  end
+  return ms
+end
+redis.call('HSET', k, ARGV[2], now .. ':' .. ARGV[3])
+redis.call('PEXPIRE', k, window)
+return 0
 "#;
 
 /// Takes a member out of a room (ARGV: room hash, peer); the room goes with
@@ -272,6 +385,8 @@ pub struct Redis {
     heartbeat: redis::Script,
     room_join: redis::Script,
     room_leave: redis::Script,
+    strike: redis::Script,
+    connect: redis::Script,
     leave: redis::Script,
     subscribed: AtomicBool,
     /// The first subscription, made before serving so that nothing
@@ -309,11 +424,13 @@ impl Redis {
             conn,
             node: 0,
             token: std::sync::Mutex::new(new_token()),
-            pair: redis::Script::new(PAIR),
+            pair: redis::Script::new(&format!("{TAKE}{PAIR}")),
             sweep: redis::Script::new(SWEEP),
             heartbeat: redis::Script::new(HEARTBEAT_SCRIPT),
-            room_join: redis::Script::new(ROOM_JOIN),
+            room_join: redis::Script::new(&format!("{TAKE}{ROOM_JOIN}")),
             room_leave: redis::Script::new(ROOM_LEAVE),
+            strike: redis::Script::new(&format!("{TAKE}{STRIKE}")),
+            connect: redis::Script::new(&format!("{TAKE}{CONNECT}")),
             leave: redis::Script::new(LEAVE),
             subscribed: AtomicBool::new(false),
             first_subscription: std::sync::Mutex::new(None),
@@ -449,11 +566,20 @@ impl Redis {
                     .arg(SCAN_LIMIT)
                     .arg(millis(WAITER_TTL))
                     .arg(self.token())
+                    .arg(
+                        w.limit
+                            .map_or(String::new(), |(burst, _)| burst.to_string()),
+                    )
+                    .arg(
+                        w.limit
+                            .map_or(String::new(), |(_, every)| millis(every).to_string()),
+                    )
                     .invoke_async(&mut conn)
                     .await;
                 let event = match reply.map(|r| decode_pair_reply(&r)) {
                     Ok(Ok(PairReply::Queued)) => Event::Queued { conn: id },
                     Ok(Ok(PairReply::Banned { ttl })) => Event::Banned { conn: id, ttl },
+                    Ok(Ok(PairReply::Limited { retry })) => Event::Limited { conn: id, retry },
                     Ok(Ok(PairReply::Matched(partner))) => Event::Paired { conn: id, partner },
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "unexpected reply from the pairing script");
@@ -466,6 +592,24 @@ impl Redis {
                 };
                 hub.backplane_event(event);
                 Ok(())
+            }
+            Request::Connect {
+                conn: id,
+                key: k,
+                allowance: (burst, every),
+            } => {
+                let wait: redis::RedisResult<u64> = self
+                    .connect
+                    .arg(backplane::hex(&k))
+                    .arg(burst)
+                    .arg(millis(every))
+                    .invoke_async(&mut conn)
+                    .await;
+                wait.map(|ms| {
+                    if ms > 0 {
+                        hub.backplane_event(Event::TooManyConnects { conn: id });
+                    }
+                })
             }
             Request::Dequeue { conn: id } => {
                 redis::pipe()
@@ -491,6 +635,47 @@ impl Redis {
                     .await
             }
             Request::Ban { key: k, ttl } => conn.pset_ex(ban_key(&k), 1, millis(ttl)).await,
+            Request::Strike {
+                key: k,
+                reporter,
+                weight,
+                rule,
+            } => {
+                let lengths: Vec<String> = rule
+                    .ban_lengths
+                    .iter()
+                    .map(|&d| millis(d).to_string())
+                    .collect();
+                let banned: redis::RedisResult<i64> = self
+                    .strike
+                    .arg(backplane::hex(&k))
+                    .arg(backplane::hex(&reporter))
+                    .arg(weight)
+                    .arg(millis(rule.window))
+                    .arg(rule.reporters)
+                    .arg(rule.weight)
+                    .arg(lengths.join(","))
+                    .arg(rule.reports.0)
+                    .arg(millis(rule.reports.1))
+                    .invoke_async(&mut conn)
+                    .await;
+                banned.map(|ms| match ms {
+                    -1 => tracing::debug!("a strike over the reporter's shared allowance"),
+                    1.. => tracing::info!(ban_ms = ms, "pooled strikes completed a ban"),
+                    _ => {}
+                })
+            }
+            Request::CallStart { call, a, b } => {
+                let sides = format!(
+                    "{}:{} {}:{}",
+                    backplane::node_of(a),
+                    a.0,
+                    backplane::node_of(b),
+                    b.0
+                );
+                conn.pset_ex(call_key(call), sides, millis(CALL_TTL)).await
+            }
+            Request::CallEnd { call } => conn.del(call_key(call)).await,
             Request::RoomJoin {
                 conn: id,
                 room,
@@ -498,6 +683,7 @@ impl Redis {
                 verifier,
                 max_size,
                 attempts,
+                creations,
             } => {
                 let reply: redis::RedisResult<String> = self
                     .room_join
@@ -516,6 +702,8 @@ impl Redis {
                     .arg(self.token())
                     .arg(attempts.0)
                     .arg(millis(attempts.1))
+                    .arg(creations.0)
+                    .arg(millis(creations.1))
                     .invoke_async(&mut conn)
                     .await;
                 let event = match reply.map(|r| decode_room_reply(&r)) {
@@ -763,6 +951,15 @@ impl Redis {
                 }
                 let () = pipe.query_async(&mut conn).await?;
             }
+            let calls = hub.shared_calls();
+            for chunk in calls.chunks(512) {
+                let mut pipe = redis::pipe();
+                for &call in chunk {
+                    pipe.pexpire(call_key(call), millis(CALL_TTL) as i64)
+                        .ignore();
+                }
+                let () = pipe.query_async(&mut conn).await?;
+            }
             let rooms = hub.shared_rooms();
             for chunk in rooms.chunks(512) {
                 let mut pipe = redis::pipe();
@@ -783,6 +980,10 @@ fn new_token() -> String {
 
 fn waiter_key(id: ConnId) -> String {
     key(&format!("w:{}", id.0))
+}
+
+fn call_key(call: earshot_core::protocol::CallId) -> String {
+    key(&format!("call:{call}"))
 }
 
 fn ban_key(k: &ClientKey) -> String {

@@ -211,6 +211,11 @@ impl Hub {
         self.lock().board.shared_waiters()
     }
 
+    /// Calls with a side here, whose records to keep alive.
+    pub fn shared_calls(&self) -> Vec<earshot_core::protocol::CallId> {
+        self.lock().board.shared_calls()
+    }
+
     /// The store's names of rooms with members here.
     pub fn shared_rooms(&self) -> Vec<String> {
         self.lock().board.shared_rooms()

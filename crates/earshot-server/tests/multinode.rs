@@ -1,10 +1,15 @@
 //! Several `earshot` nodes sharing one real `redis-server`, every process on
 //! its own loopback port: strangers on different nodes are matched and their
 //! offer, answer and candidates relayed; a ban made on one node holds on
-//! another; a node killed with SIGKILL ends its calls on the other nodes and
-//! leaves no waiter behind; a Redis restart closes connections with 1012
-//! ("backplane unavailable") and the nodes serve again once it is back, and
-//! a short outage (Redis frozen) leaves no ghost waiter or room member.
+//! another, and three reports made on three nodes add up to a ban; one
+//! client's connects, searches, reports and room creations on two nodes
+//! draw on one allowance each; a call's record in
+//! Redis names both sides while it lasts and is gone once it ends, or once a
+//! side's node dies; a node killed with SIGKILL ends its calls on the other
+//! nodes and leaves no waiter behind; a Redis restart closes connections
+//! with 1012 ("backplane unavailable") and the nodes serve again once it is
+//! back, and a short outage (Redis frozen) leaves no ghost waiter or room
+//! member.
 //!
 //! Each test starts its own `redis-server` (`--save "" --appendonly no`, so
 //! it writes nothing) and its own nodes. Clients connect from distinct
@@ -142,6 +147,15 @@ async fn match_pair(redis: &RedisServer, a: &mut Ws, b: &mut Ws) -> u64 {
     ma["call"].as_u64().unwrap()
 }
 
+/// The store's record of `call`: its two sides and the record's TTL (ms).
+fn call_record(redis: &RedisServer, call: u64) -> Option<(String, i64)> {
+    let mut c = redis.conn().unwrap();
+    let k = format!("{{earshot}}:call:{call}");
+    let sides: Option<String> = redis::cmd("GET").arg(&k).query(&mut c).unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut c).unwrap();
+    sides.map(|s| (s, ttl))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strangers_on_two_nodes_are_matched_and_signal_across() {
     let redis = RedisServer::start();
@@ -151,6 +165,19 @@ async fn strangers_on_two_nodes_are_matched_and_signal_across() {
     let call = match_pair(&redis, &mut a, &mut b).await;
     assert!(call < 1 << 53, "call ids survive a JavaScript number");
     assert!(redis.queue().is_empty(), "both left the queue");
+    // The call's record names both sides, each on its own node.
+    let (sides, ttl) = call_record(&redis, call).expect("the call is recorded");
+    let sides: Vec<(u64, u64)> = sides
+        .split(' ')
+        .map(|s| {
+            let (n, c) = s.split_once(':').unwrap();
+            (n.parse().unwrap(), c.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(sides.len(), 2);
+    assert!(sides.iter().all(|&(n, c)| c >> 48 == n), "{sides:?}");
+    assert_ne!(sides[0].0, sides[1].0, "two nodes");
+    assert!(ttl > 0 && ttl <= 120_000, "{ttl}");
 
     let offer = json!({"type": "signal", "call": call,
         "description": {"type": "offer", "sdp": "v=0 offer from b"}});
@@ -190,6 +217,9 @@ async fn strangers_on_two_nodes_are_matched_and_signal_across() {
     let ended = recv_type(&mut a, "call_ended").await;
     assert_eq!(ended["reason"], "partner_skipped");
     recv_type(&mut a, "searching").await;
+    eventually("the ended call's record is gone", || {
+        call_record(&redis, call).is_none()
+    });
     eventually("both wait, kept apart", || redis.queue().len() == 2);
 
     // A third person on node A is matched with one of them.
@@ -248,12 +278,234 @@ async fn a_ban_made_on_one_node_holds_on_another() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_reporters_on_three_nodes_ban_a_client_everywhere() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis), node(&redis), node(&redis)];
+    let mut target = client("127.0.0.9", &nodes[0]).await;
+    search(&mut target).await;
+    // One report per node: no node alone saw enough for a ban.
+    for (n, server) in nodes.iter().enumerate() {
+        assert!(
+            !redis.keys().iter().any(|k| k.starts_with("{earshot}:ban:")),
+            "banned after {n} reports"
+        );
+        let mut reporter = client(&format!("127.0.0.{}", n + 2), server).await;
+        search(&mut reporter).await;
+        recv_type(&mut reporter, "matched").await;
+        recv_type(&mut target, "matched").await;
+        send(&mut reporter, json!({"type": "report"})).await;
+        recv_type(&mut reporter, "idle").await;
+        recv_type(&mut target, "call_ended").await;
+        let next = recv(&mut target).await;
+        if n < 2 {
+            assert_eq!(next["type"], "searching", "{next}");
+            eventually("the target waits again", || redis.queue().len() == 1);
+        }
+    }
+    eventually("the ban is in Redis", || {
+        redis.keys().iter().any(|k| k.starts_with("{earshot}:ban:"))
+    });
+    // The strike record expires with the strike window.
+    let mut c = redis.conn().unwrap();
+    let strikes: Vec<String> = redis
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("{earshot}:strikes:"))
+        .collect();
+    assert_eq!(strikes.len(), 1, "{strikes:?}");
+    let ttl: i64 = redis::cmd("PTTL").arg(&strikes[0]).query(&mut c).unwrap();
+    assert!(ttl > 0 && ttl <= 24 * 3600 * 1000, "{ttl}");
+    for server in &nodes {
+        let mut again = client("127.0.0.9", server).await;
+        send(&mut again, json!({"type": "search"})).await;
+        let mut banned = recv(&mut again).await;
+        if banned["type"] == "searching" {
+            banned = recv(&mut again).await;
+        }
+        assert_eq!(banned["code"], "banned", "{banned}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_searches_on_two_nodes_share_one_allowance() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis), node(&redis)];
+    // One client (one address) with a connection on each node. Each node
+    // alone allows a burst of 30 searches, then one every 2 s.
+    let mut ws = [
+        client("127.0.0.7", &nodes[0]).await,
+        client("127.0.0.7", &nodes[1]).await,
+    ];
+    let mut limited_at = None;
+    for i in 0..40 {
+        let ws = &mut ws[i % 2];
+        search(ws).await;
+        // Queued (then leave again), or refused by the shared allowance.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            tokio::select! {
+                msg = recv(ws) => {
+                    assert_eq!(msg["code"], "rate_limited", "{msg}");
+                    assert!(msg["retry_after_ms"].as_u64().unwrap() > 0);
+                    recv_type(ws, "idle").await;
+                    limited_at = Some(i);
+                    break;
+                }
+                () = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if redis.queue().len() == 1 {
+                        send(ws, json!({"type": "end"})).await;
+                        recv_type(ws, "idle").await;
+                        // Out of the queue before the other connection
+                        // searches, or it would be matched with itself.
+                        eventually("the queue is empty", || redis.queue().is_empty());
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "search {i} never settled");
+                }
+            }
+        }
+        if limited_at.is_some() {
+            break;
+        }
+    }
+    // 20 searches per node are within each node's own allowance: only the
+    // shared one can refuse, after its burst of 30.
+    let at = limited_at.expect("the shared allowance ran out");
+    assert!(at >= 30, "refused at search {at}");
+    assert!(
+        redis
+            .keys()
+            .iter()
+            .any(|k| k.starts_with("{earshot}:rl:search:")),
+        "the allowance is kept in Redis"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_connects_on_two_nodes_share_one_allowance() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis), node(&redis)];
+    // 20 connections per node: within each node's limits (20 open at once;
+    // a burst of 30 connects, then one every 2 s), but not the shared one.
+    let mut open = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..40 {
+        let mut ws = ws_from("127.0.0.11", &nodes[i % 2]).await;
+        send(&mut ws, json!({"type": "hello", "version": 1})).await;
+        let reply = recv(&mut ws).await;
+        if reply["type"] == "welcome" {
+            open.push((i, ws));
+        } else {
+            assert_eq!(reply["code"], 1013, "{reply}");
+            refused.push(i);
+        }
+    }
+    // Each node's connect checks run in order: once a later client's search
+    // is queued on a node, every check before it has been answered there.
+    for (n, server) in nodes.iter().enumerate() {
+        let mut marker = client(&format!("127.0.0.{}", 12 + n), server).await;
+        search(&mut marker).await;
+        eventually("the marker waits", || redis.queue().len() == 1);
+        send(&mut marker, json!({"type": "end"})).await;
+        recv_type(&mut marker, "idle").await;
+        eventually("nobody waits", || redis.queue().is_empty());
+    }
+    for (i, ws) in &mut open {
+        send(ws, json!({"type": "room_suggest"})).await;
+        let reply = recv(ws).await;
+        if reply["type"] != "room_suggestion" {
+            assert_eq!(reply["code"], 1013, "{reply}");
+            refused.push(*i);
+        }
+    }
+    refused.sort_unstable();
+    let first = *refused.first().expect("the shared allowance ran out");
+    assert!(first >= 30, "refused at connect {first}");
+}
+
+/// The keys in Redis that start with `prefix`.
+fn count_keys(redis: &RedisServer, prefix: &str) -> usize {
+    redis
+        .keys()
+        .iter()
+        .filter(|k| k.starts_with(prefix))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_reporters_strikes_on_two_nodes_share_one_allowance() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis), node(&redis)];
+    // One reporter with a connection on each node; each node alone lets it
+    // make 10 reports that count (then one every 2 minutes).
+    let mut reporter = [
+        client("127.0.0.7", &nodes[0]).await,
+        client("127.0.0.7", &nodes[1]).await,
+    ];
+    for i in 0..11 {
+        let server = &nodes[i % 2];
+        let mut target = client(&format!("127.0.0.{}", 20 + i), server).await;
+        search(&mut target).await;
+        eventually("the target waits", || redis.queue().len() == 1);
+        let ws = &mut reporter[i % 2];
+        search(ws).await;
+        recv_type(ws, "matched").await;
+        send(ws, json!({"type": "report"})).await;
+        // 6 and 5 reports: within each node's own allowance.
+        recv_type(ws, "idle").await;
+        recv_type(&mut target, "matched").await;
+        recv_type(&mut target, "call_ended").await;
+        drop(target);
+        eventually("nobody waits", || redis.queue().is_empty());
+    }
+    // Each report's block is stored after its strike, on the same node.
+    eventually("every report ran", || {
+        count_keys(&redis, "{earshot}:block:") == 11
+    });
+    assert_eq!(
+        count_keys(&redis, "{earshot}:strikes:"),
+        10,
+        "the 11th strike is over the shared allowance"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_room_creations_on_two_nodes_share_one_allowance() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis), node(&redis)];
+    // Each node alone lets a client create 10 rooms, then one every 30 s.
+    let mut ws = [
+        client("127.0.0.8", &nodes[0]).await,
+        client("127.0.0.8", &nodes[1]).await,
+    ];
+    let mut limited_at = None;
+    for i in 0..12 {
+        let ws = &mut ws[i % 2];
+        let room = format!("quiet-otters-room-{i:02}");
+        send(ws, json!({"type": "room_join", "room": room})).await;
+        let reply = recv(ws).await;
+        if reply["type"] == "error" {
+            assert_eq!(reply["code"], "rate_limited", "{reply}");
+            limited_at = Some(i);
+            break;
+        }
+        assert_eq!(reply["type"], "room_joined", "{reply}");
+        send(ws, json!({"type": "end"})).await;
+        recv_type(ws, "idle").await;
+    }
+    // 6 rooms per node are within each node's own allowance.
+    let at = limited_at.expect("the shared allowance ran out");
+    assert!(at >= 10, "refused at room {at}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_ends_its_calls_and_leaves_no_waiters() {
     let redis = RedisServer::start();
     let (na, nb, nc) = (node(&redis), node(&redis), node(&redis));
     let mut a = client("127.0.0.2", &na).await;
     let mut b = client("127.0.0.3", &nb).await;
     let call = match_pair(&redis, &mut a, &mut b).await;
+    assert!(call_record(&redis, call).is_some(), "the call is recorded");
     // Someone on node B waits, with an interest nobody shares.
     let mut waiting = client("127.0.0.4", &nb).await;
     send(
@@ -270,6 +522,10 @@ async fn a_killed_node_ends_its_calls_and_leaves_no_waiters() {
         (ended["call"].as_u64(), ended["reason"].as_str()),
         (Some(call), Some("partner_left"))
     );
+    // The surviving side removed the record of the call.
+    eventually("the dead call's record is gone", || {
+        call_record(&redis, call).is_none()
+    });
     recv_type(&mut a, "searching").await;
     // a waits alone: B's waiter is gone from the queue, not matched.
     eventually("only a waits", || {
