@@ -1142,35 +1142,10 @@ fn check_call_audio(browsers: &[&Browser]) -> Result<()> {
     Ok(())
 }
 
-/// Audio statistics of the stranger call (as `strangers.rs` takes them).
+/// Audio statistics of the stranger call (see `Browser::audio_stats`).
 fn call_stats(x: &Browser) -> Result<Value> {
-    let v = x.execute_async(STATS_JS, json!([]))?;
-    if let Some(e) = v["error"].as_str() {
-        bail!("{}: no stats: {e}", x.name);
-    }
-    Ok(v)
+    x.audio_stats(None)
 }
-
-const STATS_JS: &str = r#"
-const done = arguments[arguments.length - 1];
-const pc = window.earshot && window.earshot.pc;
-if (!pc) { done({error: 'window.earshot.pc is null'}); return; }
-pc.getStats().then(stats => {
-  const out = {inbound: 0, bytes: 0, energy: 0, candidates: [],
-               connectionState: pc.connectionState};
-  stats.forEach(r => {
-    if (r.type === 'inbound-rtp' && r.kind === 'audio') {
-      out.inbound += 1;
-      out.bytes += r.bytesReceived || 0;
-      out.energy += r.totalAudioEnergy || 0;
-    }
-    if (r.type === 'local-candidate' || r.type === 'remote-candidate') {
-      out.candidates.push({kind: r.type, address: r.address ?? r.ip ?? null, port: r.port});
-    }
-  });
-  done(out);
-}, err => done({error: String(err)}));
-"#;
 
 /// Each of the two pages in a room has one peer connection, connected,
 /// with audio with energy coming in (see `harness::check_audio`).
@@ -1212,7 +1187,7 @@ fn check_room_audio(browsers: &[&Browser]) -> Result<()> {
     Ok(())
 }
 
-/// The one peer connection of a room page of two, as `STATS_JS` gives it.
+/// The one peer connection of a room page of two, in the shape of `Browser::audio_stats`.
 const ROOM_STATS_JS: &str = r#"
 const done = arguments[arguments.length - 1];
 const pcs = Object.values((window.earshot && window.earshot.peers) || {});
