@@ -21,7 +21,7 @@
 //! browser blanks it to `0.0.0.0`).
 
 use crate::support::harness::{
-    Browser, Run, STEP, Setup, Snapshot, check_audio, median, poll, report, wait_for,
+    Browser, Run, STEP, Setup, Snapshot, check_call_audio, median, poll, report, wait_for,
 };
 use crate::support::{TempDir, free_port};
 use anyhow::{Context, Result, bail, ensure};
@@ -234,7 +234,7 @@ fn hide_ip_scenario(run: &Run) -> Result<()> {
     // The relayed call.
     let time = meet(a, b)?;
     println!("hide my IP: relayed call, time to audio {time:.0} ms");
-    check_audio_flows(&[a, b])?;
+    check_call_audio(&[a, b])?;
     for x in [a, b] {
         ensure!(
             x.execute("return window.earshot.hideIp", json!([]))? == json!(true),
@@ -302,7 +302,7 @@ fn hide_ip_scenario(run: &Run) -> Result<()> {
     })?;
     let time = time_to_audio(a, b, a.clicked_at("start")?)?;
     println!("hide my IP off: direct call, time to audio {time:.0} ms");
-    check_audio_flows(&[a, b])?;
+    check_call_audio(&[a, b])?;
     for (x, mark) in [a, b].into_iter().zip(marks) {
         ensure!(
             x.execute("return window.earshot.hideIp", json!([]))? == json!(false),
@@ -384,7 +384,7 @@ fn coturn_scenario(run: &Run, coturn: &Coturn, url: &str) -> Result<()> {
     );
     let time = meet(a, b)?;
     println!("coturn: relayed call, time to audio {time:.0} ms");
-    check_audio_flows(&[a, b])?;
+    check_call_audio(&[a, b])?;
     for x in [a, b] {
         let got = received_this_call(x, 0)?;
         let n = check_relay_only(&got, &COTURN_RELAY_PORTS)
@@ -563,7 +563,7 @@ fn tamper_scenario(run: &Run) -> Result<()> {
     wait_for("A and B in an untampered call", &[a, b], |_| {
         newly_connected(a).unwrap_or(false) && newly_connected(b).unwrap_or(false)
     })?;
-    check_audio_flows(&[a, b])?;
+    check_call_audio(&[a, b])?;
     let words = check_safety_words(a, b)?;
     let after = b.execute("return window.__e2eReach.tamper.rewritten", json!([]))?;
     ensure!(
@@ -663,7 +663,7 @@ fn refresh_scenario(run: &Run) -> Result<()> {
         );
     }
     meet(a, b)?;
-    check_audio_flows(&[a, b])?;
+    check_call_audio(&[a, b])?;
     run.chat(a, &[b], "hello from A before the refresh")?;
     for x in [a, b] {
         watch_call(x)?;
@@ -737,7 +737,7 @@ fn refresh_scenario(run: &Run) -> Result<()> {
         check_relay_only(&got, &EMBEDDED_RELAY_PORTS)
             .with_context(|| format!("what reached {} after the refresh", z.name))?;
     }
-    check_audio_flows(&[a, b])?;
+    check_call_audio(&[a, b])?;
     for z in [a, b] {
         check_call_unbroken(z)?;
     }
@@ -967,37 +967,9 @@ fn time_to_audio(x: &Browser, y: &Browser, since: f64) -> Result<f64> {
     )
 }
 
-/// The current call's statistics (see [`STATS_JS`]).
+/// The current call's statistics (see `Browser::audio_stats`).
 fn call_stats(x: &Browser) -> Result<Value> {
-    let v = x.execute_async(STATS_JS, json!([]))?;
-    if let Some(e) = v["error"].as_str() {
-        bail!("{}: no stats: {e}", x.name);
-    }
-    Ok(v)
-}
-
-/// In every one of `browsers`, inbound audio with energy keeps flowing over
-/// a second (see `harness::check_audio`).
-fn check_audio_flows(browsers: &[&Browser]) -> Result<()> {
-    for x in browsers {
-        poll(&format!("{}: audio with energy", x.name), STEP, || {
-            let s = call_stats(x)?;
-            Ok(if s["energy"].as_f64().unwrap_or(0.0) > 0.0 {
-                Ok(())
-            } else {
-                Err(s.to_string())
-            })
-        })?;
-    }
-    let first = browsers
-        .iter()
-        .map(|x| call_stats(x))
-        .collect::<Result<Vec<_>>>()?;
-    std::thread::sleep(Duration::from_millis(1000));
-    for (x, first) in browsers.iter().zip(&first) {
-        check_audio(x.name, first, &call_stats(x)?, "over 1 s")?;
-    }
-    Ok(())
+    x.audio_stats(None)
 }
 
 /// Starts watching the current peer connection's states.
@@ -1550,40 +1522,6 @@ a.timer = setInterval(() => {
     if (a.audioAt !== null) { clearInterval(a.timer); a.timer = null; }
   }).catch(() => {}).finally(() => { a.busy = false; });
 }, 10);
-"#;
-
-/// The current call's audio (as `harness::check_audio` wants it), every
-/// candidate the browser knows (`{id, kind, type, protocol, relayProtocol,
-/// address, port, url}`) and the selected pair (`{local, remote}`, from the
-/// transport's `selectedCandidatePairId`).
-const STATS_JS: &str = r#"
-const done = arguments[arguments.length - 1];
-const pc = window.earshot && window.earshot.pc;
-if (!pc) { done({error: 'window.earshot.pc is null'}); return; }
-pc.getStats().then(stats => {
-  const out = {inbound: 0, bytes: 0, packets: 0, energy: 0, candidates: [], selected: null,
-               connectionState: pc.connectionState, iceConnectionState: pc.iceConnectionState};
-  const cand = r => r ? {id: r.id, kind: r.type, type: r.candidateType, protocol: r.protocol,
-                         relayProtocol: r.relayProtocol ?? null, address: r.address ?? r.ip ?? null,
-                         port: r.port, url: r.url ?? null} : null;
-  let pairId = null;
-  stats.forEach(r => {
-    if (r.type === 'inbound-rtp' && r.kind === 'audio') {
-      out.inbound += 1;
-      out.bytes += r.bytesReceived || 0;
-      out.packets += r.packetsReceived || 0;
-      out.energy += r.totalAudioEnergy || 0;
-    }
-    if (r.type === 'local-candidate' || r.type === 'remote-candidate') out.candidates.push(cand(r));
-    if (r.type === 'transport' && r.selectedCandidatePairId) pairId = r.selectedCandidatePairId;
-  });
-  const pair = pairId ? stats.get(pairId) : null;
-  if (pair) {
-    out.selected = {state: pair.state, local: cand(stats.get(pair.localCandidateId)),
-                    remote: cand(stats.get(pair.remoteCandidateId))};
-  }
-  done(out);
-}, err => done({error: String(err)}));
 "#;
 
 /// The descriptions, signalling state and ICE configuration of the current

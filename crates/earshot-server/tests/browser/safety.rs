@@ -11,7 +11,8 @@
 //! address (127.0.0.2, .3, .4), as `tests/abuse.rs` does.
 
 use crate::support::harness::{
-    Browser, Run, STEP, Setup, Snapshot, check_audio, hold, http_get, poll, report, wait_for,
+    Browser, Run, STEP, Setup, Snapshot, check_audio, check_call_audio, hold, http_get, poll,
+    report, wait_for,
 };
 use anyhow::{Context, Result, bail, ensure};
 use futures_util::{SinkExt, StreamExt};
@@ -1115,36 +1116,6 @@ fn meet(a: &Browser, b: &Browser) -> Result<()> {
         |s| s.iter().all(|s| s.state == "connected" && s.has_pc),
     )?;
     check_call_audio(&[a, b])
-}
-
-/// Over a second, each of `browsers` receives audio with energy on its
-/// stranger call (see `harness::check_audio`); waits up to [`STEP`] for the
-/// first audio.
-fn check_call_audio(browsers: &[&Browser]) -> Result<()> {
-    for x in browsers {
-        poll(&format!("{}: first audio", x.name), STEP, || {
-            let s = call_stats(x)?;
-            Ok(if s["energy"].as_f64().unwrap_or(0.0) > 0.0 {
-                Ok(())
-            } else {
-                Err(s.to_string())
-            })
-        })?;
-    }
-    let first = browsers
-        .iter()
-        .map(|x| call_stats(x))
-        .collect::<Result<Vec<_>>>()?;
-    std::thread::sleep(Duration::from_millis(1000));
-    for (x, first) in browsers.iter().zip(&first) {
-        check_audio(x.name, first, &call_stats(x)?, "over 1 s")?;
-    }
-    Ok(())
-}
-
-/// Audio statistics of the stranger call (see `Browser::audio_stats`).
-fn call_stats(x: &Browser) -> Result<Value> {
-    x.audio_stats(None)
 }
 
 /// Each of the two pages in a room has one peer connection, connected,

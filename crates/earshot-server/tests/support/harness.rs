@@ -468,6 +468,31 @@ pub fn check_audio(who: &str, first: &Value, second: &Value, when: &str) -> Resu
     Ok(())
 }
 
+/// In every one of `browsers`, the stranger call first decodes audio with
+/// energy (within [`STEP`]), then keeps receiving it over a second (see
+/// [`check_audio`]).
+pub fn check_call_audio(browsers: &[&Browser]) -> Result<()> {
+    for x in browsers {
+        poll(&format!("{}: first audio", x.name), STEP, || {
+            let s = x.audio_stats(None)?;
+            Ok(if s["energy"].as_f64().unwrap_or(0.0) > 0.0 {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            })
+        })?;
+    }
+    let first = browsers
+        .iter()
+        .map(|x| x.audio_stats(None))
+        .collect::<Result<Vec<_>>>()?;
+    std::thread::sleep(Duration::from_millis(1000));
+    for (x, first) in browsers.iter().zip(&first) {
+        check_audio(x.name, first, &x.audio_stats(None)?, "over 1 s")?;
+    }
+    Ok(())
+}
+
 /// The median of `values` (not empty).
 pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
@@ -684,15 +709,20 @@ const INIT_JS: &str = r#"
 /// Audio statistics of the page's stranger `RTCPeerConnection`
 /// (`window.earshot.pc`) when `arguments[0]` is null, or of its room
 /// connection to peer `arguments[0]` (`window.earshot.peers`): inbound audio
-/// summed, with every candidate, in the shape [`check_audio`] reads.
+/// summed, every candidate and the selected pair, in the shape
+/// [`check_audio`] reads.
 const AUDIO_STATS_JS: &str = r#"
 const done = arguments[arguments.length - 1];
 const e = window.earshot || {};
 const pc = arguments[0] == null ? e.pc : (e.peers || {})[arguments[0]];
 if (!pc) { done({error: 'no such peer connection'}); return; }
 pc.getStats().then(stats => {
-  const out = {inbound: 0, bytes: 0, packets: 0, energy: 0, candidates: [],
-               connectionState: pc.connectionState};
+  const out = {inbound: 0, bytes: 0, packets: 0, energy: 0, candidates: [], selected: null,
+               connectionState: pc.connectionState, iceConnectionState: pc.iceConnectionState};
+  const cand = r => r ? {id: r.id, kind: r.type, type: r.candidateType, protocol: r.protocol,
+                         relayProtocol: r.relayProtocol ?? null, address: r.address ?? r.ip ?? null,
+                         port: r.port, url: r.url ?? null} : null;
+  let pairId = null;
   stats.forEach(r => {
     if (r.type === 'inbound-rtp' && r.kind === 'audio') {
       out.inbound += 1;
@@ -700,11 +730,14 @@ pc.getStats().then(stats => {
       out.packets += r.packetsReceived || 0;
       out.energy += r.totalAudioEnergy || 0;
     }
-    if (r.type === 'local-candidate' || r.type === 'remote-candidate') {
-      out.candidates.push({kind: r.type, type: r.candidateType, protocol: r.protocol,
-                           address: r.address ?? r.ip ?? null, port: r.port});
-    }
+    if (r.type === 'local-candidate' || r.type === 'remote-candidate') out.candidates.push(cand(r));
+    if (r.type === 'transport' && r.selectedCandidatePairId) pairId = r.selectedCandidatePairId;
   });
+  const pair = pairId ? stats.get(pairId) : null;
+  if (pair) {
+    out.selected = {state: pair.state, local: cand(stats.get(pair.localCandidateId)),
+                    remote: cand(stats.get(pair.remoteCandidateId))};
+  }
   done(out);
 }, err => done({error: String(err)}));
 "#;
