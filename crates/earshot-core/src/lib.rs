@@ -21,6 +21,8 @@
 //!   (`PROTOCOL.md` describes the wire format).
 //! - [`matchmaker`]: the stranger queue with interest lanes.
 //! - [`backplane`]: requests and events when several nodes share a store.
+//! - [`bytebudget`]: byte buckets; per-source budgets that keep STUN and TURN
+//!   answers from amplifying a forged flood.
 //! - [`rooms`]: rooms by link: members, size, passphrase locks.
 //! - [`moderation`]: reports, strikes, bans, keyed by client key.
 //! - [`names`]: room-name rules and memorable random suggestions.
@@ -36,6 +38,7 @@
 //! redacted.
 
 pub mod backplane;
+pub mod bytebudget;
 pub mod matchmaker;
 pub mod moderation;
 pub mod names;

@@ -25,13 +25,17 @@
 //! and only then is the client answered. [`Output::ReleaseRelay`] closes it.
 //!
 //! Modules: [`codec`] (the wire format, shared with test clients), [`auth`]
-//! (REST credentials, keys, nonces), `server` (the state machine).
+//! (REST credentials, keys, nonces), [`policy`] (which peers a relay may
+//! reach), `server` (the state machine, its quotas and budgets).
 
 pub mod auth;
 pub mod codec;
+pub mod policy;
 mod server;
 
 pub use auth::{long_term_key, rest_credentials, rest_password};
+pub use policy::{Cidr, PeerPolicy};
 pub use server::{
-    AllocationId, ClientAddr, Config, Output, RelayUnavailable, Stats, Transport, TurnServer,
+    AllocationId, ClientAddr, Config, CredentialCheck, Output, RelayUnavailable, Stats, Transport,
+    TurnServer,
 };

@@ -4,11 +4,18 @@
 //! Invariants:
 //! - At most one allocation per client 5-tuple (transport and address; the
 //!   server side is the shell's single listen address), at most
-//!   `max_allocations` in all and `max_allocations_per_ip` per client IP.
+//!   `max_allocations` in all, `max_allocations_per_client` per client (an
+//!   IPv4 address or an IPv6 /64) and `max_allocations_per_credential` per
+//!   username, whatever addresses it comes from.
 //! - Relayed traffic flows only between an allocation's client and peers
-//!   whose IP holds an unexpired permission, in both directions; a peer is
-//!   never a multicast, broadcast or unspecified address, nor loopback
-//!   unless the relay itself is on loopback.
+//!   whose IP holds an unexpired permission, in both directions, and every
+//!   peer passed the [`PeerPolicy`] (see `policy`): never a private,
+//!   loopback, link-local or otherwise special address, nor one of the
+//!   server's own services. Traffic between two of our own relays is handed
+//!   over in memory and never touches a socket.
+//! - Each allocation relays at most `max_bps` each way.
+//! - Answers to unauthenticated UDP requests draw on the source's
+//!   [`AnswerBudget`]: the server never amplifies a forged flood.
 //! - Every allocation is deleted by `handle_timeout` once its lifetime runs
 //!   out; its relay socket is released with it.
 //! - Never panics on client or peer input (property-tested below). Every
@@ -21,6 +28,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::auth::{self, Nonces};
@@ -28,6 +36,8 @@ use super::codec::{
     Class, Encoder, MAX_PAYLOAD, Message, attr, decode_channel_data, encode_channel_data,
     is_channel, method,
 };
+use super::policy::{PeerPolicy, Refusal, Verdict};
+use crate::bytebudget::{AnswerBudget, AnswerBudgetConfig, ByteBucket, source_key};
 
 /// How long a permission lasts (RFC 5766 §8: fixed at 300 s).
 const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -138,6 +148,10 @@ impl fmt::Debug for Output {
     }
 }
 
+/// Says whether a REST username still names a live signalling session
+/// (not ended, not banned): only those get new allocations.
+pub type CredentialCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Settings of a [`TurnServer`]; [`Config::new`] fills in the defaults.
 #[derive(Clone)]
 pub struct Config {
@@ -152,12 +166,23 @@ pub struct Config {
     /// The relay address's IP as clients are told it (XOR-RELAYED-ADDRESS);
     /// its family is the only one relayed.
     pub relay_ip: IpAddr,
-    /// Whether peers may be loopback addresses. Off unless the relay is on
-    /// loopback itself: otherwise anyone with credentials could reach
-    /// services listening on the server's 127.0.0.1.
-    pub allow_loopback_peers: bool,
+    /// Which peers may be relayed to; built from `relay_ip` by
+    /// [`Config::new`], with the operator's ranges and the server's own
+    /// services added by the shell.
+    pub policy: PeerPolicy,
     pub max_allocations: usize,
-    pub max_allocations_per_ip: usize,
+    /// Per client: an IPv4 address or an IPv6 /64.
+    pub max_allocations_per_client: usize,
+    /// Per REST username, across every source address.
+    pub max_allocations_per_credential: usize,
+    /// Bits a second one allocation relays each way (0: no cap).
+    pub max_bps: u64,
+    /// Budgets for answers to unauthenticated UDP requests.
+    pub answers: AnswerBudgetConfig,
+    /// With the signalling server in the same process: whether a username's
+    /// session is still live. `None` accepts every valid credential (an
+    /// external signalling server, tests).
+    pub credential_check: Option<CredentialCheck>,
     /// Permissions (peer IPs) per allocation.
     pub max_permissions: usize,
     /// Channels per allocation.
@@ -175,13 +200,19 @@ impl Config {
             secret,
             nonce_key,
             nonce_ttl: Duration::from_secs(600),
-            allow_loopback_peers: relay_ip.to_canonical().is_loopback(),
+            policy: PeerPolicy::new(relay_ip),
             relay_ip,
             max_allocations: 1000,
-            // Browsers allocate over UDP and TCP per connection and ICE
-            // generation, and a household or a full relayed room shares one
-            // address.
-            max_allocations_per_ip: 64,
+            // Browsers allocate over UDP and TCP per peer connection: a
+            // member of a full room of 6 holds 10, twice that across an ICE
+            // restart. The shell sizes these from the room size.
+            max_allocations_per_credential: 20,
+            // A household shares one address.
+            max_allocations_per_client: 60,
+            // Voice, plus the camera rooms may turn on.
+            max_bps: 4_000_000,
+            answers: AnswerBudgetConfig::default(),
+            credential_check: None,
             max_permissions: 32,
             max_channels: 32,
             default_lifetime: Duration::from_secs(600),
@@ -196,9 +227,17 @@ impl fmt::Debug for Config {
             .field("realm", &self.realm)
             .field("secret", &"<redacted>")
             .field("relay_ip", &"<redacted>")
-            .field("allow_loopback_peers", &self.allow_loopback_peers)
+            .field("policy", &self.policy)
             .field("max_allocations", &self.max_allocations)
-            .field("max_allocations_per_ip", &self.max_allocations_per_ip)
+            .field(
+                "max_allocations_per_client",
+                &self.max_allocations_per_client,
+            )
+            .field(
+                "max_allocations_per_credential",
+                &self.max_allocations_per_credential,
+            )
+            .field("max_bps", &self.max_bps)
             .finish_non_exhaustive()
     }
 }
@@ -215,6 +254,21 @@ pub struct Stats {
     /// Client or peer input dropped: undecodable, no allocation, no
     /// permission.
     pub dropped: u64,
+    /// Peers refused by the policy (CreatePermission, ChannelBind, Send).
+    pub refused_peers: u64,
+    /// Allocations refused for a credential's, a client's or the total
+    /// quota.
+    pub quota_credential: u64,
+    pub quota_client: u64,
+    pub quota_total: u64,
+    /// Allocations refused because the credential's session had ended.
+    pub revoked_credentials: u64,
+    /// Answers to unauthenticated requests not sent, for want of budget.
+    pub rate_limited_answers: u64,
+    /// Datagrams dropped over an allocation's bandwidth cap.
+    pub over_bandwidth: u64,
+    /// Datagrams handed from one of our relays to another in memory.
+    pub relay_to_relay: u64,
 }
 
 struct Allocation {
@@ -237,6 +291,9 @@ struct Allocation {
     /// Transaction ids of Data indications: unique per allocation, and
     /// telling the client nothing it does not know.
     indications: u64,
+    /// Bandwidth caps, client to peers and peers to client.
+    outbound: Option<ByteBucket>,
+    inbound: Option<ByteBucket>,
 }
 
 impl Allocation {
@@ -276,7 +333,14 @@ pub struct TurnServer {
     nonces: Nonces,
     allocations: HashMap<AllocationId, Allocation>,
     by_client: HashMap<ClientAddr, AllocationId>,
-    per_ip: HashMap<IpAddr, usize>,
+    /// Allocations by bound relay port, for relay-to-relay traffic.
+    by_port: HashMap<u16, AllocationId>,
+    per_client: HashMap<u128, usize>,
+    per_credential: HashMap<String, usize>,
+    /// Made at the first unauthenticated answer (it needs a clock).
+    answers: Option<AnswerBudget>,
+    /// The `now` of the input being handled.
+    now: Option<Instant>,
     /// (when, allocation) entries; stale ones are skipped when they pop.
     timers: BinaryHeap<Reverse<(Instant, AllocationId)>>,
     next_id: u64,
@@ -300,7 +364,11 @@ impl TurnServer {
             config,
             allocations: HashMap::new(),
             by_client: HashMap::new(),
-            per_ip: HashMap::new(),
+            by_port: HashMap::new(),
+            per_client: HashMap::new(),
+            per_credential: HashMap::new(),
+            answers: None,
+            now: None,
             timers: BinaryHeap::new(),
             next_id: 0,
             outputs: VecDeque::new(),
@@ -311,6 +379,7 @@ impl TurnServer {
     pub fn stats(&self) -> Stats {
         Stats {
             allocations: self.allocations.len(),
+            rate_limited_answers: self.answers.as_ref().map_or(0, |a| a.limited),
             ..self.stats
         }
     }
@@ -350,6 +419,7 @@ impl TurnServer {
 
     /// A UDP datagram, or one frame of a TCP stream, from a client.
     pub fn handle_client(&mut self, now: Instant, now_unix: u64, from: ClientAddr, bytes: &[u8]) {
+        self.now = Some(now);
         if bytes.first().is_some_and(|b| b >> 6 == 0b01) {
             self.channel_data_from_client(now, from, bytes);
             return;
@@ -390,6 +460,10 @@ impl TurnServer {
             self.stats.dropped += 1;
             return;
         }
+        if a.inbound.as_mut().is_some_and(|b| !b.take(now, data.len())) {
+            self.stats.over_bandwidth += 1;
+            return;
+        }
         let channel = a
             .channel_of_peer
             .get(&from)
@@ -427,6 +501,7 @@ impl TurnServer {
         match port {
             Ok(port) => {
                 a.relay_port = Some(port);
+                self.by_port.insert(port, allocation);
                 tracing::debug!(
                     allocations = self.allocations.len(),
                     "turn: allocation created"
@@ -611,15 +686,40 @@ impl TurnServer {
         let Ok(requested) = msg.u32(attr::LIFETIME) else {
             return self.error(client, msg.method, txid, key, 400);
         };
-        let ip = unmap(client.addr).ip();
-        if self.per_ip.get(&ip).copied().unwrap_or(0) >= self.config.max_allocations_per_ip {
-            tracing::debug!("turn: per-address allocation quota reached");
+        if let Some(check) = &self.config.credential_check
+            && !check(auth.username)
+        {
+            tracing::debug!("turn: credential of an ended session");
+            self.stats.revoked_credentials += 1;
+            return self.error(client, msg.method, txid, key, 403);
+        }
+        let prefix = source_key(client.addr.ip());
+        let credential_used = self.per_credential.get(auth.username).copied();
+        if credential_used.unwrap_or(0) >= self.config.max_allocations_per_credential {
+            tracing::debug!("turn: per-credential allocation quota reached");
+            self.stats.quota_credential += 1;
+            return self.error(client, msg.method, txid, key, 486);
+        }
+        if self.per_client.get(&prefix).copied().unwrap_or(0)
+            >= self.config.max_allocations_per_client
+        {
+            tracing::debug!("turn: per-client allocation quota reached");
+            self.stats.quota_client += 1;
             return self.error(client, msg.method, txid, key, 486);
         }
         if self.allocations.len() >= self.config.max_allocations {
             tracing::debug!("turn: allocation capacity reached");
+            self.stats.quota_total += 1;
             return self.error(client, msg.method, txid, key, 508);
         }
+        let bandwidth = || {
+            (self.config.max_bps > 0).then(|| {
+                // One second's worth may arrive at once.
+                let rate = self.config.max_bps / 8;
+                ByteBucket::new(now, rate, rate.max(MAX_PAYLOAD as u64))
+            })
+        };
+        let (outbound, inbound) = (bandwidth(), bandwidth());
         let lifetime = self.grant(requested);
         let id = AllocationId(self.next_id);
         self.next_id += 1;
@@ -639,11 +739,17 @@ impl TurnServer {
                 channels: HashMap::new(),
                 channel_of_peer: HashMap::new(),
                 indications: 0,
+                outbound,
+                inbound,
             },
         );
         self.timers.push(Reverse((expires, id)));
         self.by_client.insert(client, id);
-        *self.per_ip.entry(ip).or_insert(0) += 1;
+        *self.per_client.entry(prefix).or_insert(0) += 1;
+        *self
+            .per_credential
+            .entry(auth.username.to_owned())
+            .or_insert(0) += 1;
         self.outputs.push_back(Output::BindRelay {
             allocation: id,
             even_port,
@@ -816,21 +922,50 @@ impl TurnServer {
         }
     }
 
-    /// Relays only to peers with a permission (which `check_peer` vetted).
+    /// Relays only to peers with a permission (which `check_peer` vetted),
+    /// and only to ports the policy allows on them: a relay of ours is
+    /// reached in memory.
     fn relay_to_peer(&mut self, now: Instant, client: ClientAddr, peer: SocketAddr, data: &[u8]) {
-        let allowed = self
+        let Some(allocation) = self
             .relaying(client)
-            .filter(|id| self.allocations[id].permitted(peer.ip(), now));
-        match allowed {
-            Some(allocation) => {
-                self.stats.to_peers += 1;
-                self.outputs.push_back(Output::ToPeer {
-                    allocation,
-                    peer,
-                    data: data.to_vec(),
-                });
+            .filter(|id| self.allocations[id].permitted(peer.ip(), now))
+        else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let target = self.by_port.get(&peer.port()).copied();
+        match self.config.policy.check_addr(peer, target.is_some()) {
+            Verdict::Refused(_) => {
+                self.stats.refused_peers += 1;
+                return;
             }
-            None => self.stats.dropped += 1,
+            Verdict::OwnRelay | Verdict::Allowed => {}
+        }
+        let a = self
+            .allocations
+            .get_mut(&allocation)
+            .expect("relaying names live allocations");
+        if a.outbound
+            .as_mut()
+            .is_some_and(|b| !b.take(now, data.len()))
+        {
+            self.stats.over_bandwidth += 1;
+            return;
+        }
+        let own_port = a.relay_port;
+        self.stats.to_peers += 1;
+        let own = self.config.policy.check_ip(peer.ip()) == Verdict::OwnRelay;
+        match (own, target, own_port) {
+            (true, Some(target), Some(port)) => {
+                self.stats.relay_to_relay += 1;
+                let from = SocketAddr::new(self.config.relay_ip, port);
+                self.handle_peer(now, target, from, data);
+            }
+            _ => self.outputs.push_back(Output::ToPeer {
+                allocation,
+                peer,
+                data: data.to_vec(),
+            }),
         }
     }
 
@@ -841,21 +976,17 @@ impl TurnServer {
     }
 
     /// Whether a peer may be given a permission: 443 for the other family,
-    /// 403 for addresses no relay should send to.
-    fn check_peer(&self, peer: SocketAddr) -> Result<(), u16> {
-        let ip = unmap(peer).ip();
-        if ip.is_ipv4() != self.config.relay_ip.is_ipv4() {
-            return Err(443);
+    /// 403 for addresses the policy refuses.
+    fn check_peer(&mut self, peer: SocketAddr) -> Result<(), u16> {
+        match self.config.policy.check_ip(peer.ip()) {
+            Verdict::Allowed | Verdict::OwnRelay => Ok(()),
+            Verdict::Refused(Refusal::Family) => Err(443),
+            Verdict::Refused(_) => {
+                self.stats.refused_peers += 1;
+                tracing::debug!("turn: peer refused by policy");
+                Err(403)
+            }
         }
-        let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
-        if ip.is_unspecified()
-            || ip.is_multicast()
-            || broadcast
-            || (ip.is_loopback() && !self.config.allow_loopback_peers)
-        {
-            return Err(403);
-        }
-        Ok(())
     }
 
     /// RFC 5766 §6.2: the requested lifetime capped at the maximum, and
@@ -874,11 +1005,22 @@ impl TurnServer {
             return;
         };
         self.by_client.remove(&a.client);
-        let ip = unmap(a.client.addr).ip();
-        if let Some(n) = self.per_ip.get_mut(&ip) {
+        if let Some(port) = a.relay_port
+            && self.by_port.get(&port) == Some(&id)
+        {
+            self.by_port.remove(&port);
+        }
+        let prefix = source_key(a.client.addr.ip());
+        if let Some(n) = self.per_client.get_mut(&prefix) {
             *n -= 1;
             if *n == 0 {
-                self.per_ip.remove(&ip);
+                self.per_client.remove(&prefix);
+            }
+        }
+        if let Some(n) = self.per_credential.get_mut(&a.username) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_credential.remove(&a.username);
             }
         }
         if a.relay_port.is_some() {
@@ -947,10 +1089,22 @@ impl TurnServer {
             e.integrity(key);
         }
         e.fingerprint();
-        self.outputs.push_back(Output::ToClient {
-            client,
-            data: e.finish(),
-        });
+        let data = e.finish();
+        // A forged UDP source could aim unauthenticated answers at a victim;
+        // over TCP the handshake proved the address.
+        if key.is_none() && client.transport == Transport::Udp {
+            let now = self
+                .now
+                .expect("answers follow an input, which sets the clock");
+            let config = self.config.answers;
+            let budget = self
+                .answers
+                .get_or_insert_with(|| AnswerBudget::new(now, config));
+            if !budget.allow(now, client.addr.ip(), data.len()) {
+                return;
+            }
+        }
+        self.outputs.push_back(Output::ToClient { client, data });
     }
 }
 
