@@ -178,6 +178,7 @@ impl Server {
                 "127.0.0.1:0",
                 "--stun-listen",
                 "127.0.0.1:0",
+                "--no-turn",
                 "--max-connections",
                 "20000",
                 // Each worker is one client address holding thousands of

@@ -351,7 +351,7 @@ impl std::fmt::Debug for Entropy {
 }
 
 /// See [`Switchboard::set_turn_credentials`].
-struct Minter(Box<dyn FnMut() -> (String, String) + Send>);
+struct Minter(Box<dyn FnMut(ConnId) -> (String, String) + Send>);
 
 impl std::fmt::Debug for Minter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -455,7 +455,7 @@ impl Switchboard {
     /// from `mint` whenever they are sent (in `welcome` and on `refresh_ice`).
     pub fn set_turn_credentials(
         &mut self,
-        mint: impl FnMut() -> (String, String) + Send + 'static,
+        mint: impl FnMut(ConnId) -> (String, String) + Send + 'static,
     ) {
         self.turn_credentials = Some(Minter(Box::new(mint)));
     }
@@ -476,7 +476,7 @@ impl Switchboard {
                 && s.credential.is_none()
                 && let Some(Minter(mint)) = self.turn_credentials.as_mut()
             {
-                let (username, credential) = mint();
+                let (username, credential) = mint(id);
                 s.username = Some(username);
                 s.credential = Some(credential);
             }
@@ -486,6 +486,14 @@ impl Switchboard {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Whether `id` is a live connection whose client is not banned: the
+    /// embedded TURN server gives new allocations only to those.
+    pub fn may_relay(&self, now: Instant, id: ConnId) -> bool {
+        self.conns
+            .get(&id)
+            .is_some_and(|c| self.moderation.banned_until(now, c.info.key).is_none())
     }
 
     pub fn stats(&self) -> Stats {

@@ -122,10 +122,17 @@ fn start_node(redis: Option<&str>) -> (Proc, SocketAddr) {
         .expect("target/<profile>/examples")
         .join("earshot");
     let mut cmd = Command::new(&bin);
-    cmd.args(["--listen", "127.0.0.1:0", "--no-stun", "--pow", "off"])
-        .args(["--log", "warn", "--max-connections", "20000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--no-stun",
+        "--no-turn",
+        "--pow",
+        "off",
+    ])
+    .args(["--log", "warn", "--max-connections", "20000"])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
     if let Some(url) = redis {
         cmd.args(["--redis", url]);
     }

@@ -52,10 +52,57 @@ pub struct Args {
     #[arg(long, env = "EARSHOT_ROOM_SIZE", default_value_t = 6)]
     pub room_size: usize,
 
-    /// Run the embedded TURN server on this address (UDP and TCP, same
-    /// port), so people behind strict NATs connect and "hide my IP" works.
+    /// Address of the embedded TURN server (UDP and TCP, same port), which
+    /// lets people behind strict NATs connect and makes "hide my IP" work
+    /// [default: port 3479 on the --listen host]. Port 0 picks a free port.
     #[arg(long, env = "EARSHOT_TURN_LISTEN")]
     pub turn_listen: Option<SocketAddr>,
+
+    /// Run without the embedded TURN server ("hide my IP" then needs
+    /// --turn-url).
+    #[arg(long, env = "EARSHOT_NO_TURN", conflicts_with = "turn_listen")]
+    pub no_turn: bool,
+
+    /// A peer range (CIDR) the embedded TURN server relays to although it is
+    /// private or special, e.g. 10.0.0.0/8 on a LAN; repeatable.
+    #[arg(
+        long = "turn-allow-peer",
+        env = "EARSHOT_TURN_ALLOW_PEER",
+        value_delimiter = ','
+    )]
+    pub turn_allow_peers: Vec<String>,
+
+    /// A peer range (CIDR) the embedded TURN server never relays to, even if
+    /// it is allowed otherwise; repeatable.
+    #[arg(
+        long = "turn-deny-peer",
+        env = "EARSHOT_TURN_DENY_PEER",
+        value_delimiter = ','
+    )]
+    pub turn_deny_peers: Vec<String>,
+
+    /// Most relay allocations of the embedded TURN server at once.
+    #[arg(long, env = "EARSHOT_TURN_TOTAL_QUOTA", default_value_t = 1000)]
+    pub turn_total_quota: usize,
+
+    /// Most relay allocations one TURN credential holds, from any address
+    /// [default: 4 x (--room-size - 1)].
+    #[arg(long, env = "EARSHOT_TURN_USER_QUOTA")]
+    pub turn_user_quota: Option<usize>,
+
+    /// Most relay allocations one client (IPv4 address or IPv6 /64) holds
+    /// [default: 3 x the user quota].
+    #[arg(long, env = "EARSHOT_TURN_CLIENT_QUOTA")]
+    pub turn_client_quota: Option<usize>,
+
+    /// Most TURN-over-TCP connections one client holds [default: 3 x
+    /// --room-size].
+    #[arg(long, env = "EARSHOT_TURN_TCP_PER_CLIENT")]
+    pub turn_tcp_per_client: Option<usize>,
+
+    /// Bits per second each relay allocation carries, each way (0: no cap).
+    #[arg(long, env = "EARSHOT_TURN_MAX_BPS", default_value_t = 4_000_000)]
+    pub turn_max_bps: u64,
 
     /// Public address of the embedded TURN server's relays [default: the
     /// --turn-listen IP].
@@ -228,6 +275,9 @@ pub struct TurnSetup {
     pub embedded: Option<EmbeddedTurn>,
     /// External TURN URLs, sharing `secret`.
     pub urls: Vec<String>,
+    /// Why the embedded TURN server is not running although not turned
+    /// off, for the start-up message.
+    pub unavailable: Option<&'static str>,
     /// The TURN REST shared secret.
     pub secret: Vec<u8>,
 }
@@ -237,6 +287,7 @@ pub struct EmbeddedTurn {
     pub listen: SocketAddr,
     pub public_ip: Option<IpAddr>,
     pub relay_ports: RangeInclusive<u16>,
+    pub limits: crate::turn::TurnLimits,
 }
 
 impl std::fmt::Debug for TurnSetup {
@@ -244,6 +295,7 @@ impl std::fmt::Debug for TurnSetup {
         f.debug_struct("TurnSetup")
             .field("embedded", &self.embedded)
             .field("urls", &self.urls)
+            .field("unavailable", &self.unavailable)
             .field("secret", &"<secret>")
             .finish()
     }
@@ -292,6 +344,69 @@ impl Settings {
             redis: None,
         }
     }
+}
+
+/// The embedded TURN server, on by default on port 3479 of the --listen
+/// host; off with --no-turn, and off with a reason where its relay address
+/// cannot be known.
+fn embedded_turn(args: &Args) -> anyhow::Result<(Option<EmbeddedTurn>, Option<&'static str>)> {
+    if args.no_turn {
+        return Ok((None, None));
+    }
+    let listen = match args.turn_listen {
+        Some(listen) => {
+            if listen.ip().is_unspecified() && args.turn_public_ip.is_none() {
+                bail!("--turn-listen on all interfaces needs --turn-public-ip");
+            }
+            listen
+        }
+        None if args.listen.ip().is_unspecified() && args.turn_public_ip.is_none() => {
+            return Ok((
+                None,
+                Some(
+                    "listening on all interfaces without --turn-public-ip, the relay \
+                     address is unknown",
+                ),
+            ));
+        }
+        None => SocketAddr::new(args.listen.ip(), 3479),
+    };
+    let cidrs = |flag: &str, list: &[String]| {
+        list.iter()
+            .map(|c| {
+                c.parse::<earshot_core::turn::Cidr>()
+                    .with_context(|| format!("bad --{flag} {c:?}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    let mut limits = crate::turn::TurnLimits::for_room_size(args.room_size);
+    limits.allow_peers = cidrs("turn-allow-peer", &args.turn_allow_peers)?;
+    limits.deny_peers = cidrs("turn-deny-peer", &args.turn_deny_peers)?;
+    limits.services = vec![args.listen];
+    limits.max_allocations = args.turn_total_quota;
+    if let Some(n) = args.turn_user_quota {
+        limits.per_credential = n;
+        limits.per_client = 3 * n;
+    }
+    if let Some(n) = args.turn_client_quota {
+        limits.per_client = n;
+    }
+    if let Some(n) = args.turn_tcp_per_client {
+        limits.tcp_per_client = n;
+    }
+    if limits.max_allocations == 0 || limits.per_credential == 0 || limits.per_client == 0 {
+        bail!("TURN quotas must be at least 1 (use --no-turn to turn it off)");
+    }
+    limits.max_bps = args.turn_max_bps;
+    Ok((
+        Some(EmbeddedTurn {
+            listen,
+            public_ip: args.turn_public_ip,
+            relay_ports: port_range(&args.turn_relay_ports)?,
+            limits,
+        }),
+        None,
+    ))
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -368,23 +483,12 @@ impl TryFrom<&Args> for Settings {
                 s
             }
         };
-        let embedded = match args.turn_listen {
-            Some(listen) => {
-                if listen.ip().is_unspecified() && args.turn_public_ip.is_none() {
-                    bail!("--turn-listen on all interfaces needs --turn-public-ip");
-                }
-                Some(EmbeddedTurn {
-                    listen,
-                    public_ip: args.turn_public_ip,
-                    relay_ports: port_range(&args.turn_relay_ports)?,
-                })
-            }
-            None => None,
-        };
+        let (embedded, unavailable) = embedded_turn(args)?;
         settings.turn = TurnSetup {
             embedded,
             urls: args.turn_urls.clone(),
             secret,
+            unavailable,
         };
         if !(60..=7 * 24 * 3600).contains(&args.turn_ttl) {
             bail!("--turn-ttl must be between 60 and 604800 seconds");

@@ -147,6 +147,85 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     );
     metric("reports_total", "counter", "Reports made.", s.reports_total);
     metric("bans_total", "counter", "Bans from matching.", s.bans_total);
+    use std::sync::atomic::Ordering::Relaxed;
+    metric(
+        "stun_rate_limited_total",
+        "counter",
+        "STUN answers not sent: the source's answer budget was spent.",
+        app.stun_metrics.rate_limited.load(Relaxed),
+    );
+    if let Some(t) = &app.turn_metrics {
+        for (name, kind, help, value) in [
+            (
+                "turn_allocations",
+                "gauge",
+                "Relay allocations now.",
+                &t.allocations,
+            ),
+            (
+                "turn_refused_peers_total",
+                "counter",
+                "Peers refused by the relay's address policy.",
+                &t.refused_peers,
+            ),
+            (
+                "turn_quota_credential_total",
+                "counter",
+                "Allocations refused: the credential's quota was reached.",
+                &t.quota_credential,
+            ),
+            (
+                "turn_quota_client_total",
+                "counter",
+                "Allocations refused: the client's quota was reached.",
+                &t.quota_client,
+            ),
+            (
+                "turn_quota_total_total",
+                "counter",
+                "Allocations refused: the server's total quota was reached.",
+                &t.quota_total,
+            ),
+            (
+                "turn_revoked_credentials_total",
+                "counter",
+                "Allocations refused: the credential's session had ended.",
+                &t.revoked_credentials,
+            ),
+            (
+                "turn_rate_limited_total",
+                "counter",
+                "TURN answers to unauthenticated requests not sent: the source's budget was spent.",
+                &t.rate_limited_answers,
+            ),
+            (
+                "turn_over_bandwidth_total",
+                "counter",
+                "Relayed datagrams dropped over an allocation's bandwidth cap.",
+                &t.over_bandwidth,
+            ),
+            (
+                "turn_relay_to_relay_total",
+                "counter",
+                "Datagrams handed from one relay to another in memory.",
+                &t.relay_to_relay,
+            ),
+            (
+                "turn_tcp_refused_total",
+                "counter",
+                "TURN TCP connections refused: the client was at its cap.",
+                &t.tcp_refused,
+            ),
+            (
+                "turn_tcp_idle_closed_total",
+                "counter",
+                "TURN TCP connections closed for holding no allocation.",
+                &t.tcp_idle_closed,
+            ),
+        ] {
+            metric(name, kind, help, value.load(Relaxed));
+        }
+    }
     let _ = writeln!(
         out,
         "# HELP earshot_errors_total Error messages sent, by code.\n# TYPE earshot_errors_total counter"

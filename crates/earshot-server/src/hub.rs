@@ -69,6 +69,44 @@ pub struct Hub {
     /// Backplane mode: whether the shared store is reachable; while it is
     /// not, new connections are closed at once with 1012.
     available: AtomicBool,
+    /// TURN usernames name the session they were minted for; see
+    /// [`Hub::set_turn_credentials`].
+    turn_tags: TurnTags,
+}
+
+/// How a TURN REST username names its signalling session without saying
+/// anything about anyone: `EXPIRY:PPPPPPPPPPPPPPPPSSSSSSSSSSSSSSSS`, this
+/// process's random prefix, then the connection id masked with a random
+/// number. The username is signed by the REST secret, so it cannot be forged.
+#[derive(Debug, Clone, Copy)]
+struct TurnTags {
+    prefix: u64,
+    mask: u64,
+}
+
+impl TurnTags {
+    fn tag(self, id: ConnId) -> String {
+        format!("{:016x}{:016x}", self.prefix, id.0 ^ self.mask)
+    }
+
+    /// The connection a username names, `Err(())` for another process's
+    /// (another node, or before a restart), `Ok(None)` for a malformed one.
+    fn session(self, username: &str) -> Result<Option<ConnId>, ()> {
+        let tag = username.split_once(':').map_or("", |(_, tag)| tag);
+        if tag.len() != 32 || !tag.is_ascii() {
+            return Ok(None);
+        }
+        let (Ok(prefix), Ok(id)) = (
+            u64::from_str_radix(&tag[..16], 16),
+            u64::from_str_radix(&tag[16..], 16),
+        ) else {
+            return Ok(None);
+        };
+        if prefix != self.prefix {
+            return Err(());
+        }
+        Ok(Some(ConnId(id ^ self.mask)))
+    }
 }
 
 /// The shell's clock. Tokio's, so that tests with paused time drive the core too.
@@ -105,6 +143,10 @@ impl Hub {
             next_id: AtomicU64::new(1),
             node,
             available: AtomicBool::new(true),
+            turn_tags: TurnTags {
+                prefix: crate::identity::random_u64(),
+                mask: crate::identity::random_u64(),
+            },
         })
     }
 
@@ -184,16 +226,34 @@ impl Hub {
         self.lock().outboxes.remove(&id);
     }
 
-    /// Mints TURN REST credentials for every welcome and refresh.
+    /// Mints TURN REST credentials for every welcome and refresh; their
+    /// usernames name the session (see [`TurnTags`]).
     pub fn set_turn_credentials(&self, secret: Vec<u8>, ttl: std::time::Duration) {
-        self.lock().board.set_turn_credentials(move || {
+        let tags = self.turn_tags;
+        self.lock().board.set_turn_credentials(move |id| {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            // The tag only tells credentials apart; it identifies nobody.
-            let tag = format!("{:016x}", crate::identity::random_u64());
-            earshot_core::turn::rest_credentials(&secret, ttl, now, &tag)
+            earshot_core::turn::rest_credentials(&secret, ttl, now, &tags.tag(id))
         });
+    }
+
+    /// For the embedded TURN server: whether a username names a session
+    /// that is still connected and not banned. Usernames of other processes
+    /// pass only with a backplane (they are other nodes' users).
+    pub fn relay_check(self: &Arc<Hub>) -> earshot_core::turn::CredentialCheck {
+        let hub = Arc::downgrade(self);
+        let multi_node = self.node.is_some();
+        Arc::new(move |username: &str| {
+            let Some(hub) = hub.upgrade() else {
+                return false;
+            };
+            match hub.turn_tags.session(username) {
+                Ok(Some(id)) => hub.lock().board.may_relay(now(), id),
+                Ok(None) => false,
+                Err(()) => multi_node,
+            }
+        })
     }
 
     /// An answer from the backplane or a message from another node.
@@ -306,6 +366,41 @@ impl State {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{ConnId, TurnTags};
+
+    const TAGS: TurnTags = TurnTags {
+        prefix: 0x0123_4567_89ab_cdef,
+        mask: 0x5555_aaaa_5555_aaaa,
+    };
+
+    #[test]
+    fn a_username_names_its_session() {
+        let username = format!("1700000000:{}", TAGS.tag(ConnId(42)));
+        assert_eq!(TAGS.session(&username), Ok(Some(ConnId(42))));
+        let other = TurnTags { prefix: 7, ..TAGS };
+        assert_eq!(other.session(&username), Err(()));
+        assert_eq!(TAGS.session("1700000000:t"), Ok(None));
+        assert_eq!(TAGS.session("1700000000"), Ok(None));
+    }
+
+    proptest! {
+        /// A TURN client chooses the username it sends.
+        #[test]
+        fn any_username_is_judged_without_panicking(username in ".{0,80}") {
+            let _ = TAGS.session(&username);
+        }
+
+        #[test]
+        fn tags_round_trip(id in any::<u64>()) {
+            prop_assert_eq!(TAGS.session(&format!("1:{}", TAGS.tag(ConnId(id)))), Ok(Some(ConnId(id))));
         }
     }
 }

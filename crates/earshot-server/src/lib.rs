@@ -50,6 +50,9 @@ pub struct App {
     pub stun_addr: Option<SocketAddr>,
     /// The bound embedded TURN address (UDP and TCP), if it runs.
     pub turn_addr: Option<SocketAddr>,
+    /// The embedded TURN server's counters, if it runs.
+    pub turn_metrics: Option<Arc<turn::TurnMetrics>>,
+    pub stun_metrics: Arc<stun::StunMetrics>,
     keyer: Arc<identity::Keyer>,
     geo: geo::Geo,
     connections: Arc<Semaphore>,
@@ -82,39 +85,45 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let http_addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let stun_metrics = Arc::new(stun::StunMetrics::default());
     let stun_addr = match settings.stun_listen {
         Some(addr) => {
             let socket = tokio::net::UdpSocket::bind(addr)
                 .await
                 .with_context(|| format!("cannot bind STUN on udp {addr}"))?;
             let bound = socket.local_addr()?;
-            tracker.spawn(stun::serve(socket, shutdown.clone()));
+            tracker.spawn(stun::serve(socket, stun_metrics.clone(), shutdown.clone()));
             Some(bound)
         }
         None => None,
     };
-    let turn_addr = match &settings.turn.embedded {
+    let turn_listener = match &settings.turn.embedded {
         Some(t) => {
+            let mut limits = t.limits.clone();
+            limits
+                .services
+                .extend([http_addr].into_iter().chain(stun_addr));
             let listener = turn::TurnListener::bind(turn::TurnSettings {
                 listen: t.listen,
                 public_ip: t.public_ip,
                 relay_ports: t.relay_ports.clone(),
                 secret: settings.turn.secret.clone(),
                 realm: "earshot".into(),
+                limits,
             })
             .await
             .context("cannot start the embedded TURN server")?;
-            let bound = listener.local_addr()?;
-            let token = shutdown.clone();
-            tracker.spawn(async move {
-                if let Err(e) = listener.serve(token).await {
-                    tracing::error!(error = %e, "the embedded TURN server stopped");
-                }
-            });
-            Some(bound)
+            Some(listener)
         }
         None => None,
     };
+    let turn_addr = turn_listener
+        .as_ref()
+        .map(turn::TurnListener::local_addr)
+        .transpose()?;
+    if let Some(why) = settings.turn.unavailable {
+        tracing::warn!("no embedded TURN server, so no \"hide my IP\": {why}");
+    }
     let tls = match &settings.tls {
         config::TlsSetup::None => None,
         config::TlsSetup::Files { cert, key } => Some(tls::Tls::from_pem_files(cert, key)?),
@@ -157,6 +166,20 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             settings.core.turn_credential_ttl,
         );
     }
+    let turn_metrics = match turn_listener {
+        Some(listener) => {
+            let listener = listener.with_credential_check(hub.relay_check());
+            let metrics = listener.metrics();
+            let token = shutdown.clone();
+            tracker.spawn(async move {
+                if let Err(e) = listener.serve(token).await {
+                    tracing::error!(error = %e, "the embedded TURN server stopped");
+                }
+            });
+            Some(metrics)
+        }
+        None => None,
+    };
     let guards = listener::Guards {
         // Room for requests that are not signalling sockets, and for sockets
         // that are closing.
@@ -182,6 +205,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         hub,
         stun_addr,
         turn_addr,
+        turn_metrics,
+        stun_metrics: stun_metrics.clone(),
         keyer: keyer.clone(),
         geo,
         shutdown: shutdown.clone(),

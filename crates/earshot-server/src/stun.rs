@@ -7,10 +7,25 @@
 //! - Nothing logged here names a peer: an error is logged by kind only, since
 //!   the address is the one thing a STUN server learns about a client.
 //! - No allocation per datagram: one receive buffer and one answer buffer.
+//! - No amplification: a source address can be forged, so answers draw on
+//!   its [`AnswerBudget`]; a flood from one source gets back far fewer
+//!   bytes than it sent, and every other source is still answered.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use earshot_core::bytebudget::{AnswerBudget, AnswerBudgetConfig};
 use earshot_core::stun;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
+
+/// Aggregate counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct StunMetrics {
+    /// Answers not sent for want of the source's budget.
+    pub rate_limited: AtomicU64,
+}
 
 /// Datagrams longer than this are dropped unread: STUN needs a few dozen
 /// bytes, and nothing bigger than an Ethernet MTU is a genuine request.
@@ -20,6 +35,7 @@ const MAX_DATAGRAM: usize = 1500;
 #[derive(Debug, Default)]
 struct Counts {
     answered: u64,
+    limited: u64,
     ignored: u64,
     dropped: u64,
     oversized: u64,
@@ -28,7 +44,8 @@ struct Counts {
 }
 
 /// Answer STUN Binding requests on `socket` until `shutdown` is cancelled.
-pub async fn serve(socket: UdpSocket, shutdown: CancellationToken) {
+pub async fn serve(socket: UdpSocket, metrics: Arc<StunMetrics>, shutdown: CancellationToken) {
+    let mut budget = AnswerBudget::new(Instant::now(), AnswerBudgetConfig::default());
     // Bigger than MAX_DATAGRAM so that an oversized datagram shows as such
     // instead of arriving silently truncated.
     let mut buf = [0u8; 2048];
@@ -70,6 +87,11 @@ pub async fn serve(socket: UdpSocket, shutdown: CancellationToken) {
                 continue;
             }
         };
+        if !budget.allow(Instant::now(), from.ip(), n) {
+            counts.limited += 1;
+            metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         match socket.send_to(&out[..n], from).await {
             Ok(_) => counts.answered += 1,
             Err(e) => {
@@ -82,6 +104,7 @@ pub async fn serve(socket: UdpSocket, shutdown: CancellationToken) {
     }
     tracing::debug!(
         answered = counts.answered,
+        limited = counts.limited,
         ignored = counts.ignored,
         dropped = counts.dropped,
         oversized = counts.oversized,

@@ -8,8 +8,10 @@
 //!   sends, and a datagram that does not fit a socket buffer or a TCP
 //!   connection's bounded queue is dropped, as UDP would drop it. A TCP
 //!   client that stops reading is cut off after a write timeout.
-//! - Everything is bounded: TCP connections, frame sizes, queues,
-//!   allocations (and so relay sockets).
+//! - Everything is bounded: TCP connections in all and per client (an IPv4
+//!   address or an IPv6 /64), frame sizes, queues, allocations (and so
+//!   relay sockets). A TCP connection that holds no allocation is closed
+//!   after `TCP_NO_ALLOCATION`.
 //! - Nothing logged here names a client or a peer: counts and error kinds
 //!   only.
 //! - Relay sockets are bound on the listen IP, within `relay_ports`.
@@ -19,12 +21,16 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use earshot_core::bytebudget::source_key;
 use earshot_core::turn::codec::{Frame, stream_frame};
 use earshot_core::turn::{
-    AllocationId, ClientAddr, Config, Output, RelayUnavailable, Transport, TurnServer,
+    AllocationId, Cidr, ClientAddr, Config, CredentialCheck, Output, PeerPolicy, RelayUnavailable,
+    Stats, Transport, TurnServer,
 };
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -46,11 +52,92 @@ pub struct TurnSettings {
     /// with it (`earshot_core::turn::rest_credentials`).
     pub secret: Vec<u8>,
     pub realm: String,
+    pub limits: TurnLimits,
 }
 
 impl TurnSettings {
     /// The IANA dynamic port range, coturn's default too.
     pub const DEFAULT_RELAY_PORTS: RangeInclusive<u16> = 49152..=65535;
+}
+
+/// Who may be relayed to and how much anyone may take; see the README's
+/// "Security" table for the flags.
+#[derive(Debug, Clone)]
+pub struct TurnLimits {
+    /// `--turn-allow-peer`: ranges relayed to although special.
+    pub allow_peers: Vec<Cidr>,
+    /// `--turn-deny-peer`: ranges never relayed to.
+    pub deny_peers: Vec<Cidr>,
+    /// The server's other sockets (HTTP, STUN): never relayed to.
+    pub services: Vec<SocketAddr>,
+    /// Allocations in all, per credential and per client.
+    pub max_allocations: usize,
+    pub per_credential: usize,
+    pub per_client: usize,
+    /// Bits a second each allocation relays each way.
+    pub max_bps: u64,
+    /// TCP connections per client.
+    pub tcp_per_client: usize,
+}
+
+impl TurnLimits {
+    /// Quotas sized for rooms of `room_size`: a member holds one
+    /// allocation per peer connection and TURN URL (UDP and TCP), and may
+    /// hold twice that across an ICE restart or while a call is prepared.
+    pub fn for_room_size(room_size: usize) -> TurnLimits {
+        let per_credential = 2 * 2 * room_size.saturating_sub(1).max(1);
+        TurnLimits {
+            allow_peers: Vec::new(),
+            deny_peers: Vec::new(),
+            services: Vec::new(),
+            max_allocations: 1000,
+            per_credential,
+            // A household of three, in full rooms.
+            per_client: 3 * per_credential,
+            max_bps: 4_000_000,
+            // One TCP connection per peer connection, for the household.
+            tcp_per_client: 3 * room_size.max(2),
+        }
+    }
+}
+
+impl Default for TurnLimits {
+    fn default() -> Self {
+        TurnLimits::for_room_size(earshot_core::Config::default().rooms.max_size)
+    }
+}
+
+/// Aggregate counters for `/metrics`: no label names anyone.
+#[derive(Debug, Default)]
+pub struct TurnMetrics {
+    pub allocations: AtomicU64,
+    pub refused_peers: AtomicU64,
+    pub quota_credential: AtomicU64,
+    pub quota_client: AtomicU64,
+    pub quota_total: AtomicU64,
+    pub revoked_credentials: AtomicU64,
+    pub rate_limited_answers: AtomicU64,
+    pub over_bandwidth: AtomicU64,
+    pub relay_to_relay: AtomicU64,
+    /// TCP connections refused at the per-client cap.
+    pub tcp_refused: AtomicU64,
+    /// TCP connections closed for holding no allocation.
+    pub tcp_idle_closed: AtomicU64,
+}
+
+impl TurnMetrics {
+    fn publish(&self, stats: Stats) {
+        let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
+        set(&self.allocations, stats.allocations as u64);
+        set(&self.refused_peers, stats.refused_peers);
+        set(&self.quota_credential, stats.quota_credential);
+        set(&self.quota_client, stats.quota_client);
+        set(&self.quota_total, stats.quota_total);
+        set(&self.revoked_credentials, stats.revoked_credentials);
+        set(&self.rate_limited_answers, stats.rate_limited_answers);
+        set(&self.over_bandwidth, stats.over_bandwidth);
+        set(&self.relay_to_relay, stats.relay_to_relay);
+    }
 }
 
 impl std::fmt::Debug for TurnSettings {
@@ -61,12 +148,18 @@ impl std::fmt::Debug for TurnSettings {
             .field("relay_ports", &self.relay_ports)
             .field("secret", &"<redacted>")
             .field("realm", &self.realm)
+            .field("limits", &self.limits)
             .finish()
     }
 }
 
 /// Most TCP client connections at once; more wait in the accept queue.
 const MAX_TCP_CONNECTIONS: usize = 1024;
+/// A TCP connection that holds no allocation for this long is closed: a
+/// client allocates within a round trip of its first frame.
+const TCP_NO_ALLOCATION: Duration = Duration::from_secs(15);
+/// How often TCP connections are checked for that, and counters published.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Frames queued for one TCP client before more are dropped.
 const TCP_QUEUE: usize = 64;
 /// A TCP client that does not take a frame within this time is cut off.
@@ -118,6 +211,8 @@ pub struct TurnListener {
     tcp: TcpListener,
     settings: TurnSettings,
     relay_ip: IpAddr,
+    credential_check: Option<CredentialCheck>,
+    metrics: Arc<TurnMetrics>,
 }
 
 impl TurnListener {
@@ -161,7 +256,21 @@ impl TurnListener {
             tcp,
             settings,
             relay_ip,
+            credential_check: None,
+            metrics: Arc::default(),
         })
+    }
+
+    /// New allocations only for usernames `check` accepts (the signalling
+    /// sessions of this process that are live and not banned).
+    pub fn with_credential_check(mut self, check: CredentialCheck) -> TurnListener {
+        self.credential_check = Some(check);
+        self
+    }
+
+    /// Counters, updated about once a second while serving.
+    pub fn metrics(&self) -> Arc<TurnMetrics> {
+        self.metrics.clone()
     }
 
     /// The bound address (UDP and TCP).
@@ -179,12 +288,28 @@ impl TurnListener {
             nonce_key,
             self.relay_ip,
         );
+        let limits = &self.settings.limits;
+        let listen = self.udp.local_addr()?;
+        config.policy = PeerPolicy::new(self.relay_ip)
+            .allow(limits.allow_peers.iter().copied())
+            .deny(limits.deny_peers.iter().copied())
+            .own_services(limits.services.iter().copied().chain([listen]))
+            .own_ip(self.relay_ip);
         // One relay socket per allocation: no more than there are ports.
-        config.max_allocations = config.max_allocations.min(self.settings.relay_ports.len());
+        config.max_allocations = limits.max_allocations.min(self.settings.relay_ports.len());
+        config.max_allocations_per_credential = limits.per_credential;
+        config.max_allocations_per_client = limits.per_client;
+        config.max_bps = limits.max_bps;
+        config.credential_check = self.credential_check;
         let tracker = TaskTracker::new();
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         tracker.spawn(accept_tcp(
             self.tcp,
+            TcpCaps {
+                per_client: limits.tcp_per_client,
+                open: Arc::default(),
+                metrics: self.metrics.clone(),
+            },
             events_tx.clone(),
             shutdown.clone(),
             tracker.clone(),
@@ -201,6 +326,7 @@ impl TurnListener {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             counts: Counts::default(),
+            metrics: self.metrics.clone(),
         };
         driver.run(events).await;
         tracker.close();
@@ -234,14 +360,24 @@ struct Driver {
     udp: Arc<UdpSocket>,
     listen_ip: IpAddr,
     relay_ports: RangeInclusive<u16>,
-    /// Connection number and outbound queue of TCP clients, by address.
-    tcp: HashMap<SocketAddr, (u64, mpsc::Sender<Vec<u8>>)>,
+    /// TCP clients by address.
+    tcp: HashMap<SocketAddr, TcpClient>,
     relays: HashMap<AllocationId, Relay>,
     ports_in_use: HashSet<u16>,
     events_tx: mpsc::Sender<Event>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     counts: Counts,
+    metrics: Arc<TurnMetrics>,
+}
+
+struct TcpClient {
+    /// Tells this connection from a later one that reuses its address.
+    conn: u64,
+    /// Dropping it ends the connection.
+    queue: mpsc::Sender<Vec<u8>>,
+    /// Since when it has held no allocation, if it holds none.
+    bare_since: Option<Instant>,
 }
 
 impl Driver {
@@ -249,6 +385,8 @@ impl Driver {
         // Bigger than any UDP payload, so nothing arrives truncated.
         let mut buf = vec![0u8; 65_536];
         let udp = self.udp.clone();
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.turn.poll_timeout().map(tokio::time::Instant::from_std);
             let timer = async {
@@ -260,6 +398,7 @@ impl Driver {
             tokio::select! {
                 () = self.shutdown.cancelled() => break,
                 () = timer => self.turn.handle_timeout(Instant::now()),
+                _ = sweep.tick() => self.sweep(Instant::now()),
                 received = udp.recv_from(&mut buf) => match received {
                     Ok((n, from)) => {
                         let from = ClientAddr { transport: Transport::Udp, addr: from };
@@ -278,6 +417,7 @@ impl Driver {
         for relay in self.relays.values() {
             relay.stop.cancel();
         }
+        self.metrics.publish(self.turn.stats());
         tracing::debug!(stats = ?self.turn.stats(), counts = ?self.counts, "turn: stopped");
     }
 
@@ -297,10 +437,15 @@ impl Driver {
                 data,
             } => self.turn.handle_peer(now, allocation, from, &data),
             Event::TcpOpened { conn, addr, queue } => {
-                self.tcp.insert(addr, (conn, queue));
+                let client = TcpClient {
+                    conn,
+                    queue,
+                    bare_since: Some(now),
+                };
+                self.tcp.insert(addr, client);
             }
             Event::TcpClosed { conn, addr } => {
-                if self.tcp.get(&addr).is_some_and(|(c, _)| *c == conn) {
+                if self.tcp.get(&addr).is_some_and(|c| c.conn == conn) {
                     self.tcp.remove(&addr);
                     self.turn.client_closed(ClientAddr {
                         transport: Transport::Tcp,
@@ -321,7 +466,7 @@ impl Driver {
                         Transport::Tcp => self
                             .tcp
                             .get(&client.addr)
-                            .is_some_and(|(_, q)| q.try_send(data).is_ok()),
+                            .is_some_and(|c| c.queue.try_send(data).is_ok()),
                     };
                     if !sent {
                         self.counts.send_drops += 1;
@@ -358,6 +503,35 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Closes TCP connections that have held no allocation for
+    /// `TCP_NO_ALLOCATION`, and publishes the counters.
+    fn sweep(&mut self, now: Instant) {
+        let turn = &mut self.turn;
+        let mut closed = Vec::new();
+        for (&addr, c) in &mut self.tcp {
+            let client = ClientAddr {
+                transport: Transport::Tcp,
+                addr,
+            };
+            if turn.has_allocation(client) {
+                c.bare_since = None;
+            } else if let Some(since) = c.bare_since {
+                if now.saturating_duration_since(since) >= TCP_NO_ALLOCATION {
+                    closed.push(addr);
+                }
+            } else {
+                c.bare_since = Some(now);
+            }
+        }
+        for addr in closed {
+            // Dropping the queue ends the connection's writer, and so it.
+            self.tcp.remove(&addr);
+            self.metrics.tcp_idle_closed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("turn: tcp connection closed: no allocation");
+        }
+        self.metrics.publish(self.turn.stats());
     }
 
     /// Binds a relay socket on a free port of the range, starting at a
@@ -461,8 +635,53 @@ async fn read_relay(
     }
 }
 
+/// The per-client cap on TCP connections.
+struct TcpCaps {
+    per_client: usize,
+    /// Open connections by client (IPv4 address or IPv6 /64).
+    open: Arc<Mutex<HashMap<u128, usize>>>,
+    metrics: Arc<TurnMetrics>,
+}
+
+impl TcpCaps {
+    /// Counts a connection from `addr` in, unless its client is at the cap.
+    fn admit(&self, addr: SocketAddr) -> Option<TcpSlot> {
+        let key = source_key(addr.ip());
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.per_client {
+            self.metrics.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *n += 1;
+        Some(TcpSlot {
+            key,
+            open: self.open.clone(),
+        })
+    }
+}
+
+/// One admitted connection; dropping it counts it out.
+struct TcpSlot {
+    key: u128,
+    open: Arc<Mutex<HashMap<u128, usize>>>,
+}
+
+impl Drop for TcpSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 async fn accept_tcp(
     listener: TcpListener,
+    caps: TcpCaps,
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -482,13 +701,18 @@ async fn accept_tcp(
         };
         match accepted {
             Ok((stream, addr)) => {
+                // Over the cap: closed at once, before it costs anything.
+                let Some(slot) = caps.admit(addr) else {
+                    tracing::debug!("turn: tcp connection refused: client at its cap");
+                    continue;
+                };
                 let events = events.clone();
                 let shutdown = shutdown.clone();
                 next_conn += 1;
                 let conn = next_conn;
                 tracker.spawn(async move {
                     serve_tcp(stream, conn, addr, events, shutdown).await;
-                    drop(permit);
+                    drop((permit, slot));
                 });
             }
             Err(e) => {

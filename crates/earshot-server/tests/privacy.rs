@@ -171,6 +171,8 @@ fn a_whole_session_writes_no_files() {
             "127.0.0.1:0",
             "--stun-listen",
             "127.0.0.1:0",
+            "--turn-listen",
+            "127.0.0.1:0",
             "--log",
             "trace",
         ])

@@ -403,9 +403,11 @@ async fn turn_credentials_are_minted_per_welcome_and_refreshed() {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 public_ip: None,
                 relay_ports: 50_000..=50_100,
+                limits: Default::default(),
             }),
             urls: vec!["turn:turn.example.org:3478?transport=udp".into()],
             secret: secret.clone(),
+            unavailable: None,
         };
     })
     .await;
@@ -442,10 +444,31 @@ async fn turn_credentials_are_minted_per_welcome_and_refreshed() {
     }
     send(&mut ws, json!({"type": "refresh_ice"})).await;
     let fresh = recv_type(&mut ws, "ice_servers").await;
-    assert_ne!(
-        fresh["ice_servers"][1]["username"], servers[1]["username"],
-        "a new credential each time"
+    // A refreshed credential names the same session (its relay quota is
+    // the session's), and lasts at least as long; another session's
+    // credential names another.
+    let tag = |v: &Value| v.as_str().unwrap().split_once(':').unwrap().1.to_owned();
+    let expiry = |v: &Value| -> u64 {
+        v.as_str()
+            .unwrap()
+            .split_once(':')
+            .unwrap()
+            .0
+            .parse()
+            .unwrap()
+    };
+    let (old, new) = (
+        &servers[1]["username"],
+        &fresh["ice_servers"][1]["username"],
     );
+    assert_eq!(tag(new), tag(old));
+    assert!(expiry(new) >= expiry(old));
+    assert_eq!(
+        fresh["ice_servers"][1]["credential"],
+        earshot_core::turn::rest_password(&secret, new.as_str().unwrap())
+    );
+    let (_other, other_welcome) = greeted(s.http_addr).await;
+    assert_ne!(tag(&other_welcome["ice_servers"][1]["username"]), tag(old));
 }
 
 /// A client whose trusted reverse proxy says it comes from `forwarded_for`.

@@ -121,7 +121,11 @@ async fn serve_reports_the_client_address_and_ignores_garbage() {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let server = socket.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(earshot_server::stun::serve(socket, shutdown.clone()));
+    let task = tokio::spawn(earshot_server::stun::serve(
+        socket,
+        Default::default(),
+        shutdown.clone(),
+    ));
 
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let me = client.local_addr().unwrap();
@@ -151,7 +155,11 @@ async fn serve_survives_answers_to_a_closed_port() {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let server = socket.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(earshot_server::stun::serve(socket, shutdown.clone()));
+    let task = tokio::spawn(earshot_server::stun::serve(
+        socket,
+        Default::default(),
+        shutdown.clone(),
+    ));
     for i in 0..20 {
         let gone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         gone.send_to(&binding_request([i; 12]), server)
@@ -190,7 +198,7 @@ fn free_udp_port() -> u16 {
 async fn start_earshot() -> Earshot {
     let port = free_udp_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_earshot"))
-        .args(["--listen", "127.0.0.1:0", "--stun-listen"])
+        .args(["--listen", "127.0.0.1:0", "--no-turn", "--stun-listen"])
         .arg(format!("127.0.0.1:{port}"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

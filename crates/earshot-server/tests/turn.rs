@@ -15,7 +15,7 @@ use earshot_core::turn::codec::{
     stream_frame,
 };
 use earshot_core::turn::{long_term_key, rest_credentials};
-use earshot_server::turn::{TurnListener, TurnSettings};
+use earshot_server::turn::{TurnLimits, TurnListener, TurnSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::process::Command;
@@ -43,6 +43,7 @@ impl Turn {
             relay_ports: TurnSettings::DEFAULT_RELAY_PORTS,
             secret: SECRET.to_vec(),
             realm: REALM.into(),
+            limits: TurnLimits::default(),
         })
         .await
         .unwrap();

@@ -173,7 +173,9 @@ pub struct Config {
     pub max_allocations: usize,
     /// Per client: an IPv4 address or an IPv6 /64.
     pub max_allocations_per_client: usize,
-    /// Per REST username, across every source address.
+    /// Per credential, across every source address. Credentials count by
+    /// their REST tag (the part after `EXPIRY:`), which names the session
+    /// they were minted for: refreshed credentials share one quota.
     pub max_allocations_per_credential: usize,
     /// Bits a second one allocation relays each way (0: no cap).
     pub max_bps: u64,
@@ -336,6 +338,7 @@ pub struct TurnServer {
     /// Allocations by bound relay port, for relay-to-relay traffic.
     by_port: HashMap<u16, AllocationId>,
     per_client: HashMap<u128, usize>,
+    /// Allocations by REST tag (see `max_allocations_per_credential`).
     per_credential: HashMap<String, usize>,
     /// Made at the first unauthenticated answer (it needs a clock).
     answers: Option<AnswerBudget>,
@@ -517,6 +520,12 @@ impl TurnServer {
         }
     }
 
+    /// Whether `client` holds an allocation (a TCP connection without one
+    /// is closed early by the shell).
+    pub fn has_allocation(&self, client: ClientAddr) -> bool {
+        self.by_client.contains_key(&client)
+    }
+
     /// A client's TCP connection ended: its allocation goes with it
     /// (RFC 5766 §2.1).
     pub fn client_closed(&mut self, client: ClientAddr) {
@@ -694,7 +703,7 @@ impl TurnServer {
             return self.error(client, msg.method, txid, key, 403);
         }
         let prefix = source_key(client.addr.ip());
-        let credential_used = self.per_credential.get(auth.username).copied();
+        let credential_used = self.per_credential.get(session(auth.username)).copied();
         if credential_used.unwrap_or(0) >= self.config.max_allocations_per_credential {
             tracing::debug!("turn: per-credential allocation quota reached");
             self.stats.quota_credential += 1;
@@ -748,7 +757,7 @@ impl TurnServer {
         *self.per_client.entry(prefix).or_insert(0) += 1;
         *self
             .per_credential
-            .entry(auth.username.to_owned())
+            .entry(session(auth.username).to_owned())
             .or_insert(0) += 1;
         self.outputs.push_back(Output::BindRelay {
             allocation: id,
@@ -1017,10 +1026,11 @@ impl TurnServer {
                 self.per_client.remove(&prefix);
             }
         }
-        if let Some(n) = self.per_credential.get_mut(&a.username) {
+        let session = session(&a.username);
+        if let Some(n) = self.per_credential.get_mut(session) {
             *n -= 1;
             if *n == 0 {
-                self.per_credential.remove(&a.username);
+                self.per_credential.remove(session);
             }
         }
         if a.relay_port.is_some() {
@@ -1124,6 +1134,11 @@ fn reason(code: u16) -> &'static str {
         508 => "Insufficient Capacity",
         _ => "Error",
     }
+}
+
+/// What a REST username's quota is counted by: its tag.
+fn session(username: &str) -> &str {
+    username.split_once(':').map_or(username, |(_, tag)| tag)
 }
 
 fn secs(d: Duration) -> u32 {

@@ -30,7 +30,8 @@ pub struct Server {
 
 impl Server {
     /// Starts `binary --listen 127.0.0.1:0 --stun-listen 127.0.0.1:0` plus
-    /// `extra_args`, and waits for the URL on its stdout.
+    /// `extra_args` (and `--no-turn` unless they name `--turn-listen`), and
+    /// waits for the URL on its stdout.
     pub fn start(binary: &str, extra_args: &[&str]) -> Result<Server> {
         Server::start_on(binary, "127.0.0.1:0", extra_args)
     }
@@ -41,6 +42,9 @@ impl Server {
     pub fn start_on(binary: &str, listen: &str, extra_args: &[&str]) -> Result<Server> {
         let mut child = Command::new(binary)
             .args(["--listen", listen, "--stun-listen", "127.0.0.1:0"])
+            // The embedded TURN server is on by default, on a fixed port:
+            // tests that want it name a port of their own.
+            .args((!extra_args.contains(&"--turn-listen")).then_some("--no-turn"))
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
