@@ -5,17 +5,18 @@
 //!
 //! Every packet here goes to 127.0.0.1.
 
-use std::collections::VecDeque;
+mod support;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use earshot_core::turn::codec::{
-    Class, Encoder, Frame, Message, attr, decode_channel_data, encode_channel_data, method,
-    stream_frame,
+    Class, Encoder, Message, attr, decode_channel_data, encode_channel_data, method,
 };
-use earshot_core::turn::{long_term_key, rest_credentials};
+use earshot_core::turn::rest_credentials;
 use earshot_server::turn::{TurnLimits, TurnListener, TurnSettings};
+use support::turn_client::{Client, code};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::process::Command;
@@ -25,7 +26,7 @@ const SECRET: &[u8] = b"test shared secret";
 const REALM: &str = "earshot.test";
 /// How long to wait for an answer that should come, or to be sure that one
 /// that should not come did not.
-const ANSWER_WAIT: Duration = Duration::from_secs(5);
+const ANSWER_WAIT: Duration = support::turn_client::ANSWER_WAIT;
 const SILENCE_WAIT: Duration = Duration::from_millis(300);
 
 /// A TURN server on 127.0.0.1 that stops when dropped.
@@ -80,163 +81,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// The client's transport to the server: datagrams, or frames on a stream.
-enum Conn {
-    Udp(UdpSocket, SocketAddr),
-    Tcp(TcpStream, Vec<u8>),
-}
-
-impl Conn {
-    async fn open(tcp: bool, server: SocketAddr) -> Conn {
-        if tcp {
-            Conn::Tcp(TcpStream::connect(server).await.unwrap(), Vec::new())
-        } else {
-            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            Conn::Udp(socket, server)
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        match self {
-            Conn::Udp(socket, server) => {
-                socket.send_to(bytes, *server).await.unwrap();
-            }
-            Conn::Tcp(stream, _) => stream.write_all(bytes).await.unwrap(),
-        }
-    }
-
-    /// The next datagram or frame, if one comes within `wait`.
-    async fn recv(&mut self, wait: Duration) -> Option<Vec<u8>> {
-        tokio::time::timeout(wait, async {
-            match self {
-                Conn::Udp(socket, server) => {
-                    let mut buf = vec![0; 65_536];
-                    let (n, from) = socket.recv_from(&mut buf).await.unwrap();
-                    assert_eq!(from, *server);
-                    buf.truncate(n);
-                    buf
-                }
-                Conn::Tcp(stream, buf) => loop {
-                    if let Frame::Len(n) = stream_frame(buf)
-                        && buf.len() >= n
-                    {
-                        return buf.drain(..n).collect();
-                    }
-                    assert_ne!(
-                        stream_frame(buf),
-                        Frame::Invalid,
-                        "the server broke the framing"
-                    );
-                    let mut chunk = [0; 4096];
-                    let n = stream.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "the server closed the connection");
-                    buf.extend_from_slice(&chunk[..n]);
-                },
-            }
-        })
-        .await
-        .ok()
-    }
-}
-
-/// A TURN client: long-term credentials, one transaction at a time, and
-/// whatever arrives in between kept for later.
-struct Client {
-    conn: Conn,
-    username: String,
-    password: String,
-    nonce: Option<String>,
-    next_txid: u8,
-    unsolicited: VecDeque<Vec<u8>>,
-}
-
-impl Client {
-    async fn new(tcp: bool, server: SocketAddr, username: String, password: String) -> Client {
-        Client {
-            conn: Conn::open(tcp, server).await,
-            username,
-            password,
-            nonce: None,
-            next_txid: 0,
-            unsolicited: VecDeque::new(),
-        }
-    }
-
-    fn key(&self) -> [u8; 16] {
-        long_term_key(&self.username, REALM, &self.password)
-    }
-
-    /// Sends a request (signed once a nonce is known) and returns the
-    /// answer with its transaction id, checking its integrity if signed.
-    async fn request(&mut self, method: u16, build: impl FnOnce(&mut Encoder)) -> Vec<u8> {
-        self.next_txid += 1;
-        let txid = [self.next_txid; 12];
-        let mut e = Encoder::new(method, Class::Request, txid);
-        build(&mut e);
-        if let Some(nonce) = &self.nonce {
-            e.add(attr::USERNAME, self.username.as_bytes())
-                .add(attr::REALM, REALM.as_bytes())
-                .add(attr::NONCE, nonce.as_bytes())
-                .integrity(&self.key());
-        }
-        e.fingerprint();
-        self.conn.send(&e.finish()).await;
-        loop {
-            let bytes = self
-                .conn
-                .recv(ANSWER_WAIT)
-                .await
-                .expect("no answer to a request");
-            match Message::decode(&bytes) {
-                Ok(m) if m.transaction_id == txid => {
-                    assert!(m.fingerprint, "answers carry FINGERPRINT");
-                    assert_eq!(m.method, method);
-                    if m.has_integrity() {
-                        assert!(
-                            m.check_integrity(&self.key()),
-                            "bad MESSAGE-INTEGRITY in an answer"
-                        );
-                    }
-                    return bytes;
-                }
-                _ => self.unsolicited.push_back(bytes),
-            }
-        }
-    }
-
-    /// Allocate as a real client does: unsigned first, then signed with the
-    /// realm and nonce of the 401. Returns the answer to the signed one.
-    async fn allocate(&mut self) -> Vec<u8> {
-        let transport = |e: &mut Encoder| {
-            e.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
-        };
-        let challenge = self.request(method::ALLOCATE, transport).await;
-        let m = Message::decode(&challenge).unwrap();
-        assert_eq!(m.class, Class::Error);
-        assert_eq!(m.error_code(), Ok(Some(401)));
-        assert_eq!(m.text(attr::REALM), Ok(Some(REALM)));
-        self.nonce = Some(
-            m.text(attr::NONCE)
-                .unwrap()
-                .expect("a 401 carries a NONCE")
-                .to_owned(),
-        );
-        self.request(method::ALLOCATE, transport).await
-    }
-
-    /// The next message that is not an answer.
-    async fn next(&mut self, wait: Duration) -> Option<Vec<u8>> {
-        match self.unsolicited.pop_front() {
-            Some(bytes) => Some(bytes),
-            None => self.conn.recv(wait).await,
-        }
-    }
-}
-
-fn code(answer: &[u8]) -> Option<u16> {
-    Message::decode(answer).unwrap().error_code().unwrap()
 }
 
 /// Fresh REST credentials under the test secret.

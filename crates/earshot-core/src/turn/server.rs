@@ -884,6 +884,12 @@ impl TurnServer {
             return self.error(client, msg.method, txid, key, code);
         }
         let peer = unmap(peer);
+        // A channel names a port too: on our own address, only a relay's.
+        let live_relay = self.by_port.contains_key(&peer.port());
+        if let Verdict::Refused(_) = self.config.policy.check_addr(peer, live_relay) {
+            self.stats.refused_peers += 1;
+            return self.error(client, msg.method, txid, key, 403);
+        }
         let (max_channels, max_permissions) =
             (self.config.max_channels, self.config.max_permissions);
         let a = self

@@ -9,6 +9,7 @@
 //!   behind, so no candidate or packet ever leaves 127.0.0.1.
 //! - [`redis`]: a real `redis-server` on a loopback port, for several
 //!   Earshot nodes to share, and looks at what they keep in it.
+//! - [`turn_client`]: a TURN client of our own over UDP or TCP.
 //! - [`harness`]: the browser scenario harness on top of those three: a
 //!   `Run` (servers, browsers, the closing privacy checks), a `Browser` (one
 //!   page, its probes and snapshots), polling, audio checks and the report.
@@ -23,6 +24,7 @@ pub mod harness;
 pub mod netns;
 pub mod redis;
 pub mod server;
+pub mod turn_client;
 pub mod webdriver;
 
 use std::net::TcpListener;

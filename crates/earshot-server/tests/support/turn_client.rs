@@ -1,0 +1,201 @@
+//! A small TURN client built on `earshot_core::turn::codec`, over UDP or
+//! TCP, from any address of this namespace: for the TURN tests and the
+//! hostile-client suite.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use earshot_core::turn::codec::{Class, Encoder, Frame, Message, attr, method, stream_frame};
+use earshot_core::turn::long_term_key;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+/// How long to wait for an answer that should come.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(5);
+
+/// The client's transport to the server: datagrams, or frames on a stream.
+pub enum Conn {
+    Udp(UdpSocket, SocketAddr),
+    Tcp(TcpStream, Vec<u8>),
+}
+
+impl Conn {
+    pub async fn open(tcp: bool, server: SocketAddr) -> Conn {
+        let local = match server.ip() {
+            IpAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
+            IpAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        };
+        Conn::open_from(tcp, server, local).await
+    }
+
+    /// A transport from `local` (an address of this namespace).
+    pub async fn open_from(tcp: bool, server: SocketAddr, local: IpAddr) -> Conn {
+        if tcp {
+            let socket = match local {
+                IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            }
+            .unwrap();
+            socket.bind(SocketAddr::new(local, 0)).unwrap();
+            Conn::Tcp(socket.connect(server).await.unwrap(), Vec::new())
+        } else {
+            let socket = UdpSocket::bind(SocketAddr::new(local, 0)).await.unwrap();
+            Conn::Udp(socket, server)
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        match self {
+            Conn::Udp(socket, server) => {
+                socket.send_to(bytes, *server).await.unwrap();
+            }
+            Conn::Tcp(stream, _) => stream.write_all(bytes).await.unwrap(),
+        }
+    }
+
+    /// The next datagram or frame, if one comes within `wait`.
+    pub async fn recv(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        tokio::time::timeout(wait, async {
+            match self {
+                Conn::Udp(socket, server) => {
+                    let mut buf = vec![0; 65_536];
+                    let (n, from) = socket.recv_from(&mut buf).await.unwrap();
+                    assert_eq!(from, *server);
+                    buf.truncate(n);
+                    buf
+                }
+                Conn::Tcp(stream, buf) => loop {
+                    if let Frame::Len(n) = stream_frame(buf)
+                        && buf.len() >= n
+                    {
+                        return buf.drain(..n).collect();
+                    }
+                    assert_ne!(
+                        stream_frame(buf),
+                        Frame::Invalid,
+                        "the server broke the framing"
+                    );
+                    let mut chunk = [0; 4096];
+                    let n = stream.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "the server closed the connection");
+                    buf.extend_from_slice(&chunk[..n]);
+                },
+            }
+        })
+        .await
+        .ok()
+    }
+}
+
+/// A TURN client: long-term credentials, one transaction at a time, and
+/// whatever arrives in between kept for later.
+pub struct Client {
+    pub conn: Conn,
+    /// Learnt from the first 401.
+    realm: String,
+    username: String,
+    password: String,
+    nonce: Option<String>,
+    next_txid: u8,
+    unsolicited: VecDeque<Vec<u8>>,
+}
+
+impl Client {
+    pub async fn new(tcp: bool, server: SocketAddr, username: String, password: String) -> Client {
+        Client::on(Conn::open(tcp, server).await, username, password)
+    }
+
+    /// A client over `conn`.
+    pub fn on(conn: Conn, username: String, password: String) -> Client {
+        Client {
+            conn,
+            realm: String::new(),
+            username,
+            password,
+            nonce: None,
+            next_txid: 0,
+            unsolicited: VecDeque::new(),
+        }
+    }
+
+    fn key(&self) -> [u8; 16] {
+        long_term_key(&self.username, &self.realm, &self.password)
+    }
+
+    /// Sends a request (signed once a nonce is known) and returns the
+    /// answer with its transaction id, checking its integrity if signed.
+    pub async fn request(&mut self, method: u16, build: impl FnOnce(&mut Encoder)) -> Vec<u8> {
+        self.next_txid += 1;
+        let txid = [self.next_txid; 12];
+        let mut e = Encoder::new(method, Class::Request, txid);
+        build(&mut e);
+        if let Some(nonce) = &self.nonce {
+            e.add(attr::USERNAME, self.username.as_bytes())
+                .add(attr::REALM, self.realm.as_bytes())
+                .add(attr::NONCE, nonce.as_bytes())
+                .integrity(&self.key());
+        }
+        e.fingerprint();
+        self.conn.send(&e.finish()).await;
+        loop {
+            let bytes = self
+                .conn
+                .recv(ANSWER_WAIT)
+                .await
+                .expect("no answer to a request");
+            match Message::decode(&bytes) {
+                Ok(m) if m.transaction_id == txid => {
+                    assert!(m.fingerprint, "answers carry FINGERPRINT");
+                    assert_eq!(m.method, method);
+                    if m.has_integrity() {
+                        assert!(
+                            m.check_integrity(&self.key()),
+                            "bad MESSAGE-INTEGRITY in an answer"
+                        );
+                    }
+                    return bytes;
+                }
+                _ => self.unsolicited.push_back(bytes),
+            }
+        }
+    }
+
+    /// Allocate as a real client does: unsigned first, then signed with the
+    /// realm and nonce of the 401. Returns the answer to the signed one.
+    pub async fn allocate(&mut self) -> Vec<u8> {
+        let transport = |e: &mut Encoder| {
+            e.add(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+        };
+        let challenge = self.request(method::ALLOCATE, transport).await;
+        let m = Message::decode(&challenge).unwrap();
+        assert_eq!(m.class, Class::Error);
+        assert_eq!(m.error_code(), Ok(Some(401)));
+        self.realm = m
+            .text(attr::REALM)
+            .unwrap()
+            .expect("a 401 carries a REALM")
+            .to_owned();
+        self.nonce = Some(
+            m.text(attr::NONCE)
+                .unwrap()
+                .expect("a 401 carries a NONCE")
+                .to_owned(),
+        );
+        self.request(method::ALLOCATE, transport).await
+    }
+
+    /// The next message that is not an answer.
+    pub async fn next(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        match self.unsolicited.pop_front() {
+            Some(bytes) => Some(bytes),
+            None => self.conn.recv(wait).await,
+        }
+    }
+}
+
+/// The error code of an answer, `None` for a success.
+pub fn code(answer: &[u8]) -> Option<u16> {
+    Message::decode(answer).unwrap().error_code().unwrap()
+}
+
