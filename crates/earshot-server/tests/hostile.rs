@@ -121,7 +121,11 @@ fn in_namespace<F: Future<Output = ()>>(name: &str, scenario: impl FnOnce() -> F
 /// The real binary on all interfaces, advertising `public` as its relay
 /// address, with `extra` flags.
 fn start(public: &str, extra: &[&str]) -> Server {
-    let listen = if public.contains(':') { "[::]:0" } else { "0.0.0.0:0" };
+    let listen = if public.contains(':') {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    };
     let mut args = vec![
         "--turn-listen",
         listen,
@@ -221,8 +225,11 @@ async fn permit(c: &mut Client, peer: SocketAddr) -> Option<u16> {
 async fn bind_channel(c: &mut Client, channel: u16, peer: SocketAddr) -> Option<u16> {
     code(
         &c.request(method::CHANNEL_BIND, |e| {
-            e.add(attr::CHANNEL_NUMBER, &[(channel >> 8) as u8, channel as u8, 0, 0])
-                .xor_address(attr::XOR_PEER_ADDRESS, peer);
+            e.add(
+                attr::CHANNEL_NUMBER,
+                &[(channel >> 8) as u8, channel as u8, 0, 0],
+            )
+            .xor_address(attr::XOR_PEER_ADDRESS, peer);
         })
         .await,
     )
@@ -292,11 +299,21 @@ async fn metric_reaches(server: &Server, name: &str, at_least: u64) -> u64 {
 /// Two allocations of the same server reach each other through their
 /// relay addresses (handed over in memory): proof that the test would see
 /// relayed traffic, and the path two "hide my IP" users take.
-async fn relay_to_relay_works(a: &mut Client, relay_a: SocketAddr, b: &mut Client, relay_b: SocketAddr) {
+async fn relay_to_relay_works(
+    a: &mut Client,
+    relay_a: SocketAddr,
+    b: &mut Client,
+    relay_b: SocketAddr,
+) {
     assert_eq!(permit(a, relay_b).await, None, "own relay address refused");
     assert_eq!(permit(b, relay_a).await, None, "own relay address refused");
-    a.conn.send(&send_indication(relay_b, b"relay to relay")).await;
-    let got = b.next(Duration::from_secs(5)).await.expect("nothing relayed between relays");
+    a.conn
+        .send(&send_indication(relay_b, b"relay to relay"))
+        .await;
+    let got = b
+        .next(Duration::from_secs(5))
+        .await
+        .expect("nothing relayed between relays");
     let m = Message::decode(&got).unwrap();
     assert_eq!(m.xor_address(attr::XOR_PEER_ADDRESS), Ok(Some(relay_a)));
     assert_eq!(m.get(attr::DATA), Some(&b"relay to relay"[..]));
@@ -340,7 +357,11 @@ fn the_relay_never_reaches_internal_addresses_over_udp_or_tcp() {
                     );
                     c.conn.send(&send_indication(peer, b"probe")).await;
                 }
-                assert_eq!(any_received(&services).await, Vec::<SocketAddr>::new(), "tcp={tcp}");
+                assert_eq!(
+                    any_received(&services).await,
+                    Vec::<SocketAddr>::new(),
+                    "tcp={tcp}"
+                );
                 // The same credentials do relay between two of our relays.
                 let t = session(&server, "127.0.0.1").await;
                 let mut other = client(&t, tcp, "127.0.0.1").await;
@@ -371,10 +392,18 @@ fn allow_and_deny_flags_open_and_close_ranges() {
         allocate(&mut c).await.expect("allocation");
         let allowed: SocketAddr = "10.0.0.5:53".parse().unwrap();
         assert_eq!(permit(&mut c, allowed).await, None);
-        assert_eq!(permit(&mut c, "10.0.0.6:53".parse().unwrap()).await, Some(403));
-        assert_eq!(permit(&mut c, "192.168.7.7:161".parse().unwrap()).await, Some(403));
+        assert_eq!(
+            permit(&mut c, "10.0.0.6:53".parse().unwrap()).await,
+            Some(403)
+        );
+        assert_eq!(
+            permit(&mut c, "192.168.7.7:161".parse().unwrap()).await,
+            Some(403)
+        );
         for peer in ["10.0.0.5:53", "10.0.0.6:53", "192.168.7.7:161"] {
-            c.conn.send(&send_indication(peer.parse().unwrap(), b"x")).await;
+            c.conn
+                .send(&send_indication(peer.parse().unwrap(), b"x"))
+                .await;
         }
         assert_eq!(any_received(&services).await, vec![allowed]);
     });
@@ -382,39 +411,47 @@ fn allow_and_deny_flags_open_and_close_ranges() {
 
 #[test]
 fn the_relay_never_reaches_internal_addresses_over_ipv6() {
-    in_namespace("the_relay_never_reaches_internal_addresses_over_ipv6", || async {
-        let server = start(PUBLIC_V6, &[]);
-        let services = listeners(&["[fd00::5]:53", "[::1]:53"]).await;
-        for tcp in [false, true] {
-            let s = session(&server, "[::1]").await;
-            assert!(s.turn.is_ipv6());
-            let mut c = client(&s, tcp, "::1").await;
-            let relay = allocate(&mut c).await.expect("allocation");
-            assert_eq!(relay.ip().to_string(), PUBLIC_V6);
-            for refused in [
-                "[fd00::5]:53",
-                "[::1]:53",
-                "[fe80::1]:53",
-                "[64:ff9b::a00:5]:53",
-                "[2002:a00:5::1]:53",
-                "[2001:db8::77]:53",
-            ] {
+    in_namespace(
+        "the_relay_never_reaches_internal_addresses_over_ipv6",
+        || async {
+            let server = start(PUBLIC_V6, &[]);
+            let services = listeners(&["[fd00::5]:53", "[::1]:53"]).await;
+            for tcp in [false, true] {
+                let s = session(&server, "[::1]").await;
+                assert!(s.turn.is_ipv6());
+                let mut c = client(&s, tcp, "::1").await;
+                let relay = allocate(&mut c).await.expect("allocation");
+                assert_eq!(relay.ip().to_string(), PUBLIC_V6);
+                for refused in [
+                    "[fd00::5]:53",
+                    "[::1]:53",
+                    "[fe80::1]:53",
+                    "[64:ff9b::a00:5]:53",
+                    "[2002:a00:5::1]:53",
+                    "[2001:db8::77]:53",
+                ] {
+                    assert_eq!(
+                        permit(&mut c, refused.parse().unwrap()).await,
+                        Some(403),
+                        "{refused} tcp={tcp}"
+                    );
+                    c.conn
+                        .send(&send_indication(refused.parse().unwrap(), b"x"))
+                        .await;
+                }
+                // IPv4 peers, mapped or not, are another family: 443.
                 assert_eq!(
-                    permit(&mut c, refused.parse().unwrap()).await,
-                    Some(403),
-                    "{refused} tcp={tcp}"
+                    permit(&mut c, "[::ffff:10.0.0.5]:53".parse().unwrap()).await,
+                    Some(443)
                 );
-                c.conn.send(&send_indication(refused.parse().unwrap(), b"x")).await;
+                assert_eq!(any_received(&services).await, Vec::<SocketAddr>::new());
+                let t = session(&server, "[::1]").await;
+                let mut other = client(&t, tcp, "::1").await;
+                let relay_other = allocate(&mut other).await.expect("allocation");
+                relay_to_relay_works(&mut c, relay, &mut other, relay_other).await;
             }
-            // IPv4 peers, mapped or not, are another family: 443.
-            assert_eq!(permit(&mut c, "[::ffff:10.0.0.5]:53".parse().unwrap()).await, Some(443));
-            assert_eq!(any_received(&services).await, Vec::<SocketAddr>::new());
-            let t = session(&server, "[::1]").await;
-            let mut other = client(&t, tcp, "::1").await;
-            let relay_other = allocate(&mut other).await.expect("allocation");
-            relay_to_relay_works(&mut c, relay, &mut other, relay_other).await;
-        }
-    });
+        },
+    );
 }
 
 #[test]
@@ -423,7 +460,10 @@ fn one_credential_cannot_take_the_relay_and_ended_sessions_get_none() {
         "one_credential_cannot_take_the_relay_and_ended_sessions_get_none",
         || async {
             // Room size 4: 12 allocations per credential, 36 per client.
-            let server = start(PUBLIC_V4, &["--room-size", "4", "--turn-client-quota", "20"]);
+            let server = start(
+                PUBLIC_V4,
+                &["--room-size", "4", "--turn-client-quota", "20"],
+            );
             let s = session(&server, "127.0.0.1").await;
             // One credential from 16 addresses at 4 allocations each.
             let mut held = Vec::new();
@@ -449,7 +489,10 @@ fn one_credential_cannot_take_the_relay_and_ended_sessions_get_none() {
             // next /64 is someone else.
             let mut v6 = Vec::new();
             let mut v6_refused = 0;
-            let server6 = start(PUBLIC_V6, &["--room-size", "4", "--turn-client-quota", "20"]);
+            let server6 = start(
+                PUBLIC_V6,
+                &["--room-size", "4", "--turn-client-quota", "20"],
+            );
             for _ in 0..3 {
                 let s6 = session(&server6, "[::1]").await;
                 for host in ["fd00:1:2:3::1", "fd00:1:2:3::2", "fd00:1:2:3::3"] {
@@ -509,7 +552,8 @@ fn idle_tcp_connections_from_one_client_do_not_lock_others_out() {
             let mut open = 0;
             for stream in &mut idle {
                 let mut byte = [0u8; 1];
-                match tokio::time::timeout(Duration::from_millis(20), stream.read(&mut byte)).await {
+                match tokio::time::timeout(Duration::from_millis(20), stream.read(&mut byte)).await
+                {
                     Err(_) => open += 1,
                     Ok(_) => {}
                 }
@@ -523,11 +567,21 @@ fn idle_tcp_connections_from_one_client_do_not_lock_others_out() {
             // A connection that holds no allocation is closed after 15 s.
             let started = Instant::now();
             let bare = &mut other.conn;
-            let Conn::Tcp(stream, _) = bare else { unreachable!() };
+            let Conn::Tcp(stream, _) = bare else {
+                unreachable!()
+            };
             let mut byte = [0u8; 1];
-            let closed = tokio::time::timeout(Duration::from_secs(25), stream.read(&mut byte)).await;
-            assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "still open: {closed:?}");
-            assert!(started.elapsed() >= Duration::from_secs(10), "{:?}", started.elapsed());
+            let closed =
+                tokio::time::timeout(Duration::from_secs(25), stream.read(&mut byte)).await;
+            assert!(
+                matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+                "still open: {closed:?}"
+            );
+            assert!(
+                started.elapsed() >= Duration::from_secs(10),
+                "{:?}",
+                started.elapsed()
+            );
             assert!(metric_reaches(&server, "turn_tcp_idle_closed_total", 1).await >= 1);
         },
     );
@@ -569,9 +623,11 @@ fn floods_from_one_source_get_fewer_bytes_back_than_they_send() {
                 // The STUN port is the first ICE server's.
                 let url = format!("ws://127.0.0.1:{}/ws", server.port());
                 let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-                ws.send(WsMessage::text(json!({"type": "hello", "version": 1}).to_string()))
-                    .await
-                    .unwrap();
+                ws.send(WsMessage::text(
+                    json!({"type": "hello", "version": 1}).to_string(),
+                ))
+                .await
+                .unwrap();
                 let Some(Ok(WsMessage::Text(t))) = ws.next().await else {
                     panic!("no welcome")
                 };
@@ -591,8 +647,14 @@ fn floods_from_one_source_get_fewer_bytes_back_than_they_send() {
                 (stun, &binding, "STUN Binding"),
             ] {
                 let (sent, back) = flood(target, "127.0.0.3", probe, Duration::from_secs(2)).await;
-                println!("flood of {name}: {sent} bytes in, {back} bytes back ({:.3})", back as f64 / sent as f64);
-                assert!(sent > 100_000, "{name}: the flood was too small to judge ({sent})");
+                println!(
+                    "flood of {name}: {sent} bytes in, {back} bytes back ({:.3})",
+                    back as f64 / sent as f64
+                );
+                assert!(
+                    sent > 100_000,
+                    "{name}: the flood was too small to judge ({sent})"
+                );
                 assert!(back <= sent, "{name}: {back} bytes back for {sent}");
                 // Another source is still answered.
                 let socket = UdpSocket::bind("127.0.0.4:0").await.unwrap();

@@ -21,7 +21,8 @@
 //! browser blanks it to `0.0.0.0`).
 
 use crate::support::harness::{
-    Browser, Run, STEP, Setup, Snapshot, check_call_audio, median, poll, report, wait_for,
+    Browser, Run, STEP, Setup, Snapshot, TURN_PUBLIC_STANDIN, check_call_audio, median, poll,
+    report, wait_for,
 };
 use crate::support::{TempDir, free_port};
 use anyhow::{Context, Result, bail, ensure};
@@ -50,6 +51,11 @@ fn embedded_turn() -> Setup {
         server_args: vec![
             "--turn-listen".into(),
             "127.0.0.1:0".into(),
+            // A documentation address on no interface here: the relay
+            // refuses its range, so relay-to-relay media can only pass
+            // through the server's memory.
+            "--turn-public-ip".into(),
+            TURN_PUBLIC_STANDIN.into(),
             "--turn-relay-ports".into(),
             format!(
                 "{}-{}",
@@ -258,6 +264,11 @@ fn hide_ip_scenario(run: &Run) -> Result<()> {
             stats["selected"]
         );
     }
+    let relayed = run.metric("turn_relay_to_relay_total")?;
+    ensure!(
+        relayed > 0,
+        "the call should flow relay to relay, through the server's memory"
+    );
     let words = check_safety_words(a, b)?;
     println!("hide my IP: safety words {words:?} on both pages");
     for (from, to) in [(a, b), (b, a)] {

@@ -14,7 +14,8 @@
 //! `peers` can still be looked at.
 
 use crate::support::harness::{
-    Browser, Run, STEP, check_audio, hold, median, poll, report, wait_for, wait_for_within,
+    Browser, Run, STEP, Setup, TURN_PUBLIC_STANDIN, check_audio, hold, median, poll, report,
+    wait_for, wait_for_within,
 };
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
@@ -54,13 +55,33 @@ const REFUSED_HOLD: Duration = Duration::from_secs(5);
 /// figure (the time from C's click on Join room to audio with energy from
 /// both others). Ends with the privacy checks of `Run::finish`, which also
 /// look for both passphrases and the room name in the server's log.
+///
+/// Everyone hides their IP ("hide my IP" starts on: the embedded TURN
+/// server runs), and the relay advertises 192.0.2.10, an address in a range
+/// the relay refuses and on no interface of the test namespace: media can
+/// only flow relay to relay through the server's memory, which its counter
+/// shows.
 #[test]
 fn browser_room_of_three_talks_and_locks() -> Result<()> {
-    Run::scenario_with(
+    let setup = Setup {
+        server_args: [
+            "--turn-listen",
+            "127.0.0.1:0",
+            "--turn-public-ip",
+            TURN_PUBLIC_STANDIN,
+            "--turn-relay-ports",
+            "50000-50999",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Setup::default()
+    };
+    Run::scenario_setup(
         "browser_room_of_three_talks_and_locks",
         &["A", "B", "C", "D"],
         1,
         LOCKED_LOG_SHOWS,
+        &setup,
         |run| {
             let mut times = Vec::new();
             let result = room_of_three_scenario(run, &mut times);
@@ -152,6 +173,11 @@ fn room_of_three_scenario(run: &Run, times: &mut Vec<f64>) -> Result<()> {
     times.push(join_and_hear(c, 2, STEP)?);
     wait_count(&[a, b, c], 3, STEP)?;
     check_room_audio(&[a, b, c])?;
+    let relayed = run.metric("turn_relay_to_relay_total")?;
+    ensure!(
+        relayed > 0,
+        "the room's media should flow relay to relay, through the server's memory"
+    );
     wait_chat_open(a, 2)?;
     run.chat(a, &[b, c], "hello room, this is A")?;
 

@@ -100,6 +100,22 @@ impl Server {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The value of `earshot_NAME` in the server's `/metrics`.
+    pub fn metric(&self, name: &str) -> Result<u64> {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port()))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        let value = body
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("earshot_{name} ")))
+            .with_context(|| format!("no earshot_{name} in /metrics"))?;
+        Ok(value.trim().parse()?)
+    }
+
     /// The HTTP port, from the announced URL.
     pub fn port(&self) -> u16 {
         self.url

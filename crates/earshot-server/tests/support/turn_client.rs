@@ -198,4 +198,3 @@ impl Client {
 pub fn code(answer: &[u8]) -> Option<u16> {
     Message::decode(answer).unwrap().error_code().unwrap()
 }
-
