@@ -30,10 +30,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         Some(addr) => format!("STUN on udp {addr}"),
         None => "no embedded STUN".to_string(),
     };
+    let turn = match (running.turn_addr, running.app.settings.turn.unavailable) {
+        (Some(addr), _) => format!("TURN on udp and tcp {addr}"),
+        (None, Some(why)) => format!("no TURN, so no \"hide my IP\": {why}"),
+        (None, None) => "no embedded TURN".to_string(),
+    };
     // The first stdout line names the URL: tests and scripts read it. A
     // closed stdout is no reason to stop serving.
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "Earshot is running at {} ({stun})", running.url());
+    let _ = writeln!(out, "Earshot is running at {} ({stun}; {turn})", running.url());
     let _ = writeln!(
         out,
         "Open it in two browser tabs to talk to yourself. Ctrl-C stops it."
