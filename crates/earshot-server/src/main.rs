@@ -38,7 +38,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // The first stdout line names the URL: tests and scripts read it. A
     // closed stdout is no reason to stop serving.
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "Earshot is running at {} ({stun}; {turn})", running.url());
+    let _ = writeln!(
+        out,
+        "Earshot is running at {} ({stun}; {turn})",
+        running.url()
+    );
     let _ = writeln!(
         out,
         "Open it in two browser tabs to talk to yourself. Ctrl-C stops it."

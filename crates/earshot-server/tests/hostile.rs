@@ -669,3 +669,79 @@ fn floods_from_one_source_get_fewer_bytes_back_than_they_send() {
         },
     );
 }
+
+/// coturn's own client against the hardened relay: `turnutils_uclient`
+/// sends to a `turnutils_peer` echoing on an internal address. Nothing comes
+/// back; the same run against a server that allows that address gets every
+/// message back, proof that the first would have seen them.
+#[test]
+fn coturn_uclient_cannot_reach_an_internal_peer() {
+    in_namespace("coturn_uclient_cannot_reach_an_internal_peer", || async {
+        let messages = 10;
+        let mut received = Vec::new();
+        for extra in [&[][..], &["--turn-allow-peer", "10.0.0.5/32"][..]] {
+            let server = start(PUBLIC_V4, extra);
+            let s = session(&server, "127.0.0.1").await;
+            let _peer = tokio::process::Command::new("turnutils_peer")
+                .args(["-L", "10.0.0.5", "-p", "3480"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("turnutils_peer (coturn) is installed by scripts/test");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let output = tokio::time::timeout(
+                Duration::from_secs(60),
+                tokio::process::Command::new("turnutils_uclient")
+                    .args(["-c", "-n", &messages.to_string(), "-l", "120"])
+                    .args(["-u", &s.username, "-w", &s.password])
+                    .args([
+                        "-p",
+                        &s.turn.port().to_string(),
+                        "-e",
+                        "10.0.0.5",
+                        "-r",
+                        "3480",
+                    ])
+                    .arg("127.0.0.1")
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await
+            .expect("turnutils_uclient finishes")
+            .expect("turnutils_uclient (coturn) is installed by scripts/test");
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            // Its tally: "tot_send_msgs=10, tot_recv_msgs=N"; absent when
+            // it gave up on a refused permission.
+            let recv = all
+                .lines()
+                .filter(|l| !l.contains("msz="))
+                .find_map(|l| l.split("tot_recv_msgs=").nth(1))
+                .and_then(|rest| {
+                    rest.split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap_or(0);
+            println!("turnutils_uclient with {extra:?}: {recv} of {messages} echoed");
+            received.push((recv, all));
+        }
+        assert_eq!(
+            received[0].0, 0,
+            "the relay reached 10.0.0.5:\n{}",
+            received[0].1
+        );
+        assert_eq!(
+            received[1].0, messages,
+            "the control run:\n{}",
+            received[1].1
+        );
+    });
+}
