@@ -181,7 +181,7 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
                 &t.quota_client,
             ),
             (
-                "turn_quota_total_total",
+                "turn_quota_server_total",
                 "counter",
                 "Allocations refused: the server's total quota was reached.",
                 &t.quota_total,
