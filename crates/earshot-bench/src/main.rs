@@ -19,6 +19,8 @@
 //! Everything only ever connects to 127.0.0.0/8, every load is bounded in
 //! time and count, and every wait is bounded.
 
+#![forbid(unsafe_code)]
+
 mod client;
 mod fleet;
 mod hist;

@@ -37,6 +37,8 @@
 //! and keep them out of logs and `Debug`; signalling payloads' `Debug` is
 //! redacted.
 
+#![forbid(unsafe_code)]
+
 pub mod backplane;
 pub mod bytebudget;
 pub mod matchmaker;

@@ -34,6 +34,8 @@
 //! not supported. Nothing here logs an address, SDP, candidate, passphrase or
 //! chat text.
 
+#![forbid(unsafe_code)]
+
 pub mod audio;
 mod conn;
 pub mod peer;

@@ -2,6 +2,8 @@
 //! runs one [`Peer`] for `--duration`, prints events as they come and the
 //! statistics at the end (as JSON lines with `--json`).
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -20,6 +20,8 @@
 //! only parses flags, sets up logging and waits for a signal. Tests and
 //! benchmarks start servers in-process the same way.
 
+#![forbid(unsafe_code)]
+
 pub mod backplane;
 pub mod config;
 pub mod geo;

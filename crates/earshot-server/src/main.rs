@@ -1,5 +1,7 @@
 //! `earshot`: parse flags, set up logging, serve until SIGINT or SIGTERM.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 
 use anyhow::Context;
