@@ -887,9 +887,10 @@ mod safety {
     }
 
     /// The attack of issue 13: three fresh addresses join a room with their
-    /// victim and report it. It is removed from the room (the room's own
-    /// rule), but not banned from strangers, and neither is anyone else on
-    /// its address.
+    /// victim (and two bystanders, so that all three reports count before a
+    /// majority removes it) and report it. It is removed from the room (the
+    /// room's own rule), but not banned from strangers, and neither is
+    /// anyone else on its address.
     #[test]
     fn regression_three_fresh_room_members_cannot_ban_their_victim() {
         let mut h = Harness::new();
@@ -897,13 +898,19 @@ mod safety {
         h.text(victim, r#"{"type":"room_join","room":"trap-room"}"#);
         h.take(victim);
         let attackers: Vec<ConnId> = (1..=3).map(|k| client_with_key(&mut h, k, k as u8)).collect();
-        for &a in &attackers {
+        for k in [1, 2, 3, 4, 5] {
+            let a = ConnId(k);
+            if k > 3 {
+                client_with_key(&mut h, k, k as u8);
+            }
             h.text(a, r#"{"type":"room_join","room":"trap-room"}"#);
             h.take(a);
         }
         for &a in &attackers {
             h.text(a, r#"{"type":"room_report","peer":1,"reason":"spam"}"#);
+            assert!(h.error_codes(a).is_empty(), "each report counts");
         }
+        assert_eq!(h.board.stats().reports_total, 3);
         let heard = h.take(victim);
         assert!(
             heard.iter().any(|m| matches!(m, ServerMsg::Error { code: ErrorCode::Removed, .. })),
