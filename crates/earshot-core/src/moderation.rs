@@ -87,9 +87,10 @@ pub struct ModConfig {
     pub arrived_together: Duration,
     /// Most strikes kept against one key (at most 64).
     pub max_strikes: usize,
-    /// Most client records kept (about 200 bytes each; see README).
+    /// Most client records kept (about 180 bytes each, and 104 more a
+    /// strike; see README).
     pub max_records: usize,
-    /// Most blocked pairs kept (about 80 bytes each).
+    /// Most blocked pairs kept (about 55 bytes each).
     pub max_blocks: usize,
 }
 
@@ -237,8 +238,7 @@ impl Moderation {
     }
 
     fn instant(&self, secs: u32) -> Option<Instant> {
-        self.epoch
-            .map(|e| e + Duration::from_secs(secs.into()))
+        self.epoch.map(|e| e + Duration::from_secs(secs.into()))
     }
 
     /// The window slice `now` falls in.
@@ -367,7 +367,13 @@ impl Moderation {
     /// A stranger call of `key` with `partner` that lasted `length` ended:
     /// one held long enough, with a partner other than its last few, makes
     /// its reports weigh more.
-    pub fn call_ended(&mut self, now: Instant, key: ClientKey, partner: ClientKey, length: Duration) {
+    pub fn call_ended(
+        &mut self,
+        now: Instant,
+        key: ClientKey,
+        partner: ClientKey,
+        length: Duration,
+    ) {
         if length < self.config.held_call || key == partner {
             return;
         }
@@ -439,7 +445,11 @@ impl Moderation {
         let trusted_after = u32::try_from(self.config.trusted_after.as_secs()).unwrap_or(u32::MAX);
         let full = self.config.held_calls_for_full;
         let Some(r) = self.records.get_mut(&key) else {
-            return if trusted_after == 0 && full == 0 { FULL } else { 0 };
+            return if trusted_after == 0 && full == 0 {
+                FULL
+            } else {
+                0
+            };
         };
         if r.connected(s) < trusted_after {
             return 0;
@@ -454,7 +464,12 @@ impl Moderation {
     /// the strike carries and when the reporter arrived, or `None` for a
     /// repeated report. With a shared backplane the strike itself is
     /// counted by the store.
-    pub fn weigh(&mut self, now: Instant, reporter: &Reporter, reported: ClientKey) -> Option<Weighed> {
+    pub fn weigh(
+        &mut self,
+        now: Instant,
+        reporter: &Reporter,
+        reported: ClientKey,
+    ) -> Option<Weighed> {
         self.reports_total += 1;
         if reporter.key == reported {
             // One address behind both (a shared network): nothing to weigh.
@@ -500,7 +515,12 @@ impl Moderation {
     }
 
     /// `reporter` reports `reported`.
-    pub fn report(&mut self, now: Instant, reporter: &Reporter, reported: ClientKey) -> ReportOutcome {
+    pub fn report(
+        &mut self,
+        now: Instant,
+        reporter: &Reporter,
+        reported: ClientKey,
+    ) -> ReportOutcome {
         let Some(w) = self.weigh(now, reporter, reported) else {
             return ReportOutcome::Repeated;
         };

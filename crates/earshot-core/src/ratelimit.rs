@@ -135,7 +135,10 @@ impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
         if self.buckets.len() >= self.max_keys {
             return self.overflow.get_or_insert_with(fresh).take(now);
         }
-        self.buckets.entry(key.clone()).or_insert_with(fresh).take(now)
+        self.buckets
+            .entry(key.clone())
+            .or_insert_with(fresh)
+            .take(now)
     }
 
     /// How many keys are remembered.
@@ -237,7 +240,11 @@ mod tests {
             allowed += usize::from(k.take(t0 + Duration::from_millis(key.into()), &key).is_ok());
         }
         assert_eq!(k.len(), 100);
-        assert_eq!(allowed, 99 + 2, "99 own buckets, then two from the shared one");
+        assert_eq!(
+            allowed,
+            99 + 2,
+            "99 own buckets, then two from the shared one"
+        );
         // The drained key was not evicted into a fresh allowance.
         assert!(k.take(t0 + Duration::from_secs(10), &drained).is_err());
         // Once buckets refill, the sweep at the cap frees room again.

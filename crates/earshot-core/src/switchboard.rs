@@ -105,7 +105,8 @@ struct ClientBuckets {
 
 impl ClientBuckets {
     fn new(l: &ClientLimits, max_keys: usize) -> ClientBuckets {
-        let b = |(burst, every): (u32, Duration)| KeyedBuckets::with_max_keys(every, burst, max_keys);
+        let b =
+            |(burst, every): (u32, Duration)| KeyedBuckets::with_max_keys(every, burst, max_keys);
         ClientBuckets {
             connects: b(l.connects),
             searches: b(l.searches),
@@ -429,7 +430,7 @@ impl Switchboard {
         // The epoch of proof-of-work expiry times: any instant works, as
         // long as it is before every `now` this switchboard will see.
         let pow = Pow::new(Instant::now(), key);
-        let rooms = Rooms::new(config.rooms.clone());
+        let rooms = Rooms::with_max_keys(config.rooms.clone(), config.allowance_keys);
         let moderation = Moderation::new(config.moderation.clone());
         let clients = ClientBuckets::new(&config.per_client, config.allowance_keys);
         let queue = Matchmaker::new(MatchConfig {
@@ -801,17 +802,16 @@ impl Switchboard {
             self.share_block(reporter, reported, mine, theirs);
             return Err(wait);
         }
-        let (network, previous_network) = self
-            .conns
-            .get(&reporter)
-            .map_or((mine, None), |c| {
-                (c.info.network.unwrap_or(mine), c.info.previous_network)
-            });
+        let (network, previous_network) = self.conns.get(&reporter).map_or((mine, None), |c| {
+            (c.info.network.unwrap_or(mine), c.info.previous_network)
+        });
         let who = Reporter {
             key: mine,
             network,
             previous_network,
-            room: room.and_then(|r| self.rooms.name(r)).map(backplane::room_tag),
+            room: room
+                .and_then(|r| self.rooms.name(r))
+                .map(backplane::room_tag),
         };
         let reason = reason.map_or("none", ReportReason::as_str);
         if self.node.is_some() {

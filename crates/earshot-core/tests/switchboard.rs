@@ -897,7 +897,9 @@ mod safety {
         let victim = client_with_key(&mut h, 100, 100);
         h.text(victim, r#"{"type":"room_join","room":"trap-room"}"#);
         h.take(victim);
-        let attackers: Vec<ConnId> = (1..=3).map(|k| client_with_key(&mut h, k, k as u8)).collect();
+        let attackers: Vec<ConnId> = (1..=3)
+            .map(|k| client_with_key(&mut h, k, k as u8))
+            .collect();
         for k in [1, 2, 3, 4, 5] {
             let a = ConnId(k);
             if k > 3 {
@@ -913,7 +915,13 @@ mod safety {
         assert_eq!(h.board.stats().reports_total, 3);
         let heard = h.take(victim);
         assert!(
-            heard.iter().any(|m| matches!(m, ServerMsg::Error { code: ErrorCode::Removed, .. })),
+            heard.iter().any(|m| matches!(
+                m,
+                ServerMsg::Error {
+                    code: ErrorCode::Removed,
+                    ..
+                }
+            )),
             "removed from the room: {heard:?}"
         );
         assert!(heard.contains(&ServerMsg::Idle));

@@ -158,8 +158,8 @@ pub struct Args {
     pub log: String,
 
     /// Most client keys remembered by each table of abuse control: the
-    /// moderation records (about 200 bytes each), blocked pairs (about 80)
-    /// and each per-client allowance (about 100). Past it, plain records
+    /// moderation records (about 180 bytes each), blocked pairs (about 55)
+    /// and each of the five per-client allowances (about 90). Past it, plain records
     /// and the oldest blocks make way (never a ban or strikes while others
     /// are left), and new keys share one allowance.
     #[arg(long, env = "EARSHOT_MAX_CLIENT_RECORDS", default_value_t = 1_000_000)]

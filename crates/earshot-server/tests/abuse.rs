@@ -354,10 +354,20 @@ async fn regression_fresh_room_members_cannot_ban_their_victim_from_strangers() 
         ws
     };
     let mut victim = greeted("127.0.0.4").await;
-    send(&mut victim, json!({"type": "room_join", "room": "lure-room"})).await;
+    send(
+        &mut victim,
+        json!({"type": "room_join", "room": "lure-room"}),
+    )
+    .await;
     let victim_peer = recv_type(&mut victim, "room_joined").await["peer"].clone();
     let mut attackers = Vec::new();
-    for source in ["127.0.1.2", "127.0.2.2", "127.0.3.2", "127.0.4.2", "127.0.5.2"] {
+    for source in [
+        "127.0.1.2",
+        "127.0.2.2",
+        "127.0.3.2",
+        "127.0.4.2",
+        "127.0.5.2",
+    ] {
         let mut a = greeted(source).await;
         send(&mut a, json!({"type": "room_join", "room": "lure-room"})).await;
         recv_type(&mut a, "room_joined").await;
@@ -384,7 +394,10 @@ async fn regression_fresh_room_members_cannot_ban_their_victim_from_strangers() 
     assert!(removed, "the room's majority removes the victim");
     // Not banned from strangers: the victim searches and meets a stranger,
     // and so does a housemate on the same address.
-    for (mut who, stranger) in [(victim, "127.0.0.6"), (greeted("127.0.0.4").await, "127.0.0.7")] {
+    for (mut who, stranger) in [
+        (victim, "127.0.0.6"),
+        (greeted("127.0.0.4").await, "127.0.0.7"),
+    ] {
         send(&mut who, json!({"type": "search"})).await;
         let heard = recv(&mut who).await.expect("an answer");
         assert_eq!(heard["type"], "searching", "not banned: {heard}");

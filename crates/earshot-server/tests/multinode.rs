@@ -865,7 +865,11 @@ fn the_strike_script_and_the_rust_rule_agree() {
 
     let redis = RedisServer::start();
     let mut c = redis.conn().unwrap();
-    let script = redis::Script::new(&format!("{}{}", earshot_server::backplane::TAKE, STRIKE_LUA));
+    let script = redis::Script::new(&format!(
+        "{}{}",
+        earshot_server::backplane::TAKE,
+        STRIKE_LUA
+    ));
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = |n: u64| {
         seed ^= seed << 13;

@@ -196,7 +196,10 @@ fn tally(strikes: &[Strike], together: Duration) -> (usize, u32) {
         best[root] = Some(best[root].unwrap_or(0).max(s.weight));
     }
     let reporters = best.iter().flatten().count();
-    let weight = best.iter().flatten().fold(0u32, |t, &w| t.saturating_add(w));
+    let weight = best
+        .iter()
+        .flatten()
+        .fold(0u32, |t, &w| t.saturating_add(w));
     (reporters, weight)
 }
 
@@ -263,7 +266,11 @@ mod tests {
         c.arrived = b.arrived + Duration::from_secs(59);
         s.add(a, &rule());
         s.add(b, &rule());
-        assert_eq!(s.add(c, &rule()), Added::Kept, "arrived together, in a chain");
+        assert_eq!(
+            s.add(c, &rule()),
+            Added::Kept,
+            "arrived together, in a chain"
+        );
         assert_eq!(s.tally(rule().together), (1, 1000));
     }
 

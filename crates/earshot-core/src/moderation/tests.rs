@@ -58,12 +58,25 @@ fn three_established_reporters_ban_with_escalation() {
     }
     let t = t0 + SETTLED;
     let bad = key(9);
-    assert_eq!(m.report(t, &reporter(1), bad), ReportOutcome::Strike { weight: 1000 });
-    assert_eq!(m.report(t, &reporter(1), bad), ReportOutcome::Repeated, "counts once");
-    assert_eq!(m.report(t, &reporter(2), bad), ReportOutcome::Strike { weight: 1000 });
+    assert_eq!(
+        m.report(t, &reporter(1), bad),
+        ReportOutcome::Strike { weight: 1000 }
+    );
+    assert_eq!(
+        m.report(t, &reporter(1), bad),
+        ReportOutcome::Repeated,
+        "counts once"
+    );
+    assert_eq!(
+        m.report(t, &reporter(2), bad),
+        ReportOutcome::Strike { weight: 1000 }
+    );
     assert!(m.banned_until(t, bad).is_none());
     let first = t + Duration::from_secs(3600);
-    assert_eq!(m.report(t, &reporter(3), bad), ReportOutcome::Banned { until: first });
+    assert_eq!(
+        m.report(t, &reporter(3), bad),
+        ReportOutcome::Banned { until: first }
+    );
     assert_eq!(m.banned_until(t, bad), Some(first));
     assert!(m.banned_until(first, bad).is_none(), "the ban ends");
     assert!(m.blocked(key(1), bad) && m.blocked(bad, key(2)));
@@ -91,11 +104,18 @@ fn fresh_reporters_weigh_nothing_but_still_block() {
     }
     let t = t0 + Duration::from_secs(300);
     for n in 1..=5 {
-        assert_eq!(m.report(t, &reporter(n), victim), ReportOutcome::Strike { weight: 0 });
+        assert_eq!(
+            m.report(t, &reporter(n), victim),
+            ReportOutcome::Strike { weight: 0 }
+        );
         assert!(m.blocked(key(n), victim));
     }
     assert!(m.banned_until(t, victim).is_none());
-    assert_eq!(m.record_size(victim), Some((3 * BUCKETS, 0)), "no strike kept");
+    assert_eq!(
+        m.record_size(victim),
+        Some((3 * BUCKETS, 0)),
+        "no strike kept"
+    );
 }
 
 #[test]
@@ -113,7 +133,11 @@ fn weight_grows_with_time_connected_and_distinct_calls_held() {
     let t = t0 + Duration::from_secs(599);
     assert_eq!(m.trust(t, k), 0);
     let t = t0 + Duration::from_secs(600);
-    assert_eq!(m.trust(t, k), 666, "two held calls: a short one and a repeat do not count");
+    assert_eq!(
+        m.trust(t, k),
+        666,
+        "two held calls: a short one and a repeat do not count"
+    );
     m.offline(t, k);
     m.call_ended(t, k, key(5), Duration::from_secs(30));
     let t = t + Duration::from_secs(3600);
@@ -329,8 +353,25 @@ fn a_ban_is_not_evicted_by_a_flood_of_fresh_keys() {
     }
     let t = t0 + Duration::from_secs(100);
     assert_eq!(m.banned_until(t, bad), Some(until), "the ban is kept");
-    assert_eq!(m.record_size(struck).map(|s| s.1), Some(1), "so are strikes");
+    assert_eq!(
+        m.record_size(struck).map(|s| s.1),
+        Some(1),
+        "so are strikes"
+    );
     // And the ban still counts when its holder comes back.
     m.matched(t, bad);
     assert_eq!(m.banned_until(t, bad), Some(until));
+}
+
+/// What an entry of each table costs, as README says (64-bit Linux): a
+/// record is a 16-byte key and at most 160 bytes, whatever the key does.
+#[test]
+fn entries_cost_what_readme_says() {
+    assert!(
+        std::mem::size_of::<Record>() <= 160,
+        "{}",
+        std::mem::size_of::<Record>()
+    );
+    assert!(std::mem::size_of::<Strike>() <= 112);
+    assert!(std::mem::size_of::<((ClientKey, ClientKey), Instant)>() <= 48);
 }
