@@ -114,14 +114,24 @@ pub enum Request {
     /// The client may not join the queue on any node for `ttl`.
     Ban { key: ClientKey, ttl: Duration },
     /// `reporter` reported `key`: a strike of `weight` (thousandths of a
-    /// full report), pooled across nodes. Within `rule.window`, strikes from
-    /// `rule.reporters` distinct reporters weighing `rule.weight` in all
-    /// ban `key` on every node (the `n`-th ban lasts `rule.ban_lengths[n]`,
-    /// the last repeating). A reporter's repeated strike counts once.
+    /// full report, as the reporter's node judged it), pooled across nodes
+    /// by the rule of [`crate::moderation::Strikes`]: within `rule.window`,
+    /// strikes from `rule.reporters` distinct reporters (one network, one
+    /// room or reporters who arrived together counting as one) weighing
+    /// `rule.weight` in all ban `key` on every node (the `n`-th ban lasts
+    /// `rule.ban_lengths[n]`, the last repeating). A reporter's repeated
+    /// strike counts once.
     Strike {
         key: ClientKey,
         reporter: ClientKey,
         weight: u32,
+        /// The reporter's network key, now and under the previous secret.
+        network: ClientKey,
+        previous_network: Option<ClientKey>,
+        /// The [`room_tag`] of the room the report was made in.
+        room: Option<u64>,
+        /// How long ago the reporter's node first saw the reporter.
+        age: Duration,
         rule: StrikeRule,
     },
     /// `call` began between `a` and `b` (recorded by the node that made
@@ -192,19 +202,7 @@ pub enum Event {
     NodeDown(NodeId),
 }
 
-/// When pooled strikes ban a client ([`Request::Strike`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct StrikeRule {
-    pub window: Duration,
-    pub reporters: usize,
-    /// Total weight needed, in thousandths.
-    pub weight: u32,
-    pub ban_lengths: Vec<Duration>,
-    /// The reporter's report allowance (a burst, then one per interval),
-    /// shared by all its connections on all nodes: over it, the strike does
-    /// not count.
-    pub reports: (u32, Duration),
-}
+pub use crate::moderation::StrikeRule;
 
 /// The waiter a queue join was paired with, as the store recorded it.
 #[derive(Debug, Clone, PartialEq)]
@@ -289,6 +287,13 @@ pub fn room_key(name: &str) -> String {
         .chain_update(name.as_bytes())
         .finalize();
     hex_bytes(&digest)
+}
+
+/// A room's tag for grouping reports made in it (see `moderation`): the
+/// first 64 bits of its [`room_key`], the same on every node.
+pub fn room_tag(name: &str) -> u64 {
+    let key = room_key(name);
+    u64::from_str_radix(&key[..16], 16).expect("room keys are hex")
 }
 
 /// A verifier as the store keeps it: 64 hex digits.

@@ -1,32 +1,70 @@
 //! Reports, strikes and bans, all keyed by [`ClientKey`] and all in memory.
 //!
-//! - A report blocks the pair for as long as keys live (`key_memory`): the
-//!   reporter is never matched with that person again.
-//! - The reported key collects a strike weighted by how trustworthy the
-//!   reporter looks: a reporter's first few reports in a window count fully,
-//!   later ones less, and someone who reports most of the people they meet
-//!   counts for little. Reporting the same person again counts once.
-//! - Enough weight from enough distinct reporters within `strike_window`
-//!   bans the key from matching, for an escalating time.
+//! A report always protects the reporter: the pair is blocked (never
+//! matched again) for as long as keys live (`key_memory`), and a report in
+//! a room counts toward removing the member from that room (see `rooms`).
+//! Toward a service-wide ban from strangers, a report weighs only as much
+//! as the reporter has shown to be a real, separate person:
+//!
+//! - **Time connected.** A reporter whose connections have been open for
+//!   less than `trusted_after` in all (10 minutes by default) weighs 0.
+//! - **Calls held.** Then it weighs one `held_calls_for_full`-th of a full
+//!   report (a third, by default) for each stranger call of at least
+//!   `held_call` (30 s) it held within the strike window, with a partner
+//!   other than its last four, up to a full report.
+//! - **Not a serial reporter.** Beyond `full_weight_reports` reports in the
+//!   window its reports weigh less, and a quarter when it reports most of
+//!   the people it meets. Reporting the same person again counts once.
+//! - **Distinct people.** Strikes from one network (an IPv6 /48 or IPv4
+//!   /24, keyed by the shell's HMAC), from members of one room, or from
+//!   reporters first seen within `arrived_together` (a minute) of each
+//!   other count as one reporter, weighing as its heaviest strike
+//!   ([`Strikes`] holds this rule, and [`STRIKE_LUA`] its twin for Redis).
+//! - A ban takes `reporters_for_ban` such reporters (3) weighing
+//!   `weight_for_ban` full reports (3) together within `strike_window`, and
+//!   lasts longer each time (`ban_lengths`).
+//!
+//! So three fresh addresses, or any number of members of one room, can
+//! never ban anyone from strangers; their reports still end the call, block
+//! the pair and act inside the room.
+//!
+//! Memory is flat: a key's record has a fixed size (counters in time
+//! buckets, [`Window`], not a timestamp per event; at most `max_strikes`
+//! strikes), and the tables have caps (`max_records`, `max_blocks`). At a
+//! cap, what has expired goes first, then the least recently active plain
+//! records; records with strikes, past bans or an open connection go only
+//! when nothing else is left, and active bans last of all, so that a flood
+//! of fresh keys cannot evict a ban.
 //!
 //! Nothing here outlives `key_memory` without activity, and nothing is ever
 //! written anywhere: keys are HMACs under a rotating secret, so a record is
 //! meaningless once its secret is gone.
 
-use std::collections::{HashMap, VecDeque};
+mod strikes;
+mod window;
+
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+pub use strikes::{Added, STRIKE_LUA, Strike, StrikeRule, Strikes};
+pub use window::{BUCKETS, Window};
 
 use crate::ClientKey;
 
 /// Weights are in thousandths of a full report.
 pub const FULL: u32 = 1000;
 
+/// Partners of held calls remembered per key, so that calls with the same
+/// few partners count once.
+const PARTNERS: usize = 4;
+
 /// Tunables for moderation.
 #[derive(Debug, Clone)]
 pub struct ModConfig {
     /// How long strikes count towards a ban.
     pub strike_window: Duration,
-    /// Distinct reporters needed for a ban.
+    /// Distinct reporters needed for a ban (after grouping: one network,
+    /// one room, or arrived together count as one).
     pub reporters_for_ban: usize,
     /// Total weight needed for a ban, in full reports.
     pub weight_for_ban: u32,
@@ -37,6 +75,23 @@ pub struct ModConfig {
     /// How long records and pair blocks are kept without activity: two
     /// rotations of the key secret, after which keys no longer match anyway.
     pub key_memory: Duration,
+    /// Connection time a reporter needs before its reports weigh anything.
+    pub trusted_after: Duration,
+    /// A stranger call at least this long counts as a call held.
+    pub held_call: Duration,
+    /// Calls held (with different partners) within the strike window for a
+    /// report of full weight; fewer weigh in proportion. Zero: none needed.
+    pub held_calls_for_full: u32,
+    /// Reporters first seen within this of each other count as one.
+    /// Zero: off.
+    pub arrived_together: Duration,
+    /// Most strikes kept against one key (at most 64).
+    pub max_strikes: usize,
+    /// Most client records kept (about 180 bytes each, and 104 more a
+    /// strike; see README).
+    pub max_records: usize,
+    /// Most blocked pairs kept (about 55 bytes each).
+    pub max_blocks: usize,
 }
 
 impl Default for ModConfig {
@@ -48,21 +103,91 @@ impl Default for ModConfig {
             ban_lengths: vec![Duration::from_secs(3600), Duration::from_secs(24 * 3600)],
             full_weight_reports: 3,
             key_memory: Duration::from_secs(48 * 3600),
+            trusted_after: Duration::from_secs(600),
+            held_call: Duration::from_secs(30),
+            held_calls_for_full: 3,
+            arrived_together: Duration::from_secs(60),
+            max_strikes: 8,
+            max_records: 1_000_000,
+            max_blocks: 1_000_000,
         }
     }
 }
 
-#[derive(Debug, Default)]
+/// What moderation keeps per key: a fixed size, whatever the key does.
+#[derive(Debug, Clone)]
 struct Record {
-    /// (when, reporter, weight): at most one per reporter.
-    strikes: Vec<(Instant, ClientKey, u32)>,
-    /// When this key reported someone, within the strike window.
-    reports_made: VecDeque<Instant>,
-    /// When this key was matched with someone, within the strike window.
-    matches: VecDeque<Instant>,
+    /// Seconds since the epoch ([`Moderation::secs`]) it was first seen.
+    first_seen: u32,
+    last_active: u32,
+    /// Since when one of its connections has been open, if one is.
+    online_since: Option<u32>,
+    /// Seconds connected before `online_since`.
+    connected: u32,
+    /// Reports it made, matches it had and calls it held, in the window.
+    reports_made: Window,
+    matches: Window,
+    held: Window,
+    /// Fingerprints of the partners of its last held calls.
+    partners: [u32; PARTNERS],
     bans: u32,
     banned_until: Option<Instant>,
-    last_active: Option<Instant>,
+    /// Strikes against it, at most `max_strikes`.
+    strikes: Strikes,
+}
+
+impl Record {
+    fn new(now: u32) -> Record {
+        Record {
+            first_seen: now,
+            last_active: now,
+            online_since: None,
+            connected: 0,
+            reports_made: Window::default(),
+            matches: Window::default(),
+            held: Window::default(),
+            partners: [0; PARTNERS],
+            bans: 0,
+            banned_until: None,
+            strikes: Strikes::default(),
+        }
+    }
+
+    fn connected(&self, now: u32) -> u32 {
+        let current = self.online_since.map_or(0, |s| now.saturating_sub(s));
+        self.connected.saturating_add(current)
+    }
+
+    /// Eviction order: lower goes first.
+    fn keep_rank(&self, now: Instant) -> u8 {
+        if self.banned_until.is_some_and(|u| u > now) {
+            2
+        } else if !self.strikes.is_empty() || self.bans > 0 || self.online_since.is_some() {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// Who made a report, as far as weighing it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reporter {
+    pub key: ClientKey,
+    /// The reporter's network key (/48 or /24); its client key if unknown.
+    pub network: ClientKey,
+    pub previous_network: Option<ClientKey>,
+    /// A stable tag of the room the report was made in, if it was.
+    pub room: Option<u64>,
+}
+
+/// A report's weight, as the reporter's node judged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weighed {
+    /// Thousandths of a full report.
+    pub weight: u32,
+    /// When this node first saw the reporter.
+    pub arrived: Instant,
 }
 
 /// What a report did.
@@ -79,6 +204,8 @@ pub enum ReportOutcome {
 #[derive(Debug)]
 pub struct Moderation {
     config: ModConfig,
+    /// The instant record times count from, in seconds (the first `now`).
+    epoch: Option<Instant>,
     records: HashMap<ClientKey, Record>,
     /// (reporter, reported) → last time it was confirmed.
     blocks: HashMap<(ClientKey, ClientKey), Instant>,
@@ -91,6 +218,7 @@ impl Moderation {
     pub fn new(config: ModConfig) -> Moderation {
         Moderation {
             config,
+            epoch: None,
             records: HashMap::new(),
             blocks: HashMap::new(),
             sweep_at: 1024,
@@ -99,24 +227,104 @@ impl Moderation {
         }
     }
 
+    pub fn config(&self) -> &ModConfig {
+        &self.config
+    }
+
+    /// `now` in whole seconds since the epoch.
+    fn secs(&mut self, now: Instant) -> u32 {
+        let epoch = *self.epoch.get_or_insert(now);
+        u32::try_from(now.saturating_duration_since(epoch).as_secs()).unwrap_or(u32::MAX)
+    }
+
+    fn instant(&self, secs: u32) -> Option<Instant> {
+        self.epoch.map(|e| e + Duration::from_secs(secs.into()))
+    }
+
+    /// The window slice `now` falls in.
+    fn slice(&mut self, now: Instant) -> u32 {
+        let width = (self.config.strike_window.as_secs() / BUCKETS as u64).max(1);
+        let width = u32::try_from(width).unwrap_or(u32::MAX);
+        self.secs(now) / width
+    }
+
     fn record(&mut self, now: Instant, key: ClientKey) -> &mut Record {
+        if !self.records.contains_key(&key) {
+            self.make_room(now);
+        }
+        let s = self.secs(now);
+        let r = self.records.entry(key).or_insert_with(|| Record::new(s));
+        r.last_active = s;
+        r
+    }
+
+    /// Before a new record: forgets what has expired now and then, and at
+    /// the cap evicts a batch, plain records first (see the module doc).
+    fn make_room(&mut self, now: Instant) {
         if self.records.len() + self.blocks.len() >= self.sweep_at {
             self.sweep(now);
         }
-        let r = self.records.entry(key).or_default();
-        r.last_active = Some(now);
-        r
+        let max = self.config.max_records.max(1);
+        if self.records.len() < max {
+            return;
+        }
+        let batch = (max / 32).max(1);
+        let mut order: Vec<(u8, u32, ClientKey)> = self
+            .records
+            .iter()
+            .map(|(&k, r)| (r.keep_rank(now), r.last_active, k))
+            .collect();
+        if order.len() > batch {
+            order.select_nth_unstable_by_key(batch - 1, |&(rank, active, _)| (rank, active));
+            order.truncate(batch);
+        }
+        for (_, _, k) in order {
+            self.records.remove(&k);
+        }
     }
 
     /// Forgets what has not been touched for `key_memory`.
     fn sweep(&mut self, now: Instant) {
         let memory = self.config.key_memory;
         let fresh = |t: Instant| now.saturating_duration_since(t) < memory;
+        let now_s = self.secs(now);
+        let memory_s = u32::try_from(memory.as_secs()).unwrap_or(u32::MAX);
         self.records.retain(|_, r| {
-            r.last_active.is_some_and(fresh) || r.banned_until.is_some_and(|u| u > now)
+            now_s.saturating_sub(r.last_active) < memory_s
+                || r.online_since.is_some()
+                || r.banned_until.is_some_and(|u| u > now)
         });
         self.blocks.retain(|_, &mut t| fresh(t));
         self.sweep_at = ((self.records.len() + self.blocks.len()) * 2).max(1024);
+    }
+
+    /// Blocks a pair; whether it was blocked already. At the cap, the
+    /// oldest blocks make way.
+    fn insert_block(&mut self, now: Instant, pair: (ClientKey, ClientKey)) -> bool {
+        if let Some(t) = self.blocks.get_mut(&pair) {
+            *t = now;
+            return true;
+        }
+        let max = self.config.max_blocks.max(1);
+        if self.blocks.len() >= max {
+            let memory = self.config.key_memory;
+            self.blocks
+                .retain(|_, &mut t| now.saturating_duration_since(t) < memory);
+        }
+        if self.blocks.len() >= max {
+            let batch = (max / 32).max(1);
+            let mut order: Vec<(Instant, (ClientKey, ClientKey))> =
+                self.blocks.iter().map(|(&k, &t)| (t, k)).collect();
+            if order.len() > batch {
+                order.select_nth_unstable_by_key(batch - 1, |&(t, _)| t);
+                order.truncate(batch);
+            }
+            for (_, k) in order {
+                self.blocks.remove(&k);
+            }
+        }
+        self.blocks.insert(pair, now);
+        false
     }
 
     /// Whether `a` and `b` must not be matched: either reported the other.
@@ -132,13 +340,54 @@ impl Moderation {
             .filter(|&u| u > now)
     }
 
+    /// `key` opened its first connection (it had none open).
+    pub fn online(&mut self, now: Instant, key: ClientKey) {
+        let s = self.secs(now);
+        let r = self.record(now, key);
+        r.online_since.get_or_insert(s);
+    }
+
+    /// `key` closed its last connection.
+    pub fn offline(&mut self, now: Instant, key: ClientKey) {
+        let s = self.secs(now);
+        if let Some(r) = self.records.get_mut(&key) {
+            r.connected = r.connected(s);
+            r.online_since = None;
+            r.last_active = s;
+        }
+    }
+
     /// Notes that `key` was matched with someone: reports are weighed
     /// against how many people a reporter meets.
     pub fn matched(&mut self, now: Instant, key: ClientKey) {
-        let window = self.config.strike_window;
+        let slice = self.slice(now);
+        self.record(now, key).matches.add(slice);
+    }
+
+    /// A stranger call of `key` with `partner` that lasted `length` ended:
+    /// one held long enough, with a partner other than its last few, makes
+    /// its reports weigh more.
+    pub fn call_ended(
+        &mut self,
+        now: Instant,
+        key: ClientKey,
+        partner: ClientKey,
+        length: Duration,
+    ) {
+        if length < self.config.held_call || key == partner {
+            return;
+        }
+        let slice = self.slice(now);
         let r = self.record(now, key);
-        r.matches.push_back(now);
-        prune(&mut r.matches, now, window);
+        let p = partner.0;
+        // Never 0, the empty slot.
+        let fingerprint = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) | 1;
+        if r.partners.contains(&fingerprint) {
+            return;
+        }
+        r.partners.rotate_right(1);
+        r.partners[0] = fingerprint;
+        r.held.add(slice);
     }
 
     /// Moves what was recorded under a client's previous key (before the
@@ -148,10 +397,21 @@ impl Moderation {
             return;
         }
         if let Some(old) = self.records.remove(&previous) {
-            let r = self.records.entry(current).or_default();
-            r.strikes.extend(old.strikes);
-            r.reports_made.extend(old.reports_made);
-            r.matches.extend(old.matches);
+            let max_strikes = self.config.max_strikes;
+            let r = self
+                .records
+                .entry(current)
+                .or_insert_with(|| Record::new(old.first_seen));
+            r.first_seen = r.first_seen.min(old.first_seen);
+            r.connected = r.connected.saturating_add(old.connected);
+            r.online_since = match (r.online_since, old.online_since) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            r.reports_made.merge(old.reports_made);
+            r.matches.merge(old.matches);
+            r.held.merge(old.held);
+            r.strikes.merge(old.strikes, max_strikes);
             r.bans = r.bans.max(old.bans);
             r.banned_until = r.banned_until.max(old.banned_until);
             r.last_active = r.last_active.max(old.last_active);
@@ -173,215 +433,146 @@ impl Moderation {
     /// reporter's limit).
     pub fn block(&mut self, now: Instant, reporter: ClientKey, reported: ClientKey) {
         if reporter != reported {
-            self.blocks.insert((reporter, reported), now);
+            self.insert_block(now, (reporter, reported));
         }
     }
 
+    /// How much `key`'s reports weigh for what it has shown so far
+    /// (thousandths): nothing before `trusted_after` of connection time,
+    /// then in proportion to the calls it held.
+    pub fn trust(&mut self, now: Instant, key: ClientKey) -> u32 {
+        let (s, slice) = (self.secs(now), self.slice(now));
+        let trusted_after = u32::try_from(self.config.trusted_after.as_secs()).unwrap_or(u32::MAX);
+        let full = self.config.held_calls_for_full;
+        let Some(r) = self.records.get_mut(&key) else {
+            return if trusted_after == 0 && full == 0 {
+                FULL
+            } else {
+                0
+            };
+        };
+        if r.connected(s) < trusted_after {
+            return 0;
+        }
+        if full == 0 {
+            return FULL;
+        }
+        FULL * r.held.total(slice).min(full) / full
+    }
+
     /// Records a report and blocks the pair, without striking: the weight
-    /// the strike carries (thousandths), or `None` for a repeated report.
-    /// With a shared backplane the strike itself is counted by the store.
-    pub fn weigh(&mut self, now: Instant, reporter: ClientKey, reported: ClientKey) -> Option<u32> {
+    /// the strike carries and when the reporter arrived, or `None` for a
+    /// repeated report. With a shared backplane the strike itself is
+    /// counted by the store.
+    pub fn weigh(
+        &mut self,
+        now: Instant,
+        reporter: &Reporter,
+        reported: ClientKey,
+    ) -> Option<Weighed> {
         self.reports_total += 1;
-        if reporter == reported {
+        if reporter.key == reported {
             // One address behind both (a shared network): nothing to weigh.
             return None;
         }
-        if self.blocks.insert((reporter, reported), now).is_some() {
+        if self.insert_block(now, (reporter.key, reported)) {
             return None;
         }
-        let config = &self.config;
-        let (window, full_weight_reports) = (config.strike_window, config.full_weight_reports);
-        let r = self.record(now, reporter);
-        r.reports_made.push_back(now);
-        prune(&mut r.reports_made, now, window);
-        prune(&mut r.matches, now, window);
-        let made = r.reports_made.len() as u32;
-        let met = r.matches.len() as u32;
-        let mut w = if made <= full_weight_reports {
-            FULL
-        } else {
-            FULL * full_weight_reports / made
-        };
+        let slice = self.slice(now);
+        let full_weight_reports = self.config.full_weight_reports;
+        let r = self.record(now, reporter.key);
+        r.reports_made.add(slice);
+        let made = r.reports_made.total(slice);
+        let met = r.matches.total(slice);
+        let first_seen = r.first_seen;
+        let mut w = self.trust(now, reporter.key);
+        if made > full_weight_reports {
+            w = w * full_weight_reports / made;
+        }
         // Reporting most of the people one meets is not a signal about them.
         if met >= 5 && made * 2 > met {
             w /= 4;
         }
-        Some(w)
+        Some(Weighed {
+            weight: w,
+            arrived: self.instant(first_seen).unwrap_or(now),
+        })
+    }
+
+    /// The rule a shared store applies to strikes (see [`Strikes`]);
+    /// `reports` is the reporter's report allowance, charged there.
+    pub fn strike_rule(&self, reports: (u32, Duration)) -> StrikeRule {
+        let c = &self.config;
+        StrikeRule {
+            window: c.strike_window,
+            reporters: c.reporters_for_ban,
+            weight: c.weight_for_ban.saturating_mul(FULL),
+            ban_lengths: c.ban_lengths.clone(),
+            reports,
+            together: c.arrived_together,
+            max_strikes: c.max_strikes.min(64),
+        }
     }
 
     /// `reporter` reports `reported`.
     pub fn report(
         &mut self,
         now: Instant,
-        reporter: ClientKey,
+        reporter: &Reporter,
         reported: ClientKey,
     ) -> ReportOutcome {
-        let Some(weight) = self.weigh(now, reporter, reported) else {
+        let Some(w) = self.weigh(now, reporter, reported) else {
             return ReportOutcome::Repeated;
         };
-        let config = self.config.clone();
-        let window = config.strike_window;
+        let rule = self.strike_rule((0, Duration::ZERO));
+        let strike = Strike {
+            at: now,
+            reporter: reporter.key,
+            network: reporter.network,
+            previous_network: reporter.previous_network,
+            arrived: w.arrived,
+            room: reporter.room,
+            weight: w.weight,
+        };
         let target = self.record(now, reported);
-        target
-            .strikes
-            .retain(|&(t, _, _)| now.saturating_duration_since(t) < window);
-        target.strikes.push((now, reporter, weight));
-        let total: u32 = target.strikes.iter().map(|&(_, _, w)| w).sum();
-        if target.strikes.len() >= config.reporters_for_ban && total >= config.weight_for_ban * FULL
-        {
-            let lengths = &config.ban_lengths;
-            let length = lengths
-                .get(target.bans as usize)
-                .or(lengths.last())
-                .copied()
-                .unwrap_or(Duration::from_secs(3600));
-            let until = now + length;
-            target.bans += 1;
-            target.banned_until = Some(until);
-            target.strikes.clear();
-            self.bans_total += 1;
-            return ReportOutcome::Banned { until };
+        match target.strikes.add(strike, &rule) {
+            Added::Repeated => ReportOutcome::Repeated,
+            Added::NotKept | Added::Kept => ReportOutcome::Strike { weight: w.weight },
+            Added::Ban => {
+                let lengths = &rule.ban_lengths;
+                let length = lengths
+                    .get(target.bans as usize)
+                    .or(lengths.last())
+                    .copied()
+                    .unwrap_or(Duration::from_secs(3600));
+                let until = now + length;
+                target.bans = target.bans.saturating_add(1);
+                target.banned_until = Some(until);
+                self.bans_total += 1;
+                ReportOutcome::Banned { until }
+            }
         }
-        ReportOutcome::Strike { weight }
     }
-}
 
-fn prune(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
-    while times
-        .front()
-        .is_some_and(|&t| now.saturating_duration_since(t) >= window)
-    {
-        times.pop_front();
+    /// How many client records are kept.
+    pub fn records(&self) -> usize {
+        self.records.len()
+    }
+
+    /// How many blocked pairs are kept.
+    pub fn blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// What `key`'s record holds, by size: (window buckets of its three
+    /// counters together, strikes). For tests of flat memory.
+    pub fn record_size(&self, key: ClientKey) -> Option<(usize, usize)> {
+        self.records.get(&key).map(|r| {
+            let buckets = r.reports_made.len() + r.matches.len() + r.held.len();
+            (buckets, r.strikes.len())
+        })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(n: u8) -> ClientKey {
-        ClientKey([n; 16])
-    }
-
-    #[test]
-    fn three_distinct_reporters_ban_with_escalation() {
-        let t0 = Instant::now();
-        let mut m = Moderation::new(ModConfig::default());
-        let bad = key(9);
-        assert_eq!(
-            m.report(t0, key(1), bad),
-            ReportOutcome::Strike { weight: 1000 }
-        );
-        assert_eq!(
-            m.report(t0, key(1), bad),
-            ReportOutcome::Repeated,
-            "counts once"
-        );
-        assert_eq!(
-            m.report(t0, key(2), bad),
-            ReportOutcome::Strike { weight: 1000 }
-        );
-        assert!(m.banned_until(t0, bad).is_none());
-        let first = t0 + Duration::from_secs(3600);
-        assert_eq!(
-            m.report(t0, key(3), bad),
-            ReportOutcome::Banned { until: first }
-        );
-        assert_eq!(m.banned_until(t0, bad), Some(first));
-        assert!(m.banned_until(first, bad).is_none(), "the ban ends");
-        assert!(m.blocked(key(1), bad) && m.blocked(bad, key(2)));
-        assert!(!m.blocked(key(1), key(2)));
-
-        // A second ban lasts a day.
-        let later = first + Duration::from_secs(60);
-        for r in 4..7 {
-            m.report(later, key(r), bad);
-        }
-        assert_eq!(
-            m.banned_until(later, bad),
-            Some(later + Duration::from_secs(24 * 3600))
-        );
-        assert_eq!(m.bans_total, 2);
-    }
-
-    #[test]
-    fn serial_reporters_lose_weight() {
-        let t0 = Instant::now();
-        let mut m = Moderation::new(ModConfig::default());
-        let troll = key(1);
-        for _ in 0..10 {
-            m.matched(t0, troll);
-        }
-        let weights: Vec<u32> = (10..20)
-            .map(|victim| match m.report(t0, troll, key(victim)) {
-                ReportOutcome::Strike { weight } => weight,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(weights[..3], [1000, 1000, 1000]);
-        // 4th: 3/4 of a report; from the 6th on, more than half the people
-        // met are reported, so weight is quartered as well.
-        assert_eq!(weights[3], 750);
-        assert_eq!(weights[5], 500 / 4);
-        assert!(weights.windows(2).all(|w| w[1] <= w[0]));
-        // The troll's report plus one honest one are not enough for a ban.
-        let target = key(10);
-        m.report(t0, key(50), target);
-        assert!(m.banned_until(t0, target).is_none());
-    }
-
-    #[test]
-    fn strikes_expire_after_the_window() {
-        let t0 = Instant::now();
-        let mut m = Moderation::new(ModConfig::default());
-        let bad = key(9);
-        m.report(t0, key(1), bad);
-        m.report(t0, key(2), bad);
-        let next_day = t0 + Duration::from_secs(24 * 3600 + 1);
-        assert!(matches!(
-            m.report(next_day, key(3), bad),
-            ReportOutcome::Strike { .. }
-        ));
-        assert!(m.banned_until(next_day, bad).is_none());
-    }
-
-    #[test]
-    fn bans_and_blocks_survive_a_key_rotation() {
-        let t0 = Instant::now();
-        let mut m = Moderation::new(ModConfig::default());
-        let (old, new) = (key(9), key(19));
-        for r in 1..4 {
-            m.report(t0, key(r), old);
-        }
-        m.carry_over(old, new);
-        assert!(m.banned_until(t0, new).is_some());
-        assert!(m.blocked(key(1), new));
-        assert!(!m.blocked(key(1), old));
-    }
-
-    #[test]
-    fn records_are_forgotten_after_key_memory() {
-        let t0 = Instant::now();
-        let mut m = Moderation::new(ModConfig::default());
-        for n in 0..2000u32 {
-            let mut k = [0u8; 16];
-            k[..4].copy_from_slice(&n.to_le_bytes());
-            m.matched(t0, ClientKey(k));
-        }
-        let later = t0 + Duration::from_secs(49 * 3600);
-        for n in 0..1100u32 {
-            let mut k = [1u8; 16];
-            k[..4].copy_from_slice(&n.to_le_bytes());
-            m.matched(later, ClientKey(k));
-        }
-        assert!(m.records.len() <= 1100, "{}", m.records.len());
-    }
-
-    #[test]
-    fn reporting_yourself_does_nothing() {
-        let t0 = Instant::now();
-        let mut m = Moderation::new(ModConfig::default());
-        assert_eq!(m.report(t0, key(1), key(1)), ReportOutcome::Repeated);
-        assert!(!m.blocked(key(1), key(1)));
-    }
-}
+mod tests;

@@ -68,38 +68,76 @@ impl TokenBucket {
     }
 }
 
+/// Keys a [`KeyedBuckets`] remembers at most unless told otherwise: about
+/// 100 MB at most (an entry is a 16-byte key and a 64-byte bucket, in a
+/// hash table at up to 7/8 load).
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
 /// One bucket per key, for limits shared by all of a client's connections.
 ///
 /// Full buckets carry no information, so they are dropped whenever the map
 /// has doubled since the last sweep: memory stays proportional to the keys
 /// that were active within one refill period.
+///
+/// The map holds at most `max_keys` buckets. At the cap, after dropping the
+/// full ones, new keys share one overflow bucket rather than evicting
+/// anyone's drained bucket: a flood of fresh keys slows newcomers down, but
+/// gives no drained client a fresh allowance.
 #[derive(Debug)]
 pub struct KeyedBuckets<K> {
     buckets: HashMap<K, TokenBucket>,
     interval: Duration,
     burst: u32,
     sweep_at: usize,
+    max_keys: usize,
+    /// Shared by new keys while the map is full.
+    overflow: Option<TokenBucket>,
+    /// When the map was last swept at the cap: at most once a second.
+    swept_full: Option<Instant>,
 }
 
 impl<K: Hash + Eq + Clone> KeyedBuckets<K> {
     pub fn new(interval: Duration, burst: u32) -> KeyedBuckets<K> {
+        KeyedBuckets::with_max_keys(interval, burst, DEFAULT_MAX_KEYS)
+    }
+
+    /// Buckets for at most `max_keys` keys (at least one).
+    pub fn with_max_keys(interval: Duration, burst: u32, max_keys: usize) -> KeyedBuckets<K> {
         KeyedBuckets {
             buckets: HashMap::new(),
             interval,
             burst,
             sweep_at: 1024,
+            max_keys: max_keys.max(1),
+            overflow: None,
+            swept_full: None,
         }
     }
 
     pub fn take(&mut self, now: Instant, key: &K) -> Result<(), Duration> {
-        if self.buckets.len() >= self.sweep_at {
+        if let Some(b) = self.buckets.get_mut(key) {
+            return b.take(now);
+        }
+        let at_cap = self.buckets.len() >= self.max_keys;
+        let sweep_due = !at_cap
+            || self
+                .swept_full
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1));
+        if (self.buckets.len() >= self.sweep_at || at_cap) && sweep_due {
             self.buckets.retain(|_, b| !b.is_full(now));
             self.sweep_at = (self.buckets.len() * 2).max(1024);
+            if at_cap {
+                self.swept_full = Some(now);
+            }
         }
         let (interval, burst) = (self.interval, self.burst);
+        let fresh = || TokenBucket::every(now, interval, burst);
+        if self.buckets.len() >= self.max_keys {
+            return self.overflow.get_or_insert_with(fresh).take(now);
+        }
         self.buckets
             .entry(key.clone())
-            .or_insert_with(|| TokenBucket::every(now, interval, burst))
+            .or_insert_with(fresh)
             .take(now)
     }
 
@@ -186,5 +224,32 @@ mod tests {
             let _ = k.take(later, &key);
         }
         assert!(k.len() < 1100, "{} keys kept", k.len());
+    }
+
+    #[test]
+    fn a_full_map_shares_one_overflow_bucket_and_keeps_drained_ones() {
+        let t0 = Instant::now();
+        let mut k = KeyedBuckets::with_max_keys(Duration::from_secs(60), 2, 100);
+        let drained = 0u32;
+        assert!(k.take(t0, &drained).is_ok());
+        assert!(k.take(t0, &drained).is_ok());
+        assert!(k.take(t0, &drained).is_err());
+        // A flood of fresh keys: the first 99 get buckets, the rest share one.
+        let mut allowed = 0;
+        for key in 1..10_000u32 {
+            allowed += usize::from(k.take(t0 + Duration::from_millis(key.into()), &key).is_ok());
+        }
+        assert_eq!(k.len(), 100);
+        assert_eq!(
+            allowed,
+            99 + 2,
+            "99 own buckets, then two from the shared one"
+        );
+        // The drained key was not evicted into a fresh allowance.
+        assert!(k.take(t0 + Duration::from_secs(10), &drained).is_err());
+        // Once buckets refill, the sweep at the cap frees room again.
+        let later = t0 + Duration::from_secs(200);
+        assert!(k.take(later, &20_000).is_ok());
+        assert!(k.len() <= 2, "{}", k.len());
     }
 }

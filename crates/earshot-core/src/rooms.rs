@@ -79,9 +79,15 @@ pub struct Rooms {
 
 impl Rooms {
     pub fn new(config: RoomConfig) -> Rooms {
+        Rooms::with_max_keys(config, crate::ratelimit::DEFAULT_MAX_KEYS)
+    }
+
+    /// Rooms whose per-client passphrase allowances remember at most
+    /// `max_keys` clients (see [`KeyedBuckets`]).
+    pub fn with_max_keys(config: RoomConfig, max_keys: usize) -> Rooms {
         let (burst, interval) = config.client_attempts;
         Rooms {
-            client_attempts: KeyedBuckets::new(interval, burst),
+            client_attempts: KeyedBuckets::with_max_keys(interval, burst, max_keys),
             config,
             by_name: HashMap::new(),
             rooms: HashMap::new(),

@@ -22,9 +22,9 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::backplane::{self, Event, Member, NodeId, Partner, Remote, Request, StrikeRule, Waiter};
+use crate::backplane::{self, Event, Member, NodeId, Partner, Remote, Request, Waiter};
 use crate::matchmaker::{MatchConfig, Matchmaker, Pairing};
-use crate::moderation::{ModConfig, Moderation, ReportOutcome};
+use crate::moderation::{ModConfig, Moderation, ReportOutcome, Reporter};
 use crate::pow::{Pow, PowConfig, PowMode, PowSolution};
 use crate::protocol::{
     self, CallId, ClientMsg, Country, EndReason, ErrorCode, IceServer, Limits, PeerId,
@@ -61,6 +61,10 @@ pub struct Config {
     pub turn_credential_ttl: Duration,
     /// Whether clients start with "hide my IP" on when TURN is offered.
     pub hide_ip_default: bool,
+    /// Most client keys each per-client allowance table remembers (about
+    /// 100 bytes each); past it, new keys share one allowance. The same cap
+    /// holds for the keys remembered for recent abuse.
+    pub allowance_keys: usize,
 }
 
 /// Limits per client key, that is for all of one client's connections
@@ -100,8 +104,9 @@ struct ClientBuckets {
 }
 
 impl ClientBuckets {
-    fn new(l: &ClientLimits) -> ClientBuckets {
-        let b = |(burst, every): (u32, Duration)| KeyedBuckets::new(every, burst);
+    fn new(l: &ClientLimits, max_keys: usize) -> ClientBuckets {
+        let b =
+            |(burst, every): (u32, Duration)| KeyedBuckets::with_max_keys(every, burst, max_keys);
         ClientBuckets {
             connects: b(l.connects),
             searches: b(l.searches),
@@ -132,6 +137,7 @@ impl Default for Config {
             pow: PowConfig::default(),
             turn_credential_ttl: Duration::from_secs(6 * 3600),
             hide_ip_default: true,
+            allowance_keys: crate::ratelimit::DEFAULT_MAX_KEYS,
         }
     }
 }
@@ -172,6 +178,12 @@ pub struct ConnInfo {
     /// The same under the previous secret, while it is still honoured: what
     /// was recorded under it (strikes, bans, blocks) carries over.
     pub previous_key: Option<ClientKey>,
+    /// The client's network for abuse control: a rotating HMAC of its
+    /// address's /48 (IPv6) or /24 (IPv4). Reports from one network count
+    /// as one reporter toward a ban. `None`: the client key stands for it.
+    pub network: Option<ClientKey>,
+    /// The network's key under the previous secret.
+    pub previous_network: Option<ClientKey>,
 }
 
 /// Why the server closes a connection, with its WebSocket close code.
@@ -275,6 +287,8 @@ struct Conn {
     /// Backplane mode: the next queue join charges the client's shared
     /// search allowance (it is the client's own search or skip).
     charge_search: bool,
+    /// When its current (or last) stranger call began.
+    call_since: Instant,
 }
 
 /// Pairs that skipped each other, kept apart until a deadline.
@@ -416,9 +430,9 @@ impl Switchboard {
         // The epoch of proof-of-work expiry times: any instant works, as
         // long as it is before every `now` this switchboard will see.
         let pow = Pow::new(Instant::now(), key);
-        let rooms = Rooms::new(config.rooms.clone());
+        let rooms = Rooms::with_max_keys(config.rooms.clone(), config.allowance_keys);
         let moderation = Moderation::new(config.moderation.clone());
-        let clients = ClientBuckets::new(&config.per_client);
+        let clients = ClientBuckets::new(&config.per_client, config.allowance_keys);
         let queue = Matchmaker::new(MatchConfig {
             interest_wait: config.interest_wait,
             scan_limit: config.scan_limit,
@@ -518,7 +532,11 @@ impl Switchboard {
         }
         let open = self.clients.open.entry(key).or_default();
         *open += 1;
-        let too_many = *open > self.config.per_client.connections
+        if *open == 1 {
+            self.moderation.online(now, key);
+        }
+        let open = *open;
+        let too_many = open > self.config.per_client.connections
             || self.clients.connects.take(now, &key).is_err();
         let conn = Conn {
             info,
@@ -539,6 +557,7 @@ impl Switchboard {
             hello_by: now + self.config.hello_timeout,
             reported: Vec::new(),
             charge_search: false,
+            call_since: now,
         };
         if self.conns.insert(id, Box::new(conn)).is_some() {
             tracing::warn!(conn = %id, "connection id reused; replacing its state");
@@ -567,6 +586,7 @@ impl Switchboard {
                     *open -= 1;
                     if *open == 0 {
                         self.clients.open.remove(&key);
+                        self.moderation.offline(now, key);
                     }
                 }
             }
@@ -772,14 +792,16 @@ impl Switchboard {
             .unwrap_or_default()
     }
 
-    /// Counts a report against the reporter's limit and records a strike.
-    /// Returns the wait if the reporter is over its limit.
+    /// Counts a report against the reporter's limit and records a strike
+    /// (`room`: the room it was made in). Returns the wait if the reporter
+    /// is over its limit.
     fn strike(
         &mut self,
         now: Instant,
         reporter: ConnId,
         reported: ConnId,
         reason: Option<ReportReason>,
+        room: Option<RoomId>,
     ) -> Result<(), Duration> {
         let (mine, theirs) = (self.key(reporter), self.key(reported));
         if let Err(wait) = self.clients.reports.take(now, &mine) {
@@ -788,30 +810,38 @@ impl Switchboard {
             self.share_block(reporter, reported, mine, theirs);
             return Err(wait);
         }
+        let (network, previous_network) = self.conns.get(&reporter).map_or((mine, None), |c| {
+            (c.info.network.unwrap_or(mine), c.info.previous_network)
+        });
+        let who = Reporter {
+            key: mine,
+            network,
+            previous_network,
+            room: room
+                .and_then(|r| self.rooms.name(r))
+                .map(backplane::room_tag),
+        };
         let reason = reason.map_or("none", ReportReason::as_str);
         if self.node.is_some() {
             // The store counts strikes from every node and bans.
-            if let Some(weight) = self.moderation.weigh(now, mine, theirs) {
-                tracing::debug!(reason, weight, "report recorded");
-                let m = &self.config.moderation;
-                let rule = StrikeRule {
-                    window: m.strike_window,
-                    reporters: m.reporters_for_ban,
-                    weight: m.weight_for_ban.saturating_mul(crate::moderation::FULL),
-                    ban_lengths: m.ban_lengths.clone(),
-                    reports: self.config.per_client.reports,
-                };
+            if let Some(w) = self.moderation.weigh(now, &who, theirs) {
+                tracing::debug!(reason, weight = w.weight, "report recorded");
+                let rule = self.moderation.strike_rule(self.config.per_client.reports);
                 self.request(Request::Strike {
                     key: theirs,
                     reporter: mine,
-                    weight,
+                    weight: w.weight,
+                    network,
+                    previous_network,
+                    room: who.room,
+                    age: now.saturating_duration_since(w.arrived),
                     rule,
                 });
             }
             self.share_block(reporter, reported, mine, theirs);
             return Ok(());
         }
-        match self.moderation.report(now, mine, theirs) {
+        match self.moderation.report(now, &who, theirs) {
             ReportOutcome::Banned { until } => {
                 tracing::info!(reason, "a report completed a ban");
                 let ttl = until.saturating_duration_since(now);
@@ -829,7 +859,7 @@ impl Switchboard {
         let Phase::InCall { partner, .. } = phase else {
             return self.reject(now, id, ErrorCode::NotInCall, None);
         };
-        let limited = self.strike(now, id, partner, reason).err();
+        let limited = self.strike(now, id, partner, reason, None).err();
         if let Some(c) = self.conns.get_mut(&id) {
             c.reported.push(partner);
         }
@@ -857,7 +887,7 @@ impl Switchboard {
         let Some(target_conn) = self.rooms.member(room, target).filter(|_| target != peer) else {
             return self.reject(now, id, ErrorCode::UnknownPeer, None);
         };
-        if let Err(wait) = self.strike(now, id, target_conn, reason) {
+        if let Err(wait) = self.strike(now, id, target_conn, reason, Some(room)) {
             return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
         }
         // Backplane mode: only members on this node can be removed here
@@ -1077,14 +1107,35 @@ impl Switchboard {
             reason,
             CloseReason::TooManyErrors | CloseReason::TooManyConnections
         ) {
-            if self.abuse.len() >= 4096 {
-                self.abuse
-                    .retain(|_, t| now.saturating_duration_since(*t) < Duration::from_secs(600));
-            }
-            self.abuse.insert(key, now);
+            self.note_abuse(now, key);
         }
         self.leave(now, id, EndReason::PartnerLeft);
         self.out.push_back(Output::Close(id, reason));
+    }
+
+    /// Remembers that `key` misbehaved (it then proves more work), for ten
+    /// minutes, in a table of at most `allowance_keys` keys: past it the
+    /// oldest go (this only eases proof of work; bans live elsewhere).
+    fn note_abuse(&mut self, now: Instant, key: ClientKey) {
+        const MEMORY: Duration = Duration::from_secs(600);
+        let max = self.config.allowance_keys.max(1);
+        if self.abuse.len() >= 4096 && !self.abuse.contains_key(&key) {
+            self.abuse
+                .retain(|_, t| now.saturating_duration_since(*t) < MEMORY);
+        }
+        if self.abuse.len() >= max && !self.abuse.contains_key(&key) {
+            let batch = (max / 32).max(1);
+            let mut order: Vec<(Instant, ClientKey)> =
+                self.abuse.iter().map(|(&k, &t)| (t, k)).collect();
+            if order.len() > batch {
+                order.select_nth_unstable_by_key(batch - 1, |&(t, _)| t);
+                order.truncate(batch);
+            }
+            for (_, k) in order {
+                self.abuse.remove(&k);
+            }
+        }
+        self.abuse.insert(key, now);
     }
 
     fn send(&mut self, id: ConnId, msg: ServerMsg) {
@@ -1196,6 +1247,7 @@ impl Switchboard {
         let mut country = |id: ConnId, partner: ConnId| {
             let c = self.conns.get_mut(&id).expect("paired connections exist");
             c.phase = Phase::InCall { call, partner };
+            c.call_since = now;
             c.info.country
         };
         let waiting_country = country(p.waiting, p.joining);
@@ -1237,6 +1289,7 @@ impl Switchboard {
             return;
         };
         self.request(Request::CallEnd { call });
+        self.note_call_ended(now, id, partner);
         if self.is_remote(partner) {
             self.remote_calls -= 1;
             self.remote_keys.remove(&partner);
@@ -1261,6 +1314,7 @@ impl Switchboard {
             });
         }
         self.calls -= 1;
+        self.note_call_ended(now, partner, id);
         for who in [id, partner] {
             if let Some(c) = self.conns.get_mut(&who) {
                 c.phase = Phase::Idle;
@@ -1273,6 +1327,17 @@ impl Switchboard {
         }
         self.send(partner, ServerMsg::CallEnded { call, reason });
         self.search(now, partner);
+    }
+
+    /// `id`'s stranger call with `partner` is ending: a call held long
+    /// enough makes `id`'s reports weigh more (see `moderation`).
+    fn note_call_ended(&mut self, now: Instant, id: ConnId, partner: ConnId) {
+        let Some(c) = self.conns.get(&id) else {
+            return;
+        };
+        let (key, length) = (c.info.key, now.saturating_duration_since(c.call_since));
+        let theirs = self.key(partner);
+        self.moderation.call_ended(now, key, theirs, length);
     }
 
     /// Takes `id` out of any call or queue, leaving it idle.
@@ -1536,6 +1601,7 @@ impl Switchboard {
             call,
             partner: partner.conn,
         };
+        c.call_since = now;
         let (key, country) = (c.info.key, c.info.country);
         self.remote_calls += 1;
         self.remote_keys.insert(partner.conn, partner.key);
@@ -1602,6 +1668,7 @@ impl Switchboard {
                     call,
                     partner: from,
                 };
+                c.call_since = now;
                 let own = c.info.key;
                 self.remote_calls += 1;
                 self.remote_keys.insert(from, key);
@@ -1709,7 +1776,10 @@ impl Switchboard {
         {
             return;
         }
-        c.phase = Phase::Idle;
+        self.note_call_ended(now, to, from);
+        if let Some(c) = self.conns.get_mut(&to) {
+            c.phase = Phase::Idle;
+        }
         self.remote_calls -= 1;
         self.remote_keys.remove(&from);
         self.request(Request::CallEnd { call });

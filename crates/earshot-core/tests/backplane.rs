@@ -12,7 +12,11 @@
 //!   partner, and every publish went to another node. A dead node ends
 //!   every call with it.
 //! - `strikes_from_both_nodes_add_up_to_a_ban`: reports made on two nodes
-//!   are pooled in the store and ban the reported client.
+//!   are pooled in the store and ban the reported client;
+//!   `fresh_reporters_on_both_nodes_ban_nobody`: the store takes the
+//!   weight each reporter's node judged; and
+//!   `reporters_of_one_network_on_both_nodes_count_once`: it groups
+//!   reporters by network, with the core's strike rule.
 //! - `a_clients_connects_on_both_nodes_share_one_allowance`,
 //!   `a_clients_searches_on_both_nodes_share_one_allowance` and
 //!   `a_reporters_strikes_on_both_nodes_share_one_allowance`: the store
@@ -30,6 +34,7 @@ use std::time::{Duration, Instant};
 use earshot_core::backplane::{
     self, Event, NodeId, Partner, Remote, Request, decode_pair_reply, decode_remote,
 };
+use earshot_core::moderation::{Added, ModConfig, Strike, Strikes};
 use earshot_core::pow::{PowConfig, PowMode};
 use earshot_core::protocol::{EndReason, ErrorCode, ServerMsg};
 use earshot_core::ratelimit::TokenBucket;
@@ -61,8 +66,9 @@ struct Store {
     apart: HashSet<(ConnId, ConnId)>,
     blocked: HashSet<([u8; 16], [u8; 16])>,
     banned: HashSet<ClientKey>,
-    /// Pooled strikes: reporter and weight, per reported client.
-    strikes: HashMap<ClientKey, Vec<(ClientKey, u32)>>,
+    /// Pooled strikes per reported client, under the core's strike rule
+    /// (the strike script's twin).
+    strikes: HashMap<ClientKey, Strikes>,
     /// Recorded calls and their two sides.
     calls: HashMap<u64, (ConnId, ConnId)>,
     /// Each client's allowances, by kind ("search", "report", "connect").
@@ -227,12 +233,16 @@ impl Cluster {
     /// Connects `slot` as the client with `key` (the same client on
     /// another node, say).
     fn connect_as(&mut self, slot: usize, key: ClientKey) {
-        let conn = id(slot);
-        self.live.insert(conn);
         let info = ConnInfo {
             key,
             ..ConnInfo::default()
         };
+        self.connect_info(slot, info);
+    }
+
+    fn connect_info(&mut self, slot: usize, info: ConnInfo) {
+        let conn = id(slot);
+        self.live.insert(conn);
         let now = self.now;
         self.board(conn).connect(now, conn, info);
         self.text(slot, json!({"type": "hello", "version": 1}));
@@ -344,22 +354,35 @@ impl Cluster {
                 key,
                 reporter,
                 weight,
+                network,
+                previous_network,
+                room,
+                age,
                 rule,
             } => {
-                if self
-                    .store
-                    .take(now, "report", reporter, rule.reports)
-                    .is_err()
+                // As the strike script does: a repeat costs nothing, then the
+                // allowance, then the rule itself (the one Rust copy of it).
+                let strikes = self.store.strikes.entry(key).or_default();
+                strikes.expire(now, rule.window);
+                if strikes.has(reporter)
+                    || self
+                        .store
+                        .take(now, "report", reporter, rule.reports)
+                        .is_err()
                 {
                     return;
                 }
+                let strike = Strike {
+                    at: now,
+                    reporter,
+                    network,
+                    previous_network,
+                    arrived: now.checked_sub(age).unwrap_or(now),
+                    room,
+                    weight,
+                };
                 let strikes = self.store.strikes.entry(key).or_default();
-                if !strikes.iter().any(|&(r, _)| r == reporter) {
-                    strikes.push((reporter, weight));
-                }
-                let total: u32 = strikes.iter().map(|&(_, w)| w).sum();
-                if strikes.len() >= rule.reporters && total >= rule.weight {
-                    strikes.clear();
+                if strikes.add(strike, &rule) == Added::Ban {
                     self.store.banned.insert(key);
                 }
             }
@@ -640,18 +663,31 @@ fn two_node_sessions_reach_cross_node_calls() {
     assert!(ended > 5, "only {ended} of 200 sessions ended one");
 }
 
-/// Reports made on both nodes add up: three reporters, one on the target's
-/// node and two on the other, ban the target everywhere.
-#[test]
-fn strikes_from_both_nodes_add_up_to_a_ban() {
-    let mut c = Cluster::new();
+/// Every report counts fully, whoever makes it (the reporter's history is
+/// weighed in `moderation`'s own tests): what is left to test here is how
+/// the store pools what the nodes judged.
+fn unweighed() -> Config {
+    Config {
+        moderation: ModConfig {
+            trusted_after: Duration::ZERO,
+            held_calls_for_full: 0,
+            arrived_together: Duration::ZERO,
+            ..ModConfig::default()
+        },
+        ..config()
+    }
+}
+
+/// The target (slot 0, on node 1) waits; each reporter meets it and
+/// reports it. Whether it ends up banned.
+fn report_target(c: &mut Cluster, reporters: &[usize]) -> bool {
     let target = 0;
-    for s in [target, 1, 3, 4] {
-        c.apply(Op::Connect(s)).unwrap();
+    if !c.live.contains(&id(target)) {
+        c.apply(Op::Connect(target)).unwrap();
     }
     c.apply(Op::Search(target, false)).unwrap();
     c.settle().unwrap();
-    for reporter in [1, 3, 4] {
+    for &reporter in reporters {
         assert!(!c.store.banned.contains(&ClientKey([1; 16])));
         c.apply(Op::Search(reporter, false)).unwrap();
         c.settle().unwrap();
@@ -665,15 +701,62 @@ fn strikes_from_both_nodes_add_up_to_a_ban() {
         c.apply(Op::Report(reporter)).unwrap();
         c.settle().unwrap();
     }
-    assert!(c.store.banned.contains(&ClientKey([1; 16])));
+    c.store.banned.contains(&ClientKey([1; 16]))
+}
+
+/// Reports made on both nodes add up: three reporters, one on the target's
+/// node and two on the other, ban the target everywhere.
+#[test]
+fn strikes_from_both_nodes_add_up_to_a_ban() {
+    let mut c = Cluster::with(unweighed());
+    for s in [1, 3, 4] {
+        c.apply(Op::Connect(s)).unwrap();
+    }
+    assert!(report_target(&mut c, &[1, 3, 4]));
     // The target, queued again after the last report, is refused.
     assert!(
         c.errors
-            .get(&id(target))
+            .get(&id(0))
             .is_some_and(|e| e.contains(&ErrorCode::Banned)),
         "{:?}",
-        c.errors.get(&id(target))
+        c.errors.get(&id(0))
     );
+}
+
+/// The store takes the weight the reporter's node judged: three fresh
+/// reporters weigh nothing, on any node.
+#[test]
+fn fresh_reporters_on_both_nodes_ban_nobody() {
+    let mut c = Cluster::new();
+    for s in [1, 3, 4] {
+        c.apply(Op::Connect(s)).unwrap();
+    }
+    assert!(!report_target(&mut c, &[1, 3, 4]));
+    assert!(c.store.strikes.values().all(Strikes::is_empty));
+    assert!(
+        !c.errors
+            .get(&id(0))
+            .is_some_and(|e| e.contains(&ErrorCode::Banned))
+    );
+}
+
+/// The store groups reporters by their network key: three clients of one
+/// network, on two nodes, are one reporter.
+#[test]
+fn reporters_of_one_network_on_both_nodes_count_once() {
+    let mut c = Cluster::with(unweighed());
+    for s in [1, 3, 4] {
+        let info = ConnInfo {
+            key: ClientKey([s as u8 + 1; 16]),
+            network: Some(ClientKey([0x48; 16])),
+            ..ConnInfo::default()
+        };
+        c.connect_info(s, info);
+    }
+    assert!(!report_target(&mut c, &[1, 3, 4]));
+    let strikes = &c.store.strikes[&ClientKey([1; 16])];
+    assert_eq!(strikes.len(), 3);
+    assert_eq!(strikes.tally(Duration::ZERO), (1, 1000));
 }
 
 /// One client's connects on both nodes draw on one allowance: with room
@@ -697,7 +780,7 @@ fn a_clients_connects_on_both_nodes_share_one_allowance() {
 /// count.
 #[test]
 fn a_reporters_strikes_on_both_nodes_share_one_allowance() {
-    let mut config = config();
+    let mut config = unweighed();
     config.per_client.reports = (2, Duration::from_secs(600));
     let mut c = Cluster::with(config);
     // Slots 0 (node 1) and 3 (node 2) are one reporter.

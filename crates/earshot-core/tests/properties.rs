@@ -129,7 +129,7 @@ fn session_config() -> Config {
             reporters_for_ban: 2,
             weight_for_ban: 0,
             ban_lengths: vec![Duration::from_secs(4), Duration::from_secs(8)],
-            ..ModConfig::default()
+            ..unweighed()
         },
         per_client: ClientLimits {
             connections: 2,
@@ -381,11 +381,23 @@ fn allowance<K: std::hash::Hash + Eq>(
         .or_insert_with(|| Allowance::new(interval, burst))
 }
 
+/// Moderation without the reporter's history: every report weighs fully
+/// and nobody arrives together (`moderation`'s own tests weigh reports).
+fn unweighed() -> ModConfig {
+    ModConfig {
+        trusted_after: Duration::ZERO,
+        held_calls_for_full: 0,
+        arrived_together: Duration::ZERO,
+        ..ModConfig::default()
+    }
+}
+
 /// Reports, strikes and bans by client key, as PROTOCOL.md describes them:
 /// a report blocks the pair of clients for good (over the report limit too);
 /// reporting the same key again, or oneself (two connections of one client),
 /// counts nothing; `reporters_for_ban`
-/// distinct reporters within `strike_window` ban the key for the next of
+/// distinct reporters within `strike_window` (the members of one room
+/// counting as one) ban the key for the next of
 /// `ban_lengths` (the last repeats). Strikes are not weighed: the configs
 /// here set `weight_for_ban` to 0.
 #[derive(Debug)]
@@ -394,7 +406,8 @@ struct ModModel {
     /// (reporter, reported): the two are never matched again.
     blocks: HashSet<(ClientKey, ClientKey)>,
     /// Strikes against a key since its last ban: when, and by whom.
-    strikes: HashMap<ClientKey, Vec<(Instant, ClientKey)>>,
+    /// The room's name for a report made in a room.
+    strikes: HashMap<ClientKey, Vec<(Instant, ClientKey, Option<String>)>>,
     /// How many bans a key had, and when the latest ends.
     bans: HashMap<ClientKey, (usize, Instant)>,
     /// Every report that got past the report limit (`stats().reports_total`).
@@ -423,6 +436,7 @@ impl ModModel {
         now: Instant,
         reporter: ClientKey,
         reported: ClientKey,
+        room: Option<&str>,
     ) -> (bool, Option<Instant>) {
         self.reports_total += 1;
         if reporter == reported || !self.blocks.insert((reporter, reported)) {
@@ -430,9 +444,11 @@ impl ModModel {
         }
         let window = self.config.strike_window;
         let strikes = self.strikes.entry(reported).or_default();
-        strikes.retain(|&(at, _)| now.saturating_duration_since(at) < window);
-        strikes.push((now, reporter));
-        if strikes.len() < self.config.reporters_for_ban {
+        strikes.retain(|(at, _, _)| now.saturating_duration_since(*at) < window);
+        strikes.push((now, reporter, room.map(str::to_owned)));
+        let rooms: HashSet<&String> = strikes.iter().filter_map(|s| s.2.as_ref()).collect();
+        let reporters = rooms.len() + strikes.iter().filter(|s| s.2.is_none()).count();
+        if reporters < self.config.reporters_for_ban {
             return (true, None);
         }
         strikes.clear();
@@ -1080,7 +1096,7 @@ impl Model {
                 let limited = reports.take(now).err().map(retry_ms);
                 let theirs = self.key_of(partner);
                 match limited {
-                    None => self.record_report(now, client, theirs),
+                    None => self.record_report(now, client, theirs, None),
                     Some(_) => self.moderation.block(key, theirs),
                 }
                 self.conn_blocks.insert(pair_key(id, partner));
@@ -1110,7 +1126,7 @@ impl Model {
                     self.moderation.block(key, theirs);
                     return limited(wait, Why::Reports);
                 }
-                self.record_report(now, client, theirs);
+                self.record_report(now, client, theirs, Some(room));
                 // (c) Removal once more than num/den of the other members reported it.
                 let r = self.rooms.get_mut(room).expect("the sender's room");
                 let by = r.reports.entry(*target).or_default();
@@ -1170,8 +1186,10 @@ impl Model {
     }
 
     /// A report by `client` of `theirs` that got past the report limit.
-    fn record_report(&mut self, now: Instant, client: u8, theirs: ClientKey) {
-        let (counted, ban) = self.moderation.report(now, client_key(client), theirs);
+    fn record_report(&mut self, now: Instant, client: u8, theirs: ClientKey, room: Option<&str>) {
+        let (counted, ban) = self
+            .moderation
+            .report(now, client_key(client), theirs, room);
         if !counted && theirs != client_key(client) {
             self.counts.repeated_reports += 1;
         }
@@ -4142,7 +4160,7 @@ fn scene_config() -> Config {
             reporters_for_ban: 2,
             weight_for_ban: 0,
             ban_lengths: vec![Duration::from_secs(60)],
-            ..ModConfig::default()
+            ..unweighed()
         },
         per_client: ClientLimits {
             connections: 100,
@@ -4428,7 +4446,7 @@ fn ban_config() -> Config {
                 Duration::from_secs(5),
                 Duration::from_secs(9),
             ],
-            ..ModConfig::default()
+            ..unweighed()
         },
         // Two members: a room report never removes anyone here.
         rooms: RoomConfig {
@@ -4514,7 +4532,7 @@ fn run_bans(ops: &[BanOp]) -> Result<SceneCounts, TestCaseError> {
                 }
                 if let Some(call) = in_call {
                     let heard = s.text(r, REPORT)?;
-                    let (counted, ban) = model.report(now, rk, target_key);
+                    let (counted, ban) = model.report(now, rk, target_key, None);
                     prop_assert!(counted, "a first report by a new reporter");
                     c.target_reports += 1;
                     prop_assert_eq!(heard.of(r), &[ServerMsg::Idle][..], "(a) the reporter");
@@ -4547,7 +4565,7 @@ fn run_bans(ops: &[BanOp]) -> Result<SceneCounts, TestCaseError> {
                     s.text(r, &join_text(&name))?;
                     for _ in 0..times {
                         let heard = s.text(r, &room_report_text(1))?;
-                        let (counted, ban) = model.report(s.now, rk, target_key);
+                        let (counted, ban) = model.report(s.now, rk, target_key, Some(&name));
                         prop_assert_eq!(heard.count(), 0, "a room report is not answered");
                         if counted {
                             c.target_reports += 1;

@@ -759,22 +759,73 @@ mod safety {
         assert_eq!(h.closes(), [(a, CloseReason::HelloTimeout)]);
     }
 
-    #[test]
-    fn three_reporters_ban_from_matching_with_the_time_left() {
-        let mut h = Harness::new();
-        let bad = client_with_key(&mut h, 100, 100);
-        for (i, reporter_key) in [1u8, 2, 3].into_iter().enumerate() {
-            let r = client_with_key(&mut h, i as u64 + 1, reporter_key);
-            h.search(bad, &[]);
-            h.search(r, &[]);
-            assert!(h.matched(r).is_some(), "reporter {i} meets bad");
-            h.text(r, r#"{"type":"report"}"#);
-            h.take(r);
-            h.text(bad, r#"{"type":"end"}"#);
-            h.take(bad);
+    /// A greeted client with its own key, on the network `network`.
+    fn client_on(h: &mut Harness, id: u64, key: u8, network: u8) -> ConnId {
+        let id = ConnId(id);
+        h.board.connect(
+            h.now,
+            id,
+            ConnInfo {
+                key: ClientKey([key; 16]),
+                network: Some(ClientKey([network; 16])),
+                ..ConnInfo::default()
+            },
+        );
+        h.text(id, r#"{"type":"hello","version":1}"#);
+        h.take(id);
+        id
+    }
+
+    /// `id` holds three stranger calls of 31 s, each with a new partner
+    /// (ids and keys from `partners` on), then goes idle: with ten minutes
+    /// connected after that, its reports weigh fully.
+    fn hold_calls(h: &mut Harness, id: ConnId, partners: u8) {
+        for p in partners..partners + 3 {
+            let partner = client_with_key(h, 1000 + u64::from(p), p);
+            h.search(id, &[]);
+            h.search(partner, &[]);
+            assert!(h.matched(partner).is_some(), "a call to hold");
+            h.advance(Duration::from_secs(31));
+            h.text(partner, r#"{"type":"end"}"#);
+            h.board.disconnect(h.now, partner);
+            h.pump();
+            h.text(id, r#"{"type":"end"}"#);
+            h.take(id);
         }
+    }
+
+    /// Connects reporters (key `first + i`, network `networks[i]`), each
+    /// arriving two minutes after the last and holding three calls, then
+    /// lets ten minutes pass.
+    fn established(h: &mut Harness, first: u8, networks: &[u8]) -> Vec<ConnId> {
+        let mut ids = Vec::new();
+        for (i, &net) in networks.iter().enumerate() {
+            let key = first + i as u8;
+            let id = client_on(h, u64::from(key), key, net);
+            hold_calls(h, id, 150 + 3 * i as u8);
+            h.advance(Duration::from_secs(120));
+            ids.push(id);
+        }
+        h.advance(Duration::from_secs(600));
+        ids
+    }
+
+    /// `reporter` meets `bad` in a stranger call and reports it.
+    fn meet_and_report(h: &mut Harness, reporter: ConnId, bad: ConnId) {
         h.search(bad, &[]);
-        match &h.take(bad)[..] {
+        h.search(reporter, &[]);
+        assert!(h.matched(reporter).is_some(), "the reporter meets bad");
+        h.text(reporter, r#"{"type":"report"}"#);
+        h.take(reporter);
+        h.text(bad, r#"{"type":"end"}"#);
+        h.take(bad);
+    }
+
+    /// Whether `id`'s search is refused as banned (leaving it idle).
+    fn refused_as_banned(h: &mut Harness, id: ConnId) -> Option<u64> {
+        h.search(id, &[]);
+        let heard = h.take(id);
+        let banned = match &heard[..] {
             [
                 ServerMsg::Error {
                     code: ErrorCode::Banned,
@@ -782,13 +833,126 @@ mod safety {
                     ..
                 },
                 ServerMsg::Idle,
-            ] => assert_eq!(*ms, 3_600_000),
+            ] => Some(*ms),
+            [ServerMsg::Searching { .. }, ..] => None,
             other => panic!("{other:?}"),
+        };
+        if banned.is_none() {
+            h.text(id, r#"{"type":"end"}"#);
+            h.take(id);
         }
+        banned
+    }
+
+    #[test]
+    fn established_reporters_from_distinct_networks_ban_with_the_time_left() {
+        let mut h = Harness::new();
+        let reporters = established(&mut h, 1, &[1, 2, 3]);
+        let bad = client_with_key(&mut h, 100, 100);
+        for &r in &reporters {
+            assert_eq!(refused_as_banned(&mut h, bad), None);
+            meet_and_report(&mut h, r, bad);
+        }
+        assert_eq!(refused_as_banned(&mut h, bad), Some(3_600_000));
         assert_eq!(h.board.stats().bans_total, 1);
         h.advance(Duration::from_secs(3601));
-        h.search(bad, &[]);
-        assert!(matches!(h.take(bad)[..], [ServerMsg::Searching { .. }]));
+        assert_eq!(refused_as_banned(&mut h, bad), None);
+    }
+
+    #[test]
+    fn fresh_reporters_never_ban() {
+        let mut h = Harness::new();
+        let bad = client_with_key(&mut h, 100, 100);
+        for key in 1..=5u8 {
+            let r = client_with_key(&mut h, u64::from(key), key);
+            h.advance(Duration::from_secs(300));
+            meet_and_report(&mut h, r, bad);
+        }
+        assert_eq!(refused_as_banned(&mut h, bad), None);
+        assert_eq!(h.board.stats().bans_total, 0);
+        assert_eq!(h.board.stats().reports_total, 5);
+    }
+
+    /// Many IPv6 /64s of one /48 (one network key) are one reporter, however
+    /// established each of them is.
+    #[test]
+    fn established_reporters_of_one_slash_48_do_not_ban() {
+        let mut h = Harness::new();
+        let reporters = established(&mut h, 1, &[48, 48, 48, 48]);
+        let bad = client_with_key(&mut h, 100, 100);
+        for &r in &reporters {
+            meet_and_report(&mut h, r, bad);
+        }
+        assert_eq!(refused_as_banned(&mut h, bad), None);
+    }
+
+    /// The attack of issue 13: three fresh addresses join a room with their
+    /// victim (and two bystanders, so that all three reports count before a
+    /// majority removes it) and report it. It is removed from the room (the
+    /// room's own rule), but not banned from strangers, and neither is
+    /// anyone else on its address.
+    #[test]
+    fn regression_three_fresh_room_members_cannot_ban_their_victim() {
+        let mut h = Harness::new();
+        let victim = client_with_key(&mut h, 100, 100);
+        h.text(victim, r#"{"type":"room_join","room":"trap-room"}"#);
+        h.take(victim);
+        let attackers: Vec<ConnId> = (1..=3)
+            .map(|k| client_with_key(&mut h, k, k as u8))
+            .collect();
+        for k in [1, 2, 3, 4, 5] {
+            let a = ConnId(k);
+            if k > 3 {
+                client_with_key(&mut h, k, k as u8);
+            }
+            h.text(a, r#"{"type":"room_join","room":"trap-room"}"#);
+            h.take(a);
+        }
+        for &a in &attackers {
+            h.text(a, r#"{"type":"room_report","peer":1,"reason":"spam"}"#);
+            assert!(h.error_codes(a).is_empty(), "each report counts");
+        }
+        assert_eq!(h.board.stats().reports_total, 3);
+        let heard = h.take(victim);
+        assert!(
+            heard.iter().any(|m| matches!(
+                m,
+                ServerMsg::Error {
+                    code: ErrorCode::Removed,
+                    ..
+                }
+            )),
+            "removed from the room: {heard:?}"
+        );
+        assert!(heard.contains(&ServerMsg::Idle));
+        assert_eq!(refused_as_banned(&mut h, victim), None);
+        // Another connection on the victim's address searches and is matched.
+        let housemate = client_with_key(&mut h, 101, 100);
+        h.search(housemate, &[]);
+        let stranger = client_with_key(&mut h, 200, 200);
+        h.search(stranger, &[]);
+        assert!(h.matched(housemate).is_some());
+        assert_eq!(h.board.stats().bans_total, 0);
+    }
+
+    /// Members of one room count as one reporter toward a ban, however
+    /// established: five of them, three of whom report (a majority of the
+    /// others), remove their victim from the room but cannot ban it.
+    #[test]
+    fn established_members_of_one_room_do_not_ban() {
+        let mut h = Harness::new();
+        let members = established(&mut h, 1, &[1, 2, 3, 4, 5]);
+        let victim = client_with_key(&mut h, 100, 100);
+        h.text(victim, r#"{"type":"room_join","room":"book-club"}"#);
+        for &m in &members {
+            h.text(m, r#"{"type":"room_join","room":"book-club"}"#);
+        }
+        for &m in &members[..3] {
+            h.text(m, r#"{"type":"room_report","peer":1}"#);
+        }
+        assert!(h.error_codes(victim).contains(&ErrorCode::Removed));
+        assert_eq!(h.board.stats().reports_total, 3);
+        assert_eq!(refused_as_banned(&mut h, victim), None);
     }
 
     #[test]

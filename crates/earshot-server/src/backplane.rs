@@ -22,7 +22,7 @@
 //! | `{earshot}:rl:search:<key>` | a client's search allowance, a token bucket shared by all nodes | until it is full again (at most burst × interval: 60 s) |
 //! | `{earshot}:rl:report:<key>` | a client's report allowance (its strikes beyond it do not count) | until it is full again (20 min) |
 //! | `{earshot}:rl:room:<key>` | a client's room creations | until it is full again (5 min) |
-//! | `{earshot}:strikes:<key>` | strikes against a client from every node: reporter key → when and weight, `n` bans so far | the strike window (24 h) past the last strike |
+//! | `{earshot}:strikes:<key>` | strikes against a client from every node (at most 8): reporter key → when, weight, network keys, when the reporter arrived, room tag; `n` bans so far | the strike window (24 h) past the last strike |
 //! | `{earshot}:call:<call>` | a call's two sides: `<node>:<conn> <node>:<conn>`; deleted when it ends | 2 min, refreshed every 30 s by nodes with a side in it |
 //! | `{earshot}:room:<hash>` | a room: `m:<peer>` → node, token, connection and client key of each member, `next` peer id, `lock` verifier, `x:<key>` removed clients | 2 min, refreshed every 30 s by nodes with members |
 //! | `{earshot}:secret:<period>` | the client-key HMAC secret of a rotation period | 3 periods |
@@ -42,7 +42,8 @@
 //! the oldest waiters, drops those of dead nodes, skips banned, kept-apart
 //! and blocked ones, and takes the first compatible waiter out of the queue,
 //! or queues the joiner. Per-client allowances are charged inside the
-//! script that does the work (searches in [`PAIR`], reports in [`STRIKE`],
+//! script that does the work (searches in [`PAIR`], reports in the strike
+//! script, `earshot_core::moderation::STRIKE_LUA`, kept beside the Rust rule it mirrors,
 //! room creations in [`ROOM_JOIN`]), so they cost no extra round trip;
 //! connects take one ([`CONNECT`]), and one over the allowance is closed
 //! once it answers. The per-connection message rate stays with the
@@ -66,6 +67,7 @@ use earshot_core::backplane::{
     self, Event, NodeId, PairReply, Request, RoomReply, decode_pair_reply, decode_remote,
     decode_room_reply,
 };
+use earshot_core::moderation::STRIKE_LUA;
 use earshot_core::{ClientKey, ConnId};
 use futures_util::StreamExt;
 use redis::AsyncCommands;
@@ -266,62 +268,6 @@ return '{"r":"joined","peer":' .. peer .. ',"locked":' .. locked .. ',"others":[
   .. table.concat(others, ',') .. ']}'
 "#;
 
-/// Counts a strike against a client, pooled across nodes. ARGV: reported
-/// key, reporter key, weight (thousandths), strike window (ms), distinct
-/// reporters for a ban, total weight for a ban, ban lengths (ms, comma
-/// separated; the last repeats), the reporter's report allowance (burst,
-/// one more per this many ms: over it the strike does not count, answered
-/// -1). The strikes hash holds `<reporter>` →
-/// `<ms>:<weight>` for each strike within the window and `n`, the bans so
-/// far; it lives one window past the last strike. Answers the ban's length
-/// in ms, or 0.
-pub const STRIKE: &str = r#"
-local P = '{earshot}:'
-local k = P .. 'strikes:' .. ARGV[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[4])
-local flat = redis.call('HGETALL', k)
-for i = 1, #flat, 2 do
-  if flat[i] == ARGV[2] and now - tonumber(string.match(flat[i + 1], '^%d+') or 0) < window then
-    return 0
-  end
-end
-if take(P .. 'rl:report:' .. ARGV[2], ARGV[8], ARGV[9], now) > 0 then return -1 end
-local count, total = 0, 0
-for i = 1, #flat, 2 do
-  local f, v = flat[i], flat[i + 1]
-  if f ~= 'n' then
-    local at, w = string.match(v, '^(%d+):(%d+)$')
-    if at and now - tonumber(at) < window then
-      count = count + 1
-      total = total + tonumber(w)
-    else
-      redis.call('HDEL', k, f)
-    end
-  end
-end
-count = count + 1
-total = total + tonumber(ARGV[3])
-if count >= tonumber(ARGV[5]) and total >= tonumber(ARGV[6]) then
-  local n = redis.call('HINCRBY', k, 'n', 1)
-  local lengths = {}
-  for x in string.gmatch(ARGV[7], '%d+') do table.insert(lengths, tonumber(x)) end
-  local ms = lengths[math.min(n, #lengths)] or 3600000
-  for _, f in ipairs(redis.call('HKEYS', k)) do
-    if f ~= 'n' then redis.call('HDEL', k, f) end
-  end
-  redis.call('PEXPIRE', k, window)
-  if redis.call('PTTL', P .. 'ban:' .. ARGV[1]) < ms then
-    redis.call('SET', P .. 'ban:' .. ARGV[1], 1, 'PX', ms)
-  end
-  return ms
-end
-redis.call('HSET', k, ARGV[2], now .. ':' .. ARGV[3])
-redis.call('PEXPIRE', k, window)
-return 0
-"#;
-
 /// Takes a member out of a room (ARGV: room hash, peer); the room goes with
 /// its last member, lock and removals included.
 const ROOM_LEAVE: &str = r#"
@@ -429,7 +375,7 @@ impl Redis {
             heartbeat: redis::Script::new(HEARTBEAT_SCRIPT),
             room_join: redis::Script::new(&format!("{TAKE}{ROOM_JOIN}")),
             room_leave: redis::Script::new(ROOM_LEAVE),
-            strike: redis::Script::new(&format!("{TAKE}{STRIKE}")),
+            strike: redis::Script::new(&format!("{TAKE}{STRIKE_LUA}")),
             connect: redis::Script::new(&format!("{TAKE}{CONNECT}")),
             leave: redis::Script::new(LEAVE),
             subscribed: AtomicBool::new(false),
@@ -639,6 +585,10 @@ impl Redis {
                 key: k,
                 reporter,
                 weight,
+                network,
+                previous_network,
+                room,
+                age,
                 rule,
             } => {
                 let lengths: Vec<String> = rule
@@ -657,6 +607,12 @@ impl Redis {
                     .arg(lengths.join(","))
                     .arg(rule.reports.0)
                     .arg(millis(rule.reports.1))
+                    .arg(backplane::hex(&network))
+                    .arg(previous_network.map_or("-".to_owned(), |n| backplane::hex(&n)))
+                    .arg(u64::try_from(age.as_millis()).unwrap_or(u64::MAX))
+                    .arg(room.map_or("-".to_owned(), |r| format!("{r:016x}")))
+                    .arg(u64::try_from(rule.together.as_millis()).unwrap_or(u64::MAX))
+                    .arg(rule.max_strikes)
                     .invoke_async(&mut conn)
                     .await;
                 banned.map(|ms| match ms {

@@ -204,6 +204,19 @@ pub struct Args {
     #[arg(long, env = "EARSHOT_LOG", default_value = "info")]
     pub log: String,
 
+    /// Most client keys remembered by each table of abuse control: the
+    /// moderation records (about 180 bytes each), blocked pairs (about 55)
+    /// and each of the five per-client allowances (about 90). Past it, plain records
+    /// and the oldest blocks make way (never a ban or strikes while others
+    /// are left), and new keys share one allowance.
+    #[arg(long, env = "EARSHOT_MAX_CLIENT_RECORDS", default_value_t = 1_000_000)]
+    pub max_client_records: usize,
+
+    /// Tests only: every report weighs fully toward a ban, whoever makes
+    /// it and whenever it arrived (networks and rooms still count once).
+    #[arg(long, hide = true)]
+    pub test_unweighed_reports: bool,
+
     /// Benchmarks and tests only: lift the per-connection message rate and
     /// the per-client connect and search limits, so that a few load
     /// generator addresses can offer the load of many people.
@@ -518,6 +531,17 @@ impl TryFrom<&Args> for Settings {
         }
         settings.core.interest_wait = seconds("interest-wait", args.interest_wait)?;
         settings.core.rematch_cooldown = seconds("rematch-cooldown", args.rematch_cooldown)?;
+        if args.max_client_records < 1000 {
+            bail!("--max-client-records must be at least 1000");
+        }
+        let m = &mut settings.core.moderation;
+        (m.max_records, m.max_blocks) = (args.max_client_records, args.max_client_records);
+        settings.core.allowance_keys = args.max_client_records;
+        if args.test_unweighed_reports {
+            m.trusted_after = Duration::ZERO;
+            m.held_calls_for_full = 0;
+            m.arrived_together = Duration::ZERO;
+        }
         if args.bench_no_rate_limits {
             let core = &mut settings.core;
             (core.messages_per_second, core.message_burst) = (1_000_000, 1_000_000);
@@ -608,5 +632,11 @@ mod tests {
         let b = parse(&["--bench-no-rate-limits"]).unwrap().core;
         assert!(b.messages_per_second >= 1_000_000 && b.per_client.searches.0 >= 1_000_000);
         assert_eq!(parse(&[]).unwrap().core.messages_per_second, 20);
+        assert!(parse(&["--max-client-records", "10"]).is_err());
+        let c = parse(&["--max-client-records", "5000"]).unwrap().core;
+        assert_eq!((c.moderation.max_records, c.allowance_keys), (5000, 5000));
+        let d = parse(&[]).unwrap().core;
+        assert_eq!(d.moderation.max_records, 1_000_000);
+        assert!(d.moderation.trusted_after > Duration::ZERO);
     }
 }

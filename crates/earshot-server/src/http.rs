@@ -255,11 +255,14 @@ async fn websocket(
     // Behind a trusted reverse proxy, the client is who the proxy says.
     let client = app.settings.proxies.client_ip(peer.0.ip(), &headers);
     let (key, previous_key) = app.keyer.keys(Pii(client));
+    let (network, previous_network) = app.keyer.networks(Pii(client));
     let info = ConnInfo {
         country: app.geo.country(client),
         ice_servers: ice_servers(&app, &headers),
         key,
         previous_key,
+        network: Some(network),
+        previous_network,
     };
     let permit = app.connections.clone().try_acquire_owned().ok();
     ws::configure(upgrade, app.settings.max_frame_bytes)

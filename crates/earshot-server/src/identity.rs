@@ -3,6 +3,11 @@
 //! a secret that lives only in memory. An IPv6 client is keyed by its /64,
 //! since one household or phone usually holds a whole /64.
 //!
+//! Each client also has a network key, the same HMAC of its IPv6 /48 or
+//! IPv4 /24: addresses within one of those cost an attacker next to
+//! nothing, so reports from one network count as one reporter toward a
+//! ban (see `earshot_core::moderation`).
+//!
 //! Addresses themselves are only ever held in [`Pii`], whose `Debug` and
 //! `Display` print `<redacted>`, so a log line cannot show one by accident.
 
@@ -77,6 +82,32 @@ impl Keyer {
     pub fn key(&self, addr: Pii<IpAddr>) -> ClientKey {
         self.keys(addr).0
     }
+
+    /// The client's network key (its /48 or /24) now, and under the
+    /// previous secret if there is one.
+    pub fn networks(&self, addr: Pii<IpAddr>) -> (ClientKey, Option<ClientKey>) {
+        let s = *self.secrets.read().unwrap_or_else(|e| e.into_inner());
+        let network = |secret: &[u8; 32]| mac(secret, network_of(addr));
+        (network(&s.0), s.1.as_ref().map(network))
+    }
+}
+
+/// What a network key is made of: a tag and the /48 or /24 prefix.
+fn network_of(addr: Pii<IpAddr>) -> Vec<u8> {
+    match addr.0.to_canonical() {
+        IpAddr::V4(v4) => [b"n4".as_slice(), &v4.octets()[..3]].concat(),
+        IpAddr::V6(v6) => [b"n6".as_slice(), &v6.octets()[..6]].concat(),
+    }
+}
+
+fn mac(secret: &[u8; 32], input: Vec<u8>) -> ClientKey {
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(&input);
+    let full = mac.finalize().into_bytes();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&full[..16]);
+    ClientKey(key)
 }
 
 fn fresh_secret() -> std::io::Result<[u8; 32]> {
@@ -129,6 +160,22 @@ mod tests {
         assert_ne!(k.key(ip("2001:db8:1:2::1")), k.key(ip("2001:db8:1:3::1")));
         assert_ne!(k.key(ip("192.0.2.1")), k.key(ip("192.0.2.2")));
         assert_eq!(k.key(ip("::ffff:192.0.2.1")), k.key(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn networks_are_the_slash_48_or_the_slash_24() {
+        let k = Keyer::random().unwrap();
+        let net = |a: &str| k.networks(ip(a)).0;
+        assert_eq!(net("2001:db8:1:2::1"), net("2001:db8:1:ffff::9"));
+        assert_ne!(net("2001:db8:1:2::1"), net("2001:db8:2:2::1"));
+        assert_eq!(net("192.0.2.1"), net("192.0.2.200"));
+        assert_ne!(net("192.0.2.1"), net("192.0.3.1"));
+        assert_eq!(net("::ffff:192.0.2.1"), net("192.0.2.9"));
+        // Not the client key of any address.
+        assert_ne!(net("192.0.2.0"), k.key(ip("192.0.2.0")));
+        assert_eq!(k.networks(ip("192.0.2.1")).1, None);
+        k.rotate().unwrap();
+        assert!(k.networks(ip("192.0.2.1")).1.is_some());
     }
 
     #[test]

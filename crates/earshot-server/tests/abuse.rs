@@ -336,3 +336,76 @@ async fn many_connections_from_one_network_make_it_prove_work() {
     send(&mut other, json!({"type": "hello", "version": 1})).await;
     recv_type(&mut other, "welcome").await;
 }
+
+/// The attack of issue 13 over the real WebSocket: three connections from
+/// three fresh addresses (on three /24s) join a room with their victim (and
+/// two bystanders, so that all three reports count before the majority is
+/// reached) and `room_report` it. The room's majority removes the victim,
+/// but three fresh addresses cannot ban anyone from strangers: the victim,
+/// and anyone else on its address, can still search and be matched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_fresh_room_members_cannot_ban_their_victim_from_strangers() {
+    let s = server(|s| s.core.pow.mode = earshot_core::pow::PowMode::Off).await;
+    let addr = s.http_addr;
+    let greeted = |source: &'static str| async move {
+        let mut ws = ws_from(source, addr).await.expect("connected");
+        send(&mut ws, json!({"type": "hello", "version": 1})).await;
+        recv_type(&mut ws, "welcome").await;
+        ws
+    };
+    let mut victim = greeted("127.0.0.4").await;
+    send(
+        &mut victim,
+        json!({"type": "room_join", "room": "lure-room"}),
+    )
+    .await;
+    let victim_peer = recv_type(&mut victim, "room_joined").await["peer"].clone();
+    let mut attackers = Vec::new();
+    for source in [
+        "127.0.1.2",
+        "127.0.2.2",
+        "127.0.3.2",
+        "127.0.4.2",
+        "127.0.5.2",
+    ] {
+        let mut a = greeted(source).await;
+        send(&mut a, json!({"type": "room_join", "room": "lure-room"})).await;
+        recv_type(&mut a, "room_joined").await;
+        attackers.push(a);
+    }
+    let _bystanders = attackers.split_off(3);
+    for a in &mut attackers {
+        send(
+            a,
+            json!({"type": "room_report", "peer": victim_peer, "reason": "harassment"}),
+        )
+        .await;
+    }
+    // Removed from the room: told so, and idle.
+    let mut removed = false;
+    while let Some(v) = recv(&mut victim).await {
+        if v["type"] == "error" && v["code"] == "removed" {
+            removed = true;
+        }
+        if v["type"] == "idle" {
+            break;
+        }
+    }
+    assert!(removed, "the room's majority removes the victim");
+    // Not banned from strangers: the victim searches and meets a stranger,
+    // and so does a housemate on the same address.
+    for (mut who, stranger) in [
+        (victim, "127.0.0.6"),
+        (greeted("127.0.0.4").await, "127.0.0.7"),
+    ] {
+        send(&mut who, json!({"type": "search"})).await;
+        let heard = recv(&mut who).await.expect("an answer");
+        assert_eq!(heard["type"], "searching", "not banned: {heard}");
+        let mut stranger = greeted(stranger).await;
+        send(&mut stranger, json!({"type": "search"})).await;
+        recv_type(&mut stranger, "searching").await;
+        recv_type(&mut stranger, "matched").await;
+        recv_type(&mut who, "matched").await;
+    }
+    s.shutdown().await;
+}

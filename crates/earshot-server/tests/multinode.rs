@@ -1,7 +1,9 @@
 //! Several `earshot` nodes sharing one real `redis-server`, every process on
 //! its own loopback port: strangers on different nodes are matched and their
 //! offer, answer and candidates relayed; a ban made on one node holds on
-//! another, and three reports made on three nodes add up to a ban; one
+//! another, and three reports made on three nodes add up to a ban (when
+//! the reporters weigh and are on distinct networks: fresh reporters, or
+//! reporters of one /24, ban nobody); one
 //! client's connects, searches, reports and room creations on two nodes
 //! draw on one allowance each; a call's record in
 //! Redis names both sides while it lasts and is gone once it ends, or once a
@@ -40,6 +42,25 @@ fn node(redis: &RedisServer) -> Server {
     Server::start(
         env!("CARGO_BIN_EXE_earshot"),
         &["--redis", &redis.url(), "--pow", "off", "--log", "debug"],
+    )
+    .unwrap()
+}
+
+/// A node on which every report weighs fully, whoever makes it: what is
+/// tested with it is how Redis pools strikes (and groups reporters by
+/// network), not how a node weighs them.
+fn unweighed_node(redis: &RedisServer) -> Server {
+    Server::start(
+        env!("CARGO_BIN_EXE_earshot"),
+        &[
+            "--redis",
+            &redis.url(),
+            "--pow",
+            "off",
+            "--log",
+            "debug",
+            "--test-unweighed-reports",
+        ],
     )
     .unwrap()
 }
@@ -238,12 +259,13 @@ async fn strangers_on_two_nodes_are_matched_and_signal_across() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ban_made_on_one_node_holds_on_another() {
     let redis = RedisServer::start();
-    let (na, nb) = (node(&redis), node(&redis));
+    let (na, nb) = (unweighed_node(&redis), unweighed_node(&redis));
     // The same address has the same client key on every node.
     let mut target = client("127.0.0.9", &nb).await;
     search(&mut target).await;
+    // Reporters on three networks (/24s).
     for n in 2..=4 {
-        let mut reporter = client(&format!("127.0.0.{n}"), &na).await;
+        let mut reporter = client(&format!("127.0.{n}.2"), &na).await;
         search(&mut reporter).await;
         recv_type(&mut reporter, "matched").await;
         recv_type(&mut target, "matched").await;
@@ -280,7 +302,11 @@ async fn a_ban_made_on_one_node_holds_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_reporters_on_three_nodes_ban_a_client_everywhere() {
     let redis = RedisServer::start();
-    let nodes = [node(&redis), node(&redis), node(&redis)];
+    let nodes = [
+        unweighed_node(&redis),
+        unweighed_node(&redis),
+        unweighed_node(&redis),
+    ];
     let mut target = client("127.0.0.9", &nodes[0]).await;
     search(&mut target).await;
     // One report per node: no node alone saw enough for a ban.
@@ -289,7 +315,7 @@ async fn three_reporters_on_three_nodes_ban_a_client_everywhere() {
             !redis.keys().iter().any(|k| k.starts_with("{earshot}:ban:")),
             "banned after {n} reports"
         );
-        let mut reporter = client(&format!("127.0.0.{}", n + 2), server).await;
+        let mut reporter = client(&format!("127.0.{}.2", n + 2), server).await;
         search(&mut reporter).await;
         recv_type(&mut reporter, "matched").await;
         recv_type(&mut target, "matched").await;
@@ -324,6 +350,71 @@ async fn three_reporters_on_three_nodes_ban_a_client_everywhere() {
         }
         assert_eq!(banned["code"], "banned", "{banned}");
     }
+}
+
+/// The target waits on `nodes[0]`; a reporter from each of `sources`, on
+/// the nodes in turn, meets and reports it. Whether Redis then holds a ban,
+/// and how many strikes it kept against the target.
+async fn report_on_each_node(
+    redis: &RedisServer,
+    nodes: &[Server],
+    sources: &[&str],
+) -> (bool, usize) {
+    let mut target = client("127.0.0.9", &nodes[0]).await;
+    search(&mut target).await;
+    eventually("the target waits", || redis.queue().len() == 1);
+    for (n, source) in sources.iter().enumerate() {
+        let mut reporter = client(source, &nodes[n % nodes.len()]).await;
+        search(&mut reporter).await;
+        recv_type(&mut reporter, "matched").await;
+        recv_type(&mut target, "matched").await;
+        send(&mut reporter, json!({"type": "report"})).await;
+        recv_type(&mut reporter, "idle").await;
+        recv_type(&mut target, "call_ended").await;
+        let next = recv(&mut target).await;
+        assert_eq!(next["type"], "searching", "not banned: {next}");
+        eventually("the target waits again", || redis.queue().len() == 1);
+    }
+    let banned = redis.keys().iter().any(|k| k.starts_with("{earshot}:ban:"));
+    let mut c = redis.conn().unwrap();
+    let strikes = redis
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("{earshot}:strikes:"))
+        .map(|k| {
+            let fields: Vec<String> = redis::cmd("HKEYS").arg(&k).query(&mut c).unwrap();
+            fields.iter().filter(|f| *f != "n").count()
+        })
+        .sum();
+    (banned, strikes)
+}
+
+/// Three fresh reporters on three networks and three nodes: each node
+/// judges its reporter's weight as nothing, and Redis takes that weight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_reporters_on_three_nodes_ban_nobody() {
+    let redis = RedisServer::start();
+    let nodes = [node(&redis), node(&redis), node(&redis)];
+    let sources = ["127.0.2.2", "127.0.3.2", "127.0.4.2"];
+    let (banned, strikes) = report_on_each_node(&redis, &nodes, &sources).await;
+    assert!(!banned);
+    assert_eq!(strikes, 0, "weightless strikes are not kept");
+}
+
+/// Reporters from one IPv4 /24 on three nodes are one reporter in Redis,
+/// even when every report weighs fully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reporters_of_one_network_on_three_nodes_count_once() {
+    let redis = RedisServer::start();
+    let nodes = [
+        unweighed_node(&redis),
+        unweighed_node(&redis),
+        unweighed_node(&redis),
+    ];
+    let sources = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
+    let (banned, strikes) = report_on_each_node(&redis, &nodes, &sources).await;
+    assert!(!banned, "one /24 is one reporter");
+    assert_eq!(strikes, 4, "each strike is kept, grouped when counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,7 +526,8 @@ fn count_keys(redis: &RedisServer, prefix: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_reporters_strikes_on_two_nodes_share_one_allowance() {
     let redis = RedisServer::start();
-    let nodes = [node(&redis), node(&redis)];
+    // Unweighed: a fresh reporter's strikes would not be kept at all.
+    let nodes = [unweighed_node(&redis), unweighed_node(&redis)];
     // One reporter with a connection on each node; each node alone lets it
     // make 10 reports that count (then one every 2 minutes).
     let mut reporter = [
@@ -759,4 +851,104 @@ async fn a_short_redis_outage_leaves_no_ghosts() {
     search(&mut y).await;
     recv_type(&mut y, "matched").await;
     recv_type(&mut x, "matched").await;
+}
+
+/// The strike script in Redis and the Rust rule it mirrors
+/// (`earshot_core::moderation::Strikes`) agree, strike by strike, on random
+/// strikes: repeats, weightless and light strikes, a full book, reporters
+/// grouped by network (now or under the previous secret), by room and by
+/// arrival, and bans.
+#[test]
+fn the_strike_script_and_the_rust_rule_agree() {
+    use earshot_core::ClientKey;
+    use earshot_core::moderation::{Added, STRIKE_LUA, Strike, StrikeRule, Strikes};
+
+    let redis = RedisServer::start();
+    let mut c = redis.conn().unwrap();
+    let script = redis::Script::new(&format!(
+        "{}{}",
+        earshot_server::backplane::TAKE,
+        STRIKE_LUA
+    ));
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let key = |n: u64| ClientKey([n as u8 + 1; 16]);
+    let hex = earshot_core::backplane::hex;
+    let (mut bans, mut grouped) = (0, 0);
+    for case in 0..60 {
+        let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+        let rule = StrikeRule {
+            window: Duration::from_secs(24 * 3600),
+            reporters: 2 + next(2) as usize,
+            weight: 1000 * (1 + next(3) as u32),
+            ban_lengths: vec![Duration::from_secs(3600)],
+            reports: (1000, Duration::from_secs(1)),
+            together: Duration::from_secs(60),
+            max_strikes: 3 + next(4) as usize,
+        };
+        let target = ClientKey([0xaa; 16]);
+        let mut rust = Strikes::default();
+        let base = Instant::now() + Duration::from_secs(3600);
+        for i in 0..12u64 {
+            let reporter = key(next(8));
+            let network = key(10 + next(5));
+            let previous_network = (next(3) == 0).then(|| key(10 + next(5)));
+            let room = (next(3) == 0).then(|| next(2));
+            // Arrivals 25 s apart: never within a few ms of the 60 s limit.
+            let age = Duration::from_secs(25 * next(20));
+            let weight = [0, 333, 500, 1000][next(4) as usize];
+            // Strikes in Redis are made a few ms apart: the same order here.
+            std::thread::sleep(Duration::from_millis(3));
+            let at = base + Duration::from_millis(3 * i);
+            let lua: i64 = script
+                .arg(hex(&target))
+                .arg(hex(&reporter))
+                .arg(weight)
+                .arg(rule.window.as_millis() as u64)
+                .arg(rule.reporters)
+                .arg(rule.weight)
+                .arg("3600000")
+                .arg(rule.reports.0)
+                .arg(rule.reports.1.as_millis() as u64)
+                .arg(hex(&network))
+                .arg(previous_network.map_or("-".to_owned(), |n| hex(&n)))
+                .arg(age.as_millis() as u64)
+                .arg(room.map_or("-".to_owned(), |r| format!("{r:016x}")))
+                .arg(rule.together.as_millis() as u64)
+                .arg(rule.max_strikes)
+                .invoke(&mut c)
+                .unwrap();
+            let added = rust.add(
+                Strike {
+                    at,
+                    reporter,
+                    network,
+                    previous_network,
+                    arrived: at - age,
+                    room,
+                    weight,
+                },
+                &rule,
+            );
+            assert_eq!(
+                lua > 0,
+                added == Added::Ban,
+                "case {case}, strike {i}: Lua {lua}, Rust {added:?}"
+            );
+            bans += usize::from(lua > 0);
+            let k = format!("{{earshot}}:strikes:{}", hex(&target));
+            let fields: Vec<String> = redis::cmd("HKEYS").arg(&k).query(&mut c).unwrap();
+            let kept = fields.iter().filter(|f| *f != "n").count();
+            assert_eq!(kept, rust.len(), "case {case}, strike {i}: strikes kept");
+            let (reporters, _) = rust.tally(rule.together);
+            grouped += usize::from(reporters < rust.len());
+        }
+    }
+    assert!(bans > 10, "only {bans} bans");
+    assert!(grouped > 50, "only {grouped} groupings");
 }

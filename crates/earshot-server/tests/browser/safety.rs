@@ -5,10 +5,13 @@
 //! progress shown, and the page is usable afterwards. See the crate docs in
 //! `main.rs`.
 //!
-//! The ban needs reports from three different client keys, and every
-//! browser comes from 127.0.0.1 (one key): so the reporters are raw
-//! WebSocket clients speaking PROTOCOL.md, each bound to its own loopback
-//! address (127.0.0.2, .3, .4), as `tests/abuse.rs` does.
+//! The ban needs reports from three different networks, and every browser
+//! comes from 127.0.0.1 (one key): so the reporters are raw WebSocket
+//! clients speaking PROTOCOL.md, each bound to a loopback address of its
+//! own /24 (127.0.2.2, 127.0.3.2, 127.0.4.2), as `tests/abuse.rs` does. The
+//! server runs with `--test-unweighed-reports`: fresh reporters weigh
+//! nothing toward a ban otherwise (see `earshot_core::moderation`), and a
+//! browser test cannot wait ten minutes for them to be trusted.
 
 use crate::support::harness::{
     Browser, Run, STEP, Setup, Snapshot, check_audio, check_call_audio, hold, http_get, poll,
@@ -688,8 +691,9 @@ fn metric_in(body: &str, name: &str) -> Option<u64> {
 // --------------------------------------------------------------------- ban
 
 /// A browser is banned from matching and its ban notice counts down. A
-/// presses Start; three raw WebSocket clients, from 127.0.0.2, .3 and .4
-/// (three client keys), each search, are matched with A, pass a candidate
+/// presses Start; three raw WebSocket clients, from three /24s
+/// (127.0.2.2, 127.0.3.2, 127.0.4.2: three client keys and three
+/// networks), each search, are matched with A, pass a candidate
 /// along (relayed to A, and looked for in the log) and report A. After the
 /// first two A is back in the queue on its own ("Stranger ended the call");
 /// the third completes the ban, and the server's answer to A's automatic
@@ -701,10 +705,16 @@ fn metric_in(body: &str, name: &str) -> Option<u64> {
 /// privacy checks of `Run::finish`.
 #[test]
 fn browser_ban_notice_counts_down() -> Result<()> {
-    Run::scenario(
+    let setup = Setup {
+        server_args: vec!["--test-unweighed-reports".into()],
+        ..Setup::default()
+    };
+    Run::scenario_setup(
         "browser_ban_notice_counts_down",
         &["A"],
+        1,
         LOG_SHOWS_BAN,
+        &setup,
         ban_scenario,
     )
 }
@@ -791,7 +801,7 @@ fn ban_scenario(run: &Run) -> Result<()> {
     a.click("start")?;
     wait_for("A searching", &[a], |s| s[0].state == "searching")?;
     let mut reporters = Vec::new();
-    for (i, source) in ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    for (i, source) in ["127.0.2.2", "127.0.3.2", "127.0.4.2"]
         .into_iter()
         .enumerate()
     {
