@@ -29,6 +29,9 @@
 //! from another process and is treated as input: bounded, typed errors, no
 //! panics (property-tested in `tests/properties.rs`).
 
+pub mod script;
+pub mod slot;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -162,6 +165,41 @@ pub enum Request {
     },
     /// The members removed this client: it may not come back.
     RoomRemove { room: String, key: ClientKey },
+}
+
+/// What a request must stay in order with: requests that share a key run
+/// in the order the switchboard made them; the others may run at once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OrderKey {
+    Conn(ConnId),
+    Client(ClientKey),
+    Room(String),
+    Call(CallId),
+}
+
+impl Request {
+    /// The connections, clients, room or call this request is about. One
+    /// connection's queue joins and leaves, a room's joins, leaves, locks
+    /// and messages, and a call's start, messages and end keep their order;
+    /// a signal waits only for what concerns its own two connections.
+    pub fn order_keys(&self) -> Vec<OrderKey> {
+        use OrderKey::{Call, Client, Conn, Room};
+        match self {
+            Request::Enqueue(w) => vec![Conn(w.conn), Client(w.key)],
+            Request::Dequeue { conn } | Request::Connect { conn, .. } => vec![Conn(*conn)],
+            Request::Publish(msg) => msg.order_keys(),
+            Request::KeepApart { a, b, .. } => vec![Conn(*a), Conn(*b)],
+            Request::Block { a, b, .. } => vec![Client(*a), Client(*b)],
+            Request::Ban { key, .. } => vec![Client(*key)],
+            Request::Strike { key, reporter, .. } => vec![Client(*key), Client(*reporter)],
+            Request::CallStart { call, a, b } => vec![Call(*call), Conn(*a), Conn(*b)],
+            Request::CallEnd { call } => vec![Call(*call)],
+            Request::RoomJoin { conn, room, .. } => vec![Room(room.clone()), Conn(*conn)],
+            Request::RoomLeave { room, .. }
+            | Request::RoomLock { room, .. }
+            | Request::RoomRemove { room, .. } => vec![Room(room.clone())],
+        }
+    }
 }
 
 /// What the backplane tells the switchboard
@@ -313,6 +351,22 @@ impl Remote {
             | Remote::PeerLeft { to, .. }
             | Remote::RoomSignal { to, .. }
             | Remote::RoomLock { to, .. } => *to,
+        }
+    }
+
+    /// What this message must stay in order with (see
+    /// [`Request::order_keys`]).
+    pub fn order_keys(&self) -> Vec<OrderKey> {
+        use OrderKey::{Conn, Room};
+        match self {
+            Remote::Matched { to, from, .. }
+            | Remote::Signal { to, from, .. }
+            | Remote::Ended { to, from, .. } => vec![Conn(*to), Conn(*from)],
+            Remote::Requeue { to } => vec![Conn(*to)],
+            Remote::PeerJoined { to, room, .. }
+            | Remote::PeerLeft { to, room, .. }
+            | Remote::RoomSignal { to, room, .. }
+            | Remote::RoomLock { to, room, .. } => vec![Room(room.clone()), Conn(*to)],
         }
     }
 

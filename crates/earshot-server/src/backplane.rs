@@ -51,11 +51,27 @@
 //! calls reach and end those calls when one dies ([`Event::NodeDown`]); a
 //! sweep every beat removes dead nodes' waiters.
 //!
-//! Losing Redis, or finding this node's heartbeat gone (a Redis restart),
+//! Requests are pipelined: a node has one connection per Redis server
+//! (`link`), writes commands as they come without waiting for earlier
+//! replies, and runs as many requests at once as their order allows
+//! (`order`): one connection's, one client's, one room's and one call's
+//! requests keep their order; unrelated ones overlap, and a signal waits
+//! only for what concerns its own two connections (never for another
+//! client's pairing script). Each request is one function in `requests`.
+//!
+//! Losing Redis (a connection to it breaking, or reconnecting), or finding
+//! this node's heartbeat gone (a Redis restart),
 //! closes every connection with 1012 "backplane unavailable": clients show
 //! "Reconnecting…" and retry; calls carry on peer to peer. New connections
 //! are refused the same way until Redis answers again; then the node
 //! restores the shared secret, purges its own stale waiters and serves.
+
+mod link;
+mod order;
+mod requests;
+mod resp;
+mod subscriber;
+mod topology;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,19 +79,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use earshot_core::backplane::{
-    self, Event, NodeId, PairReply, Request, RoomReply, decode_pair_reply, decode_remote,
-    decode_room_reply,
-};
+use earshot_core::backplane::script::Script;
+use earshot_core::backplane::{self, Event, NodeId, Request, decode_remote};
 use earshot_core::moderation::STRIKE_LUA;
 use earshot_core::{ClientKey, ConnId};
-use futures_util::StreamExt;
-use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::link::{Addr, Target};
+use self::resp::{Cmd, Value};
+use self::subscriber::Subscription;
+use self::topology::Topology;
 use crate::hub::Hub;
 use crate::identity::Keyer;
 
@@ -319,25 +334,72 @@ if redis.call('GET', k) == ARGV[2] then return redis.call('DEL', k) end
 return 0
 "#;
 
+/// The scripts a node runs, loaded on every link.
+struct Scripts {
+    pair: Script,
+    sweep: Script,
+    heartbeat: Script,
+    room_join: Script,
+    room_leave: Script,
+    strike: Script,
+    connect: Script,
+    leave: Script,
+    dequeue: Script,
+}
+
+/// Takes a waiter out of the queue (ARGV: conn).
+const DEQUEUE: &str = r#"
+redis.call('ZREM', '{earshot}:queue', ARGV[1])
+return redis.call('DEL', '{earshot}:w:' .. ARGV[1])
+"#;
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            pair: Script::new("pair", format!("{TAKE}{PAIR}")),
+            sweep: Script::new("sweep", SWEEP),
+            heartbeat: Script::new("heartbeat", HEARTBEAT_SCRIPT),
+            room_join: Script::new("room_join", format!("{TAKE}{ROOM_JOIN}")),
+            room_leave: Script::new("room_leave", ROOM_LEAVE),
+            strike: Script::new("strike", format!("{TAKE}{STRIKE_LUA}")),
+            connect: Script::new("connect", format!("{TAKE}{CONNECT}")),
+            leave: Script::new("leave", LEAVE),
+            dequeue: Script::new("dequeue", DEQUEUE),
+        }
+    }
+
+    fn sources(&self) -> Vec<String> {
+        [
+            &self.pair,
+            &self.sweep,
+            &self.heartbeat,
+            &self.room_join,
+            &self.room_leave,
+            &self.strike,
+            &self.connect,
+            &self.leave,
+            &self.dequeue,
+        ]
+        .iter()
+        .map(|s| s.source.clone())
+        .collect()
+    }
+}
+
 /// A node's connection to Redis.
 pub struct Redis {
-    client: redis::Client,
-    conn: ConnectionManager,
+    topology: Topology,
     node: NodeId,
     /// This node's token in its heartbeat key; a new one after an outage.
     token: std::sync::Mutex<String>,
-    pair: redis::Script,
-    sweep: redis::Script,
-    heartbeat: redis::Script,
-    room_join: redis::Script,
-    room_leave: redis::Script,
-    strike: redis::Script,
-    connect: redis::Script,
-    leave: redis::Script,
+    scripts: Scripts,
     subscribed: AtomicBool,
     /// The first subscription, made before serving so that nothing
     /// published to this node is missed.
-    first_subscription: std::sync::Mutex<Option<redis::aio::PubSub>>,
+    first_subscription: tokio::sync::Mutex<Option<Subscription>>,
+    /// The links' generations when this node last (re)registered: a link
+    /// that connected again since may face a Redis that lost everything.
+    generations: std::sync::atomic::AtomicU64,
 }
 
 fn key(k: &str) -> String {
@@ -352,34 +414,54 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// Where `--redis URL` points, and how to log in.
+fn target(url: &str) -> anyhow::Result<Target> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info().context("bad --redis URL")?;
+    let addr = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => Addr::Tcp(host.clone(), *port),
+        redis::ConnectionAddr::Unix(path) => Addr::Unix(path.clone()),
+        _ => anyhow::bail!("--redis: TLS is not supported"),
+    };
+    let settings = info.redis_settings();
+    Ok(Target {
+        addr,
+        username: settings.username().map(str::to_owned),
+        password: settings.password().map(str::to_owned),
+        db: settings.db(),
+    })
+}
+
+/// Sends `cmds` together (each on its own link) and waits for all replies.
+async fn all(topology: &Topology, cmds: &[Cmd]) -> anyhow::Result<Vec<Value>> {
+    let replies: Vec<_> = cmds.iter().map(|c| topology.send(c)).collect();
+    let mut out = Vec::with_capacity(replies.len());
+    for r in replies {
+        match r.await? {
+            Value::Error(e) => anyhow::bail!("Redis: {e}"),
+            v => out.push(v),
+        }
+    }
+    Ok(out)
+}
+
 impl Redis {
     /// Connects and claims a node number no live node holds.
     pub async fn connect(url: &str) -> anyhow::Result<Redis> {
-        let client = redis::Client::open(url).context("bad --redis URL")?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = client
-            .get_connection_manager_with_config(config)
+        let seed = target(url)?;
+        let scripts = Scripts::new();
+        // The links live as long as the process.
+        let topology = Topology::discover(seed, scripts.sources(), CancellationToken::new())
             .await
             .context("cannot reach Redis")?;
         let mut redis = Redis {
-            client,
-            conn,
+            topology,
             node: 0,
             token: std::sync::Mutex::new(new_token()),
-            pair: redis::Script::new(&format!("{TAKE}{PAIR}")),
-            sweep: redis::Script::new(SWEEP),
-            heartbeat: redis::Script::new(HEARTBEAT_SCRIPT),
-            room_join: redis::Script::new(&format!("{TAKE}{ROOM_JOIN}")),
-            room_leave: redis::Script::new(ROOM_LEAVE),
-            strike: redis::Script::new(&format!("{TAKE}{STRIKE_LUA}")),
-            connect: redis::Script::new(&format!("{TAKE}{CONNECT}")),
-            leave: redis::Script::new(LEAVE),
+            scripts,
             subscribed: AtomicBool::new(false),
-            first_subscription: std::sync::Mutex::new(None),
+            first_subscription: tokio::sync::Mutex::new(None),
+            generations: std::sync::atomic::AtomicU64::new(0),
         };
         for _ in 0..32 {
             // Node 0 would make ids look like a single node's.
@@ -390,8 +472,11 @@ impl Redis {
                     .subscribe()
                     .await
                     .context("cannot subscribe to Redis")?;
-                redis.first_subscription = std::sync::Mutex::new(Some(pubsub));
+                redis.first_subscription = tokio::sync::Mutex::new(Some(pubsub));
                 redis.subscribed.store(true, Ordering::Relaxed);
+                redis
+                    .generations
+                    .store(redis.topology.health().1, Ordering::Relaxed);
                 return Ok(redis);
             }
         }
@@ -402,28 +487,38 @@ impl Redis {
         self.node
     }
 
-    async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
-        let mut p = self.client.get_async_pubsub().await?;
-        p.subscribe(channel(self.node)).await?;
-        Ok(p)
+    async fn subscribe(&self) -> anyhow::Result<Subscription> {
+        let ch = channel(self.node);
+        let link = self
+            .topology
+            .link(self.topology.index_for_key(&ch))
+            .context("no link for this node's channel")?;
+        Ok(Subscription::open(link.target(), &ch, self.topology.is_cluster()).await?)
     }
 
     fn token(&self) -> String {
         self.token.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    async fn beat(&self) -> redis::RedisResult<i64> {
+    /// A call of `script`; `route` names a key in the slot it works on.
+    fn eval(&self, script: &Script, route: &str) -> Cmd {
+        let mut c = Cmd::new("EVALSHA");
+        c.arg(script.sha.as_str()).arg(0u8).route(route);
+        c
+    }
+
+    async fn beat(&self) -> anyhow::Result<i64> {
         self.beat_replacing(&self.token()).await
     }
 
-    async fn beat_replacing(&self, old: &str) -> redis::RedisResult<i64> {
-        self.heartbeat
-            .arg(self.node)
+    async fn beat_replacing(&self, old: &str) -> anyhow::Result<i64> {
+        let mut c = self.eval(&self.scripts.heartbeat, &key("node"));
+        c.arg(self.node)
             .arg(self.token())
             .arg(millis(NODE_TTL))
-            .arg(old)
-            .invoke_async(&mut self.conn.clone())
-            .await
+            .arg(old);
+        let v = all(&self.topology, &[c]).await?;
+        v[0].int().context("unexpected heartbeat reply")
     }
 
     /// Agrees this period's client-key secret with the other nodes: the
@@ -435,26 +530,25 @@ impl Redis {
         candidate: [u8; 32],
     ) -> anyhow::Result<()> {
         let period = period(rotation);
-        let mut conn = self.conn.clone();
         let current_key = key(&format!("secret:{period}"));
+        let previous_key = key(&format!("secret:{}", period.wrapping_sub(1)));
         let ttl = millis(rotation.saturating_mul(3));
-        let _: Option<String> = redis::cmd("SET")
-            .arg(&current_key)
+        let mut set = Cmd::new("SET");
+        set.key(&current_key)
             .arg(hex32(&candidate))
             .arg("NX")
             .arg("PX")
-            .arg(ttl)
-            .query_async(&mut conn)
-            .await?;
-        let current: Option<String> = conn.get(&current_key).await?;
-        let previous: Option<String> = conn
-            .get(key(&format!("secret:{}", period.wrapping_sub(1))))
-            .await?;
-        let current = current
-            .as_deref()
+            .arg(ttl);
+        let mut get = Cmd::new("GET");
+        get.key(&current_key);
+        let mut previous = Cmd::new("GET");
+        previous.key(&previous_key);
+        let v = all(&self.topology, &[set, get, previous]).await?;
+        let current = v[1]
+            .text()
             .and_then(unhex32)
             .context("the shared secret in Redis is malformed")?;
-        keyer.set_secrets(current, previous.as_deref().and_then(unhex32));
+        keyer.set_secrets(current, v[2].text().and_then(unhex32));
         Ok(())
     }
 
@@ -468,285 +562,38 @@ impl Redis {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) {
-        tracker.spawn(
-            self.clone()
-                .run_requests(hub.clone(), requests, shutdown.clone()),
-        );
+        tracker.spawn(requests::run(
+            self.clone(),
+            hub.clone(),
+            requests,
+            shutdown.clone(),
+        ));
         tracker.spawn(self.clone().run_subscriber(hub.clone(), shutdown.clone()));
         tracker.spawn(self.run_heartbeat(hub, keyer, rotation, shutdown));
-    }
-
-    async fn run_requests(
-        self: Arc<Self>,
-        hub: Arc<Hub>,
-        mut requests: UnboundedReceiver<Request>,
-        shutdown: CancellationToken,
-    ) {
-        loop {
-            let request = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = requests.recv() => match r {
-                    Some(r) => r,
-                    None => return,
-                },
-            };
-            self.execute(&hub, request).await;
-        }
-    }
-
-    async fn execute(&self, hub: &Hub, request: Request) {
-        let mut conn = self.conn.clone();
-        let result: redis::RedisResult<()> = match request {
-            Request::Enqueue(w) => {
-                let id = w.conn;
-                let tags = serde_json::to_string(&w.interests).expect("strings serialize");
-                let reply: redis::RedisResult<String> = self
-                    .pair
-                    .arg(id.0)
-                    .arg(self.node)
-                    .arg(backplane::hex(&w.key))
-                    .arg(tags)
-                    .arg(u8::from(w.open))
-                    .arg(millis(w.interest_wait))
-                    .arg(w.country.as_ref().map_or("", |c| c.as_str()))
-                    .arg(SCAN_LIMIT)
-                    .arg(millis(WAITER_TTL))
-                    .arg(self.token())
-                    .arg(
-                        w.limit
-                            .map_or(String::new(), |(burst, _)| burst.to_string()),
-                    )
-                    .arg(
-                        w.limit
-                            .map_or(String::new(), |(_, every)| millis(every).to_string()),
-                    )
-                    .invoke_async(&mut conn)
-                    .await;
-                let event = match reply.map(|r| decode_pair_reply(&r)) {
-                    Ok(Ok(PairReply::Queued)) => Event::Queued { conn: id },
-                    Ok(Ok(PairReply::Banned { ttl })) => Event::Banned { conn: id, ttl },
-                    Ok(Ok(PairReply::Limited { retry })) => Event::Limited { conn: id, retry },
-                    Ok(Ok(PairReply::Matched(partner))) => Event::Paired { conn: id, partner },
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "unexpected reply from the pairing script");
-                        Event::Failed { conn: id }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Redis failed a queue join");
-                        Event::Failed { conn: id }
-                    }
-                };
-                hub.backplane_event(event);
-                Ok(())
-            }
-            Request::Connect {
-                conn: id,
-                key: k,
-                allowance: (burst, every),
-            } => {
-                let wait: redis::RedisResult<u64> = self
-                    .connect
-                    .arg(backplane::hex(&k))
-                    .arg(burst)
-                    .arg(millis(every))
-                    .invoke_async(&mut conn)
-                    .await;
-                wait.map(|ms| {
-                    if ms > 0 {
-                        hub.backplane_event(Event::TooManyConnects { conn: id });
-                    }
-                })
-            }
-            Request::Dequeue { conn: id } => {
-                redis::pipe()
-                    .atomic()
-                    .zrem(key("queue"), id.0)
-                    .del(key(&format!("w:{}", id.0)))
-                    .query_async(&mut conn)
-                    .await
-            }
-            Request::Publish(msg) => {
-                let node = backplane::node_of(msg.to());
-                conn.publish(channel(node), msg.encode()).await
-            }
-            Request::KeepApart { a, b, ttl } => {
-                let (a, b) = (a.min(b), a.max(b));
-                let k = key(&format!("apart:{}:{}", a.0, b.0));
-                conn.pset_ex(k, 1, millis(ttl)).await
-            }
-            Request::Block { a, b, ttl } => {
-                let (a, b) = (backplane::hex(&a), backplane::hex(&b));
-                let (a, b) = if a < b { (a, b) } else { (b, a) };
-                conn.pset_ex(key(&format!("block:{a}:{b}")), 1, millis(ttl))
-                    .await
-            }
-            Request::Ban { key: k, ttl } => conn.pset_ex(ban_key(&k), 1, millis(ttl)).await,
-            Request::Strike {
-                key: k,
-                reporter,
-                weight,
-                network,
-                previous_network,
-                room,
-                age,
-                rule,
-            } => {
-                let lengths: Vec<String> = rule
-                    .ban_lengths
-                    .iter()
-                    .map(|&d| millis(d).to_string())
-                    .collect();
-                let banned: redis::RedisResult<i64> = self
-                    .strike
-                    .arg(backplane::hex(&k))
-                    .arg(backplane::hex(&reporter))
-                    .arg(weight)
-                    .arg(millis(rule.window))
-                    .arg(rule.reporters)
-                    .arg(rule.weight)
-                    .arg(lengths.join(","))
-                    .arg(rule.reports.0)
-                    .arg(millis(rule.reports.1))
-                    .arg(backplane::hex(&network))
-                    .arg(previous_network.map_or("-".to_owned(), |n| backplane::hex(&n)))
-                    .arg(u64::try_from(age.as_millis()).unwrap_or(u64::MAX))
-                    .arg(room.map_or("-".to_owned(), |r| format!("{r:016x}")))
-                    .arg(u64::try_from(rule.together.as_millis()).unwrap_or(u64::MAX))
-                    .arg(rule.max_strikes)
-                    .invoke_async(&mut conn)
-                    .await;
-                banned.map(|ms| match ms {
-                    -1 => tracing::debug!("a strike over the reporter's shared allowance"),
-                    1.. => tracing::info!(ban_ms = ms, "pooled strikes completed a ban"),
-                    _ => {}
-                })
-            }
-            Request::CallStart { call, a, b } => {
-                let sides = format!(
-                    "{}:{} {}:{}",
-                    backplane::node_of(a),
-                    a.0,
-                    backplane::node_of(b),
-                    b.0
-                );
-                conn.pset_ex(call_key(call), sides, millis(CALL_TTL)).await
-            }
-            Request::CallEnd { call } => conn.del(call_key(call)).await,
-            Request::RoomJoin {
-                conn: id,
-                room,
-                key: k,
-                verifier,
-                max_size,
-                attempts,
-                creations,
-            } => {
-                let reply: redis::RedisResult<String> = self
-                    .room_join
-                    .arg(&room)
-                    .arg(id.0)
-                    .arg(self.node)
-                    .arg(backplane::hex(&k))
-                    .arg(
-                        verifier
-                            .as_ref()
-                            .map(backplane::verifier_hex)
-                            .unwrap_or_default(),
-                    )
-                    .arg(max_size)
-                    .arg(millis(ROOM_TTL))
-                    .arg(self.token())
-                    .arg(attempts.0)
-                    .arg(millis(attempts.1))
-                    .arg(creations.0)
-                    .arg(millis(creations.1))
-                    .invoke_async(&mut conn)
-                    .await;
-                let event = match reply.map(|r| decode_room_reply(&r)) {
-                    Ok(Ok(RoomReply::Joined {
-                        peer,
-                        others,
-                        locked,
-                    })) => Event::RoomJoined {
-                        conn: id,
-                        room,
-                        peer,
-                        others,
-                        locked,
-                    },
-                    Ok(Ok(RoomReply::Refused(code, retry))) => Event::RoomRefused {
-                        conn: id,
-                        code,
-                        retry,
-                    },
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "unexpected reply from the room script");
-                        Event::Failed { conn: id }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Redis failed a room join");
-                        Event::Failed { conn: id }
-                    }
-                };
-                hub.backplane_event(event);
-                Ok(())
-            }
-            Request::RoomLeave { room, peer } => {
-                self.room_leave
-                    .arg(room)
-                    .arg(peer)
-                    .invoke_async(&mut conn)
-                    .await
-            }
-            Request::RoomLock { room, verifier } => {
-                let k = key(&format!("room:{room}"));
-                match verifier {
-                    Some(v) => conn.hset(k, "lock", backplane::verifier_hex(&v)).await,
-                    None => conn.hdel(k, "lock").await,
-                }
-            }
-            Request::RoomRemove { room, key: client } => {
-                let k = key(&format!("room:{room}"));
-                conn.hset(k, format!("x:{}", backplane::hex(&client)), 1)
-                    .await
-            }
-            other => {
-                tracing::warn!(?other, "backplane request not supported");
-                Ok(())
-            }
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "a backplane request failed");
-        }
     }
 
     /// Receives what other nodes publish to this one; a lost subscription
     /// may have lost messages, so it counts as losing the backplane.
     async fn run_subscriber(self: Arc<Self>, hub: Arc<Hub>, shutdown: CancellationToken) {
         loop {
-            let first = self
-                .first_subscription
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            let pubsub = match first {
-                Some(p) => Ok(Ok(p)),
+            let first = self.first_subscription.lock().await.take();
+            let subscription = match first {
+                Some(s) => Ok(Ok(s)),
                 None => tokio::select! {
                     () = shutdown.cancelled() => return,
-                    p = tokio::time::timeout(Duration::from_secs(2), self.subscribe()) => p,
+                    s = tokio::time::timeout(Duration::from_secs(2), self.subscribe()) => s,
                 },
             };
-            match pubsub {
-                Ok(Ok(pubsub)) => {
+            match subscription {
+                Ok(Ok(mut subscription)) => {
                     self.subscribed.store(true, Ordering::Relaxed);
-                    let mut messages = pubsub.into_on_message();
                     loop {
                         let msg = tokio::select! {
                             () = shutdown.cancelled() => return,
-                            m = messages.next() => m,
+                            m = subscription.next() => m,
                         };
-                        let Some(msg) = msg else { break };
-                        let Ok(payload) = msg.get_payload::<String>() else {
+                        let Ok(payload) = msg else { break };
+                        let Ok(payload) = String::from_utf8(payload) else {
                             continue;
                         };
                         match decode_remote(&payload) {
@@ -787,30 +634,42 @@ impl Redis {
                 () = shutdown.cancelled() => {
                     // Leaving on purpose: the other nodes end this node's
                     // calls at their next beat rather than after the TTL.
-                    let mut leave = self.leave.prepare_invoke();
+                    let mut leave = self.eval(&self.scripts.leave, &key("node"));
                     leave.arg(self.node).arg(self.token());
-                    let mut conn = self.conn.clone();
-                    let _ = tokio::time::timeout(HEARTBEAT, leave.invoke_async::<i64>(&mut conn))
-                        .await;
+                    let _ = tokio::time::timeout(HEARTBEAT, self.topology.send(&leave)).await;
                     return;
                 }
                 _ = tick.tick() => {}
             }
             beats = beats.wrapping_add(1);
+            if let Err(e) = self.topology.refresh_if_stale().await {
+                tracing::warn!(error = %e, "cannot read the Redis Cluster's slot map");
+            }
+            let (up, generations) = self.topology.health();
+            if !up || generations != self.generations.load(Ordering::Relaxed) {
+                // A link broke, or connected again: what this node wrote
+                // there may be gone.
+                if !lost {
+                    tracing::warn!("lost a connection to Redis");
+                    hub.set_available(false);
+                }
+                lost = true;
+            }
             match self.beat().await {
                 Ok(1) if !lost => {}
-                Ok(1 | 2) => {
+                Ok(1 | 2) if up => {
                     if !lost {
                         tracing::warn!("this node's state in Redis is gone; starting afresh");
                         hub.set_available(false);
                     }
                     lost = self.recover(&hub, &keyer, rotation).await.is_err();
                 }
-                Ok(_) => {
+                Ok(0) => {
                     tracing::error!(node = self.node, "another node holds this node's number");
                     hub.set_available(false);
                     lost = true;
                 }
+                Ok(_) => {}
                 Err(e) => {
                     if !lost {
                         tracing::warn!(error = %e, "lost Redis");
@@ -848,6 +707,7 @@ impl Redis {
         if !self.subscribed.load(Ordering::Relaxed) {
             anyhow::bail!("not subscribed yet");
         }
+        let generations = self.topology.health().1;
         let old = std::mem::replace(
             &mut *self.token.lock().unwrap_or_else(|e| e.into_inner()),
             new_token(),
@@ -856,6 +716,7 @@ impl Redis {
             anyhow::bail!("another node holds this node's number");
         }
         self.sync_secret(keyer, rotation, keyer.secret()).await?;
+        self.generations.store(generations, Ordering::Relaxed);
         tracing::info!("Redis is back");
         hub.set_available(true);
         Ok(())
@@ -870,17 +731,21 @@ impl Redis {
         hub: &Hub,
         beats: u32,
         tokens: &mut HashMap<NodeId, String>,
-    ) -> redis::RedisResult<()> {
-        let mut conn = self.conn.clone();
+    ) -> anyhow::Result<()> {
         let nodes = hub.remote_nodes();
         tokens.retain(|n, _| nodes.contains(n));
         if !nodes.is_empty() {
-            let mut pipe = redis::pipe();
-            for &n in &nodes {
-                pipe.get(key(&format!("node:{n}")));
-            }
-            let now: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+            let gets: Vec<Cmd> = nodes
+                .iter()
+                .map(|n| {
+                    let mut c = Cmd::new("GET");
+                    c.key(&key(&format!("node:{n}")));
+                    c
+                })
+                .collect();
+            let now = all(&self.topology, &gets).await?;
             for (&n, token) in nodes.iter().zip(now) {
+                let token = token.text().map(str::to_owned);
                 let same = match (&token, tokens.get(&n)) {
                     (Some(t), Some(seen)) => t == seen,
                     (Some(_), None) => true,
@@ -896,34 +761,27 @@ impl Redis {
                 }
             }
         }
-        let _: i64 = self.sweep.arg(SWEEP_LIMIT).invoke_async(&mut conn).await?;
+        let mut sweep = self.eval(&self.scripts.sweep, &key("queue"));
+        sweep.arg(SWEEP_LIMIT);
+        all(&self.topology, &[sweep]).await?;
         if beats.is_multiple_of(WAITER_REFRESH_BEATS) {
-            let waiters = hub.shared_waiters();
-            for chunk in waiters.chunks(512) {
-                let mut pipe = redis::pipe();
-                for id in chunk {
-                    pipe.pexpire(waiter_key(*id), millis(WAITER_TTL) as i64)
-                        .ignore();
-                }
-                let () = pipe.query_async(&mut conn).await?;
+            let mut touch = Vec::new();
+            let expire = |k: String, ttl: Duration| {
+                let mut c = Cmd::new("PEXPIRE");
+                c.key(&k).arg(millis(ttl));
+                c
+            };
+            for id in hub.shared_waiters() {
+                touch.push(expire(waiter_key(id), WAITER_TTL));
             }
-            let calls = hub.shared_calls();
-            for chunk in calls.chunks(512) {
-                let mut pipe = redis::pipe();
-                for &call in chunk {
-                    pipe.pexpire(call_key(call), millis(CALL_TTL) as i64)
-                        .ignore();
-                }
-                let () = pipe.query_async(&mut conn).await?;
+            for call in hub.shared_calls() {
+                touch.push(expire(call_key(call), CALL_TTL));
             }
-            let rooms = hub.shared_rooms();
-            for chunk in rooms.chunks(512) {
-                let mut pipe = redis::pipe();
-                for room in chunk {
-                    pipe.pexpire(key(&format!("room:{room}")), millis(ROOM_TTL) as i64)
-                        .ignore();
-                }
-                let () = pipe.query_async(&mut conn).await?;
+            for room in hub.shared_rooms() {
+                touch.push(expire(key(&format!("room:{room}")), ROOM_TTL));
+            }
+            for chunk in touch.chunks(512) {
+                all(&self.topology, chunk).await?;
             }
         }
         Ok(())
