@@ -1290,6 +1290,7 @@ impl Switchboard {
         };
         self.request(Request::CallEnd { call });
         self.note_call_ended(now, id, partner);
+        let keys = (self.key(id), self.key(partner));
         if self.is_remote(partner) {
             self.remote_calls -= 1;
             self.remote_keys.remove(&partner);
@@ -1302,6 +1303,7 @@ impl Switchboard {
                 self.request(Request::KeepApart {
                     a: id,
                     b: partner,
+                    keys,
                     ttl,
                 });
             }
@@ -1324,6 +1326,14 @@ impl Switchboard {
         if reason == EndReason::PartnerSkipped {
             self.cooldowns
                 .add(now, id, partner, self.config.rematch_cooldown);
+            // Backplane mode: both wait in the shared queue again.
+            let ttl = self.config.rematch_cooldown;
+            self.request(Request::KeepApart {
+                a: id,
+                b: partner,
+                keys,
+                ttl,
+            });
         }
         self.send(partner, ServerMsg::CallEnded { call, reason });
         self.search(now, partner);
@@ -1456,7 +1466,12 @@ impl Switchboard {
     /// A report in backplane mode: the pair is kept apart on every node.
     fn share_block(&mut self, a: ConnId, b: ConnId, ka: ClientKey, kb: ClientKey) {
         let ttl = self.config.moderation.key_memory;
-        self.request(Request::KeepApart { a, b, ttl });
+        self.request(Request::KeepApart {
+            a,
+            b,
+            keys: (ka, kb),
+            ttl,
+        });
         self.request(Request::Block { a: ka, b: kb, ttl });
     }
 

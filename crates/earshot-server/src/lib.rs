@@ -143,7 +143,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         Arc::new(identity::Keyer::random().context("no OS randomness for the client-key secret")?);
     let (hub, redis) = match &settings.redis {
         Some(url) => {
-            let redis = Arc::new(backplane::Redis::connect(&url.0).await?);
+            let redis = Arc::new(backplane::Redis::connect(&url.0, settings.key_rotation).await?);
             let fresh = keyer.secret();
             redis
                 .sync_secret(&keyer, settings.key_rotation, fresh)

@@ -90,7 +90,11 @@ pub struct Link {
 
 impl Link {
     /// A link to `target`, connecting in the background until `stop`.
-    pub fn open(target: Target, scripts: Vec<String>, stop: tokio_util::sync::CancellationToken) -> Link {
+    pub fn open(
+        target: Target,
+        scripts: Vec<String>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Link {
         let shared = Arc::new(Shared {
             target,
             scripts,
@@ -244,8 +248,9 @@ fn check(v: Value) -> std::io::Result<Value> {
 async fn drive(shared: Arc<Shared>, stop: tokio_util::sync::CancellationToken) {
     loop {
         let session = async {
-            let (mut stream, buf) =
-                tokio::time::timeout(TIMEOUT, setup(&shared)).await.map_err(|_| {
+            let (mut stream, buf) = tokio::time::timeout(TIMEOUT, setup(&shared))
+                .await
+                .map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting timed out")
                 })??;
             let (tx, rx) = mpsc::unbounded_channel();
@@ -322,7 +327,10 @@ async fn serve(
             let mut at = 0;
             while let Some((v, used)) = resp::decode(&buf[at..]).map_err(std::io::Error::other)? {
                 at += used;
-                let next = waiting.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                let next = waiting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pop_front();
                 match next {
                     // The caller may have given up waiting: fine.
                     Some(tx) => {

@@ -76,7 +76,11 @@ impl<K: Hash + Eq + Clone> Order<K> {
             self.start(id, entry);
         } else {
             for k in &entry.keys {
-                self.lines.entry(k.clone()).or_default().waiting.push_back(id);
+                self.lines
+                    .entry(k.clone())
+                    .or_default()
+                    .waiting
+                    .push_back(id);
             }
             self.waiting.insert(id, entry);
         }
@@ -206,7 +210,10 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (prop::collection::vec(0..4u8, 0..3), prop::option::of(0..2usize))
+            (
+                prop::collection::vec(0..4u8, 0..3),
+                prop::option::of(0..2usize)
+            )
                 .prop_map(|(k, l)| Op::Submit(k, l)),
             (0..8usize).prop_map(Op::Finish),
         ]

@@ -122,13 +122,6 @@ impl Cmd {
         self.arg(k)
     }
 
-    /// Routes the command by `k` without sending it (a script that names
-    /// its keys itself).
-    pub fn route(&mut self, k: &str) -> &mut Cmd {
-        self.key = Some(k.as_bytes().to_vec());
-        self
-    }
-
     /// The key that routes it, if any.
     pub fn routing_key(&self) -> Option<&[u8]> {
         self.key.as_deref()
@@ -249,7 +242,10 @@ mod tests {
     fn commands_are_arrays_of_bulk_strings() {
         let mut c = Cmd::new("SET");
         c.key("k").arg(12u64).arg("PX");
-        assert_eq!(c.pack(), b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n$2\r\nPX\r\n");
+        assert_eq!(
+            c.pack(),
+            b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n$2\r\nPX\r\n"
+        );
         assert_eq!(c.routing_key(), Some(&b"k"[..]));
     }
 

@@ -17,7 +17,11 @@ pub struct Subscription {
 
 impl Subscription {
     /// Connects to `target` and subscribes to `channel`.
-    pub async fn open(target: &Target, channel: &str, sharded: bool) -> std::io::Result<Subscription> {
+    pub async fn open(
+        target: &Target,
+        channel: &str,
+        sharded: bool,
+    ) -> std::io::Result<Subscription> {
         let (mut stream, mut buf) = link::connect(target, !sharded).await?;
         let mut c = Cmd::new(if sharded { "SSUBSCRIBE" } else { "SUBSCRIBE" });
         c.arg(channel);

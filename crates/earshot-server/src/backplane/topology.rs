@@ -6,10 +6,10 @@
 //! slots) fails that request and marks the map stale; the heartbeat then
 //! reads it again. Replicas are not used: reads and writes go to primaries.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use anyhow::{Context, bail};
 use earshot_core::backplane::slot::{SLOTS, slot};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use super::link::{self, Addr, Link, Target};
@@ -63,7 +63,11 @@ impl Topology {
 
     /// Every link, by index.
     pub fn links(&self) -> Vec<Link> {
-        self.map.read().unwrap_or_else(|e| e.into_inner()).links.clone()
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .links
+            .clone()
     }
 
     /// The index of the link that serves `cmd` (by its routing key).

@@ -61,30 +61,53 @@ impl RedisServer {
         Ok(c)
     }
 
-    /// The waiting connection ids, oldest first.
+    /// The waiting connection ids, oldest first within each lane.
     pub fn queue(&self) -> Vec<String> {
-        redis::cmd("ZRANGE")
-            .arg("{earshot}:queue")
-            .arg(0)
-            .arg(-1)
-            .query(&mut self.conn().unwrap())
-            .unwrap()
-    }
-
-    /// Queue entries whose node is dead (its heartbeat key is gone).
-    pub fn stale_waiters(&self) -> usize {
         let mut c = self.conn().unwrap();
-        self.queue()
-            .iter()
-            .filter(|id| {
-                let node = id.parse::<u64>().unwrap() >> 48;
-                let alive: bool = redis::cmd("EXISTS")
-                    .arg(format!("{{earshot}}:node:{node}"))
+        (0..lanes(&mut c))
+            .flat_map(|i| {
+                let ids: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(format!("earshot:2:{{q{i}}}:z"))
+                    .arg(0)
+                    .arg(-1)
                     .query(&mut c)
                     .unwrap();
-                !alive
+                ids
             })
-            .count()
+            .collect()
+    }
+
+    /// Queue entries written under a token the registry holds dead (or
+    /// does not know): a dead node's, or one from before an outage.
+    pub fn stale_waiters(&self) -> usize {
+        let mut c = self.conn().unwrap();
+        let registry: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg("earshot:{nodes}")
+            .query(&mut c)
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        (0..lanes(&mut c))
+            .map(|i| {
+                let entries: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                    .arg(format!("earshot:2:{{q{i}}}:w"))
+                    .query(&mut c)
+                    .unwrap();
+                entries
+                    .values()
+                    .filter(|e| {
+                        let mut p = e.split('|').skip(1);
+                        let (node, token) = (p.next().unwrap(), p.next().unwrap());
+                        let exp: Option<u64> = registry
+                            .get(&format!("{node}:{token}"))
+                            .and_then(|v| v.parse().ok());
+                        exp.is_none_or(|exp| exp < now)
+                    })
+                    .count()
+            })
+            .sum()
     }
 
     /// Every key, to check what is left behind.
@@ -94,6 +117,18 @@ impl RedisServer {
             .query(&mut self.conn().unwrap())
             .unwrap()
     }
+}
+
+/// The queue lanes the registry names (one on a plain server).
+pub fn lanes(c: &mut redis::Connection) -> u16 {
+    let stamp: Option<String> = redis::cmd("HGET")
+        .arg("earshot:{nodes}")
+        .arg("layout")
+        .query(c)
+        .unwrap();
+    stamp
+        .and_then(|s| s.split_once('/').and_then(|(_, l)| l.parse().ok()))
+        .unwrap_or(1)
 }
 
 impl Drop for RedisServer {
