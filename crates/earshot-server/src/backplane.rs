@@ -448,18 +448,16 @@ impl Redis {
         let mut tokens = HashMap::new();
         let mut period = period(rotation);
         let mut dead = String::new();
-        // Whether Redis may have lost what this node put there.
-        let mut lost = false;
+        // Since when Redis may have lost what this node put there, and
+        // whether the token it was written under is retired yet.
+        let mut lost: Option<tokio::time::Instant> = None;
+        let mut retired = false;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => {
                     // Leaving on purpose: the other nodes end this node's
                     // calls at their next beat rather than after the TTL.
-                    let now = now_ms();
-                    let mut leave = eval(&self.scripts.heartbeat, &[layout::REGISTRY]);
-                    leave.arg(self.node).arg(self.token()).arg("").arg(now).arg(now)
-                        .arg(self.layout.stamp()).arg(0u8);
-                    let _ = tokio::time::timeout(HEARTBEAT, self.topology.send(&leave)).await;
+                    let _ = tokio::time::timeout(HEARTBEAT, self.retire(true)).await;
                     return;
                 }
                 _ = tick.tick() => {}
@@ -469,45 +467,67 @@ impl Redis {
                 tracing::warn!(error = %e, "cannot read the Redis Cluster's slot map");
             }
             let (up, generations) = self.topology.health();
+            let lose = |why: &str, lost: &mut Option<tokio::time::Instant>, retired: &mut bool| {
+                if lost.is_none() {
+                    tracing::warn!("{why}");
+                    hub.set_available(false);
+                    *lost = Some(tokio::time::Instant::now());
+                    *retired = false;
+                }
+            };
             if !up || generations != self.generations.load(Ordering::Relaxed) {
                 // A link broke, or connected again: what this node wrote
                 // there may be gone.
-                if !lost {
-                    tracing::warn!("lost a connection to Redis");
-                    hub.set_available(false);
+                lose("lost a connection to Redis", &mut lost, &mut retired);
+            } else if !self.subscribed.load(Ordering::Relaxed) {
+                // Closed by the subscriber: messages may be lost.
+                lose("lost the Redis subscription", &mut lost, &mut retired);
+            }
+            if let Some(since) = lost {
+                // The old token is never renewed again: it dies as soon as
+                // the registry can say so, or when it expires.
+                if !retired {
+                    retired = self.retire(false).await.is_ok();
+                } else if let Err(e) = self.renew("").await {
+                    tracing::debug!(error = %e, "Redis still away");
                 }
-                lost = true;
+                // Serve again once every link is back and every token that
+                // lived when this node lost Redis is renewed or dead.
+                let settled = since.elapsed() >= NODE_TTL + HEARTBEAT;
+                let subscribed = self.subscribed.load(Ordering::Relaxed);
+                if retired && up && subscribed && settled {
+                    match self.sync_secret(&keyer, rotation, keyer.secret()).await {
+                        Ok(()) => {
+                            self.generations.store(generations, Ordering::Relaxed);
+                            lost = None;
+                            tracing::info!("Redis is back");
+                            hub.set_available(true);
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot restore the shared secret"),
+                    }
+                }
+                continue;
             }
             match self.renew("").await {
-                Ok(Beat::Ok { renewed: true }) if !lost => {}
-                Ok(Beat::Ok { .. }) if up => {
-                    if !lost {
-                        tracing::warn!("this node's state in Redis is gone; starting afresh");
-                        hub.set_available(false);
-                    }
-                    lost = self.recover(&hub, &keyer, rotation).await.is_err();
+                Ok(Beat::Ok { renewed: true }) => {}
+                Ok(Beat::Ok { renewed: false }) => {
+                    lose(
+                        "this node's state in Redis is gone; starting afresh",
+                        &mut lost,
+                        &mut retired,
+                    );
+                    continue;
                 }
-                Ok(Beat::Ok { .. }) => {}
                 Ok(Beat::Taken) => {
                     tracing::error!(node = self.node, "another node holds this node's number");
-                    hub.set_available(false);
-                    lost = true;
+                    lose("giving the number up", &mut lost, &mut retired);
+                    continue;
                 }
                 Err(e) => {
-                    if !lost {
-                        tracing::warn!(error = %e, "lost Redis");
-                    }
-                    hub.set_available(false);
-                    lost = true;
+                    tracing::debug!(error = %e, "heartbeat failed");
+                    lose("lost Redis", &mut lost, &mut retired);
+                    continue;
                 }
-            }
-            if lost {
-                continue;
-            }
-            if !self.subscribed.load(Ordering::Relaxed) {
-                // Closed by the subscriber; what this node queued is stale.
-                lost = true;
-                continue;
             }
             hub.set_available(true);
             let view = self.view();
@@ -529,31 +549,40 @@ impl Redis {
         }
     }
 
-    /// Back from an outage: a new token (what this node left in Redis is
-    /// dead, and the registry says so), the shared secret restored (ours,
-    /// if Redis lost it), serve.
-    async fn recover(&self, hub: &Hub, keyer: &Keyer, rotation: Duration) -> anyhow::Result<()> {
-        if !self.subscribed.load(Ordering::Relaxed) {
-            bail!("not subscribed yet");
+    /// Retires this node's token: a new one replaces it in the registry,
+    /// which marks the old one dead for every node at once, so whatever
+    /// this node left in the store under it (dequeues and leaves that
+    /// failed while Redis was away) counts for nothing. `leaving`: this
+    /// node stops, and takes no new token.
+    async fn retire(&self, leaving: bool) -> anyhow::Result<()> {
+        let old = self.token();
+        let fresh = nodes::new_token(now_ms(), crate::identity::random_u64());
+        let now = now_ms();
+        let mut c = eval(&self.scripts.heartbeat, &[layout::REGISTRY]);
+        c.arg(self.node)
+            .arg(&fresh)
+            .arg(&old)
+            .arg(if leaving { now } else { now + millis(NODE_TTL) })
+            .arg(now)
+            .arg(self.layout.stamp())
+            .arg(now.saturating_sub(millis(FORGET_AFTER)));
+        let v = all(&self.topology, &[c]).await?;
+        let text = v[0].text().context("unexpected heartbeat reply")?;
+        match nodes::decode_beat(text)? {
+            BeatReply::Layout(stamp) => bail!(other_layout(&stamp)),
+            BeatReply::Taken => bail!("another node holds this node's number"),
+            reply @ BeatReply::Ok { .. } => {
+                *self.token.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+                // Whatever this node thought it had queued is gone with
+                // its token.
+                self.placed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+                self.take_view(reply);
+                Ok(())
+            }
         }
-        let generations = self.topology.health().1;
-        let old = std::mem::replace(
-            &mut *self.token.lock().unwrap_or_else(|e| e.into_inner()),
-            nodes::new_token(now_ms(), crate::identity::random_u64()),
-        );
-        if let Beat::Taken = self.renew(&old).await? {
-            bail!("another node holds this node's number");
-        }
-        // Whatever this node thought it had queued is gone with its token.
-        self.placed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.sync_secret(keyer, rotation, keyer.secret()).await?;
-        self.generations.store(generations, Ordering::Relaxed);
-        tracing::info!("Redis is back");
-        hub.set_available(true);
-        Ok(())
     }
 
     /// Ends calls and room memberships with nodes that died, or came back

@@ -45,8 +45,9 @@ for i = 1, #flat, 2 do
 end
 redis.call('HSET', reg, me .. ':' .. ARGV[2], ARGV[4])
 if ARGV[3] ~= '' and ARGV[3] ~= ARGV[2] then
-  -- The old token is dead from now on, for everyone.
-  redis.call('HSET', reg, me .. ':' .. ARGV[3], now)
+  -- The old token is dead from now on, for everyone (past any grace a
+  -- view gives an expiry).
+  redis.call('HSET', reg, me .. ':' .. ARGV[3], now - 1000)
 end
 local out = {}
 flat = redis.call('HGETALL', reg)

@@ -39,6 +39,8 @@ pub const LIVENESS_LUA: &str = include_str!("liveness.lua");
 pub const MINT_MARGIN_MS: u64 = 2000;
 /// A token this long past its expiry is dead (clocks differ a little).
 pub const EXPIRY_GRACE_MS: u64 = 500;
+/// A replaced token's expiry is set this far in the past: dead at once.
+pub const RETIRED_MS: u64 = 1000;
 /// Most dead tokens a view passes to a script (the latest deaths).
 pub const MAX_DEAD: usize = 256;
 
@@ -127,7 +129,8 @@ impl Registry {
         self.tokens.retain(|_, exp| *exp >= b.forget);
         self.tokens.insert(format!("{me}:{}", b.token), b.expiry);
         if !b.old.is_empty() && b.old != b.token {
-            self.tokens.insert(format!("{me}:{}", b.old), b.now);
+            self.tokens
+                .insert(format!("{me}:{}", b.old), b.now.saturating_sub(RETIRED_MS));
         }
         BeatReply::Ok {
             renewed,
@@ -265,7 +268,7 @@ mod tests {
         let BeatReply::Ok { born, tokens, .. } = r.beat(&beat(7, &b, &a, 2600)) else {
             panic!("renewed");
         };
-        let view = Liveness::from_tokens(&tokens, born, 2600 + EXPIRY_GRACE_MS + 1);
+        let view = Liveness::from_tokens(&tokens, born, 2600);
         assert!(view.is_dead(7, &a));
         assert!(!view.is_dead(7, &b));
         assert_eq!(view.token_of(7), Some(b.as_str()));
