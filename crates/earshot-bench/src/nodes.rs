@@ -348,31 +348,22 @@ async fn relay(
     redis_cpu: &impl Fn() -> anyhow::Result<Vec<f64>>,
 ) -> anyhow::Result<(Histogram, u64, Option<f64>)> {
     let n = urls.len();
+    // What the churn left behind (closing sockets still in the queue)
+    // must be gone before pairs are made.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut pairs = Vec::new();
     for p in 0..config.pairs {
-        let mut a = open(&urls[p % n], block, 5000 + 2 * p).await?;
-        let mut b = open(&urls[(p + 1) % n], block, 5001 + 2 * p).await?;
-        a.send(Message::text(SEARCH)).await?;
-        // The waiter first, so the pair spans two nodes.
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        b.send(Message::text(SEARCH)).await?;
-        let mut call = 0;
-        for ws in [&mut a, &mut b] {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(left, ws.next()).await
-                else {
-                    bail!("a relay pair was never matched");
-                };
-                if msg_type(t.as_str()) == Some("matched") {
-                    let v: serde_json::Value = serde_json::from_str(t.as_str())?;
-                    call = v["call"].as_u64().context("a call id")?;
-                    break;
-                }
+        let mut tries = 0;
+        let pair = loop {
+            tries += 1;
+            let client = 5000 + 2 * (p + config.pairs * (tries - 1));
+            match relay_pair(&urls[p % n], &urls[(p + 1) % n], block, client).await {
+                Ok(pair) => break pair,
+                Err(e) if tries >= 3 => return Err(e),
+                Err(_) => continue,
             }
-        }
-        pairs.push((a, b, call));
+        };
+        pairs.push(pair);
     }
     let epoch = Instant::now();
     let period = Duration::from_secs_f64(config.pairs as f64 / config.rate);
@@ -430,6 +421,39 @@ async fn relay(
     let after = redis_cpu()?;
     let used = (!before.is_empty()).then(|| after.iter().sum::<f64>() - before.iter().sum::<f64>());
     Ok((all, signals, used))
+}
+
+/// A waiter on `first` and a joiner on `second`, matched with each other:
+/// the two sockets and the call.
+async fn relay_pair(
+    first: &str,
+    second: &str,
+    block: u8,
+    client: usize,
+) -> anyhow::Result<(Ws, Ws, u64)> {
+    let mut a = open(first, block, client).await?;
+    let mut b = open(second, block, client + 1).await?;
+    a.send(Message::text(SEARCH)).await?;
+    // The waiter first, so the pair spans two nodes.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    b.send(Message::text(SEARCH)).await?;
+    let mut calls = Vec::new();
+    for ws in [&mut a, &mut b] {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(left, ws.next()).await else {
+                bail!("a relay pair was never matched");
+            };
+            if msg_type(t.as_str()) == Some("matched") {
+                let v: serde_json::Value = serde_json::from_str(t.as_str())?;
+                calls.push(v["call"].as_u64().context("a call id")?);
+                break;
+            }
+        }
+    }
+    ensure!(calls[0] == calls[1], "matched with someone else");
+    Ok((a, b, calls[0]))
 }
 
 /// The Markdown table.

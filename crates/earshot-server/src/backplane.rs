@@ -129,6 +129,9 @@ pub struct Redis {
     /// This node's waiters: the lane each waits in, and what moving it
     /// needs.
     placed: Mutex<HashMap<ConnId, Placed>>,
+    /// This node's waiters a join took before the answer that they wait
+    /// came back.
+    taken: Mutex<std::collections::HashSet<ConnId>>,
     /// Searches this node sees a second: a quiet node sends them all to
     /// the meeting lane.
     joins: Mutex<earshot_core::backplane::queue::JoinRate>,
@@ -228,6 +231,7 @@ impl Redis {
             scripts,
             view: Mutex::new(Liveness::default()),
             placed: Mutex::new(HashMap::new()),
+            taken: Mutex::default(),
             joins: Mutex::new(Default::default()),
             subscribed: AtomicBool::new(false),
             first_subscription: tokio::sync::Mutex::new(None),

@@ -315,11 +315,29 @@ impl Redis {
         match reply {
             PairReply::Matched(partner) => {
                 placed.remove(&conn);
-                // A waiter of this node: the script took it out of its lane.
-                placed.remove(&partner.conn);
+                // A waiter of this node: the script took it out of its lane
+                // (perhaps before the answer that it waits got here).
+                if placed.remove(&partner.conn).is_none()
+                    && backplane::node_of(partner.conn) == self.node
+                {
+                    let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+                    if taken.len() >= 4096 {
+                        taken.clear();
+                    }
+                    taken.insert(partner.conn);
+                }
                 Event::Paired { conn, partner }
             }
             PairReply::Queued => {
+                if self
+                    .taken
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&conn)
+                {
+                    // Taken already: it waits no more.
+                    return Event::Queued { conn };
+                }
                 let since = if p.lane == lane { p.since } else { now_ms() };
                 placed.insert(
                     conn,
