@@ -68,15 +68,17 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// The `earshot` binary: cargo's own for this crate's tests; for another
-/// crate's tests (earshot-peer's include this module), `$EARSHOT_BIN` or the
-/// one `cargo build -p earshot-server` left in the same target directory.
+/// The `earshot` binary: `$EARSHOT_BIN` if set (scripts/test points it at
+/// the one unpacked from the Debian package), else cargo's own for this
+/// crate's tests, or for another crate's tests (earshot-peer's include this
+/// module) the one `cargo build -p earshot-server` left in the same target
+/// directory.
 pub fn earshot_binary() -> String {
-    if let Some(bin) = option_env!("CARGO_BIN_EXE_earshot") {
-        return bin.to_string();
-    }
     if let Ok(bin) = std::env::var("EARSHOT_BIN") {
         return bin;
+    }
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_earshot") {
+        return bin.to_string();
     }
     // A test binary lives in target/<profile>/deps/.
     std::env::current_exe()
