@@ -1006,6 +1006,29 @@ impl<'d> Browser<'d> {
             .collect()
     }
 
+    /// How the current page loaded, from its navigation and resource timing:
+    /// `{transfer, resources, largest, ready_ms}`: bytes over the network
+    /// (headers included), resources fetched, the most bytes one of them
+    /// took (a "not modified" answer is headers only), and the milliseconds
+    /// from navigation to the signalling `welcome` (when Start works, once
+    /// the consent screen is accepted).
+    pub fn load_figures(&self) -> Result<Value> {
+        self.execute(
+            r#"const nav = performance.getEntriesByType('navigation')[0];
+               const res = performance.getEntriesByType('resource')
+                 .filter(r => r.initiatorType !== 'other' || r.name.startsWith(location.origin));
+               const all = [nav, ...res];
+               const socket = (window.__e2eSockets || [])[0];
+               return {
+                 transfer: all.reduce((n, r) => n + (r.transferSize || 0), 0),
+                 resources: all.length,
+                 largest: Math.max(...all.map(r => r.transferSize || 0)),
+                 ready_ms: socket && socket.welcome ? socket.welcome - performance.timeOrigin : null,
+               };"#,
+            json!([]),
+        )
+    }
+
     /// What the current document says it loaded and opened, from the
     /// inside: `{href, navigation, resources, sockets, cookie}`, the URLs of
     /// its navigation and resource timing entries
