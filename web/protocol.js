@@ -25,10 +25,11 @@
 // credentials. When TURN is offered, it asks for fresh ones (`refresh_ice`)
 // at 80% of `limits.ice_credential_ttl_ms` after it got the last ones; the
 // pages apply each `ice_servers` event to their open peer connections.
-// refreshIce() does it now (the test hook calls it).
+// refreshIce() does it now (the test hook calls it); an `error` answering
+// `refresh_ice` (`re`, PROTOCOL.md `error`) resolves it with null at once.
 //
 // It knows nothing of the page, the DOM or WebRTC: the UI (strangers.js,
-// room.js) decides what to send and when. Invariants: at most one live
+// room.js, through session.js) decides what to send and when. Invariants: at most one live
 // socket at a time; only `hello` is sent before `welcome`; nothing is sent
 // while not ready (send() returns false instead of queueing, because a stale
 // search or signal replayed on a new connection would be wrong, not merely
@@ -490,6 +491,7 @@ export class SignallingClient extends EventTarget {
     if (msg.type === 'error' && msg.code === 'pow_invalid' && this.#state === 'connecting') {
       return; // a new `challenge` follows; the page needs to know nothing else
     }
+    if (msg.type === 'error' && msg.re === 'refresh_ice') this.#answerIceWaiters(null);
     if (msg.type === 'welcome') {
       if (this.#state !== 'connecting') return;
       clearTimeout(this.#welcomeTimer);
