@@ -58,6 +58,86 @@ pub enum ClientMsg {
     },
 }
 
+impl ClientMsg {
+    /// This message's `type` on the wire.
+    pub fn msg_type(&self) -> ClientMsgType {
+        match self {
+            ClientMsg::Hello { .. } => ClientMsgType::Hello,
+            ClientMsg::Search { .. } => ClientMsgType::Search,
+            ClientMsg::Signal(_) | ClientMsg::RoomSignal(_) => ClientMsgType::Signal,
+            ClientMsg::Skip => ClientMsgType::Skip,
+            ClientMsg::End => ClientMsgType::End,
+            ClientMsg::RoomSuggest => ClientMsgType::RoomSuggest,
+            ClientMsg::RoomJoin { .. } => ClientMsgType::RoomJoin,
+            ClientMsg::RoomLock { .. } => ClientMsgType::RoomLock,
+            ClientMsg::RoomUnlock => ClientMsgType::RoomUnlock,
+            ClientMsg::Report { .. } => ClientMsgType::Report,
+            ClientMsg::RefreshIce => ClientMsgType::RefreshIce,
+            ClientMsg::RoomReport { .. } => ClientMsgType::RoomReport,
+        }
+    }
+}
+
+/// The `type` of a client message: what the decoder dispatches on, and what
+/// an `error` names in `re` when it answers that message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientMsgType {
+    Hello,
+    Search,
+    /// Both kinds: `call` (a stranger call) and `to` (a room member).
+    Signal,
+    Skip,
+    End,
+    Report,
+    RoomSuggest,
+    RoomJoin,
+    RoomLock,
+    RoomUnlock,
+    RoomReport,
+    RefreshIce,
+}
+
+impl ClientMsgType {
+    pub const ALL: [ClientMsgType; 12] = [
+        ClientMsgType::Hello,
+        ClientMsgType::Search,
+        ClientMsgType::Signal,
+        ClientMsgType::Skip,
+        ClientMsgType::End,
+        ClientMsgType::Report,
+        ClientMsgType::RoomSuggest,
+        ClientMsgType::RoomJoin,
+        ClientMsgType::RoomLock,
+        ClientMsgType::RoomUnlock,
+        ClientMsgType::RoomReport,
+        ClientMsgType::RefreshIce,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientMsgType::Hello => "hello",
+            ClientMsgType::Search => "search",
+            ClientMsgType::Signal => "signal",
+            ClientMsgType::Skip => "skip",
+            ClientMsgType::End => "end",
+            ClientMsgType::Report => "report",
+            ClientMsgType::RoomSuggest => "room_suggest",
+            ClientMsgType::RoomJoin => "room_join",
+            ClientMsgType::RoomLock => "room_lock",
+            ClientMsgType::RoomUnlock => "room_unlock",
+            ClientMsgType::RoomReport => "room_report",
+            ClientMsgType::RefreshIce => "refresh_ice",
+        }
+    }
+
+    /// The type named `name` on the wire; `None` for a type this version
+    /// does not know.
+    pub fn from_name(name: &str) -> Option<ClientMsgType> {
+        ClientMsgType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
 /// Why someone reports, from a fixed list (counted, never stored per user).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -373,6 +453,10 @@ pub enum ServerMsg {
     },
     Error {
         code: ErrorCode,
+        /// The type of the client message this error answers; `None` when it
+        /// answers none (or a frame whose type could not be read).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        re: Option<ClientMsgType>,
         message: &'static str,
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
@@ -380,9 +464,11 @@ pub enum ServerMsg {
 }
 
 impl ServerMsg {
+    /// An `error` that answers no message in particular.
     pub fn error(code: ErrorCode) -> ServerMsg {
         ServerMsg::Error {
             code,
+            re: None,
             message: code.message(),
             retry_after_ms: None,
         }
@@ -626,11 +712,10 @@ fn verifier(text: &str) -> Result<Verifier, DecodeError> {
     Verifier::parse(text).ok_or(DecodeError::BadMessage)
 }
 
-/// Decodes one text frame from a client.
-///
-/// The type is read first so that an unknown type and a bad field of a known
-/// type get different error codes.
-pub fn decode(text: &str) -> Result<ClientMsg, DecodeError> {
+/// The `type` of a client frame, read without decoding its other fields:
+/// `Err` as `decode` would for a frame that is not a JSON object with a string
+/// `type` (`BadJson`) or whose type this version does not know (`UnknownType`).
+pub fn read_type(text: &str) -> Result<ClientMsgType, DecodeError> {
     // serde also reads structs from JSON arrays; the protocol has objects only.
     if !text
         .trim_start_matches([' ', '\t', '\n', '\r'])
@@ -639,24 +724,32 @@ pub fn decode(text: &str) -> Result<ClientMsg, DecodeError> {
         return Err(DecodeError::BadJson);
     }
     let envelope: Envelope = serde_json::from_str(text).map_err(|_| DecodeError::BadJson)?;
+    ClientMsgType::from_name(&envelope.kind).ok_or(DecodeError::UnknownType)
+}
+
+/// Decodes one text frame from a client.
+///
+/// The type is read first so that an unknown type and a bad field of a known
+/// type get different error codes.
+pub fn decode(text: &str) -> Result<ClientMsg, DecodeError> {
     fn fields<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, DecodeError> {
         serde_json::from_str(text).map_err(|_| DecodeError::BadMessage)
     }
-    match &*envelope.kind {
-        "hello" => {
+    match read_type(text)? {
+        ClientMsgType::Hello => {
             let f: HelloFields = fields(text)?;
             Ok(ClientMsg::Hello {
                 version: f.version,
                 pow: f.pow,
             })
         }
-        "search" => {
+        ClientMsgType::Search => {
             let f: SearchFields = fields(text)?;
             Ok(ClientMsg::Search {
                 interests: f.interests,
             })
         }
-        "signal" => {
+        ClientMsgType::Signal => {
             let f: SignalFields = fields(text)?;
             let payload = match (f.description, f.candidate) {
                 (Some(d), None) => SignalPayload::Description(d),
@@ -685,36 +778,35 @@ pub fn decode(text: &str) -> Result<ClientMsg, DecodeError> {
                 _ => Err(DecodeError::BadMessage),
             }
         }
-        "skip" => Ok(ClientMsg::Skip),
-        "end" => Ok(ClientMsg::End),
-        "room_suggest" => Ok(ClientMsg::RoomSuggest),
-        "room_join" => {
+        ClientMsgType::Skip => Ok(ClientMsg::Skip),
+        ClientMsgType::End => Ok(ClientMsg::End),
+        ClientMsgType::RoomSuggest => Ok(ClientMsg::RoomSuggest),
+        ClientMsgType::RoomJoin => {
             let f: RoomJoinFields = fields(text)?;
             Ok(ClientMsg::RoomJoin {
                 room: f.room,
                 verifier: f.verifier.as_deref().map(verifier).transpose()?,
             })
         }
-        "room_lock" => {
+        ClientMsgType::RoomLock => {
             let f: RoomLockFields = fields(text)?;
             Ok(ClientMsg::RoomLock {
                 verifier: verifier(&f.verifier)?,
             })
         }
-        "room_unlock" => Ok(ClientMsg::RoomUnlock),
-        "refresh_ice" => Ok(ClientMsg::RefreshIce),
-        "report" => {
+        ClientMsgType::RoomUnlock => Ok(ClientMsg::RoomUnlock),
+        ClientMsgType::RefreshIce => Ok(ClientMsg::RefreshIce),
+        ClientMsgType::Report => {
             let f: ReportFields = fields(text)?;
             Ok(ClientMsg::Report { reason: f.reason })
         }
-        "room_report" => {
+        ClientMsgType::RoomReport => {
             let f: RoomReportFields = fields(text)?;
             Ok(ClientMsg::RoomReport {
                 peer: f.peer,
                 reason: f.reason,
             })
         }
-        _ => Err(DecodeError::UnknownType),
     }
 }
 

@@ -27,8 +27,8 @@ use crate::matchmaker::{MatchConfig, Matchmaker, Pairing};
 use crate::moderation::{ModConfig, Moderation, ReportOutcome, Reporter};
 use crate::pow::{Pow, PowConfig, PowMode, PowSolution};
 use crate::protocol::{
-    self, CallId, ClientMsg, Country, EndReason, ErrorCode, IceServer, Limits, PeerId,
-    ReportReason, RoomSignal, ServerMsg, Signal, Verifier,
+    self, CallId, ClientMsg, ClientMsgType, Country, EndReason, ErrorCode, IceServer, Limits,
+    PeerId, ReportReason, RoomSignal, ServerMsg, Signal, Verifier,
 };
 use crate::ratelimit::{KeyedBuckets, TokenBucket};
 use crate::rooms::{RoomConfig, RoomId, Rooms};
@@ -410,6 +410,9 @@ pub struct Switchboard {
     /// Backplane mode: room joins the store is still checking, with the
     /// normalised room name.
     joining: HashMap<ConnId, String>,
+    /// The connection whose message is being handled, and its type: an
+    /// error `reject` sends that connection meanwhile answers it (`re`).
+    answering: Option<(ConnId, ClientMsgType)>,
     matches_total: u64,
     errors_total: u64,
     errors_by_code: [u64; ErrorCode::ALL.len()],
@@ -458,6 +461,7 @@ impl Switchboard {
             shared_waiting: HashMap::new(),
             fallbacks: BinaryHeap::new(),
             joining: HashMap::new(),
+            answering: None,
             matches_total: 0,
             errors_total: 0,
             errors_by_code: [0; ErrorCode::ALL.len()],
@@ -605,11 +609,16 @@ impl Switchboard {
             return self.reject(now, id, ErrorCode::TooLarge, None);
         }
         if let Err(wait) = conn.rate.take(now) {
-            return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
+            // Dropped unread; its type still tells the client which one.
+            let re = protocol::read_type(text).ok();
+            return self.reject_about(now, id, re, ErrorCode::RateLimited, Some(wait));
         }
         match protocol::decode(text) {
             Ok(msg) => self.handle(now, id, msg),
-            Err(e) => self.reject(now, id, e.into(), None),
+            Err(e) => {
+                let re = protocol::read_type(text).ok();
+                self.reject_about(now, id, re, e.into(), None)
+            }
         }
     }
 
@@ -622,6 +631,12 @@ impl Switchboard {
 
     /// Handles a decoded message (no size or rate check: see `handle_text`).
     pub fn handle(&mut self, now: Instant, id: ConnId, msg: ClientMsg) {
+        let outer = self.answering.replace((id, msg.msg_type()));
+        self.dispatch(now, id, msg);
+        self.answering = outer;
+    }
+
+    fn dispatch(&mut self, now: Instant, id: ConnId, msg: ClientMsg) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -1146,7 +1161,23 @@ impl Switchboard {
         }
     }
 
+    /// Sends `id` an `error`; while `id`'s own message is being handled,
+    /// the error names it as the message it answers.
     fn reject(&mut self, now: Instant, id: ConnId, code: ErrorCode, retry: Option<Duration>) {
+        let re = self
+            .answering
+            .and_then(|(conn, kind)| (conn == id).then_some(kind));
+        self.reject_about(now, id, re, code, retry);
+    }
+
+    fn reject_about(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        re: Option<ClientMsgType>,
+        code: ErrorCode,
+        retry: Option<Duration>,
+    ) {
         self.errors_total += 1;
         if let Some(i) = ErrorCode::ALL.iter().position(|&c| c == code) {
             self.errors_by_code[i] += 1;
@@ -1156,6 +1187,7 @@ impl Switchboard {
             id,
             ServerMsg::Error {
                 code,
+                re,
                 message: code.message(),
                 retry_after_ms: retry.map(|d| millis(d).max(1)),
             },
@@ -1515,7 +1547,9 @@ impl Switchboard {
             } => self.room_joined(now, conn, room, peer, others, locked),
             Event::RoomRefused { conn, code, retry } => {
                 if self.joining.remove(&conn).is_some() {
-                    self.reject(now, conn, code, retry);
+                    // The store's answer to the `room_join` it was checking.
+                    let re = Some(ClientMsgType::RoomJoin);
+                    self.reject_about(now, conn, re, code, retry);
                 }
             }
             Event::Remote(msg) => self.remote(now, msg),

@@ -8,7 +8,7 @@
 //! - `rooms`: rooms by link: a room of three talks, locks, keeps out a wrong
 //!   passphrase and lets the right one in; a member refuses a peer whose
 //!   DTLS fingerprint was tampered with; a room of six (and the time to hear
-//!   everyone).
+//!   everyone); a full room says so, then lets the page in once a seat frees.
 //! - `safety`: the page talks to its own origin only and sets no cookie
 //!   (DevTools network events, resource timing, CSP violations); Report
 //!   ends a call at once for both; three reports from three addresses ban a
