@@ -38,10 +38,14 @@ fn config() -> Config {
             mode: PowMode::Off,
             ..PowConfig::default()
         },
-        // One report bans, so that bans happen in short random runs.
+        // One report bans, so that bans happen in short random runs, and
+        // reports are not weighed by the reporter's history.
         moderation: ModConfig {
             reporters_for_ban: 1,
             weight_for_ban: 1,
+            trusted_after: Duration::ZERO,
+            held_calls_for_full: 0,
+            arrived_together: Duration::ZERO,
             ..ModConfig::default()
         },
         ..Config::default()
