@@ -288,12 +288,12 @@ pub fn room_key(name: &str) -> String {
         .chain_update(b"earshot room\0")
         .chain_update(name.as_bytes())
         .finalize();
-    hex_bytes(&digest)
+    crate::hex::encode(&digest)
 }
 
 /// A verifier as the store keeps it: 64 hex digits.
 pub fn verifier_hex(v: &Verifier) -> String {
-    hex_bytes(&v.0)
+    crate::hex::encode(&v.0)
 }
 
 impl Remote {
@@ -673,35 +673,13 @@ pub fn decode_pair_reply(text: &str) -> Result<PairReply, BackplaneError> {
 
 /// A client key as 32 lower-case hex digits, as the store keys it.
 pub fn hex(key: &ClientKey) -> String {
-    hex_bytes(&key.0)
-}
-
-/// Lower-case hex digits, two per byte.
-pub fn hex_bytes(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    crate::hex::encode(&key.0)
 }
 
 fn unhex(text: &str) -> Result<ClientKey, BackplaneError> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 32 {
-        return Err(BackplaneError::Invalid);
-    }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Ok(c - b'0'),
-        b'a'..=b'f' => Ok(c - b'a' + 10),
-        _ => Err(BackplaneError::Invalid),
-    };
-    let mut key = [0u8; 16];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        key[i] = (digit(pair[0])? << 4) | digit(pair[1])?;
-    }
-    Ok(ClientKey(key))
+    crate::hex::decode(text)
+        .map(ClientKey)
+        .ok_or(BackplaneError::Invalid)
 }
 
 fn check_country(c: Option<String>) -> Result<Option<Country>, BackplaneError> {

@@ -25,6 +25,7 @@
 //!   answers from amplifying a forged flood.
 //! - [`rooms`]: rooms by link: members, size, passphrase locks.
 //! - [`moderation`]: reports, strikes, bans, keyed by client key.
+//! - [`hex`]: lower-case hex, the one encoding of bytes as text.
 //! - [`names`]: room-name rules and memorable random suggestions.
 //! - [`pow`]: proof-of-work challenges for `hello` under load or abuse.
 //! - [`ratelimit`]: token buckets on a caller-supplied clock.
@@ -39,6 +40,7 @@
 
 pub mod backplane;
 pub mod bytebudget;
+pub mod hex;
 pub mod matchmaker;
 pub mod moderation;
 pub mod names;

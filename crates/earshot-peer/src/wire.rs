@@ -7,6 +7,7 @@
 //! serializes), so this module is the client's decoder of it, and like every
 //! decoder of input from elsewhere it must never panic (property-tested).
 
+use earshot_core::hex;
 use earshot_core::pow::PowSolution;
 use earshot_core::protocol::{
     CallId, IceCandidate, PROTOCOL_VERSION, PeerId, ReportReason, SessionDescription,
@@ -335,21 +336,13 @@ pub fn solve(c: &Challenge) -> Option<PowSolution> {
     let want = c.challenge.to_ascii_lowercase();
     let number = (0..=c.maxnumber.min(100_000_000)).find(|n| {
         let digest = Sha256::digest(format!("{}{n}", c.salt).as_bytes());
-        hex(&digest) == want
+        hex::encode(&digest) == want
     })?;
     Some(PowSolution {
         salt: c.salt.clone(),
         number,
         challenge: c.challenge.clone(),
         signature: c.signature.clone(),
-    })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
     })
 }
 
@@ -456,7 +449,7 @@ mod tests {
     #[test]
     fn solves_a_challenge() {
         let salt = "abc?expires=1".to_string();
-        let challenge = hex(&Sha256::digest(format!("{salt}1234").as_bytes()));
+        let challenge = hex::encode(&Sha256::digest(format!("{salt}1234").as_bytes()));
         let c = Challenge {
             salt,
             challenge,
