@@ -20,8 +20,8 @@ use hmac::{KeyInit, Mac};
 use md5::Digest;
 use std::time::Duration;
 
-use super::codec::hmac_sha1;
 use crate::hex;
+use crate::stun::codec::hmac_sha1;
 
 /// REST credentials valid for `ttl` from `now_unix`: `(username, password)`
 /// to hand to a client as an ICE server's `username` and `credential`.

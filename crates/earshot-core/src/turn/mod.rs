@@ -24,9 +24,11 @@
 //! range and reports the port (or failure) with [`TurnServer::relay_bound`],
 //! and only then is the client answered. [`Output::ReleaseRelay`] closes it.
 //!
-//! Modules: [`codec`] (the wire format, shared with test clients), [`auth`]
-//! (REST credentials, keys, nonces), [`policy`] (which peers a relay may
-//! reach), `server` (the state machine, its quotas and budgets).
+//! Modules: [`codec`] (ChannelData and TCP framing; the STUN messages
+//! themselves are [`crate::stun::codec`]'s, shared with the STUN server and
+//! test clients), [`auth`] (REST credentials, keys, nonces), [`policy`]
+//! (which peers a relay may reach), `server` (the state machine, its quotas
+//! and budgets).
 
 pub mod auth;
 pub mod codec;
