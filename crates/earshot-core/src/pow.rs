@@ -16,6 +16,9 @@ use sha2::{Digest, Sha256};
 
 use crate::hex;
 
+/// The hash of this protocol version's challenges (`challenge.algorithm`).
+pub const ALGORITHM: &str = "SHA-256";
+
 /// A client's answer to a challenge, as sent in `hello.pow`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct PowSolution {

@@ -1105,7 +1105,7 @@ impl Switchboard {
             id,
             ServerMsg::Error {
                 code,
-                message: code.message(),
+                message: code.message().into(),
                 retry_after_ms: retry.map(|d| millis(d).max(1)),
             },
         );

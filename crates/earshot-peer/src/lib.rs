@@ -23,8 +23,9 @@
 //!   WebSocket, the UDP socket and the connections (start here).
 //! - `conn`: one WebRTC connection on str0m (sans-IO): negotiation, audio,
 //!   the data channel, per-connection stats.
-//! - [`wire`]: signalling messages out, the decoder of server frames and of
-//!   data-channel messages in, proof of work.
+//! - [`wire`]: signalling messages out (frames in are the core's
+//!   `ServerMsg`, decoded by `ServerMsg::from_json`), data-channel
+//!   messages both ways, proof of work.
 //! - [`roomcrypto`]: the locked-room passphrase maths (verifier, auth).
 //! - [`audio`]: tone and WAV sources, Opus, level and frequency measurement,
 //!   WAV reading and writing.

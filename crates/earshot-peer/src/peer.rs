@@ -10,7 +10,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use earshot_core::protocol::{CallId, PeerId, ReportReason, SessionDescription};
+use earshot_core::pow;
+use earshot_core::protocol::{
+    CallId, ErrorCode, PeerId, ReportReason, RoomSignal, ServerMsg, SessionDescription, Signal,
+    SignalPayload,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::net::{TcpStream, UdpSocket};
@@ -21,7 +25,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::audio::{self, Source};
 use crate::conn::{Conn, ConnEvent, ConnStats};
 use crate::roomcrypto::RoomKeys;
-use crate::wire::{self, Incoming, Payload, Remote};
+use crate::wire::{self, Payload, Remote};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -417,9 +421,23 @@ async fn handshake(ws: &mut Ws) -> Result<Option<String>, PeerError> {
             Some(Err(e)) => return Err(PeerError::Closed(e.to_string())),
             None => return Err(PeerError::Closed("end of stream".into())),
         };
-        match wire::decode(&text) {
-            Ok(Incoming::Welcome { country }) => return Ok(country),
-            Ok(Incoming::Challenge(c)) => {
+        match ServerMsg::from_json(&text) {
+            Ok(ServerMsg::Welcome { country, .. }) => {
+                return Ok(country.map(|c| c.as_str().to_string()));
+            }
+            Ok(ServerMsg::Challenge {
+                salt,
+                challenge,
+                maxnumber,
+                signature,
+                ..
+            }) => {
+                let c = pow::Challenge {
+                    salt,
+                    challenge,
+                    maxnumber,
+                    signature,
+                };
                 let solution = tokio::task::spawn_blocking(move || wire::solve(&c))
                     .await
                     .map_err(|_| PeerError::Stopped)?
@@ -427,9 +445,15 @@ async fn handshake(ws: &mut Ws) -> Result<Option<String>, PeerError> {
                 send(ws, wire::hello(Some(&solution))).await?;
             }
             // A wrong solution is followed by a fresh challenge.
-            Ok(Incoming::Error { code, .. }) if code == "pow_invalid" => {}
-            Ok(Incoming::Error { code, message, .. }) => {
-                return Err(PeerError::Refused { code, message });
+            Ok(ServerMsg::Error {
+                code: ErrorCode::PowInvalid,
+                ..
+            }) => {}
+            Ok(ServerMsg::Error { code, message, .. }) => {
+                return Err(PeerError::Refused {
+                    code: code.as_str().to_string(),
+                    message: message.into_owned(),
+                });
             }
             _ => {}
         }
@@ -690,15 +714,15 @@ impl Driver {
             }
             Some(Ok(_)) => return,
         };
-        let Ok(msg) = wire::decode(&text) else {
+        let Ok(msg) = ServerMsg::from_json(&text) else {
             return;
         };
         match msg {
-            Incoming::Searching { interests } => {
+            ServerMsg::Searching { interests } => {
                 self.drop_call();
                 self.emit(Event::Searching { interests });
             }
-            Incoming::Matched {
+            ServerMsg::Matched {
                 call,
                 polite,
                 interests,
@@ -710,51 +734,44 @@ impl Driver {
                     call,
                     polite,
                     interests,
-                    country,
+                    country: country.map(|c| c.as_str().to_string()),
                 });
                 self.open(Remote::Call(call), polite, false).await;
             }
-            Incoming::Signal {
-                call,
-                from,
-                description,
-                candidate,
+            ServerMsg::Signal(Signal { call, payload }) => {
+                if self.call == Some(call) {
+                    self.on_signal(Remote::Call(call), payload, None).await;
+                }
+            }
+            ServerMsg::RoomSignal(RoomSignal {
+                from: Some(peer),
+                payload,
                 auth,
-            } => {
-                let remote = match (call, from) {
-                    (Some(c), _) if self.call == Some(c) => Remote::Call(c),
-                    (_, Some(p)) if self.room.is_some() => Remote::Peer(p),
-                    _ => return,
-                };
-                if !self.conns.contains_key(&remote) {
-                    if let Remote::Peer(_) = remote {
-                        let require = self.room_requires_auth();
-                        self.open(remote, true, require).await;
-                    } else {
-                        return;
-                    }
-                }
-                if let Some(d) = description {
-                    self.on_description(remote, &d, auth.as_deref()).await;
-                } else if let (Some(c), Some(e)) = (candidate, self.conns.get_mut(&remote)) {
-                    e.conn.handle_candidate(&c);
+                ..
+            }) => {
+                if self.room.is_some() {
+                    self.on_signal(Remote::Peer(peer), payload, auth).await;
                 }
             }
-            Incoming::CallEnded { call, reason } => {
+            ServerMsg::CallEnded { call, reason } => {
                 self.drop_call();
-                self.emit(Event::CallEnded { call, reason });
+                self.emit(Event::CallEnded {
+                    call,
+                    reason: reason.as_str().to_string(),
+                });
             }
-            Incoming::Idle => {
+            ServerMsg::Idle => {
                 self.drop_call();
                 self.room = None;
                 self.drop_all();
                 self.emit(Event::Idle);
             }
-            Incoming::RoomJoined {
+            ServerMsg::RoomJoined {
                 room,
                 peer,
                 peers,
                 locked,
+                ..
             } => {
                 if let Some(r) = self.room.as_mut() {
                     r.name = room;
@@ -774,40 +791,70 @@ impl Driver {
                     locked,
                 });
             }
-            Incoming::PeerJoined { peer } => {
+            ServerMsg::PeerJoined { peer } => {
                 let require = self.room_requires_auth();
                 self.open(Remote::Peer(peer), true, require).await;
                 self.emit(Event::PeerJoined { peer });
             }
-            Incoming::PeerLeft { peer } => {
+            ServerMsg::PeerLeft { peer } => {
                 self.drop_conn(Remote::Peer(peer));
                 self.emit(Event::PeerLeft { peer });
             }
-            Incoming::RoomLockState { locked } => {
+            ServerMsg::RoomLockState { locked } => {
                 if let Some(r) = self.room.as_mut() {
                     r.locked = locked;
                 }
                 self.emit(Event::LockState { locked });
             }
-            Incoming::RoomSuggestion { name } => self.emit(Event::RoomSuggestion { name }),
-            Incoming::Error {
+            ServerMsg::RoomSuggestion { name } => self.emit(Event::RoomSuggestion { name }),
+            ServerMsg::Error {
                 code,
                 message,
                 retry_after_ms,
             } => {
                 if matches!(
-                    code.as_str(),
-                    "passphrase_required" | "wrong_passphrase" | "room_full" | "bad_room_name"
+                    code,
+                    ErrorCode::PassphraseRequired
+                        | ErrorCode::WrongPassphrase
+                        | ErrorCode::RoomFull
+                        | ErrorCode::BadRoomName
                 ) {
                     self.room = None;
                 }
                 self.emit(Event::Error {
-                    code,
-                    message,
+                    code: code.as_str().to_string(),
+                    message: message.into_owned(),
                     retry_after_ms,
                 });
             }
-            Incoming::Welcome { .. } | Incoming::Challenge(_) | Incoming::Other => {}
+            // A room signal with no sender is not for a client.
+            ServerMsg::RoomSignal(_)
+            | ServerMsg::Welcome { .. }
+            | ServerMsg::IceServers { .. }
+            | ServerMsg::Challenge { .. } => {}
+        }
+    }
+
+    /// A signal from the partner or a room member: a member we have no
+    /// connection with yet gets one (they offered first).
+    async fn on_signal(&mut self, remote: Remote, payload: SignalPayload, auth: Option<String>) {
+        if !self.conns.contains_key(&remote) {
+            if let Remote::Peer(_) = remote {
+                let require = self.room_requires_auth();
+                self.open(remote, true, require).await;
+            } else {
+                return;
+            }
+        }
+        match payload {
+            SignalPayload::Description(d) => {
+                self.on_description(remote, &d, auth.as_deref()).await;
+            }
+            SignalPayload::Candidate(c) => {
+                if let Some(e) = self.conns.get_mut(&remote) {
+                    e.conn.handle_candidate(&c);
+                }
+            }
         }
     }
 
