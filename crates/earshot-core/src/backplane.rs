@@ -83,6 +83,10 @@ pub struct Waiter {
 }
 
 /// What the switchboard asks of the backplane (`Output::Backplane`).
+///
+/// Still `#[non_exhaustive]`, though only this workspace uses it: the Redis
+/// backplane's `execute` has a catch-all arm that would otherwise be
+/// unreachable, and that function is being rewritten on its own.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Request {
@@ -157,7 +161,6 @@ pub enum Request {
 /// What the backplane tells the switchboard
 /// (`Switchboard::handle_backplane`).
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Event {
     /// `conn`'s queue join found `partner`, who was waiting and has been
     /// taken out of the queue.
@@ -226,7 +229,6 @@ pub struct Member {
 
 /// A message from one node to a connection on another.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Remote {
     /// `from` (joining on its node) was paired with `to` (waiting) in `call`.
     Matched {
@@ -385,7 +387,6 @@ impl Remote {
 
 /// Why a backplane message or reply was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum BackplaneError {
     /// Longer than [`MAX_REMOTE_BYTES`].
     #[error("backplane message too large")]

@@ -443,7 +443,6 @@ impl ServerMsg {
 /// The stable error codes of `error` messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[non_exhaustive]
 pub enum ErrorCode {
     /// The frame is not a JSON object with a string `type`.
     BadJson,
@@ -587,7 +586,6 @@ impl ErrorCode {
 
 /// Why a client frame could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum DecodeError {
     /// Not a JSON object with a string `type`.
     #[error("not a JSON object with a string type")]

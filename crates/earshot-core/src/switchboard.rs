@@ -176,7 +176,6 @@ pub struct ConnInfo {
 
 /// Why the server closes a connection, with its WebSocket close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum CloseReason {
     /// No `hello` within `hello_timeout`.
     HelloTimeout,

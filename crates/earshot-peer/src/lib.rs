@@ -7,12 +7,12 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use earshot_peer::{Event, Peer, PeerConfig, audio::Source};
+//! use earshot_peer::{PeerEvent, Peer, PeerConfig, audio::Source};
 //! let mut peer = Peer::connect("http://127.0.0.1:8080/", PeerConfig {
 //!     source: Source::Tone(440.0), ..PeerConfig::default() }).await?;
 //! peer.search(&["music"])?;
 //! while let Some(event) = peer.next_event().await {
-//!     if let Event::ChatOpen { .. } = event { peer.send_chat("hi").await?; }
+//!     if let PeerEvent::ChatOpen { .. } = event { peer.send_chat("hi").await?; }
 //! }
 //! # Ok(()) }
 //! ```
@@ -42,5 +42,5 @@ pub mod roomcrypto;
 pub mod wire;
 
 pub use conn::ConnStats;
-pub use peer::{Event, Peer, PeerConfig, PeerError, Stats};
-pub use wire::Remote;
+pub use peer::{Peer, PeerConfig, PeerError, PeerEvent, PeerStats};
+pub use wire::Target;

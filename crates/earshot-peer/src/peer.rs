@@ -25,7 +25,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::audio::{self, Source};
 use crate::conn::{Conn, ConnEvent, ConnStats};
 use crate::roomcrypto::RoomKeys;
-use crate::wire::{self, Payload, Remote};
+use crate::wire::{self, Payload, Target};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -61,7 +61,6 @@ impl Default for PeerConfig {
 
 /// Why a peer could not start or do what it was asked.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum PeerError {
     /// The URL is not an `http(s)://` or `ws(s)://` URL this peer can use.
     #[error("bad server URL {0:?}: {1}")]
@@ -93,8 +92,7 @@ pub enum PeerError {
 /// `event` field for `earshot-peer --json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Event {
+pub enum PeerEvent {
     Searching {
         interests: Vec<String>,
     },
@@ -123,27 +121,27 @@ pub enum Event {
     },
     /// ICE and DTLS are up with this remote.
     Connected {
-        remote: Remote,
+        remote: Target,
     },
     /// The first audio packet from this remote, so long after the connection was made.
     AudioStarted {
-        remote: Remote,
+        remote: Target,
         after_ms: u64,
     },
     ChatOpen {
-        remote: Remote,
+        remote: Target,
     },
     Chat {
-        remote: Remote,
+        remote: Target,
         text: String,
     },
     /// The connection to this remote ended (left, failed or closed).
     ConnectionClosed {
-        remote: Remote,
+        remote: Target,
     },
     /// A room member who could not prove it knows the passphrase.
     Refused {
-        remote: Remote,
+        remote: Target,
         reason: &'static str,
     },
     CallEnded {
@@ -162,7 +160,7 @@ pub enum Event {
 
 /// What the peer measured: one entry per connection, current and ended.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Stats {
+pub struct PeerStats {
     pub country: Option<String>,
     pub connections: Vec<ConnStats>,
     /// Every `candidate` this peer offered (addresses: for tests, not printed).
@@ -177,16 +175,16 @@ enum Cmd {
     Lock(RoomKeys),
     Chat(String, oneshot::Sender<usize>),
     Leave(String),
-    Stats(oneshot::Sender<Stats>),
+    PeerStats(oneshot::Sender<PeerStats>),
     Recording(oneshot::Sender<Option<Vec<i16>>>),
 }
 
 /// A running peer. Dropping it stops it.
 pub struct Peer {
     cmds: mpsc::UnboundedSender<Cmd>,
-    events: mpsc::UnboundedReceiver<Event>,
+    events: mpsc::UnboundedReceiver<PeerEvent>,
     /// Events [`Peer::wait_for`] passed over.
-    backlog: std::collections::VecDeque<Event>,
+    backlog: std::collections::VecDeque<PeerEvent>,
     country: Option<String>,
     local: SocketAddr,
     room: Option<String>,
@@ -290,7 +288,7 @@ impl Peer {
         self.cmd(Cmd::Send(wire::bare("room_unlock")))
     }
 
-    /// Asks for a room name (answered by [`Event::RoomSuggestion`]).
+    /// Asks for a room name (answered by [`PeerEvent::RoomSuggestion`]).
     pub fn suggest_room(&self) -> Result<(), PeerError> {
         self.cmd(Cmd::Send(wire::bare("room_suggest")))
     }
@@ -318,7 +316,7 @@ impl Peer {
     }
 
     /// The next event; `None` once the peer has stopped.
-    pub async fn next_event(&mut self) -> Option<Event> {
+    pub async fn next_event(&mut self) -> Option<PeerEvent> {
         match self.backlog.pop_front() {
             Some(e) => Some(e),
             None => self.events.recv().await,
@@ -332,7 +330,7 @@ impl Peer {
         &mut self,
         limit: Duration,
         what: &str,
-        mut want: impl FnMut(&Event) -> Option<T>,
+        mut want: impl FnMut(&PeerEvent) -> Option<T>,
     ) -> Result<T, PeerError> {
         if let Some((i, t)) = self
             .backlog
@@ -362,9 +360,9 @@ impl Peer {
     }
 
     /// What the peer has measured so far.
-    pub async fn stats(&self) -> Result<Stats, PeerError> {
+    pub async fn stats(&self) -> Result<PeerStats, PeerError> {
         let (tx, rx) = oneshot::channel();
-        self.cmd(Cmd::Stats(tx))?;
+        self.cmd(Cmd::PeerStats(tx))?;
         rx.await.map_err(|_| PeerError::Stopped)
     }
 
@@ -477,8 +475,8 @@ struct Driver {
     socket: UdpSocket,
     local: SocketAddr,
     cmds: mpsc::UnboundedReceiver<Cmd>,
-    events: mpsc::UnboundedSender<Event>,
-    conns: BTreeMap<Remote, Entry>,
+    events: mpsc::UnboundedSender<PeerEvent>,
+    conns: BTreeMap<Target, Entry>,
     unrouted: std::collections::VecDeque<(Instant, SocketAddr, Vec<u8>)>,
     finished: Vec<ConnStats>,
     offered: Vec<String>,
@@ -588,7 +586,7 @@ impl Driver {
         }
     }
 
-    fn emit(&self, e: Event) {
+    fn emit(&self, e: PeerEvent) {
         let _ = self.events.send(e);
     }
 
@@ -597,7 +595,7 @@ impl Driver {
             && send(ws, text).await.is_err()
         {
             self.ws = None;
-            self.emit(Event::Disconnected);
+            self.emit(PeerEvent::Disconnected);
         }
     }
 
@@ -615,7 +613,7 @@ impl Driver {
         for (remote, ev) in happened {
             self.on_conn_event(remote, ev).await;
         }
-        let dead: Vec<Remote> = self
+        let dead: Vec<Target> = self
             .conns
             .iter()
             .filter(|(_, e)| e.conn.is_dead())
@@ -626,21 +624,21 @@ impl Driver {
         }
     }
 
-    async fn on_conn_event(&mut self, remote: Remote, ev: ConnEvent) {
+    async fn on_conn_event(&mut self, remote: Target, ev: ConnEvent) {
         match ev {
             ConnEvent::Description(d) => self.send_description(remote, &d).await,
-            ConnEvent::Connected => self.emit(Event::Connected { remote }),
-            ConnEvent::AudioStarted(after) => self.emit(Event::AudioStarted {
+            ConnEvent::Connected => self.emit(PeerEvent::Connected { remote }),
+            ConnEvent::AudioStarted(after) => self.emit(PeerEvent::AudioStarted {
                 remote,
                 after_ms: after.as_millis().try_into().unwrap_or(u64::MAX),
             }),
-            ConnEvent::ChatOpen => self.emit(Event::ChatOpen { remote }),
-            ConnEvent::Chat(text) => self.emit(Event::Chat { remote, text }),
+            ConnEvent::ChatOpen => self.emit(PeerEvent::ChatOpen { remote }),
+            ConnEvent::Chat(text) => self.emit(PeerEvent::Chat { remote, text }),
             ConnEvent::Closed => {}
         }
     }
 
-    async fn send_description(&mut self, remote: Remote, d: &SessionDescription) {
+    async fn send_description(&mut self, remote: Target, d: &SessionDescription) {
         self.offered.extend(
             d.sdp
                 .lines()
@@ -649,7 +647,7 @@ impl Driver {
                 .map(str::to_string),
         );
         let auth = match (remote, &self.room) {
-            (Remote::Peer(_), Some(Room { keys: Some(k), .. })) => Some(k.sign(&d.sdp)),
+            (Target::Peer(_), Some(Room { keys: Some(k), .. })) => Some(k.sign(&d.sdp)),
             _ => None,
         };
         self.send(wire::signal(
@@ -660,25 +658,25 @@ impl Driver {
         .await;
     }
 
-    fn drop_conn(&mut self, remote: Remote) {
+    fn drop_conn(&mut self, remote: Target) {
         if let Some(mut e) = self.conns.remove(&remote) {
             e.conn.close();
             if self.recording.is_none() {
                 self.recording = e.conn.take_recording();
             }
             self.finished.push(e.conn.snapshot());
-            self.emit(Event::ConnectionClosed { remote });
+            self.emit(PeerEvent::ConnectionClosed { remote });
         }
     }
 
     fn drop_all(&mut self) {
-        let all: Vec<Remote> = self.conns.keys().copied().collect();
+        let all: Vec<Target> = self.conns.keys().copied().collect();
         for r in all {
             self.drop_conn(r);
         }
     }
 
-    async fn open(&mut self, remote: Remote, polite: bool, require_auth: bool) {
+    async fn open(&mut self, remote: Target, polite: bool, require_auth: bool) {
         self.drop_conn(remote);
         // Record only the first remote: a recording is one voice.
         let record = self.record && self.recording.is_none() && self.conns.is_empty();
@@ -689,7 +687,7 @@ impl Driver {
                     self.on_conn_event(remote, ev).await;
                 }
             }
-            Err(e) => self.emit(Event::Error {
+            Err(e) => self.emit(PeerEvent::Error {
                 code: "local".into(),
                 message: format!("cannot start a WebRTC connection: {e}"),
                 retry_after_ms: None,
@@ -709,7 +707,7 @@ impl Driver {
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                 // The calls go on without signalling (PROTOCOL.md, "Peer to peer").
                 self.ws = None;
-                self.emit(Event::Disconnected);
+                self.emit(PeerEvent::Disconnected);
                 return;
             }
             Some(Ok(_)) => return,
@@ -720,7 +718,7 @@ impl Driver {
         match msg {
             ServerMsg::Searching { interests } => {
                 self.drop_call();
-                self.emit(Event::Searching { interests });
+                self.emit(PeerEvent::Searching { interests });
             }
             ServerMsg::Matched {
                 call,
@@ -730,17 +728,17 @@ impl Driver {
             } => {
                 self.drop_call();
                 self.call = Some(call);
-                self.emit(Event::Matched {
+                self.emit(PeerEvent::Matched {
                     call,
                     polite,
                     interests,
                     country: country.map(|c| c.as_str().to_string()),
                 });
-                self.open(Remote::Call(call), polite, false).await;
+                self.open(Target::Call(call), polite, false).await;
             }
             ServerMsg::Signal(Signal { call, payload }) => {
                 if self.call == Some(call) {
-                    self.on_signal(Remote::Call(call), payload, None).await;
+                    self.on_signal(Target::Call(call), payload, None).await;
                 }
             }
             ServerMsg::RoomSignal(RoomSignal {
@@ -750,12 +748,12 @@ impl Driver {
                 ..
             }) => {
                 if self.room.is_some() {
-                    self.on_signal(Remote::Peer(peer), payload, auth).await;
+                    self.on_signal(Target::Peer(peer), payload, auth).await;
                 }
             }
             ServerMsg::CallEnded { call, reason } => {
                 self.drop_call();
-                self.emit(Event::CallEnded {
+                self.emit(PeerEvent::CallEnded {
                     call,
                     reason: reason.as_str().to_string(),
                 });
@@ -764,7 +762,7 @@ impl Driver {
                 self.drop_call();
                 self.room = None;
                 self.drop_all();
-                self.emit(Event::Idle);
+                self.emit(PeerEvent::Idle);
             }
             ServerMsg::RoomJoined {
                 room,
@@ -783,9 +781,9 @@ impl Driver {
                 }
                 // We joined last: impolite towards everyone, we offer.
                 for &p in &peers {
-                    self.open(Remote::Peer(p), false, require).await;
+                    self.open(Target::Peer(p), false, require).await;
                 }
-                self.emit(Event::RoomJoined {
+                self.emit(PeerEvent::RoomJoined {
                     peer,
                     peers,
                     locked,
@@ -793,20 +791,20 @@ impl Driver {
             }
             ServerMsg::PeerJoined { peer } => {
                 let require = self.room_requires_auth();
-                self.open(Remote::Peer(peer), true, require).await;
-                self.emit(Event::PeerJoined { peer });
+                self.open(Target::Peer(peer), true, require).await;
+                self.emit(PeerEvent::PeerJoined { peer });
             }
             ServerMsg::PeerLeft { peer } => {
-                self.drop_conn(Remote::Peer(peer));
-                self.emit(Event::PeerLeft { peer });
+                self.drop_conn(Target::Peer(peer));
+                self.emit(PeerEvent::PeerLeft { peer });
             }
             ServerMsg::RoomLockState { locked } => {
                 if let Some(r) = self.room.as_mut() {
                     r.locked = locked;
                 }
-                self.emit(Event::LockState { locked });
+                self.emit(PeerEvent::LockState { locked });
             }
-            ServerMsg::RoomSuggestion { name } => self.emit(Event::RoomSuggestion { name }),
+            ServerMsg::RoomSuggestion { name } => self.emit(PeerEvent::RoomSuggestion { name }),
             ServerMsg::Error {
                 code,
                 message,
@@ -821,7 +819,7 @@ impl Driver {
                 ) {
                     self.room = None;
                 }
-                self.emit(Event::Error {
+                self.emit(PeerEvent::Error {
                     code: code.as_str().to_string(),
                     message: message.into_owned(),
                     retry_after_ms,
@@ -837,9 +835,9 @@ impl Driver {
 
     /// A signal from the partner or a room member: a member we have no
     /// connection with yet gets one (they offered first).
-    async fn on_signal(&mut self, remote: Remote, payload: SignalPayload, auth: Option<String>) {
+    async fn on_signal(&mut self, remote: Target, payload: SignalPayload, auth: Option<String>) {
         if !self.conns.contains_key(&remote) {
-            if let Remote::Peer(_) = remote {
+            if let Target::Peer(_) = remote {
                 let require = self.room_requires_auth();
                 self.open(remote, true, require).await;
             } else {
@@ -860,11 +858,11 @@ impl Driver {
 
     fn drop_call(&mut self) {
         if let Some(call) = self.call.take() {
-            self.drop_conn(Remote::Call(call));
+            self.drop_conn(Target::Call(call));
         }
     }
 
-    async fn on_description(&mut self, remote: Remote, d: &SessionDescription, auth: Option<&str>) {
+    async fn on_description(&mut self, remote: Target, d: &SessionDescription, auth: Option<&str>) {
         let Some(entry) = self.conns.get_mut(&remote) else {
             return;
         };
@@ -878,7 +876,7 @@ impl Driver {
             };
             if let Some(reason) = refusal {
                 self.drop_conn(remote);
-                self.emit(Event::Refused { remote, reason });
+                self.emit(PeerEvent::Refused { remote, reason });
                 return;
             }
         }
@@ -887,7 +885,7 @@ impl Driver {
             Ok(None) => {}
             Err(e) => {
                 self.drop_conn(remote);
-                self.emit(Event::Error {
+                self.emit(PeerEvent::Error {
                     code: "local".into(),
                     message: format!("could not apply the remote description: {e}"),
                     retry_after_ms: None,
@@ -929,10 +927,10 @@ impl Driver {
                 self.drop_call();
                 self.send(text).await;
             }
-            Cmd::Stats(reply) => {
+            Cmd::PeerStats(reply) => {
                 let mut connections = self.finished.clone();
                 connections.extend(self.conns.values().map(|e| e.conn.snapshot()));
-                let _ = reply.send(Stats {
+                let _ = reply.send(PeerStats {
                     country: self.country.clone(),
                     connections,
                     offered_candidates: self.offered.clone(),

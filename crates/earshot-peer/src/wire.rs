@@ -25,7 +25,7 @@ pub const MAX_CHAT_CHARS: usize = 2000;
 /// Where a signal goes: the partner of a stranger call, or a room member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Remote {
+pub enum Target {
     Call(CallId),
     Peer(PeerId),
 }
@@ -77,10 +77,10 @@ pub enum Payload<'a> {
 
 /// A `signal` to the stranger partner or a room member (with `auth` in a
 /// locked room).
-pub fn signal(to: Remote, payload: Payload<'_>, auth: Option<&str>) -> String {
+pub fn signal(to: Target, payload: Payload<'_>, auth: Option<&str>) -> String {
     let mut msg = match to {
-        Remote::Call(call) => json!({"type": "signal", "call": call}),
-        Remote::Peer(peer) => json!({"type": "signal", "to": peer}),
+        Target::Call(call) => json!({"type": "signal", "call": call}),
+        Target::Peer(peer) => json!({"type": "signal", "to": peer}),
     };
     let obj = msg.as_object_mut().expect("built as an object above");
     match payload {
@@ -192,12 +192,12 @@ mod tests {
             kind: earshot_core::protocol::SdpType::Offer,
             sdp: "v=0\r\n".into(),
         };
-        let text = signal(Remote::Peer(2), Payload::Description(&d), Some("YWJj"));
+        let text = signal(Target::Peer(2), Payload::Description(&d), Some("YWJj"));
         assert!(matches!(
             earshot_core::protocol::decode(&text),
             Ok(earshot_core::ClientMsg::RoomSignal(_))
         ));
-        let text = signal(Remote::Call(9), Payload::Description(&d), None);
+        let text = signal(Target::Call(9), Payload::Description(&d), None);
         assert!(matches!(
             earshot_core::protocol::decode(&text),
             Ok(earshot_core::ClientMsg::Signal(_))

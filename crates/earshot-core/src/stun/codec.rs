@@ -140,7 +140,7 @@ pub struct BadAttribute;
 
 /// What a message's fixed header says, once [`walk`] has checked it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
+pub struct StunHeader {
     pub method: u16,
     pub class: Class,
     pub transaction_id: [u8; 12],
@@ -171,7 +171,7 @@ impl fmt::Debug for Attribute<'_> {
 /// returns it with the message's attributes, which are checked as they are
 /// read: the iterator yields an `Err` at the first bad one, then ends. A
 /// FINGERPRINT is yielded (after it is verified) like any other attribute.
-pub fn walk(bytes: &[u8]) -> Result<(Header, Attributes<'_>), StunError> {
+pub fn walk(bytes: &[u8]) -> Result<(StunHeader, Attributes<'_>), StunError> {
     let Some((header, rest)) = bytes.split_first_chunk::<HEADER_LEN>() else {
         return Err(StunError::TooShort);
     };
@@ -186,7 +186,7 @@ pub fn walk(bytes: &[u8]) -> Result<(Header, Attributes<'_>), StunError> {
     if length % 4 != 0 || length != rest.len() {
         return Err(StunError::BadLength);
     }
-    let header = Header {
+    let header = StunHeader {
         method: method_of(msg_type),
         class: class_of(msg_type),
         transaction_id: header[8..].try_into().expect("the header is 20 bytes"),
