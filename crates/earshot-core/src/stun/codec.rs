@@ -774,22 +774,20 @@ mod tests {
     #[test]
     fn an_encoder_in_a_buffer_writes_the_same_bytes() {
         let from: SocketAddr = "[2001:db8::7]:4000".parse().unwrap();
+        fn fill<B: Buffer>(e: &mut Encoder<B>, from: SocketAddr) {
+            e.error_code(420, "Unknown Attribute")
+                .unknown_attributes(&[0x0024, 0x0003])
+                .xor_address(attr::XOR_MAPPED_ADDRESS, from)
+                .address(attr::MAPPED_ADDRESS, from)
+                .integrity(b"key")
+                .fingerprint();
+        }
         let mut v = Encoder::new(method::BINDING, Class::Error, [5; 12]);
-        v.error_code(420, "Unknown Attribute")
-            .unknown_attributes(&[0x0024, 0x0003])
-            .xor_address(attr::XOR_MAPPED_ADDRESS, from)
-            .address(attr::MAPPED_ADDRESS, from)
-            .integrity(b"key")
-            .fingerprint();
+        fill(&mut v, from);
         let v = v.finish();
         let mut buf = [0xAA; 300];
         let mut b = Encoder::in_buffer(&mut buf, method::BINDING, Class::Error, [5; 12]);
-        b.error_code(420, "Unknown Attribute")
-            .unknown_attributes(&[0x0024, 0x0003])
-            .xor_address(attr::XOR_MAPPED_ADDRESS, from)
-            .address(attr::MAPPED_ADDRESS, from)
-            .integrity(b"key")
-            .fingerprint();
+        fill(&mut b, from);
         let n = b.finish();
         assert_eq!(&buf[..n], &v[..]);
         let m = Message::decode(&v).unwrap();
