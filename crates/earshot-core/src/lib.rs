@@ -25,11 +25,14 @@
 //!   answers from amplifying a forged flood.
 //! - [`rooms`]: rooms by link: members, size, passphrase locks.
 //! - [`moderation`]: reports, strikes, bans, keyed by client key.
+//! - [`hex`]: lower-case hex, the one encoding of bytes as text.
 //! - [`names`]: room-name rules and memorable random suggestions.
 //! - [`pow`]: proof-of-work challenges for `hello` under load or abuse.
 //! - [`ratelimit`]: token buckets on a caller-supplied clock.
-//! - [`stun`]: an RFC 5389 Binding responder, for the embedded STUN server.
-//! - [`turn`]: the embedded TURN server (relays, REST credentials) and its codec.
+//! - [`stun`]: STUN messages and attributes ([`stun::codec`], shared with
+//!   TURN) and an RFC 5389 Binding responder, for the embedded STUN server.
+//! - [`turn`]: the embedded TURN server (relays, REST credentials) and its
+//!   ChannelData framing.
 //!
 //! Nothing here logs an address, SDP, a candidate or chat text. The
 //! switchboard never sees an address (clients are opaque `ClientKey`s, HMACs
@@ -41,6 +44,7 @@
 
 pub mod backplane;
 pub mod bytebudget;
+pub mod hex;
 pub mod matchmaker;
 pub mod moderation;
 pub mod names;

@@ -1,5 +1,7 @@
 //! The signalling protocol's messages, as `PROTOCOL.md` describes them, and
-//! the decoder of client frames.
+//! the decoder of client frames. [`ServerMsg`] is one shape for both ends:
+//! the server encodes it, clients (`earshot-peer`) decode it (see
+//! `server_decode`).
 //!
 //! Decoding is strict about what it relays: a `signal` is parsed into typed
 //! fields and re-encoded, so nothing but a session description or an ICE
@@ -11,6 +13,8 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+mod server_decode;
 
 /// The protocol version this server speaks (`hello.version`).
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -265,7 +269,7 @@ pub struct Signal {
     pub payload: SignalPayload,
 }
 
-#[derive(Clone, PartialEq, Serialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub enum SignalPayload {
     #[serde(rename = "description")]
     Description(SessionDescription),
@@ -300,6 +304,20 @@ pub struct IceCandidate {
     pub sdp_m_line_index: Option<u16>,
     #[serde(rename = "usernameFragment", default)]
     pub username_fragment: Option<String>,
+}
+
+impl SignalPayload {
+    /// A signal carries exactly one of a description or a candidate.
+    fn one_of(
+        description: Option<SessionDescription>,
+        candidate: Option<IceCandidate>,
+    ) -> Option<SignalPayload> {
+        match (description, candidate) {
+            (Some(d), None) => Some(SignalPayload::Description(d)),
+            (None, Some(c)) => Some(SignalPayload::Candidate(c)),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Debug for Signal {
@@ -359,8 +377,15 @@ impl Serialize for Country {
     }
 }
 
+impl<'de> Deserialize<'de> for Country {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Country, D::Error> {
+        let code = Cow::<str>::deserialize(d)?;
+        Country::new(&code).ok_or_else(|| serde::de::Error::custom("not a two-letter country code"))
+    }
+}
+
 /// One entry of `RTCConfiguration.iceServers`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IceServer {
     pub urls: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -370,7 +395,7 @@ pub struct IceServer {
 }
 
 /// Limits advertised in `welcome`, so a client can stay within them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
     pub max_message_bytes: usize,
     pub max_interests: usize,
@@ -393,9 +418,27 @@ pub enum EndReason {
     PartnerLeft,
 }
 
-/// A message to a client.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+impl EndReason {
+    /// The reason as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::PartnerSkipped => "partner_skipped",
+            EndReason::PartnerEnded => "partner_ended",
+            EndReason::PartnerLeft => "partner_left",
+        }
+    }
+}
+
+/// A message to a client: the server encodes it ([`ServerMsg::to_json`]),
+/// clients decode it ([`ServerMsg::from_json`]).
+///
+/// Two variants share the type `signal`, which a derived decoder cannot
+/// tell apart, so the derives are `remote = "Self"` (they make inherent
+/// `ServerMsg::serialize` and `ServerMsg::deserialize`) and the `Serialize`
+/// and `Deserialize` impls in `server_decode` wrap them: use those (serde's
+/// traits, `to_json`, `from_json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", remote = "Self")]
 pub enum ServerMsg {
     Welcome {
         version: u32,
@@ -439,12 +482,14 @@ pub enum ServerMsg {
     PeerLeft {
         peer: PeerId,
     },
-    #[serde(rename = "signal")]
+    #[serde(rename = "signal", skip_deserializing)]
     RoomSignal(RoomSignal),
     RoomLockState {
         locked: bool,
     },
     Challenge {
+        /// Always [`crate::pow::ALGORITHM`].
+        #[serde(deserialize_with = "server_decode::pow_algorithm")]
         algorithm: &'static str,
         salt: String,
         challenge: String,
@@ -457,7 +502,8 @@ pub enum ServerMsg {
         /// answers none (or a frame whose type could not be read).
         #[serde(skip_serializing_if = "Option::is_none")]
         re: Option<ClientMsgType>,
-        message: &'static str,
+        /// For people, and free to change: clients act on the code.
+        message: Cow<'static, str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },
@@ -469,7 +515,7 @@ impl ServerMsg {
         ServerMsg::Error {
             code,
             re: None,
-            message: code.message(),
+            message: code.message().into(),
             retry_after_ms: None,
         }
     }
@@ -481,9 +527,8 @@ impl ServerMsg {
 }
 
 /// The stable error codes of `error` messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[non_exhaustive]
 pub enum ErrorCode {
     /// The frame is not a JSON object with a string `type`.
     BadJson,
@@ -627,7 +672,6 @@ impl ErrorCode {
 
 /// Why a client frame could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum DecodeError {
     /// Not a JSON object with a string `type`.
     #[error("not a JSON object with a string type")]
@@ -669,6 +713,8 @@ struct SearchFields {
     interests: Vec<String>,
 }
 
+/// The fields of a client's `signal` (`server_decode` reads the server's:
+/// these and `from`).
 #[derive(Deserialize)]
 struct SignalFields {
     #[serde(default)]
@@ -751,11 +797,8 @@ pub fn decode(text: &str) -> Result<ClientMsg, DecodeError> {
         }
         ClientMsgType::Signal => {
             let f: SignalFields = fields(text)?;
-            let payload = match (f.description, f.candidate) {
-                (Some(d), None) => SignalPayload::Description(d),
-                (None, Some(c)) => SignalPayload::Candidate(c),
-                _ => return Err(DecodeError::BadMessage),
-            };
+            let payload =
+                SignalPayload::one_of(f.description, f.candidate).ok_or(DecodeError::BadMessage)?;
             match (f.call, f.to) {
                 (Some(call), None) if f.auth.is_none() => {
                     Ok(ClientMsg::Signal(Signal { call, payload }))

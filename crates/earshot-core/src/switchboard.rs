@@ -188,7 +188,6 @@ pub struct ConnInfo {
 
 /// Why the server closes a connection, with its WebSocket close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum CloseReason {
     /// No `hello` within `hello_timeout`.
     HelloTimeout,
@@ -1188,7 +1187,7 @@ impl Switchboard {
             ServerMsg::Error {
                 code,
                 re,
-                message: code.message(),
+                message: code.message().into(),
                 retry_after_ms: retry.map(|d| millis(d).max(1)),
             },
         );

@@ -340,7 +340,7 @@ fn re_is_on_the_wire_as_the_messages_type() {
         let msg = ServerMsg::Error {
             code: ErrorCode::RateLimited,
             re: Some(t),
-            message: ErrorCode::RateLimited.message(),
+            message: ErrorCode::RateLimited.message().into(),
             retry_after_ms: Some(5),
         };
         let v: serde_json::Value = serde_json::from_str(&msg.to_json()).unwrap();

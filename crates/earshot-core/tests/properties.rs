@@ -513,7 +513,7 @@ fn error_msg(code: ErrorCode, retry_after_ms: Option<u64>) -> ServerMsg {
     ServerMsg::Error {
         code,
         re: None,
-        message: code.message(),
+        message: code.message().into(),
         retry_after_ms,
     }
 }
@@ -1562,7 +1562,7 @@ impl Model {
                     ErrorCode::ALL.contains(code),
                     "(e) undocumented code {code:?}"
                 );
-                prop_assert_eq!(*message, code.message());
+                prop_assert_eq!(message, code.message());
                 prop_assert_eq!(
                     retry_after_ms.is_some(),
                     matches!(code, ErrorCode::RateLimited | ErrorCode::Banned),

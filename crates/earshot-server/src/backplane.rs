@@ -440,7 +440,7 @@ impl Redis {
         let ttl = millis(rotation.saturating_mul(3));
         let _: Option<String> = redis::cmd("SET")
             .arg(&current_key)
-            .arg(hex32(&candidate))
+            .arg(earshot_core::hex::encode(&candidate))
             .arg("NX")
             .arg("PX")
             .arg(ttl)
@@ -452,9 +452,12 @@ impl Redis {
             .await?;
         let current = current
             .as_deref()
-            .and_then(unhex32)
+            .and_then(earshot_core::hex::decode)
             .context("the shared secret in Redis is malformed")?;
-        keyer.set_secrets(current, previous.as_deref().and_then(unhex32));
+        keyer.set_secrets(
+            current,
+            previous.as_deref().and_then(earshot_core::hex::decode),
+        );
         Ok(())
     }
 
@@ -962,21 +965,6 @@ fn random_secret() -> [u8; 32] {
     s
 }
 
-fn hex32(b: &[u8; 32]) -> String {
-    backplane::hex_bytes(b)
-}
-
-fn unhex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -984,8 +972,11 @@ mod tests {
     #[test]
     fn secrets_round_trip_through_hex() {
         let s = random_secret();
-        assert_eq!(unhex32(&hex32(&s)), Some(s));
-        assert_eq!(unhex32("zz"), None);
-        assert_eq!(unhex32(&"é".repeat(32)), None);
+        assert_eq!(
+            earshot_core::hex::decode(&earshot_core::hex::encode(&s)),
+            Some(s)
+        );
+        assert_eq!(earshot_core::hex::decode::<32>("zz"), None);
+        assert_eq!(earshot_core::hex::decode::<32>(&"é".repeat(32)), None);
     }
 }

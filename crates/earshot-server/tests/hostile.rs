@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use earshot_core::turn::codec::{Class, Encoder, Message, attr, method};
+use earshot_core::stun::codec::{Class, Encoder, Message, attr, method};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use support::server::Server;

@@ -32,12 +32,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::auth::{self, Nonces};
-use super::codec::{
-    Class, Encoder, MAX_PAYLOAD, Message, attr, decode_channel_data, encode_channel_data,
-    is_channel, method,
-};
+use super::codec::{MAX_PAYLOAD, decode_channel_data, encode_channel_data, is_channel};
 use super::policy::{PeerPolicy, Refusal, Verdict};
 use crate::bytebudget::{AnswerBudget, AnswerBudgetConfig, ByteBucket, source_key};
+use crate::stun::codec::{Class, Encoder, Message, attr, method};
 
 /// How long a permission lasts (RFC 5766 §8: fixed at 300 s).
 const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
