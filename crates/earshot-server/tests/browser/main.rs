@@ -22,6 +22,9 @@
 //!   side; safety words match, and change when a fingerprint is swapped;
 //!   fresh TURN credentials keep a relayed call going; the time to audio,
 //!   relayed and direct.
+//! - `firefox`: Firefox with Firefox and with Chromium: strangers in both
+//!   roles, a locked room of two Firefox and a Chromium, and "hide my IP"
+//!   relayed through the embedded TURN server.
 //!
 //! WebRTC tests only run in a loopback-only network namespace, so every ICE
 //! candidate and every packet stays on 127.0.0.1 (see `support::netns`);
@@ -51,6 +54,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod firefox;
 mod multinode;
 mod reach;
 mod rooms;
