@@ -810,14 +810,22 @@ return {href: location.href, navigation: names('navigation'), resources: names('
         sockets: (window.__e2eSockets || []).map(s => s.url), cookie: document.cookie};
 "#;
 
-/// What the page keeps on the device.
+/// What the page keeps on the device. Firefox's `indexedDB.databases()`
+/// now and then fails with an `UnknownError` on a busy machine: it is asked
+/// again (five times at most) before the error counts as an answer.
 const STORED_JS: &str = r#"
 const done = arguments[arguments.length - 1];
 const out = {cookie: document.cookie, local: localStorage.length,
              session: sessionStorage.length, indexedDB: []};
-const dbs = indexedDB.databases ? indexedDB.databases() : Promise.resolve([]);
-dbs.then(list => { out.indexedDB = list.map(d => d.name); done(out); },
-         err => { out.indexedDB = ['(error: ' + err + ')']; done(out); });
+const ask = tries => {
+  const dbs = indexedDB.databases ? indexedDB.databases() : Promise.resolve([]);
+  dbs.then(list => { out.indexedDB = list.map(d => d.name); done(out); },
+           err => {
+             if (tries > 1) { setTimeout(() => ask(tries - 1), 200); return; }
+             out.indexedDB = ['(error: ' + err + ')']; done(out);
+           });
+};
+ask(5);
 "#;
 
 /// One browser (Chromium or Firefox) with an Earshot page open.
