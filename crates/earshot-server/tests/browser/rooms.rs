@@ -28,12 +28,12 @@ use std::time::Duration;
 /// What the server's trace log must mention to prove it saw the rooms.
 const LOG_SHOWS: &[&str] = &["joined a room", "relaying a room signal"];
 /// The same, for a room that was locked.
-const LOCKED_LOG_SHOWS: &[&str] = &[
+pub(crate) const LOCKED_LOG_SHOWS: &[&str] = &[
     "joined a room",
     "relaying a room signal",
     "room lock changed",
 ];
-const PASSPHRASE: &str = "Seven quiet otters 42";
+pub(crate) const PASSPHRASE: &str = "Seven quiet otters 42";
 const WRONG_PASSPHRASE: &str = "seven quiet otters 42";
 /// How often C leaves the room of three and joins again, for the figure.
 const REJOIN_ROUNDS: usize = 3;
@@ -505,7 +505,7 @@ fn room_of_six_scenario(run: &Run, times: &mut Vec<(&'static str, usize, f64)>) 
 /// `first` takes the room name the home page suggests and presses Create
 /// room; every one of `others` opens the link the room page then shows. The
 /// link. The name is registered as a secret: the server never logs it.
-fn open_room(run: &Run, first: &Browser, others: &[&Browser]) -> Result<String> {
+pub(crate) fn open_room(run: &Run, first: &Browser, others: &[&Browser]) -> Result<String> {
     let name = poll("a room name suggested on the home page", STEP, || {
         let v = first.execute(
             "const i = document.querySelector('[data-testid=\"room-name-input\"]'); \
@@ -568,7 +568,7 @@ fn wait_room_page(x: &Browser) -> Result<()> {
 }
 
 /// `x` joins an empty room.
-fn join_alone(x: &Browser) -> Result<()> {
+pub(crate) fn join_alone(x: &Browser) -> Result<()> {
     x.click("room-join")?;
     wait_for(&format!("{} alone in the room", x.name), &[x], |s| {
         s[0].state == "joined" && s[0].count == Some(1) && s[0].tiles.len() == 1
@@ -579,7 +579,7 @@ fn join_alone(x: &Browser) -> Result<()> {
 /// `x` presses Join room while `others` people are in the (unlocked) room,
 /// and must hear every one of them within `limit`. Milliseconds from the
 /// click to audio with energy from the last of them, as the page saw it.
-fn join_and_hear(x: &Browser, others: usize, limit: Duration) -> Result<f64> {
+pub(crate) fn join_and_hear(x: &Browser, others: usize, limit: Duration) -> Result<f64> {
     x.arm_room(others)?;
     x.click("room-join")?;
     let (ms, detail) = x.time_to_hear_all("room-join", limit)?;
@@ -588,7 +588,7 @@ fn join_and_hear(x: &Browser, others: usize, limit: Duration) -> Result<f64> {
 }
 
 /// Every one of `browsers` in the room, showing `n` people in the call.
-fn wait_count(browsers: &[&Browser], n: u64, limit: Duration) -> Result<()> {
+pub(crate) fn wait_count(browsers: &[&Browser], n: u64, limit: Duration) -> Result<()> {
     let names: Vec<&str> = browsers.iter().map(|b| b.name).collect();
     wait_for_within(
         &format!("{} all in the call, {n} people", names.join(", ")),
@@ -603,7 +603,7 @@ fn wait_count(browsers: &[&Browser], n: u64, limit: Duration) -> Result<()> {
 }
 
 /// `x` locks the room with `passphrase` (registered as a secret).
-fn lock(run: &Run, x: &Browser, passphrase: &str) -> Result<()> {
+pub(crate) fn lock(run: &Run, x: &Browser, passphrase: &str) -> Result<()> {
     run.secret(passphrase);
     x.click("room-lock")?;
     enter_passphrase(x, "lock", passphrase)
@@ -611,7 +611,7 @@ fn lock(run: &Run, x: &Browser, passphrase: &str) -> Result<()> {
 
 /// Waits for `x` to ask for the passphrase (the form in `mode`: `join`,
 /// `lock` or `verify`), types `passphrase` and submits it.
-fn enter_passphrase(x: &Browser, mode: &str, passphrase: &str) -> Result<()> {
+pub(crate) fn enter_passphrase(x: &Browser, mode: &str, passphrase: &str) -> Result<()> {
     wait_for(
         &format!("{} asking for the passphrase ({mode})", x.name),
         &[x],
@@ -625,7 +625,7 @@ fn enter_passphrase(x: &Browser, mode: &str, passphrase: &str) -> Result<()> {
 
 /// Waits until `x`'s peer connections (`n` of them) all have their SCTP
 /// transport, which carries the chat channel, connected.
-fn wait_chat_open(x: &Browser, n: usize) -> Result<()> {
+pub(crate) fn wait_chat_open(x: &Browser, n: usize) -> Result<()> {
     poll(
         &format!("{}: chat transport connected to {n} peers", x.name),
         STEP,
@@ -684,7 +684,7 @@ fn mesh_ids(browsers: &[&Browser]) -> Result<Vec<u64>> {
 /// The pages of `browsers` form a full mesh (see [`mesh_ids`]) and, over a
 /// second, every one of them receives audio with energy from every other on
 /// a connected, loopback-only peer connection (see `harness::check_audio`).
-fn check_room_audio(browsers: &[&Browser]) -> Result<()> {
+pub(crate) fn check_room_audio(browsers: &[&Browser]) -> Result<()> {
     let ids = mesh_ids(browsers)?;
     let first = browsers
         .iter()
@@ -878,7 +878,7 @@ impl Browser<'_> {
 
     /// Starts the time-to-hear-everyone probe for `others` new peer
     /// connections (see `ROOM_ARM_JS`).
-    fn arm_room(&self, others: usize) -> Result<()> {
+    pub(crate) fn arm_room(&self, others: usize) -> Result<()> {
         self.execute(ROOM_ARM_JS, json!([others]))?;
         Ok(())
     }
@@ -887,7 +887,7 @@ impl Browser<'_> {
     /// heard everyone; milliseconds from the last click on `since` to then,
     /// and for each peer when its first audio bytes and its first sound
     /// came (in words).
-    fn time_to_hear_all(&self, since: &str, limit: Duration) -> Result<(f64, String)> {
+    pub(crate) fn time_to_hear_all(&self, since: &str, limit: Duration) -> Result<(f64, String)> {
         let (at, probe) = poll(
             &format!("{} to hear everyone in the room", self.name),
             limit,

@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests that drive real processes.
 //!
 //! - [`webdriver`]: a tiny blocking W3C WebDriver client (std `TcpStream` +
-//!   serde_json) and the chromedriver process it talks to.
+//!   serde_json) and the chromedriver or geckodriver process it talks to.
+//! - [`bidi`]: the WebDriver BiDi socket of a Firefox session, for scripts
+//!   before the page's own and for its console.
 //! - [`server`]: the real `earshot` binary on loopback ports, stopped with
 //!   SIGTERM or killed, with its output kept for failure messages and for
 //!   the log privacy check (`server::check_log`).
@@ -20,6 +22,7 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod bidi;
 pub mod harness;
 pub mod netns;
 pub mod redis;
