@@ -286,43 +286,7 @@ impl Switchboard {
                 shared,
                 country,
                 ..
-            } => {
-                let waiting = self.shared_waiting.contains_key(&to);
-                if !waiting || !self.is_remote(from) {
-                    // Gone or busy since: the joiner's call ends at once.
-                    return self.publish(Remote::Ended {
-                        to: from,
-                        from: to,
-                        call,
-                        reason: EndReason::PartnerLeft,
-                    });
-                }
-                self.shared_waiting.remove(&to);
-                // A late fallback join may have queued it again.
-                self.request(Request::Dequeue { conn: to });
-                let Some(c) = self.conns.get_mut(&to) else {
-                    return;
-                };
-                c.phase = Phase::InCall {
-                    call,
-                    partner: from,
-                };
-                c.call_since = now;
-                let own = c.info.key;
-                self.remote_calls += 1;
-                self.remote_keys.insert(from, key);
-                self.moderation.matched(now, own);
-                tracing::debug!(call, "matched across nodes");
-                self.send(
-                    to,
-                    ServerMsg::Matched {
-                        call,
-                        polite: true,
-                        interests: shared,
-                        country,
-                    },
-                );
-            }
+            } => self.remote_matched(now, to, from, call, key, shared, country),
             Remote::Signal { from, signal, .. } => {
                 if phase
                     == Some(Phase::InCall {
@@ -342,6 +306,65 @@ impl Switchboard {
                     self.enqueue(now, to);
                 }
             }
+            Remote::PeerJoined { .. }
+            | Remote::PeerLeft { .. }
+            | Remote::RoomSignal { .. }
+            | Remote::RoomLock { .. } => self.remote_room_event(now, to, msg),
+        }
+    }
+
+    /// A joiner on another node paired with `to`, waiting here.
+    #[allow(clippy::too_many_arguments)]
+    fn remote_matched(
+        &mut self,
+        now: Instant,
+        to: ConnId,
+        from: ConnId,
+        call: CallId,
+        key: ClientKey,
+        shared: Vec<String>,
+        country: Option<Country>,
+    ) {
+        let waiting = self.shared_waiting.contains_key(&to);
+        if !waiting || !self.is_remote(from) {
+            // Gone or busy since: the joiner's call ends at once.
+            return self.publish(Remote::Ended {
+                to: from,
+                from: to,
+                call,
+                reason: EndReason::PartnerLeft,
+            });
+        }
+        self.shared_waiting.remove(&to);
+        // A late fallback join may have queued it again.
+        self.request(Request::Dequeue { conn: to });
+        let Some(c) = self.conns.get_mut(&to) else {
+            return;
+        };
+        c.phase = Phase::InCall {
+            call,
+            partner: from,
+        };
+        c.call_since = now;
+        let own = c.info.key;
+        self.remote_calls += 1;
+        self.remote_keys.insert(from, key);
+        self.moderation.matched(now, own);
+        tracing::debug!(call, "matched across nodes");
+        self.send(
+            to,
+            ServerMsg::Matched {
+                call,
+                polite: true,
+                interests: shared,
+                country,
+            },
+        );
+    }
+
+    /// What another node tells a member here of a room that spans nodes.
+    fn remote_room_event(&mut self, now: Instant, to: ConnId, msg: Remote) {
+        match msg {
             Remote::PeerJoined { room, member, .. } => {
                 if let Some((r, _)) = self.remote_room(to, &room)
                     && self.is_remote(member.conn)
@@ -392,6 +415,7 @@ impl Switchboard {
                     self.send(to, ServerMsg::RoomLockState { locked });
                 }
             }
+            _ => {}
         }
     }
 
