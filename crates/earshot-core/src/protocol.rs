@@ -182,7 +182,7 @@ pub struct Verifier(pub [u8; 32]);
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Verifier(<redacted>)")
+        write!(f, "Verifier({:?})", crate::Pii(&self.0))
     }
 }
 
@@ -256,7 +256,7 @@ impl fmt::Debug for RoomSignal {
             .field("to", &self.to)
             .field("from", &self.from)
             .field("payload", &self.payload)
-            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("auth", &self.auth.as_ref().map(crate::Pii))
             .finish()
     }
 }
@@ -346,7 +346,7 @@ impl fmt::Debug for SessionDescription {
 
 impl fmt::Debug for IceCandidate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Candidate(<redacted>)")
+        write!(f, "Candidate({:?})", crate::Pii(self))
     }
 }
 

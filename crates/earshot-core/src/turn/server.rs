@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use super::auth::{self, Nonces};
 use super::codec::{MAX_PAYLOAD, decode_channel_data, encode_channel_data, is_channel};
 use super::policy::{PeerPolicy, Refusal, Verdict};
+use crate::Pii;
 use crate::bytebudget::{AnswerBudget, AnswerBudgetConfig, ByteBucket, source_key};
 use crate::stun::codec::{Class, Encoder, Message, attr, method};
 
@@ -79,7 +80,7 @@ pub struct ClientAddr {
 
 impl fmt::Debug for ClientAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ClientAddr({:?}, <redacted>)", self.transport)
+        write!(f, "ClientAddr({:?}, {:?})", self.transport, Pii(self.addr))
     }
 }
 
@@ -123,11 +124,13 @@ impl fmt::Debug for Output {
                 .field("len", &data.len())
                 .finish(),
             Output::ToPeer {
-                allocation, data, ..
+                allocation,
+                peer,
+                data,
             } => f
                 .debug_struct("ToPeer")
                 .field("allocation", allocation)
-                .field("peer", &"<redacted>")
+                .field("peer", &Pii(peer))
                 .field("len", &data.len())
                 .finish(),
             Output::BindRelay {
@@ -225,8 +228,8 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("realm", &self.realm)
-            .field("secret", &"<redacted>")
-            .field("relay_ip", &"<redacted>")
+            .field("secret", &Pii(&self.secret))
+            .field("relay_ip", &Pii(self.relay_ip))
             .field("policy", &self.policy)
             .field("max_allocations", &self.max_allocations)
             .field(
