@@ -764,6 +764,43 @@ impl Driver {
                 self.drop_all();
                 self.emit(PeerEvent::Idle);
             }
+            ServerMsg::RoomJoined { .. }
+            | ServerMsg::PeerJoined { .. }
+            | ServerMsg::PeerLeft { .. }
+            | ServerMsg::RoomLockState { .. } => self.on_room(msg).await,
+            ServerMsg::RoomSuggestion { name } => self.emit(PeerEvent::RoomSuggestion { name }),
+            ServerMsg::Error {
+                code,
+                message,
+                retry_after_ms,
+                ..
+            } => {
+                if matches!(
+                    code,
+                    ErrorCode::PassphraseRequired
+                        | ErrorCode::WrongPassphrase
+                        | ErrorCode::RoomFull
+                        | ErrorCode::BadRoomName
+                ) {
+                    self.room = None;
+                }
+                self.emit(PeerEvent::Error {
+                    code: code.as_str().to_string(),
+                    message: message.into_owned(),
+                    retry_after_ms,
+                });
+            }
+            // A room signal with no sender is not for a client.
+            ServerMsg::RoomSignal(_)
+            | ServerMsg::Welcome { .. }
+            | ServerMsg::IceServers { .. }
+            | ServerMsg::Challenge { .. } => {}
+        }
+    }
+
+    /// The room's news: joined, members coming and going, the lock.
+    async fn on_room(&mut self, msg: ServerMsg) {
+        match msg {
             ServerMsg::RoomJoined {
                 room,
                 peer,
@@ -804,33 +841,7 @@ impl Driver {
                 }
                 self.emit(PeerEvent::LockState { locked });
             }
-            ServerMsg::RoomSuggestion { name } => self.emit(PeerEvent::RoomSuggestion { name }),
-            ServerMsg::Error {
-                code,
-                message,
-                retry_after_ms,
-                ..
-            } => {
-                if matches!(
-                    code,
-                    ErrorCode::PassphraseRequired
-                        | ErrorCode::WrongPassphrase
-                        | ErrorCode::RoomFull
-                        | ErrorCode::BadRoomName
-                ) {
-                    self.room = None;
-                }
-                self.emit(PeerEvent::Error {
-                    code: code.as_str().to_string(),
-                    message: message.into_owned(),
-                    retry_after_ms,
-                });
-            }
-            // A room signal with no sender is not for a client.
-            ServerMsg::RoomSignal(_)
-            | ServerMsg::Welcome { .. }
-            | ServerMsg::IceServers { .. }
-            | ServerMsg::Challenge { .. } => {}
+            _ => {}
         }
     }
 
