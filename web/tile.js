@@ -90,49 +90,52 @@ export class Tile {
     this.refusedLine = refused;
 
     li.append(video, head, state, safety, meterNode);
-    if (!self) {
-      const label = document.createElement('label');
-      label.className = 'volume';
-      const text = document.createElement('span');
-      text.className = 'volume-text';
-      text.textContent = 'Volume';
-      text.setAttribute('aria-hidden', 'true');
-      const slider = document.createElement('input');
-      slider.type = 'range';
-      slider.min = '0';
-      slider.max = '100';
-      slider.step = '5';
-      slider.value = '100';
-      slider.setAttribute('data-testid', 'volume');
-      slider.setAttribute('aria-label', `Volume of ${this.name}`);
-      slider.setAttribute('aria-valuetext', '100%');
-      slider.addEventListener('input', () => {
-        const v = Math.min(100, Math.max(0, Number(slider.value) || 0));
-        this.audio.volume = v / 100;
-        slider.setAttribute('aria-valuetext', `${v}%`);
-      });
-      label.append(text, slider);
-      this.slider = slider;
-      const audio = document.createElement('audio');
-      audio.autoplay = true;
-      this.audio = audio;
-      const actions = document.createElement('div');
-      actions.className = 'tile-actions';
-      const report = document.createElement('button');
-      report.type = 'button';
-      report.className = 'tile-report';
-      report.setAttribute('data-testid', 'report');
-      report.dataset.peer = String(peer);
-      report.setAttribute('aria-haspopup', 'dialog');
-      report.setAttribute('aria-label', `Report ${this.name}`);
-      report.textContent = 'Report';
-      report.addEventListener('click', () => onReport(peer));
-      this.reportButton = report;
-      actions.append(report);
-      li.append(label, audio, actions);
-    }
+    if (!self) this.addPartnerControls(peer, onReport);
     li.append(refused);
     this.render();
+  }
+
+  /** A partner's own controls: its volume, its audio and Report. */
+  addPartnerControls(peer, onReport) {
+    const label = document.createElement('label');
+    label.className = 'volume';
+    const text = document.createElement('span');
+    text.className = 'volume-text';
+    text.textContent = 'Volume';
+    text.setAttribute('aria-hidden', 'true');
+    const slider = document.createElement('input');
+    slider.type = 'range';
+    slider.min = '0';
+    slider.max = '100';
+    slider.step = '5';
+    slider.value = '100';
+    slider.setAttribute('data-testid', 'volume');
+    slider.setAttribute('aria-label', `Volume of ${this.name}`);
+    slider.setAttribute('aria-valuetext', '100%');
+    slider.addEventListener('input', () => {
+      const v = Math.min(100, Math.max(0, Number(slider.value) || 0));
+      this.audio.volume = v / 100;
+      slider.setAttribute('aria-valuetext', `${v}%`);
+    });
+    label.append(text, slider);
+    this.slider = slider;
+    const audio = document.createElement('audio');
+    audio.autoplay = true;
+    this.audio = audio;
+    const actions = document.createElement('div');
+    actions.className = 'tile-actions';
+    const report = document.createElement('button');
+    report.type = 'button';
+    report.className = 'tile-report';
+    report.setAttribute('data-testid', 'report');
+    report.dataset.peer = String(peer);
+    report.setAttribute('aria-haspopup', 'dialog');
+    report.setAttribute('aria-label', `Report ${this.name}`);
+    report.textContent = 'Report';
+    report.addEventListener('click', () => onReport(peer));
+    this.reportButton = report;
+    actions.append(report);
+    this.li.append(label, audio, actions);
   }
 
   /** In the call: connected and neither refused nor failed nor reported. */
