@@ -145,6 +145,17 @@ pub struct Args {
     )]
     pub trusted_proxies: Vec<String>,
 
+    /// Another site whose pages may open /ws (scheme://host[:port], e.g.
+    /// https://chat.example.org); repeatable. Browsers' upgrades from the
+    /// page's own origin are always accepted, others are refused with 403;
+    /// clients that send no Origin are accepted.
+    #[arg(
+        long = "allowed-origin",
+        env = "EARSHOT_ALLOWED_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
     /// Which header trusted proxies write: x-forwarded-for or forwarded.
     #[arg(
         long,
@@ -254,6 +265,8 @@ pub struct Settings {
     pub geoip_db: Option<std::path::PathBuf>,
     pub tls: TlsSetup,
     pub proxies: crate::proxy::TrustedProxies,
+    /// Which pages besides our own may open `/ws`.
+    pub origins: crate::origin::OriginPolicy,
     /// `None`: state in memory, one node.
     pub redis: Option<RedisUrl>,
 }
@@ -354,6 +367,7 @@ impl Settings {
             geoip_db: None,
             tls: TlsSetup::None,
             proxies: crate::proxy::TrustedProxies::default(),
+            origins: crate::origin::OriginPolicy::default(),
             redis: None,
         }
     }
@@ -526,6 +540,8 @@ impl TryFrom<&Args> for Settings {
                     .parse()
                     .context("bad --forwarded-header")?,
             );
+        settings.origins.allowed =
+            crate::origin::parse_allowed(&args.allowed_origins).context("bad --allowed-origin")?;
         if settings.key_rotation < Duration::from_secs(60) {
             bail!("--key-rotation must be at least a minute (0.017 hours)");
         }
@@ -638,5 +654,34 @@ mod tests {
         let d = parse(&[]).unwrap().core;
         assert_eq!(d.moderation.max_records, 1_000_000);
         assert!(d.moderation.trusted_after > Duration::ZERO);
+    }
+
+    #[test]
+    fn allowed_origins_are_checked_and_normalised() {
+        let s = parse(&[
+            "--allowed-origin",
+            "https://A.example:443,http://b.example:8080",
+            "--allowed-origin",
+            "http://[::1]:80",
+        ])
+        .unwrap();
+        assert_eq!(
+            format!("{:?}", s.origins.allowed),
+            "[https://a.example, http://b.example:8080, http://[::1]]"
+        );
+        assert!(parse(&[]).unwrap().origins.allowed.is_empty());
+        for bad in [
+            "null",
+            "*",
+            "a.example",
+            "https://a.example/",
+            "https://a:0x1",
+        ] {
+            let err = parse(&["--allowed-origin", bad]).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("--allowed-origin"),
+                "{bad}: {err:#}"
+            );
+        }
     }
 }

@@ -1,23 +1,26 @@
-//! HTTP routes: the embedded web client, `/ws`, `/healthz`, and the security
-//! headers every response carries.
+//! HTTP routes: the embedded web client, `/ws` (browsers only from our own
+//! origin, see `origin`), `/healthz`, `/metrics`, and the security headers
+//! every response carries.
 //!
 //! The web client is compiled into the binary (`web/`), so a running server
 //! reads nothing from disk and serves nothing from anyone else's origin.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 
 use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use earshot_core::ConnInfo;
 use earshot_core::protocol::IceServer;
 
+use crate::config::TlsSetup;
 use crate::identity::Pii;
 use crate::listener::ClientAddr;
-use crate::{App, ws};
+use crate::{App, origin, ws};
 
 /// One embedded file of the web client, with its precompressed forms.
 struct Asset {
@@ -335,6 +338,12 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
             metric(name, kind, help, value.load(Relaxed));
         }
     }
+    metric(
+        "ws_refused_origin_total",
+        "counter",
+        "Browser upgrades to /ws refused for their Origin.",
+        app.refused_origins.load(Relaxed),
+    );
     let _ = writeln!(
         out,
         "# HELP earshot_errors_total Error messages sent, by code.\n# TYPE earshot_errors_total counter"
@@ -359,8 +368,31 @@ async fn websocket(
     State(app): State<Arc<App>>,
     ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
+    uri: Uri,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    // Before anything is made for this client (key, country, TURN
+    // credentials): only our own pages, and non-browsers, get a socket.
+    let request = origin::Request {
+        headers: &headers,
+        uri: &uri,
+        tls: !matches!(app.settings.tls, TlsSetup::None),
+        peer: peer.0.ip(),
+    };
+    if let Err(refusal) = app.settings.origins.check(&request, &app.settings.proxies) {
+        app.refused_origins.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(kind = refusal.kind(), "refused a WebSocket upgrade");
+        if refusal == origin::Refusal::OtherScheme
+            && !app.warned_scheme.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "refused a browser's WebSocket from a page on our own host over another \
+                 scheme (said once). Behind a TLS-terminating proxy, have it send \
+                 X-Forwarded-Proto (or Forwarded proto=) and trust it with --trusted-proxy"
+            );
+        }
+        return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+    }
     // Behind a trusted reverse proxy, the client is who the proxy says.
     let client = app.settings.proxies.client_ip(peer.0.ip(), &headers);
     let (key, previous_key) = app.keyer.keys(Pii(client));

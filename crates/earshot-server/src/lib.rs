@@ -15,6 +15,7 @@
 //! - [`tls`]: HTTPS certificates (from files, or self-signed in memory).
 //! - [`geo`], [`proxy`]: approximate country, and client addresses behind
 //!   trusted reverse proxies.
+//! - [`origin`]: which web pages may open `/ws` (the `Origin` check).
 //!
 //! [`start`] binds everything and returns a [`Running`] server; `main.rs`
 //! only parses flags, sets up logging and waits for a signal. Tests and
@@ -29,6 +30,7 @@ mod http;
 pub mod hub;
 pub mod identity;
 mod listener;
+pub mod origin;
 pub mod proxy;
 pub mod stun;
 pub mod tls;
@@ -63,6 +65,10 @@ pub struct App {
     pinger: Arc<ws::Pinger>,
     /// See `http::ice_servers`: the `Host` it was made for, and the list.
     last_ice_servers: http::LastIceServers,
+    /// Browser upgrades to `/ws` refused for their `Origin`.
+    refused_origins: std::sync::atomic::AtomicU64,
+    /// Whether the operator was told of a refusal for a scheme mismatch.
+    warned_scheme: std::sync::atomic::AtomicBool,
 }
 
 /// A started server.
@@ -215,6 +221,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         tracker: tracker.clone(),
         pinger,
         last_ice_servers: std::sync::Mutex::new(None),
+        refused_origins: std::sync::atomic::AtomicU64::new(0),
+        warned_scheme: std::sync::atomic::AtomicBool::new(false),
     });
     match redis {
         // The backplane rotates the shared secret with the other nodes.

@@ -311,6 +311,11 @@ struct Conn {
 }
 
 /// Pairs that skipped each other, kept apart until a deadline.
+///
+/// A pair is forgotten once its deadline has passed, by the timer
+/// ([`Cooldowns::poll_timeout`]), not only when a later skip happens to come
+/// by: otherwise an idle server would keep the pairs of connections long
+/// gone (see `earshot-bench soak`).
 #[derive(Debug, Default)]
 struct Cooldowns {
     until: HashMap<(ConnId, ConnId), Instant>,
@@ -347,8 +352,28 @@ impl Cooldowns {
                 self.until.remove(&key);
             }
         }
+        if self.order.is_empty() && self.order.capacity() > 0 {
+            // All forgotten: give back what a burst of skips made the tables
+            // grow to.
+            *self = Cooldowns::default();
+        }
+    }
+
+    /// When to forget the oldest pair: a little after its deadline, so that
+    /// one wake-up forgets every pair due within [`COOLDOWN_SWEEP_SLACK`].
+    fn poll_timeout(&self) -> Option<Instant> {
+        let &(until, _) = self.order.front()?;
+        Some(until + COOLDOWN_SWEEP_SLACK)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.until.len()
     }
 }
+
+/// How late an ended cooldown may be forgotten (see [`Cooldowns`]).
+const COOLDOWN_SWEEP_SLACK: Duration = Duration::from_secs(1);
 
 /// Where random numbers come from: the shell's CSPRNG, or a fixed sequence in tests.
 pub struct Entropy(Box<dyn FnMut() -> u64 + Send>);
@@ -764,7 +789,8 @@ impl Switchboard {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let hello = self.hello_deadlines.peek().map(|&Reverse((at, _))| at);
         let fallback = self.fallbacks.peek().map(|&Reverse((at, _))| at);
-        [hello, self.queue.poll_timeout(), fallback]
+        let cooldown = self.cooldowns.poll_timeout();
+        [hello, self.queue.poll_timeout(), fallback, cooldown]
             .into_iter()
             .flatten()
             .min()
@@ -881,4 +907,43 @@ impl crate::matchmaker::Blocked for Blocker<'_> {
 fn budget_rate(budget: u32, window: Duration) -> u32 {
     let secs = window.as_secs().max(1);
     u32::try_from(u64::from(budget).div_ceil(secs)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (found with `earshot-bench soak`): the cooldown of a skip
+    /// outlived both connections on an idle server, until another skip
+    /// happened to come by.
+    #[test]
+    fn cooldowns_of_gone_connections_are_forgotten_on_an_idle_server() {
+        let config = Config::default();
+        let cooldown = config.rematch_cooldown;
+        let mut board = Switchboard::new(config);
+        let t0 = Instant::now();
+        let (a, b) = (ConnId(1), ConnId(2));
+        for id in [a, b] {
+            board.connect(t0, id, ConnInfo::default());
+            board.handle_text(t0, id, r#"{"type":"hello","version":1}"#);
+            board.handle_text(t0, id, r#"{"type":"search"}"#);
+        }
+        assert_eq!(board.stats().calls, 1);
+        board.handle_text(t0, a, r#"{"type":"skip"}"#);
+        assert_eq!(board.cooldowns.len(), 1);
+        board.disconnect(t0, a);
+        board.disconnect(t0, b);
+        // The shell's timer: run whatever the switchboard asks for.
+        while let Some(at) = board.poll_timeout() {
+            assert!(at <= t0 + cooldown + COOLDOWN_SWEEP_SLACK, "{at:?}");
+            board.handle_timeout(at);
+        }
+        assert_eq!(board.cooldowns.len(), 0);
+        assert_eq!(
+            board.cooldowns.order.capacity(),
+            0,
+            "the tables are given back"
+        );
+        assert_eq!(board.stats().connections, 0);
+    }
 }
