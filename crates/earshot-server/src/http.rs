@@ -219,131 +219,65 @@ async fn healthz() -> &'static str {
 /// a room or an address.
 async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
     let s = app.hub.stats();
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+    let stun = &app.stun_metrics;
+    let mut rows: Vec<(&str, &str, &str, u64)> = vec![
+        (
+            "connections",
+            "gauge",
+            "Open signalling connections.",
+            s.connections as u64,
+        ),
+        (
+            "waiting",
+            "gauge",
+            "People in the stranger queue.",
+            s.waiting as u64,
+        ),
+        (
+            "calls",
+            "gauge",
+            "Stranger calls in progress.",
+            s.calls as u64,
+        ),
+        (
+            "rooms",
+            "gauge",
+            "Rooms with at least one member.",
+            s.rooms as u64,
+        ),
+        (
+            "matches_total",
+            "counter",
+            "Strangers matched.",
+            s.matches_total,
+        ),
+        ("reports_total", "counter", "Reports made.", s.reports_total),
+        ("bans_total", "counter", "Bans from matching.", s.bans_total),
+        (
+            "stun_rate_limited_total",
+            "counter",
+            "STUN answers not sent: the source's answer budget was spent.",
+            stun.rate_limited.load(Relaxed),
+        ),
+        (
+            "ws_refused_origin_total",
+            "counter",
+            "Browser upgrades to /ws refused for their Origin.",
+            app.refused_origins.load(Relaxed),
+        ),
+    ];
+    if let Some(t) = &app.turn_metrics {
+        rows.extend(turn_metrics(t));
+    }
+    for (name, kind, help, value) in rows {
         let _ = writeln!(
             out,
             "# HELP earshot_{name} {help}\n# TYPE earshot_{name} {kind}\nearshot_{name} {value}"
         );
-    };
-    metric(
-        "connections",
-        "gauge",
-        "Open signalling connections.",
-        s.connections as u64,
-    );
-    metric(
-        "waiting",
-        "gauge",
-        "People in the stranger queue.",
-        s.waiting as u64,
-    );
-    metric(
-        "calls",
-        "gauge",
-        "Stranger calls in progress.",
-        s.calls as u64,
-    );
-    metric(
-        "rooms",
-        "gauge",
-        "Rooms with at least one member.",
-        s.rooms as u64,
-    );
-    metric(
-        "matches_total",
-        "counter",
-        "Strangers matched.",
-        s.matches_total,
-    );
-    metric("reports_total", "counter", "Reports made.", s.reports_total);
-    metric("bans_total", "counter", "Bans from matching.", s.bans_total);
-    use std::sync::atomic::Ordering::Relaxed;
-    metric(
-        "stun_rate_limited_total",
-        "counter",
-        "STUN answers not sent: the source's answer budget was spent.",
-        app.stun_metrics.rate_limited.load(Relaxed),
-    );
-    if let Some(t) = &app.turn_metrics {
-        for (name, kind, help, value) in [
-            (
-                "turn_allocations",
-                "gauge",
-                "Relay allocations now.",
-                &t.allocations,
-            ),
-            (
-                "turn_refused_peers_total",
-                "counter",
-                "Peers refused by the relay's address policy.",
-                &t.refused_peers,
-            ),
-            (
-                "turn_quota_credential_total",
-                "counter",
-                "Allocations refused: the credential's quota was reached.",
-                &t.quota_credential,
-            ),
-            (
-                "turn_quota_client_total",
-                "counter",
-                "Allocations refused: the client's quota was reached.",
-                &t.quota_client,
-            ),
-            (
-                "turn_quota_server_total",
-                "counter",
-                "Allocations refused: the server's total quota was reached.",
-                &t.quota_total,
-            ),
-            (
-                "turn_revoked_credentials_total",
-                "counter",
-                "Allocations refused: the credential's session had ended.",
-                &t.revoked_credentials,
-            ),
-            (
-                "turn_rate_limited_total",
-                "counter",
-                "TURN answers to unauthenticated requests not sent: the source's budget was spent.",
-                &t.rate_limited_answers,
-            ),
-            (
-                "turn_over_bandwidth_total",
-                "counter",
-                "Relayed datagrams dropped over an allocation's bandwidth cap.",
-                &t.over_bandwidth,
-            ),
-            (
-                "turn_relay_to_relay_total",
-                "counter",
-                "Datagrams handed from one relay to another in memory.",
-                &t.relay_to_relay,
-            ),
-            (
-                "turn_tcp_refused_total",
-                "counter",
-                "TURN TCP connections refused: the client was at its cap.",
-                &t.tcp_refused,
-            ),
-            (
-                "turn_tcp_idle_closed_total",
-                "counter",
-                "TURN TCP connections closed for holding no allocation.",
-                &t.tcp_idle_closed,
-            ),
-        ] {
-            metric(name, kind, help, value.load(Relaxed));
-        }
     }
-    metric(
-        "ws_refused_origin_total",
-        "counter",
-        "Browser upgrades to /ws refused for their Origin.",
-        app.refused_origins.load(Relaxed),
-    );
     let _ = writeln!(
         out,
         "# HELP earshot_errors_total Error messages sent, by code.\n# TYPE earshot_errors_total counter"
@@ -362,6 +296,84 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
         )],
         out,
     )
+}
+
+/// The embedded TURN server's rows of `/metrics`.
+fn turn_metrics(
+    t: &crate::turn::TurnMetrics,
+) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+    use std::sync::atomic::Ordering::Relaxed;
+    [
+        (
+            "turn_allocations",
+            "gauge",
+            "Relay allocations now.",
+            &t.allocations,
+        ),
+        (
+            "turn_refused_peers_total",
+            "counter",
+            "Peers refused by the relay's address policy.",
+            &t.refused_peers,
+        ),
+        (
+            "turn_quota_credential_total",
+            "counter",
+            "Allocations refused: the credential's quota was reached.",
+            &t.quota_credential,
+        ),
+        (
+            "turn_quota_client_total",
+            "counter",
+            "Allocations refused: the client's quota was reached.",
+            &t.quota_client,
+        ),
+        (
+            "turn_quota_server_total",
+            "counter",
+            "Allocations refused: the server's total quota was reached.",
+            &t.quota_total,
+        ),
+        (
+            "turn_revoked_credentials_total",
+            "counter",
+            "Allocations refused: the credential's session had ended.",
+            &t.revoked_credentials,
+        ),
+        (
+            "turn_rate_limited_total",
+            "counter",
+            "TURN answers to unauthenticated requests not sent: the source's budget was spent.",
+            &t.rate_limited_answers,
+        ),
+        (
+            "turn_over_bandwidth_total",
+            "counter",
+            "Relayed datagrams dropped over an allocation's bandwidth cap.",
+            &t.over_bandwidth,
+        ),
+        (
+            "turn_relay_to_relay_total",
+            "counter",
+            "Datagrams handed from one relay to another in memory.",
+            &t.relay_to_relay,
+        ),
+        (
+            "turn_tcp_refused_total",
+            "counter",
+            "TURN TCP connections refused: the client was at its cap.",
+            &t.tcp_refused,
+        ),
+        (
+            "turn_tcp_idle_closed_total",
+            "counter",
+            "TURN TCP connections closed for holding no allocation.",
+            &t.tcp_idle_closed,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, kind, help, value)| (name, kind, help, value.load(Relaxed)))
+    .collect()
 }
 
 async fn websocket(
