@@ -278,7 +278,7 @@ async fn make_hub(
             let redis = Arc::new(backplane::Redis::connect(&url.0).await?);
             let fresh = keyer.secret();
             redis
-                .sync_secret(&keyer, settings.key_rotation, fresh)
+                .sync_secret(keyer, settings.key_rotation, fresh)
                 .await
                 .context("cannot agree the client-key secret through Redis")?;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
