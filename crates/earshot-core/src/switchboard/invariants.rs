@@ -24,6 +24,17 @@ impl Switchboard {
                     if self.queue.is_waiting(id) {
                         return Err(format!("{id} is idle but queued"));
                     }
+                    if self.joining.contains_key(&id) {
+                        return Err(format!("{id} is idle but its room join is pending"));
+                    }
+                }
+                Phase::Joining => {
+                    if self.queue.is_waiting(id) {
+                        return Err(format!("{id} is joining a room but queued"));
+                    }
+                    if !self.joining.contains_key(&id) {
+                        return Err(format!("{id} is joining a room it has no name for"));
+                    }
                 }
                 Phase::Searching => {
                     if !self.queue.is_waiting(id) && !self.shared_waiting.contains_key(&id) {

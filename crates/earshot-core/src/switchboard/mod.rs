@@ -283,9 +283,18 @@ pub struct Stats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Idle,
+    /// Backplane mode: a room join the shared store is still checking (the
+    /// room's name waits in `joining`).
+    Joining,
     Searching,
-    InCall { call: CallId, partner: ConnId },
-    InRoom { room: RoomId, peer: PeerId },
+    InCall {
+        call: CallId,
+        partner: ConnId,
+    },
+    InRoom {
+        room: RoomId,
+        peer: PeerId,
+    },
 }
 
 #[derive(Debug)]
@@ -451,8 +460,8 @@ pub struct Switchboard {
     shared_waiting: HashMap<ConnId, Instant>,
     /// Backplane mode: interest waits ending, in time order.
     fallbacks: BinaryHeap<Reverse<(Instant, ConnId)>>,
-    /// Backplane mode: room joins the store is still checking, with the
-    /// normalised room name.
+    /// Backplane mode: the normalised room names of connections in
+    /// `Phase::Joining`.
     joining: HashMap<ConnId, String>,
     /// The connection whose message is being handled, and its type: an
     /// error `reject` sends that connection meanwhile answers it (`re`).
@@ -688,9 +697,7 @@ impl Switchboard {
                 Phase::Searching => self.reject(now, id, ErrorCode::AlreadySearching, None),
                 Phase::InCall { .. } => self.reject(now, id, ErrorCode::AlreadyInCall, None),
                 Phase::InRoom { .. } => self.reject(now, id, ErrorCode::AlreadyInRoom, None),
-                Phase::Idle if self.joining.contains_key(&id) => {
-                    self.reject(now, id, ErrorCode::AlreadyInRoom, None)
-                }
+                Phase::Joining => self.reject(now, id, ErrorCode::AlreadyInRoom, None),
                 Phase::Idle => match protocol::normalize_interests(
                     &interests,
                     self.config.max_interests,
@@ -721,7 +728,7 @@ impl Switchboard {
                     }
                     self.search(now, id);
                 }
-                Phase::Idle | Phase::Searching | Phase::InRoom { .. } => {
+                Phase::Idle | Phase::Joining | Phase::Searching | Phase::InRoom { .. } => {
                     self.reject(now, id, ErrorCode::NotInCall, None)
                 }
             },

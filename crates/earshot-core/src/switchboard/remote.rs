@@ -146,6 +146,9 @@ impl Switchboard {
             } => self.room_joined(now, conn, room, peer, others, locked),
             Event::RoomRefused { conn, code, retry } => {
                 if self.joining.remove(&conn).is_some() {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.phase = Phase::Idle;
+                    }
                     // The store's answer to the `room_join` it was checking.
                     let re = Some(ClientMsgType::RoomJoin);
                     self.reject_about(now, conn, re, code, retry);

@@ -13,7 +13,7 @@ impl Switchboard {
         verifier: Option<&Verifier>,
     ) {
         let busy = match phase {
-            Phase::Idle if self.joining.contains_key(&id) => Some(ErrorCode::AlreadyInRoom),
+            Phase::Joining => Some(ErrorCode::AlreadyInRoom),
             Phase::Idle => None,
             Phase::Searching => Some(ErrorCode::AlreadySearching),
             Phase::InCall { .. } => Some(ErrorCode::AlreadyInCall),
@@ -48,6 +48,9 @@ impl Switchboard {
                 creations: self.config.per_client.room_creations,
             });
             self.joining.insert(id, name);
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.phase = Phase::Joining;
+            }
             return;
         }
         match self.rooms.join(now, &name, id, key, verifier) {

@@ -196,9 +196,13 @@ impl Switchboard {
                 let others = self.rooms.leave(room, peer);
                 self.announce_left(room, store_key, peer, others, true);
             }
-            Some(Phase::Idle) | None => {
+            Some(Phase::Joining) => {
                 self.joining.remove(&id);
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.phase = Phase::Idle;
+                }
             }
+            Some(Phase::Idle) | None => {}
         }
     }
 }
