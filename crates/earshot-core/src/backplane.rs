@@ -10,8 +10,36 @@
 //! ([`Remote`]), and nodes that died. Per-client allowances (connects,
 //! searches, reports, room creations) and strikes are counted by the store,
 //! so a client gets the same allowance and the same strikes on every node;
-//! each node still checks its own counts first. The shell's backplane (Redis in `earshot-server`) only
-//! stores and moves these; every decision stays in the switchboard.
+//! each node still checks its own counts first.
+//!
+//! **The store's rules live here too.** What the store must decide
+//! atomically (which waiter a joiner takes, who may enter a room, when
+//! strikes make a ban, whether an allowance has a token, whether a node
+//! number is free) is a Lua script the shell runs on Redis, kept beside the
+//! Rust rule it mirrors, with its reply decoder; a differential test in
+//! `earshot-server/tests/store_rules.rs` runs both on the same random
+//! inputs, and the fake store of `tests/backplane.rs` calls the Rust rules.
+//! Every script works in one slot of a Redis Cluster and takes the time as
+//! an argument:
+//!
+//! - [`layout`]: every key, its hash tag, and the layout's version;
+//!   [`slot`]: which slot a key hashes to.
+//! - [`nodes`]: the node registry (`heartbeat.lua`) and a node's view of
+//!   who is dead, which every script that meets other nodes' entries takes.
+//! - [`admission`]: a search's admission in the client's slot (allowance,
+//!   ban, whom it avoids: `admit.lua`), and keep-apart sets (`avoid.lua`).
+//! - [`queue`]: the stranger queue's lanes, pairing inside one
+//!   (`pair.lua`), leaving, renewing, sweeping; how lanes meet.
+//! - [`room`]: room admission (`room_join.lua`) and leaving.
+//! - [`allowance`]: the shared token bucket (`take.lua`);
+//!   [`crate::moderation::Strikes`]: pooled strikes (`strike.lua`).
+//! - [`scripts`]: each script with the Lua functions it calls;
+//!   [`script`]: a script's SHA-1.
+//!
+//! What spans two slots is done in steps, each safe alone (the modules say
+//! what a step leaves open): admission then pairing, a report's allowance
+//! then its strike, a room creation's charge then the join, both sides of
+//! a keep-apart, a waiter leaving one lane then joining another.
 //!
 //! Each node keeps its own side of every call and a copy of each room it
 //! has members in (the others' peer ids, connections and client keys), kept
@@ -28,6 +56,19 @@
 //! Everything decoded here ([`decode_remote`], [`decode_pair_reply`]) came
 //! from another process and is treated as input: bounded, typed errors, no
 //! panics (property-tested in `tests/properties.rs`).
+
+pub mod admission;
+pub mod allowance;
+pub mod layout;
+pub mod nodes;
+pub mod queue;
+pub mod room;
+pub mod script;
+pub mod scripts;
+pub mod slot;
+
+pub use queue::{PairReply, decode_pair_reply};
+pub use room::{RoomReply, decode_room_reply};
 
 use std::time::Duration;
 
@@ -107,8 +148,14 @@ pub enum Request {
     },
     /// Deliver `msg` to the node of its `to` connection.
     Publish(Remote),
-    /// Do not pair these two connections for a while (a skip, a report).
-    KeepApart { a: ConnId, b: ConnId, ttl: Duration },
+    /// Do not pair these two connections for a while (a skip, a report);
+    /// `keys` are their clients' (the store keeps the pair with each).
+    KeepApart {
+        a: ConnId,
+        b: ConnId,
+        keys: (ClientKey, ClientKey),
+        ttl: Duration,
+    },
     /// Do not pair these two clients for a while (a report).
     Block {
         a: ClientKey,
@@ -166,6 +213,41 @@ pub enum Request {
     },
     /// The members removed this client: it may not come back.
     RoomRemove { room: String, key: ClientKey },
+}
+
+/// What a request must stay in order with: requests that share a key run
+/// in the order the switchboard made them; the others may run at once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OrderKey {
+    Conn(ConnId),
+    Client(ClientKey),
+    Room(String),
+    Call(CallId),
+}
+
+impl Request {
+    /// The connections, clients, room or call this request is about. One
+    /// connection's queue joins and leaves, a room's joins, leaves, locks
+    /// and messages, and a call's start, messages and end keep their order;
+    /// a signal waits only for what concerns its own two connections.
+    pub fn order_keys(&self) -> Vec<OrderKey> {
+        use OrderKey::{Call, Client, Conn, Room};
+        match self {
+            Request::Enqueue(w) => vec![Conn(w.conn), Client(w.key)],
+            Request::Dequeue { conn } | Request::Connect { conn, .. } => vec![Conn(*conn)],
+            Request::Publish(msg) => msg.order_keys(),
+            Request::KeepApart { a, b, .. } => vec![Conn(*a), Conn(*b)],
+            Request::Block { a, b, .. } => vec![Client(*a), Client(*b)],
+            Request::Ban { key, .. } => vec![Client(*key)],
+            Request::Strike { key, reporter, .. } => vec![Client(*key), Client(*reporter)],
+            Request::CallStart { call, a, b } => vec![Call(*call), Conn(*a), Conn(*b)],
+            Request::CallEnd { call } => vec![Call(*call)],
+            Request::RoomJoin { conn, room, .. } => vec![Room(room.clone()), Conn(*conn)],
+            Request::RoomLeave { room, .. }
+            | Request::RoomLock { room, .. }
+            | Request::RoomRemove { room, .. } => vec![Room(room.clone())],
+        }
+    }
 }
 
 /// What the backplane tells the switchboard
@@ -315,6 +397,22 @@ impl Remote {
             | Remote::PeerLeft { to, .. }
             | Remote::RoomSignal { to, .. }
             | Remote::RoomLock { to, .. } => *to,
+        }
+    }
+
+    /// What this message must stay in order with (see
+    /// [`Request::order_keys`]).
+    pub fn order_keys(&self) -> Vec<OrderKey> {
+        use OrderKey::{Conn, Room};
+        match self {
+            Remote::Matched { to, from, .. }
+            | Remote::Signal { to, from, .. }
+            | Remote::Ended { to, from, .. } => vec![Conn(*to), Conn(*from)],
+            Remote::Requeue { to } => vec![Conn(*to)],
+            Remote::PeerJoined { to, room, .. }
+            | Remote::PeerLeft { to, room, .. }
+            | Remote::RoomSignal { to, room, .. }
+            | Remote::RoomLock { to, room, .. } => vec![Room(room.clone()), Conn(*to)],
         }
     }
 
@@ -543,158 +641,24 @@ fn check_room(room: String) -> Result<String, BackplaneError> {
     ok.then_some(room).ok_or(BackplaneError::Invalid)
 }
 
-/// What the store's room-join script answered.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RoomReply {
-    Joined {
-        peer: PeerId,
-        others: Vec<Member>,
-        locked: bool,
-    },
-    Refused(ErrorCode, Option<Duration>),
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "r", rename_all = "snake_case", deny_unknown_fields)]
-enum RoomWire {
-    Joined {
-        peer: PeerId,
-        locked: bool,
-        others: Vec<(PeerId, String, String)>,
-    },
-    Refused {
-        code: String,
-        #[serde(default)]
-        ms: Option<u64>,
-    },
-}
-
-/// Decodes the room-join script's JSON reply.
-pub fn decode_room_reply(text: &str) -> Result<RoomReply, BackplaneError> {
-    if text.len() > MAX_REMOTE_BYTES {
-        return Err(BackplaneError::TooLarge);
-    }
-    let wire: RoomWire = serde_json::from_str(text).map_err(|_| BackplaneError::Malformed)?;
-    Ok(match wire {
-        RoomWire::Joined {
-            peer,
-            locked,
-            others,
-        } => {
-            if others.len() > 64 {
-                return Err(BackplaneError::Invalid);
-            }
-            // Peer ids grow with each join: their order is joining order.
-            let mut others: Vec<Member> = others
-                .into_iter()
-                .map(|(peer, conn, key)| {
-                    Ok(Member {
-                        peer,
-                        conn: ConnId(conn.parse().map_err(|_| BackplaneError::Invalid)?),
-                        key: unhex(&key)?,
-                    })
-                })
-                .collect::<Result<_, BackplaneError>>()?;
-            others.sort_unstable_by_key(|m| m.peer);
-            RoomReply::Joined {
-                peer,
-                others,
-                locked,
-            }
-        }
-        RoomWire::Refused { code, ms } => {
-            let code = match code.as_str() {
-                "room_full" => ErrorCode::RoomFull,
-                "passphrase_required" => ErrorCode::PassphraseRequired,
-                "wrong_passphrase" => ErrorCode::WrongPassphrase,
-                "removed" => ErrorCode::Removed,
-                "rate_limited" => ErrorCode::RateLimited,
-                _ => return Err(BackplaneError::Invalid),
-            };
-            let retry = match (code, ms) {
-                (ErrorCode::RateLimited, Some(ms)) => Some(Duration::from_millis(ms.max(1))),
-                (ErrorCode::RateLimited, None) => return Err(BackplaneError::Invalid),
-                _ => None,
-            };
-            RoomReply::Refused(code, retry)
-        }
-    })
-}
-
-/// What the store's pairing script answered.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PairReply {
-    Queued,
-    Banned { ttl: Duration },
-    Limited { retry: Duration },
-    Matched(Partner),
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "r", rename_all = "snake_case", deny_unknown_fields)]
-enum PairWire {
-    Queued,
-    Banned {
-        ms: u64,
-    },
-    Limited {
-        ms: u64,
-    },
-    Matched {
-        conn: String,
-        key: String,
-        shared: Vec<String>,
-        #[serde(default)]
-        country: Option<String>,
-    },
-}
-
-/// Decodes the pairing script's JSON reply.
-pub fn decode_pair_reply(text: &str) -> Result<PairReply, BackplaneError> {
-    if text.len() > MAX_REMOTE_BYTES {
-        return Err(BackplaneError::TooLarge);
-    }
-    let wire: PairWire = serde_json::from_str(text).map_err(|_| BackplaneError::Malformed)?;
-    Ok(match wire {
-        PairWire::Queued => PairReply::Queued,
-        PairWire::Banned { ms } => PairReply::Banned {
-            ttl: Duration::from_millis(ms.max(1)),
-        },
-        PairWire::Limited { ms } => PairReply::Limited {
-            retry: Duration::from_millis(ms.max(1)),
-        },
-        PairWire::Matched {
-            conn,
-            key,
-            shared,
-            country,
-        } => PairReply::Matched(Partner {
-            conn: ConnId(conn.parse().map_err(|_| BackplaneError::Invalid)?),
-            key: unhex(&key)?,
-            shared: check_interests(shared)?,
-            country: check_country(country)?,
-        }),
-    })
-}
-
 /// A client key as 32 lower-case hex digits, as the store keys it.
 pub fn hex(key: &ClientKey) -> String {
     crate::hex::encode(&key.0)
 }
 
-fn unhex(text: &str) -> Result<ClientKey, BackplaneError> {
+pub(crate) fn unhex(text: &str) -> Result<ClientKey, BackplaneError> {
     crate::hex::decode(text)
         .map(ClientKey)
         .ok_or(BackplaneError::Invalid)
 }
 
-fn check_country(c: Option<String>) -> Result<Option<Country>, BackplaneError> {
+pub(crate) fn check_country(c: Option<String>) -> Result<Option<Country>, BackplaneError> {
     c.map(|c| Country::new(&c).ok_or(BackplaneError::Invalid))
         .transpose()
 }
 
 /// Shared interests were normalised by a node; still, bound what is trusted.
-fn check_interests(tags: Vec<String>) -> Result<Vec<String>, BackplaneError> {
+pub(crate) fn check_interests(tags: Vec<String>) -> Result<Vec<String>, BackplaneError> {
     if tags.len() > 32 || tags.iter().any(|t| t.is_empty() || t.len() > 128) {
         return Err(BackplaneError::Invalid);
     }

@@ -46,7 +46,7 @@ mod window;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-pub use strikes::{Added, STRIKE_LUA, Strike, StrikeRule, Strikes};
+pub use strikes::{Added, STRIKE_LUA, Strike, StrikeRule, Strikes, strike_args};
 pub use window::{BUCKETS, Window};
 
 use crate::ClientKey;

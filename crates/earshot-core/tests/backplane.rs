@@ -1,8 +1,10 @@
 //! Property tests of backplane mode: two switchboards (nodes 1 and 2) share
-//! a fake backplane that behaves as the Redis one does (an atomic FIFO
-//! queue with bans and keep-apart pairs, requests run in order per node,
-//! pub/sub delivered in order per node), while the schedule interleaves
-//! clients, request processing and deliveries at random.
+//! a fake store that decides with the store's own rules, the Rust twins of
+//! the Redis scripts (`earshot_core::backplane::{admission, queue}`, the
+//! allowances, `moderation::Strikes`): one queue lane, clients' bans,
+//! allowances and avoid sets, pooled strikes. Requests run in order per
+//! node and pub/sub is delivered in order per node, while the schedule
+//! interleaves clients, request processing and deliveries at random.
 //!
 //! - `two_nodes_keep_their_promises`: after every step both boards'
 //!   invariants hold and nobody waits in the shared queue twice; once
@@ -31,13 +33,18 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use earshot_core::backplane::admission::{
+    Admission, Client, MAX_AVOIDED, avoid_client, avoid_conn, decode_admission,
+};
+use earshot_core::backplane::allowance::{self, Bucket};
+use earshot_core::backplane::nodes::{self, Liveness};
+use earshot_core::backplane::queue::{Joiner, Lane};
 use earshot_core::backplane::{
-    self, Event, NodeId, Partner, Remote, Request, decode_pair_reply, decode_remote,
+    self, Event, NodeId, PairReply, Remote, Request, decode_pair_reply, decode_remote,
 };
 use earshot_core::moderation::{Added, ModConfig, Strike, Strikes};
 use earshot_core::pow::{PowConfig, PowMode};
 use earshot_core::protocol::{EndReason, ErrorCode, ServerMsg};
-use earshot_core::ratelimit::TokenBucket;
 use earshot_core::{ClientKey, Config, ConnId, ConnInfo, Country, Output, Switchboard};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
@@ -58,25 +65,35 @@ fn config() -> Config {
     }
 }
 
-/// The shared store, as the Redis scripts keep it.
+/// The shared store: its state, changed only by the store's rules.
 #[derive(Default)]
 struct Store {
-    /// (conn, key, tags, open) in arrival order.
-    queue: Vec<(ConnId, ClientKey, Vec<String>, bool)>,
-    apart: HashSet<(ConnId, ConnId)>,
-    blocked: HashSet<([u8; 16], [u8; 16])>,
-    banned: HashSet<ClientKey>,
+    /// The stranger queue (one lane, as on a single Redis).
+    lane: Lane,
+    /// Each client's ban, search allowance and avoid set.
+    clients: HashMap<ClientKey, Client>,
     /// Pooled strikes per reported client, under the core's strike rule
     /// (the strike script's twin).
     strikes: HashMap<ClientKey, Strikes>,
     /// Recorded calls and their two sides.
     calls: HashMap<u64, (ConnId, ConnId)>,
-    /// Each client's allowances, by kind ("search", "report", "connect").
-    allowances: HashMap<(&'static str, ClientKey), TokenBucket>,
+    /// Each client's other allowances, by kind ("report", "connect").
+    allowances: HashMap<(&'static str, ClientKey), Bucket>,
+    /// Every node is alive here.
+    live: Liveness,
 }
 
 fn ordered<T: Ord>(a: T, b: T) -> (T, T) {
     if a < b { (a, b) } else { (b, a) }
+}
+
+/// The store's clock: milliseconds since the epoch, as nodes pass it.
+fn ms(t0: Instant, now: Instant) -> u64 {
+    1_700_000_000_000 + now.saturating_duration_since(t0).as_millis() as u64
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
 }
 
 impl Store {
@@ -84,63 +101,69 @@ impl Store {
     /// interval), or says how long until there is one.
     fn take(
         &mut self,
-        now: Instant,
+        now: u64,
         kind: &'static str,
         key: ClientKey,
         (burst, every): (u32, Duration),
     ) -> Result<(), Duration> {
-        self.allowances
-            .entry((kind, key))
-            .or_insert_with(|| TokenBucket::every(now, every, burst))
-            .take(now)
+        let bucket = self.allowances.get(&(kind, key)).copied();
+        match allowance::take(bucket, burst, millis(every), now) {
+            Ok((b, _)) => {
+                self.allowances.insert((kind, key), b);
+                Ok(())
+            }
+            Err(wait) => Err(Duration::from_millis(wait)),
+        }
     }
 
-    fn enqueue(&mut self, now: Instant, w: backplane::Waiter) -> Event {
-        self.queue.retain(|e| e.0 != w.conn);
-        if let Some(limit) = w.limit
-            && let Err(retry) = self.take(now, "search", w.key, limit)
-        {
-            return Event::Limited {
-                conn: w.conn,
-                retry,
-            };
-        }
-        if self.banned.contains(&w.key) {
-            return Event::Banned {
-                conn: w.conn,
-                ttl: Duration::from_secs(1),
-            };
-        }
-        let found = self.queue.iter().position(|(c, k, tags, open)| {
-            let shared = w.interests.iter().any(|t| tags.contains(t));
-            !self.banned.contains(k)
-                && !self.apart.contains(&ordered(*c, w.conn))
-                && !self.blocked.contains(&ordered(k.0, w.key.0))
-                && (shared || ((w.interests.is_empty() || w.open) && (tags.is_empty() || *open)))
-        });
-        match found {
-            Some(i) => {
-                let (conn, key, tags, _) = self.queue.remove(i);
-                let shared = w
-                    .interests
-                    .iter()
-                    .filter(|t| tags.contains(t))
-                    .cloned()
-                    .collect();
-                Event::Paired {
+    fn banned(&self, key: ClientKey, now: u64) -> bool {
+        self.clients
+            .get(&key)
+            .and_then(|c| c.ban)
+            .is_some_and(|until| until > now)
+    }
+
+    /// A queue join, as the server runs it: admission in the client's
+    /// slot, then the pairing rule in the lane.
+    fn enqueue(&mut self, now: u64, w: backplane::Waiter) -> Event {
+        let client = self.clients.entry(w.key).or_default();
+        let limit = w.limit.map(|(burst, every)| (burst, millis(every)));
+        let avoid = match decode_admission(&client.admit(now, limit)) {
+            Ok(Admission::Ok { avoid }) => avoid,
+            Ok(Admission::Banned { ttl }) => return Event::Banned { conn: w.conn, ttl },
+            Ok(Admission::Limited { retry }) => {
+                return Event::Limited {
                     conn: w.conn,
-                    partner: Partner {
-                        conn,
-                        key,
-                        shared,
-                        country: Country::new("de"),
-                    },
-                }
+                    retry,
+                };
             }
-            None => {
-                self.queue.push((w.conn, w.key, w.interests, w.open));
-                Event::Queued { conn: w.conn }
-            }
+            Err(e) => panic!("the admission rule's reply decodes: {e}"),
+        };
+        let joiner = Joiner {
+            conn: w.conn,
+            node: backplane::node_of(w.conn),
+            token: nodes::new_token(1_600_000_000_000, u64::from(backplane::node_of(w.conn))),
+            key: w.key,
+            open_at: if w.open {
+                now
+            } else {
+                now + millis(w.interest_wait)
+            },
+            country: w.country,
+            tags: w.interests,
+            expiry: now + 120_000,
+            arrival: now,
+            requeue: true,
+            alone_is_empty: false,
+        };
+        let reply = self.lane.pair(&joiner, now, 64, &avoid, &self.live);
+        match decode_pair_reply(&reply) {
+            Ok(PairReply::Queued) => Event::Queued { conn: w.conn },
+            Ok(PairReply::Matched(partner)) => Event::Paired {
+                conn: w.conn,
+                partner,
+            },
+            other => panic!("the pairing rule answered {other:?}"),
         }
     }
 }
@@ -178,6 +201,8 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 struct Cluster {
+    /// When the run began, and now.
+    t0: Instant,
     now: Instant,
     boards: Vec<Switchboard>,
     store: Store,
@@ -218,6 +243,7 @@ impl Cluster {
             })
             .collect();
         Cluster {
+            t0: Instant::now(),
             now: Instant::now(),
             boards,
             store: Store::default(),
@@ -317,32 +343,59 @@ impl Cluster {
     }
 
     fn run(&mut self, n: usize, r: Request) {
-        let now = self.now;
+        let now = ms(self.t0, self.now);
         match r {
             Request::Enqueue(w) => {
                 let e = self.store.enqueue(now, w);
-                self.boards[n].handle_backplane(now, e);
+                let at = self.now;
+                self.boards[n].handle_backplane(at, e);
             }
-            Request::Dequeue { conn } => self.store.queue.retain(|e| e.0 != conn),
+            Request::Dequeue { conn } => {
+                self.store.lane.leave(conn);
+            }
             Request::Publish(m) => {
                 let to = index(backplane::node_of(m.to()));
                 self.inbox[to].push_back(m);
             }
-            Request::KeepApart { a, b, .. } => {
-                self.store.apart.insert(ordered(a, b));
+            Request::KeepApart {
+                a,
+                b,
+                keys: (ka, kb),
+                ttl,
+            } => {
+                let until = now + millis(ttl);
+                let store = &mut self.store.clients;
+                store
+                    .entry(ka)
+                    .or_default()
+                    .avoid(now, &avoid_conn(b), until, MAX_AVOIDED);
+                store
+                    .entry(kb)
+                    .or_default()
+                    .avoid(now, &avoid_conn(a), until, MAX_AVOIDED);
             }
-            Request::Block { a, b, .. } => {
-                self.store.blocked.insert(ordered(a.0, b.0));
+            Request::Block { a, b, ttl } => {
+                let until = now + millis(ttl);
+                let store = &mut self.store.clients;
+                store
+                    .entry(a)
+                    .or_default()
+                    .avoid(now, &avoid_client(&b), until, MAX_AVOIDED);
+                store
+                    .entry(b)
+                    .or_default()
+                    .avoid(now, &avoid_client(&a), until, MAX_AVOIDED);
             }
-            Request::Ban { key, .. } => {
-                self.store.banned.insert(key);
+            Request::Ban { key, ttl } => {
+                self.store.clients.entry(key).or_default().ban = Some(now + millis(ttl));
             }
             Request::Connect {
                 conn,
                 key,
                 allowance,
             } if self.store.take(now, "connect", key, allowance).is_err() => {
-                self.boards[n].handle_backplane(now, Event::TooManyConnects { conn });
+                let at = self.now;
+                self.boards[n].handle_backplane(at, Event::TooManyConnects { conn });
             }
             Request::CallStart { call, a, b } => {
                 self.store.calls.insert(call, ordered(a, b));
@@ -360,30 +413,29 @@ impl Cluster {
                 age,
                 rule,
             } => {
-                // As the strike script does: a repeat costs nothing, then the
-                // allowance, then the rule itself (the one Rust copy of it).
-                let strikes = self.store.strikes.entry(key).or_default();
-                strikes.expire(now, rule.window);
-                if strikes.has(reporter)
-                    || self
-                        .store
-                        .take(now, "report", reporter, rule.reports)
-                        .is_err()
+                // As the server does: the reporter's allowance in its own
+                // slot, then the rule itself (the one Rust copy of it).
+                if self
+                    .store
+                    .take(now, "report", reporter, rule.reports)
+                    .is_err()
                 {
                     return;
                 }
+                let at = self.now;
                 let strike = Strike {
-                    at: now,
+                    at,
                     reporter,
                     network,
                     previous_network,
-                    arrived: now.checked_sub(age).unwrap_or(now),
+                    arrived: at.checked_sub(age).unwrap_or(at),
                     room,
                     weight,
                 };
                 let strikes = self.store.strikes.entry(key).or_default();
                 if strikes.add(strike, &rule) == Added::Ban {
-                    self.store.banned.insert(key);
+                    let length = rule.ban_lengths.first().copied().unwrap_or_default();
+                    self.store.clients.entry(key).or_default().ban = Some(now + millis(length));
                 }
             }
             _ => {}
@@ -433,8 +485,8 @@ impl Cluster {
             }
         }
         let mut seen = HashSet::new();
-        for (c, ..) in &self.store.queue {
-            prop_assert!(seen.insert(*c), "{c} waits twice");
+        for c in self.store.lane.waiting() {
+            prop_assert!(seen.insert(c), "{c} waits twice");
         }
         Ok(())
     }
@@ -543,6 +595,8 @@ proptest! {
         let _ = decode_remote(&text);
         let _ = decode_pair_reply(&text);
         let _ = decode_room_reply(&text);
+        let _ = decode_admission(&text);
+        let _ = nodes::decode_beat(&text);
     }
 
     #[test]
@@ -555,7 +609,8 @@ proptest! {
             "\"00112233445566778899aabbccddeeff\"", "\"zz\"", "\"DE\"", "\"x\"", "1e400",
             "\"joined\"", "\"refused\"", "\"peer\"", "\"others\"", "\"locked\"", "true",
             "\"room_full\"", "\"rate_limited\"", "\"code\"", "\"room\"", "\"peer_joined\"",
-            "\"room_signal\"", "\"room_lock\"", "\"12\"",
+            "\"room_signal\"", "\"room_lock\"", "\"12\"", "\"ok\"", "\"avoid\"",
+            "\"c12,k00112233445566778899aabbccddeeff\"", "\"empty\"", "\"create\"",
         ]), 0..40),
     ) {
         let text: String = parts.concat();
@@ -563,6 +618,9 @@ proptest! {
             prop_assert!(p.shared.len() <= 32);
         }
         let _ = decode_remote(&text);
+        if let Ok(Admission::Ok { avoid }) = decode_admission(&text) {
+            prop_assert!(avoid.len() <= text.len());
+        }
         if let Ok(RoomReply::Joined { others, .. }) = decode_room_reply(&text) {
             prop_assert!(others.len() <= 64);
             prop_assert!(others.windows(2).all(|w| w[0].peer <= w[1].peer));
@@ -604,7 +662,7 @@ proptest! {
     }
 }
 
-use earshot_core::backplane::{PairReply, RoomReply, decode_room_reply};
+use earshot_core::backplane::{RoomReply, decode_room_reply};
 
 #[test]
 fn a_signal_from_a_stranger_is_dropped() {
@@ -688,7 +746,7 @@ fn report_target(c: &mut Cluster, reporters: &[usize]) -> bool {
     c.apply(Op::Search(target, false)).unwrap();
     c.settle().unwrap();
     for &reporter in reporters {
-        assert!(!c.store.banned.contains(&ClientKey([1; 16])));
+        assert!(!c.store.banned(ClientKey([1; 16]), ms(c.t0, c.now)));
         c.apply(Op::Search(reporter, false)).unwrap();
         c.settle().unwrap();
         assert_eq!(
@@ -701,7 +759,7 @@ fn report_target(c: &mut Cluster, reporters: &[usize]) -> bool {
         c.apply(Op::Report(reporter)).unwrap();
         c.settle().unwrap();
     }
-    c.store.banned.contains(&ClientKey([1; 16]))
+    c.store.banned(ClientKey([1; 16]), ms(c.t0, c.now))
 }
 
 /// Reports made on both nodes add up: three reporters, one on the target's

@@ -5,425 +5,340 @@
 //! `--redis` none of this runs: the switchboard's own in-memory structures
 //! are the (single-node) backplane, exactly as before.
 //!
-//! Redis layout (every key has a TTL; all keys share the `{earshot}` hash
-//! tag, so in a Redis Cluster they live in one slot and the scripts stay
-//! atomic):
+//! **Where the rules are.** Every decision the store makes is a Lua script
+//! kept in `earshot-core` beside the Rust rule it mirrors, with its reply
+//! decoder, and tested against it on a real `redis-server`
+//! (`tests/store_rules.rs`): the key layout and its version in
+//! `earshot_core::backplane::layout`, node liveness in `nodes`, queue
+//! lanes and pairing in `queue`, admission and keep-apart sets in
+//! `admission`, allowances in `allowance`, rooms in `room`, strikes in
+//! `earshot_core::moderation`. This module only moves arguments and
+//! replies; time is always the node's clock, passed in.
 //!
-//! | key | what | TTL |
-//! |-----|------|-----|
-//! | `{earshot}:node:<n>` | node `n` is alive: its current token | 3 s, refreshed every 1 s |
-//! | `{earshot}:queue` | sorted set of waiting connection ids, by arrival | 1 day, refreshed by every sweep |
-//! | `{earshot}:w:<conn>` | one waiter: node and its token, client key, interest tags, when it will take anyone, country | 2 min, refreshed every 30 s |
-//! | `{earshot}:seq` | arrival counter for the queue | 1 day |
-//! | `{earshot}:apart:<conn>:<conn>` | two connections kept apart (skip, report) | the cooldown |
-//! | `{earshot}:block:<key>:<key>` | two clients kept apart (report) | key memory (48 h) |
-//! | `{earshot}:ban:<key>` | a banned client | the ban |
-//! | `{earshot}:rl:connect:<key>` | a client's connect allowance, a token bucket shared by all nodes | until it is full again (at most burst × interval: 60 s) |
-//! | `{earshot}:rl:search:<key>` | a client's search allowance, a token bucket shared by all nodes | until it is full again (at most burst × interval: 60 s) |
-//! | `{earshot}:rl:report:<key>` | a client's report allowance (its strikes beyond it do not count) | until it is full again (20 min) |
-//! | `{earshot}:rl:room:<key>` | a client's room creations | until it is full again (5 min) |
-//! | `{earshot}:strikes:<key>` | strikes against a client from every node (at most 8): reporter key → when, weight, network keys, when the reporter arrived, room tag; `n` bans so far | the strike window (24 h) past the last strike |
-//! | `{earshot}:call:<call>` | a call's two sides: `<node>:<conn> <node>:<conn>`; deleted when it ends | 2 min, refreshed every 30 s by nodes with a side in it |
-//! | `{earshot}:room:<hash>` | a room: `m:<peer>` → node, token, connection and client key of each member, `next` peer id, `lock` verifier, `x:<key>` removed clients | 2 min, refreshed every 30 s by nodes with members |
-//! | `{earshot}:secret:<period>` | the client-key HMAC secret of a rotation period | 3 periods |
+//! **What is atomic, and why.** Each script works inside one slot, so
+//! that a Redis Cluster can spread the keys: pairing inside one queue lane
+//! (two joiners must never take one waiter), a room's admission (size,
+//! lock, removals and attempts against taking a peer id), one bucket of an
+//! allowance, a client's strikes and the ban they complete, a node's
+//! heartbeat in the registry. What spans slots is done in steps, each
+//! safe on its own: a search is admitted in the client's slot (allowance,
+//! ban, whom it avoids) and then paired in a lane; a report is charged in
+//! the reporter's slot and then counted in the reported client's; a room
+//! creation is charged in the creator's slot when the join finds the room
+//! empty; a keep-apart or a block is written to both clients' slots; a
+//! waiter moves from its home lane to the meeting lane by leaving first.
+//! Node liveness is never read by a script: each node passes its view of
+//! the registry (at most one beat old). The core modules' docs say what
+//! each step leaves open.
 //!
-//! An entry counts only while its node's heartbeat holds the token it was
-//! written under: a dead node's entries vanish with its heartbeat, and a
-//! node back from an outage takes a new token, so whatever it left behind
-//! (leaves and dequeues that failed while Redis was away) is dead at once.
+//! **Several requests in flight.** A node has one connection per Redis
+//! server (`link`), writes commands as they come without waiting for
+//! earlier replies, and runs as many requests at once as their order
+//! allows (`order`): one connection's, one client's, one room's and one
+//! call's requests keep their order; unrelated ones overlap, and a signal
+//! waits only for what concerns its own two connections (never for
+//! another client's pairing). Each request is one function in `requests`.
+//!
+//! **Cluster.** On a Redis Cluster (`topology`) each command goes to the
+//! primary of its key's slot, the stranger queue has
+//! [`layout::CLUSTER_LANES`] lanes, and node channels are sharded
+//! (`SPUBLISH`/`SSUBSCRIBE`, `subscriber`). On one plain `redis-server`
+//! everything is on one connection, the queue is one lane, and channels
+//! are plain pub/sub.
+//!
+//! **Versions.** The key layout has a version
+//! ([`layout::VERSION`]); a node refuses to start on a store written by
+//! another layout (the registry says which, and layout 1 left its own
+//! keys), and a running node that finds another layout's registry stops
+//! serving: two versions never share a store without knowing it.
+//!
+//! An entry (a waiter, a room member) counts only while its node's token
+//! is alive: a dead node's entries die with its token, and a node back from
+//! an outage takes a new token, so whatever it left behind (leaves and
+//! dequeues that failed while Redis was away) is dead at once.
 //!
 //! Client keys are the HMACs of `identity` (hex); a room is known by the
 //! SHA-256 of its name, and a lock by its verifier (the passphrase never
-//! reaches a server); no address, room name, SDP or candidate is ever stored. Signalling for a connection on another node
-//! is published on that node's channel `{earshot}:ch:<n>` and never stored.
+//! reaches a server); no address, room name, SDP or candidate is ever
+//! stored. Signalling for a connection on another node is published on
+//! that node's channel and never stored.
 //!
-//! Pairing is one Lua script ([`PAIR`]): it charges a search the client
-//! made to the client's shared allowance, refuses a banned joiner, scans
-//! the oldest waiters, drops those of dead nodes, skips banned, kept-apart
-//! and blocked ones, and takes the first compatible waiter out of the queue,
-//! or queues the joiner. Per-client allowances are charged inside the
-//! script that does the work (searches in [`PAIR`], reports in the strike
-//! script, `earshot_core::moderation::STRIKE_LUA`, kept beside the Rust rule it mirrors,
-//! room creations in [`ROOM_JOIN`]), so they cost no extra round trip;
-//! connects take one ([`CONNECT`]), and one over the allowance is closed
-//! once it answers. The per-connection message rate stays with the
-//! connection's node, and so does the count of a client's open connections. Nodes watch the heartbeats of the nodes their
-//! calls reach and end those calls when one dies ([`Event::NodeDown`]); a
-//! sweep every beat removes dead nodes' waiters.
-//!
-//! Losing Redis, or finding this node's heartbeat gone (a Redis restart),
-//! closes every connection with 1012 "backplane unavailable": clients show
-//! "Reconnecting…" and retry; calls carry on peer to peer. New connections
-//! are refused the same way until Redis answers again; then the node
-//! restores the shared secret, purges its own stale waiters and serves.
+//! Losing Redis (a connection to it breaking, or reconnecting: a restarted
+//! server may have lost everything), or finding this node's token gone
+//! from the registry, closes every connection with 1012 "backplane
+//! unavailable": clients show "Reconnecting…" and retry; calls carry on
+//! peer to peer. New connections are refused the same way until Redis
+//! answers again; then the node takes a new token, restores the shared
+//! secret and serves.
+
+mod link;
+mod order;
+mod requests;
+mod resp;
+mod subscriber;
+mod topology;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
-use earshot_core::backplane::{
-    self, Event, NodeId, PairReply, Request, RoomReply, decode_pair_reply, decode_remote,
-    decode_room_reply,
-};
-use earshot_core::moderation::STRIKE_LUA;
-use earshot_core::{ClientKey, ConnId};
-use futures_util::StreamExt;
-use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use anyhow::{Context, bail};
+use earshot_core::backplane::layout::{self, Layout};
+use earshot_core::backplane::nodes::{self, BeatReply, Liveness};
+use earshot_core::backplane::script::Script;
+use earshot_core::backplane::scripts::Scripts;
+use earshot_core::backplane::{Event, NodeId, Request, decode_remote};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::link::{Addr, Target};
+use self::requests::Placed;
+use self::resp::{Cmd, Value};
+use self::subscriber::Subscription;
+use self::topology::Topology;
 use crate::hub::Hub;
 use crate::identity::Keyer;
-
-const PREFIX: &str = "{earshot}:";
 
 /// How often a node proves it is alive, and how long the proof lasts.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const NODE_TTL: Duration = Duration::from_secs(3);
+/// Dead tokens are forgotten by the registry this long after they expired.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
 const WAITER_TTL: Duration = Duration::from_secs(120);
 const ROOM_TTL: Duration = Duration::from_secs(120);
 const CALL_TTL: Duration = Duration::from_secs(120);
-/// Waiter entries are refreshed every this many heartbeats.
-const WAITER_REFRESH_BEATS: u32 = 30;
+/// Entries are refreshed (and lanes swept) every this many heartbeats.
+const REFRESH_BEATS: u32 = 30;
 const SCAN_LIMIT: usize = 64;
 const SWEEP_LIMIT: usize = 256;
 
-/// Lua, put before the scripts that use it: `take(key, burst, every_ms,
-/// now_ms)` takes one token from a client's allowance, a token bucket in
-/// the hash `key` (`l`: ms of refill banked, `t`: when) shared by every
-/// node and kept only until it is full again (the same arithmetic as
-/// `earshot_core::ratelimit::TokenBucket`). Answers 0, or the ms until a
-/// token is there.
-pub const TAKE: &str = r#"
-local function take(rk, burst, every, now)
-  every = tonumber(every)
-  local cap = every * tonumber(burst)
-  local level, at = cap, now
-  local b = redis.call('HMGET', rk, 'l', 't')
-  if b[1] then level, at = tonumber(b[1]), tonumber(b[2]) end
-  level = math.min(cap, level + math.max(0, now - at))
-  if level < every then return every - level end
-  level = level - every
-  redis.call('HSET', rk, 'l', level, 't', now)
-  redis.call('PEXPIRE', rk, cap - level + 1)
-  return 0
-end
-"#;
-
-/// Charges a new connection to its client's connect allowance ([`TAKE`]).
-/// ARGV: client key, burst, one more per this many ms. Answers 0, or the
-/// ms until the next connect is allowed.
-pub const CONNECT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return take('{earshot}:rl:connect:' .. ARGV[1], ARGV[2], ARGV[3], now)
-"#;
-
-/// Pairs a joiner with a waiter, or queues it. ARGV: conn, node, client key,
-/// tags (JSON array), open (0/1), interest wait (ms), country ("" if none),
-/// scan limit, entry TTL (ms), node token, and, for a search the client
-/// made, its search allowance: burst and one more per this many ms ("" and
-/// "" for a join again), charged with [`TAKE`]. Answers the JSON `decode_pair_reply` reads.
-pub const PAIR: &str = r#"
-local P = '{earshot}:'
-local me, node, key = ARGV[1], ARGV[2], ARGV[3]
-local tags = cjson.decode(ARGV[4])
-local open = ARGV[5] == '1'
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local q = P .. 'queue'
-local seq = redis.call('ZSCORE', q, me)
-redis.call('ZREM', q, me)
-redis.call('DEL', P .. 'w:' .. me)
-if ARGV[11] ~= '' then
-  local wait = take(P .. 'rl:search:' .. key, ARGV[11], ARGV[12], now)
-  if wait > 0 then return '{"r":"limited","ms":' .. wait .. '}' end
-end
-local ban = redis.call('PTTL', P .. 'ban:' .. key)
-if ban > 0 then
-  return '{"r":"banned","ms":' .. ban .. '}'
-end
--- Connection ids are decimal u64s: longer means larger.
-local function idpair(a, b)
-  if #a < #b or (#a == #b and a < b) then return a .. ':' .. b end
-  return b .. ':' .. a
-end
-local function keypair(a, b)
-  if a < b then return a .. ':' .. b end
-  return b .. ':' .. a
-end
-for _, c in ipairs(redis.call('ZRANGE', q, 0, tonumber(ARGV[8]) - 1)) do
-  local raw = redis.call('GET', P .. 'w:' .. c)
-  local e = raw and cjson.decode(raw)
-  local live = e and e.v and redis.call('GET', P .. 'node:' .. e.n) == e.v
-  if not live then
-    redis.call('ZREM', q, c)
-    redis.call('DEL', P .. 'w:' .. c)
-  elseif redis.call('EXISTS', P .. 'ban:' .. e.k) == 0
-      and redis.call('EXISTS', P .. 'apart:' .. idpair(me, c)) == 0
-      and redis.call('EXISTS', P .. 'block:' .. keypair(key, e.k)) == 0 then
-    local theirs = {}
-    for _, x in ipairs(e.t) do theirs[x] = true end
-    local shared = {}
-    for _, x in ipairs(tags) do
-      if theirs[x] then table.insert(shared, x) end
-    end
-    local they_open = #e.t == 0 or e.o <= now
-    if #shared > 0 or ((#tags == 0 or open) and they_open) then
-      redis.call('ZREM', q, c)
-      redis.call('DEL', P .. 'w:' .. c)
-      local sj = '[]'
-      if #shared > 0 then sj = cjson.encode(shared) end
-      local country = 'null'
-      if e.c ~= '' then country = cjson.encode(e.c) end
-      return '{"r":"matched","conn":"' .. c .. '","key":"' .. e.k .. '","shared":' .. sj
-        .. ',"country":' .. country .. '}'
-    end
-  end
-end
-if not seq then seq = redis.call('INCR', P .. 'seq') end
-redis.call('PEXPIRE', P .. 'seq', 86400000)
-redis.call('ZADD', q, seq, me)
-redis.call('PEXPIRE', q, 86400000)
-local open_at = now
-if #tags > 0 and not open then open_at = now + tonumber(ARGV[6]) end
-redis.call('SET', P .. 'w:' .. me,
-  cjson.encode({n = node, v = ARGV[10], k = key, t = tags, o = open_at, c = ARGV[7]}),
-  'PX', ARGV[9])
-return '{"r":"queued"}'
-"#;
-
-/// Joins a room. ARGV: room hash, conn, node, client key, verifier hex
-/// ("" if none), max size, TTL (ms), node token, passphrase attempts on one
-/// room (burst), one more per this many ms, and the client's room
-/// creations (burst, one more per this many ms; charged with [`TAKE`] when
-/// the room has no member yet). A locked room's attempts are a token bucket
-/// in the room's hash (`ab`, `at`): shared by all nodes, so a lock cannot be
-/// guessed faster by spreading over nodes. Members of dead nodes are
-/// dropped first. Answers the JSON `decode_room_reply` reads.
-pub const ROOM_JOIN: &str = r#"
-local P = '{earshot}:'
-local k = P .. 'room:' .. ARGV[1]
-local conn, node, key, ver = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if redis.call('HEXISTS', k, 'x:' .. key) == 1 then
-  return '{"r":"refused","code":"removed"}'
-end
-local flat = redis.call('HGETALL', k)
-local others = {}
-local alive = {}
-for i = 1, #flat, 2 do
-  local f, v = flat[i], flat[i + 1]
-  if string.sub(f, 1, 2) == 'm:' then
-    local n, t, c, mk = string.match(v, '^(%d+):(%x+):(%d+):(%x+)$')
-    local nt = n and (n .. ':' .. t)
-    if nt and alive[nt] == nil then
-      alive[nt] = redis.call('GET', P .. 'node:' .. n) == t
-    end
-    if nt and alive[nt] then
-      table.insert(others, '[' .. string.sub(f, 3) .. ',"' .. c .. '","' .. mk .. '"]')
-    else
-      redis.call('HDEL', k, f)
-    end
-  end
-end
-if #others >= tonumber(ARGV[6]) then
-  return '{"r":"refused","code":"room_full"}'
-end
-local lock = redis.call('HGET', k, 'lock')
-if lock then
-  if ver == '' then return '{"r":"refused","code":"passphrase_required"}' end
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local burst, every = tonumber(ARGV[9]), tonumber(ARGV[10])
-  local tokens = tonumber(redis.call('HGET', k, 'ab') or burst)
-  local at = tonumber(redis.call('HGET', k, 'at') or now)
-  local gained = math.floor((now - at) / every)
-  if gained > 0 then
-    tokens = math.min(burst, tokens + gained)
-    at = at + gained * every
-  end
-  if tokens >= burst then at = now end
-  if tokens < 1 then
-    return '{"r":"refused","code":"rate_limited","ms":' .. math.max(1, at + every - now) .. '}'
-  end
-  redis.call('HSET', k, 'ab', tokens - 1, 'at', at)
-  if ver ~= lock then return '{"r":"refused","code":"wrong_passphrase"}' end
-end
-if #others == 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local wait = take(P .. 'rl:room:' .. key, ARGV[11], ARGV[12], now)
-  if wait > 0 then return '{"r":"refused","code":"rate_limited","ms":' .. wait .. '}' end
-end
-local peer = redis.call('HINCRBY', k, 'next', 1)
-redis.call('HSET', k, 'm:' .. peer, node .. ':' .. ARGV[8] .. ':' .. conn .. ':' .. key)
-redis.call('PEXPIRE', k, ARGV[7])
-local locked = 'false'
-if lock then locked = 'true' end
-return '{"r":"joined","peer":' .. peer .. ',"locked":' .. locked .. ',"others":['
-  .. table.concat(others, ',') .. ']}'
-"#;
-
-/// Takes a member out of a room (ARGV: room hash, peer); the room goes with
-/// its last member, lock and removals included.
-const ROOM_LEAVE: &str = r#"
-local k = '{earshot}:room:' .. ARGV[1]
-redis.call('HDEL', k, 'm:' .. ARGV[2])
-for _, f in ipairs(redis.call('HKEYS', k)) do
-  if string.sub(f, 1, 2) == 'm:' then return 0 end
-end
-redis.call('DEL', k)
-return 1
-"#;
-
-/// Removes waiters of dead nodes, or written under a node's old token, from
-/// the oldest ARGV[1] entries.
-const SWEEP: &str = r#"
-local P = '{earshot}:'
-local q = P .. 'queue'
-local removed = 0
-for _, c in ipairs(redis.call('ZRANGE', q, 0, tonumber(ARGV[1]) - 1)) do
-  local raw = redis.call('GET', P .. 'w:' .. c)
-  local e = raw and cjson.decode(raw)
-  if not (e and e.v and redis.call('GET', P .. 'node:' .. e.n) == e.v) then
-    redis.call('ZREM', q, c)
-    redis.call('DEL', P .. 'w:' .. c)
-    removed = removed + 1
-  end
-end
-if redis.call('EXISTS', q) == 1 then redis.call('PEXPIRE', q, 86400000) end
-return removed
-"#;
-
-/// Refreshes this node's heartbeat. ARGV: node, token, TTL (ms), the
-/// token it replaces. Answers 1 (refreshed), 2 (was missing: new, or Redis
-/// lost it) or 0 (another node holds the number).
-const HEARTBEAT_SCRIPT: &str = r#"
-local k = '{earshot}:node:' .. ARGV[1]
-local v = redis.call('GET', k)
-if v and v ~= ARGV[2] and v ~= ARGV[4] then return 0 end
-redis.call('SET', k, ARGV[2], 'PX', ARGV[3])
-if v then return 1 end
-return 2
-"#;
-
-/// Removes this node's heartbeat if it still holds this node's token.
-/// ARGV: node, token.
-const LEAVE: &str = r#"
-local k = '{earshot}:node:' .. ARGV[1]
-if redis.call('GET', k) == ARGV[2] then return redis.call('DEL', k) end
-return 0
-"#;
-
 /// A node's connection to Redis.
 pub struct Redis {
-    client: redis::Client,
-    conn: ConnectionManager,
+    topology: Topology,
+    layout: Layout,
     node: NodeId,
-    /// This node's token in its heartbeat key; a new one after an outage.
-    token: std::sync::Mutex<String>,
-    pair: redis::Script,
-    sweep: redis::Script,
-    heartbeat: redis::Script,
-    room_join: redis::Script,
-    room_leave: redis::Script,
-    strike: redis::Script,
-    connect: redis::Script,
-    leave: redis::Script,
+    /// This node's token in the registry; a new one after an outage.
+    token: Mutex<String>,
+    scripts: Scripts,
+    /// This node's view of the registry: which tokens are dead.
+    view: Mutex<Liveness>,
+    /// This node's waiters: the lane each waits in, and what moving it
+    /// needs.
+    placed: Mutex<HashMap<earshot_core::ConnId, Placed>>,
     subscribed: AtomicBool,
     /// The first subscription, made before serving so that nothing
     /// published to this node is missed.
-    first_subscription: std::sync::Mutex<Option<redis::aio::PubSub>>,
-}
-
-fn key(k: &str) -> String {
-    format!("{PREFIX}{k}")
-}
-
-fn channel(node: NodeId) -> String {
-    key(&format!("ch:{node}"))
+    first_subscription: tokio::sync::Mutex<Option<Subscription>>,
+    /// The links' generations when this node last (re)registered: a link
+    /// that connected again since may face a Redis that lost everything.
+    generations: AtomicU64,
 }
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// The node's clock: milliseconds since the epoch, the time every script
+/// is given.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Where `--redis URL` points, and how to log in.
+fn target(url: &str) -> anyhow::Result<Target> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info().context("bad --redis URL")?;
+    let addr = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => Addr::Tcp(host.clone(), *port),
+        redis::ConnectionAddr::Unix(path) => Addr::Unix(path.clone()),
+        _ => bail!("--redis: TLS is not supported"),
+    };
+    let settings = info.redis_settings();
+    Ok(Target {
+        addr,
+        username: settings.username().map(str::to_owned),
+        password: settings.password().map(str::to_owned),
+        db: settings.db(),
+    })
+}
+
+/// An `EVALSHA` of `script` on `keys` (the first routes it).
+fn eval(script: &Script, keys: &[&str]) -> Cmd {
+    let mut c = Cmd::new("EVALSHA");
+    c.arg(script.sha.as_str()).arg(keys.len());
+    for k in keys {
+        c.key(k);
+    }
+    c
+}
+
+/// Sends `cmds` together (each on its own link) and waits for all replies.
+async fn all(topology: &Topology, cmds: &[Cmd]) -> anyhow::Result<Vec<Value>> {
+    let replies: Vec<_> = cmds.iter().map(|c| topology.send(c)).collect();
+    let mut out = Vec::with_capacity(replies.len());
+    for r in replies {
+        match r.await? {
+            Value::Error(e) => bail!("Redis: {e}"),
+            v => out.push(v),
+        }
+    }
+    Ok(out)
+}
+
+/// A beat's outcome, as the heartbeat loop sees it.
+enum Beat {
+    /// Renewed (`renewed`: the token was still there).
+    Ok { renewed: bool },
+    /// Another live token holds this node's number.
+    Taken,
+}
+
 impl Redis {
-    /// Connects and claims a node number no live node holds.
-    pub async fn connect(url: &str) -> anyhow::Result<Redis> {
-        let client = redis::Client::open(url).context("bad --redis URL")?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = client
-            .get_connection_manager_with_config(config)
+    /// Connects, checks the store's key layout and claims a node number no
+    /// live node holds. `rotation` is the client-key rotation period (a
+    /// layout-1 node's secret names it).
+    pub async fn connect(url: &str, rotation: Duration) -> anyhow::Result<Redis> {
+        let seed = target(url)?;
+        let scripts = Scripts::new();
+        let sources = scripts.all().iter().map(|s| s.source.clone()).collect();
+        // The links live as long as the process.
+        let topology = Topology::discover(seed, sources, CancellationToken::new())
             .await
             .context("cannot reach Redis")?;
+        check_no_layout_1(&topology, rotation).await?;
+        let lanes = if topology.is_cluster() {
+            layout::CLUSTER_LANES
+        } else {
+            1
+        };
         let mut redis = Redis {
-            client,
-            conn,
+            topology,
+            layout: Layout { lanes },
             node: 0,
-            token: std::sync::Mutex::new(new_token()),
-            pair: redis::Script::new(&format!("{TAKE}{PAIR}")),
-            sweep: redis::Script::new(SWEEP),
-            heartbeat: redis::Script::new(HEARTBEAT_SCRIPT),
-            room_join: redis::Script::new(&format!("{TAKE}{ROOM_JOIN}")),
-            room_leave: redis::Script::new(ROOM_LEAVE),
-            strike: redis::Script::new(&format!("{TAKE}{STRIKE_LUA}")),
-            connect: redis::Script::new(&format!("{TAKE}{CONNECT}")),
-            leave: redis::Script::new(LEAVE),
+            token: Mutex::new(String::new()),
+            scripts,
+            view: Mutex::new(Liveness::default()),
+            placed: Mutex::new(HashMap::new()),
             subscribed: AtomicBool::new(false),
-            first_subscription: std::sync::Mutex::new(None),
+            first_subscription: tokio::sync::Mutex::new(None),
+            generations: AtomicU64::new(0),
         };
         for _ in 0..32 {
             // Node 0 would make ids look like a single node's.
             redis.node = (crate::identity::random_u64() % u64::from(u16::MAX)) as NodeId + 1;
-            if redis.beat().await.context("cannot register with Redis")? == 2 {
-                tracing::info!(node = redis.node, "registered with Redis");
-                let pubsub = redis
-                    .subscribe()
-                    .await
-                    .context("cannot subscribe to Redis")?;
-                redis.first_subscription = std::sync::Mutex::new(Some(pubsub));
-                redis.subscribed.store(true, Ordering::Relaxed);
-                return Ok(redis);
+            *redis.token.lock().unwrap_or_else(|e| e.into_inner()) =
+                nodes::new_token(now_ms(), crate::identity::random_u64());
+            match redis.beat("").await.context("cannot register with Redis")? {
+                Beat::Taken => continue,
+                Beat::Ok { .. } => {}
             }
+            tracing::info!(
+                node = redis.node,
+                lanes = redis.layout.lanes,
+                cluster = redis.topology.is_cluster(),
+                "registered with Redis"
+            );
+            let pubsub = redis
+                .subscribe()
+                .await
+                .context("cannot subscribe to Redis")?;
+            redis.first_subscription = tokio::sync::Mutex::new(Some(pubsub));
+            redis.subscribed.store(true, Ordering::Relaxed);
+            redis
+                .generations
+                .store(redis.topology.health().1, Ordering::Relaxed);
+            return Ok(redis);
         }
-        anyhow::bail!("no free node number in Redis")
+        bail!("no free node number in Redis")
     }
 
     pub fn node(&self) -> NodeId {
         self.node
     }
 
-    async fn subscribe(&self) -> redis::RedisResult<redis::aio::PubSub> {
-        let mut p = self.client.get_async_pubsub().await?;
-        p.subscribe(channel(self.node)).await?;
-        Ok(p)
+    async fn subscribe(&self) -> anyhow::Result<Subscription> {
+        let ch = self.layout.channel(self.node);
+        let link = self
+            .topology
+            .link(self.topology.index_for_key(&ch))
+            .context("no link for this node's channel")?;
+        Ok(Subscription::open(link.target(), &ch, self.topology.is_cluster()).await?)
     }
 
     fn token(&self) -> String {
         self.token.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    async fn beat(&self) -> redis::RedisResult<i64> {
-        self.beat_replacing(&self.token()).await
+    fn view(&self) -> Liveness {
+        self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    async fn beat_replacing(&self, old: &str) -> redis::RedisResult<i64> {
-        self.heartbeat
-            .arg(self.node)
+    /// Renews this node's token (replacing `old`, if not empty) and takes
+    /// the registry's view. A registry of this version with other lanes is
+    /// adopted before anything is queued; another version is refused.
+    async fn beat(&mut self, old: &str) -> anyhow::Result<Beat> {
+        let reply = self.beat_once(old).await?;
+        match reply {
+            BeatReply::Layout(stamp) => match Layout::from_stamp(&stamp) {
+                Some(theirs)
+                    if self
+                        .placed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .is_empty() =>
+                {
+                    self.layout = theirs;
+                    match self.beat_once(old).await? {
+                        BeatReply::Layout(stamp) => bail!(other_layout(&stamp)),
+                        reply => Ok(self.take_view(reply)),
+                    }
+                }
+                _ => bail!(other_layout(&stamp)),
+            },
+            reply => Ok(self.take_view(reply)),
+        }
+    }
+
+    /// [`Redis::beat`] once the layout is settled.
+    async fn renew(&self, old: &str) -> anyhow::Result<Beat> {
+        match self.beat_once(old).await? {
+            BeatReply::Layout(stamp) => bail!(other_layout(&stamp)),
+            reply => Ok(self.take_view(reply)),
+        }
+    }
+
+    async fn beat_once(&self, old: &str) -> anyhow::Result<BeatReply> {
+        let now = now_ms();
+        let mut c = eval(&self.scripts.heartbeat, &[layout::REGISTRY]);
+        c.arg(self.node)
             .arg(self.token())
-            .arg(millis(NODE_TTL))
             .arg(old)
-            .invoke_async(&mut self.conn.clone())
-            .await
+            .arg(now + millis(NODE_TTL))
+            .arg(now)
+            .arg(self.layout.stamp())
+            .arg(now.saturating_sub(millis(FORGET_AFTER)));
+        let v = all(&self.topology, &[c]).await?;
+        let text = v[0].text().context("unexpected heartbeat reply")?;
+        Ok(nodes::decode_beat(text)?)
+    }
+
+    fn take_view(&self, reply: BeatReply) -> Beat {
+        match reply {
+            BeatReply::Ok {
+                renewed,
+                born,
+                tokens,
+            } => {
+                let view = Liveness::from_tokens(&tokens, born, now_ms());
+                *self.view.lock().unwrap_or_else(|e| e.into_inner()) = view;
+                Beat::Ok { renewed }
+            }
+            BeatReply::Taken | BeatReply::Layout(_) => Beat::Taken,
+        }
     }
 
     /// Agrees this period's client-key secret with the other nodes: the
@@ -435,29 +350,25 @@ impl Redis {
         candidate: [u8; 32],
     ) -> anyhow::Result<()> {
         let period = period(rotation);
-        let mut conn = self.conn.clone();
-        let current_key = key(&format!("secret:{period}"));
+        let current_key = self.layout.secret(period);
+        let previous_key = self.layout.secret(period.wrapping_sub(1));
         let ttl = millis(rotation.saturating_mul(3));
-        let _: Option<String> = redis::cmd("SET")
-            .arg(&current_key)
+        let mut set = Cmd::new("SET");
+        set.key(&current_key)
             .arg(earshot_core::hex::encode(&candidate))
             .arg("NX")
             .arg("PX")
-            .arg(ttl)
-            .query_async(&mut conn)
-            .await?;
-        let current: Option<String> = conn.get(&current_key).await?;
-        let previous: Option<String> = conn
-            .get(key(&format!("secret:{}", period.wrapping_sub(1))))
-            .await?;
-        let current = current
-            .as_deref()
+            .arg(ttl);
+        let mut get = Cmd::new("GET");
+        get.key(&current_key);
+        let mut previous = Cmd::new("GET");
+        previous.key(&previous_key);
+        let v = all(&self.topology, &[set, get, previous]).await?;
+        let current = v[1]
+            .text()
             .and_then(earshot_core::hex::decode)
             .context("the shared secret in Redis is malformed")?;
-        keyer.set_secrets(
-            current,
-            previous.as_deref().and_then(earshot_core::hex::decode),
-        );
+        keyer.set_secrets(current, v[2].text().and_then(earshot_core::hex::decode));
         Ok(())
     }
 
@@ -471,285 +382,38 @@ impl Redis {
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) {
-        tracker.spawn(
-            self.clone()
-                .run_requests(hub.clone(), requests, shutdown.clone()),
-        );
+        tracker.spawn(requests::run(
+            self.clone(),
+            hub.clone(),
+            requests,
+            shutdown.clone(),
+        ));
         tracker.spawn(self.clone().run_subscriber(hub.clone(), shutdown.clone()));
         tracker.spawn(self.run_heartbeat(hub, keyer, rotation, shutdown));
-    }
-
-    async fn run_requests(
-        self: Arc<Self>,
-        hub: Arc<Hub>,
-        mut requests: UnboundedReceiver<Request>,
-        shutdown: CancellationToken,
-    ) {
-        loop {
-            let request = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = requests.recv() => match r {
-                    Some(r) => r,
-                    None => return,
-                },
-            };
-            self.execute(&hub, request).await;
-        }
-    }
-
-    async fn execute(&self, hub: &Hub, request: Request) {
-        let mut conn = self.conn.clone();
-        let result: redis::RedisResult<()> = match request {
-            Request::Enqueue(w) => {
-                let id = w.conn;
-                let tags = serde_json::to_string(&w.interests).expect("strings serialize");
-                let reply: redis::RedisResult<String> = self
-                    .pair
-                    .arg(id.0)
-                    .arg(self.node)
-                    .arg(backplane::hex(&w.key))
-                    .arg(tags)
-                    .arg(u8::from(w.open))
-                    .arg(millis(w.interest_wait))
-                    .arg(w.country.as_ref().map_or("", |c| c.as_str()))
-                    .arg(SCAN_LIMIT)
-                    .arg(millis(WAITER_TTL))
-                    .arg(self.token())
-                    .arg(
-                        w.limit
-                            .map_or(String::new(), |(burst, _)| burst.to_string()),
-                    )
-                    .arg(
-                        w.limit
-                            .map_or(String::new(), |(_, every)| millis(every).to_string()),
-                    )
-                    .invoke_async(&mut conn)
-                    .await;
-                let event = match reply.map(|r| decode_pair_reply(&r)) {
-                    Ok(Ok(PairReply::Queued)) => Event::Queued { conn: id },
-                    Ok(Ok(PairReply::Banned { ttl })) => Event::Banned { conn: id, ttl },
-                    Ok(Ok(PairReply::Limited { retry })) => Event::Limited { conn: id, retry },
-                    Ok(Ok(PairReply::Matched(partner))) => Event::Paired { conn: id, partner },
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "unexpected reply from the pairing script");
-                        Event::Failed { conn: id }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Redis failed a queue join");
-                        Event::Failed { conn: id }
-                    }
-                };
-                hub.backplane_event(event);
-                Ok(())
-            }
-            Request::Connect {
-                conn: id,
-                key: k,
-                allowance: (burst, every),
-            } => {
-                let wait: redis::RedisResult<u64> = self
-                    .connect
-                    .arg(backplane::hex(&k))
-                    .arg(burst)
-                    .arg(millis(every))
-                    .invoke_async(&mut conn)
-                    .await;
-                wait.map(|ms| {
-                    if ms > 0 {
-                        hub.backplane_event(Event::TooManyConnects { conn: id });
-                    }
-                })
-            }
-            Request::Dequeue { conn: id } => {
-                redis::pipe()
-                    .atomic()
-                    .zrem(key("queue"), id.0)
-                    .del(key(&format!("w:{}", id.0)))
-                    .query_async(&mut conn)
-                    .await
-            }
-            Request::Publish(msg) => {
-                let node = backplane::node_of(msg.to());
-                conn.publish(channel(node), msg.encode()).await
-            }
-            Request::KeepApart { a, b, ttl } => {
-                let (a, b) = (a.min(b), a.max(b));
-                let k = key(&format!("apart:{}:{}", a.0, b.0));
-                conn.pset_ex(k, 1, millis(ttl)).await
-            }
-            Request::Block { a, b, ttl } => {
-                let (a, b) = (backplane::hex(&a), backplane::hex(&b));
-                let (a, b) = if a < b { (a, b) } else { (b, a) };
-                conn.pset_ex(key(&format!("block:{a}:{b}")), 1, millis(ttl))
-                    .await
-            }
-            Request::Ban { key: k, ttl } => conn.pset_ex(ban_key(&k), 1, millis(ttl)).await,
-            Request::Strike {
-                key: k,
-                reporter,
-                weight,
-                network,
-                previous_network,
-                room,
-                age,
-                rule,
-            } => {
-                let lengths: Vec<String> = rule
-                    .ban_lengths
-                    .iter()
-                    .map(|&d| millis(d).to_string())
-                    .collect();
-                let banned: redis::RedisResult<i64> = self
-                    .strike
-                    .arg(backplane::hex(&k))
-                    .arg(backplane::hex(&reporter))
-                    .arg(weight)
-                    .arg(millis(rule.window))
-                    .arg(rule.reporters)
-                    .arg(rule.weight)
-                    .arg(lengths.join(","))
-                    .arg(rule.reports.0)
-                    .arg(millis(rule.reports.1))
-                    .arg(backplane::hex(&network))
-                    .arg(previous_network.map_or("-".to_owned(), |n| backplane::hex(&n)))
-                    .arg(u64::try_from(age.as_millis()).unwrap_or(u64::MAX))
-                    .arg(room.map_or("-".to_owned(), |r| format!("{r:016x}")))
-                    .arg(u64::try_from(rule.together.as_millis()).unwrap_or(u64::MAX))
-                    .arg(rule.max_strikes)
-                    .invoke_async(&mut conn)
-                    .await;
-                banned.map(|ms| match ms {
-                    -1 => tracing::debug!("a strike over the reporter's shared allowance"),
-                    1.. => tracing::info!(ban_ms = ms, "pooled strikes completed a ban"),
-                    _ => {}
-                })
-            }
-            Request::CallStart { call, a, b } => {
-                let sides = format!(
-                    "{}:{} {}:{}",
-                    backplane::node_of(a),
-                    a.0,
-                    backplane::node_of(b),
-                    b.0
-                );
-                conn.pset_ex(call_key(call), sides, millis(CALL_TTL)).await
-            }
-            Request::CallEnd { call } => conn.del(call_key(call)).await,
-            Request::RoomJoin {
-                conn: id,
-                room,
-                key: k,
-                verifier,
-                max_size,
-                attempts,
-                creations,
-            } => {
-                let reply: redis::RedisResult<String> = self
-                    .room_join
-                    .arg(&room)
-                    .arg(id.0)
-                    .arg(self.node)
-                    .arg(backplane::hex(&k))
-                    .arg(
-                        verifier
-                            .as_ref()
-                            .map(backplane::verifier_hex)
-                            .unwrap_or_default(),
-                    )
-                    .arg(max_size)
-                    .arg(millis(ROOM_TTL))
-                    .arg(self.token())
-                    .arg(attempts.0)
-                    .arg(millis(attempts.1))
-                    .arg(creations.0)
-                    .arg(millis(creations.1))
-                    .invoke_async(&mut conn)
-                    .await;
-                let event = match reply.map(|r| decode_room_reply(&r)) {
-                    Ok(Ok(RoomReply::Joined {
-                        peer,
-                        others,
-                        locked,
-                    })) => Event::RoomJoined {
-                        conn: id,
-                        room,
-                        peer,
-                        others,
-                        locked,
-                    },
-                    Ok(Ok(RoomReply::Refused(code, retry))) => Event::RoomRefused {
-                        conn: id,
-                        code,
-                        retry,
-                    },
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "unexpected reply from the room script");
-                        Event::Failed { conn: id }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Redis failed a room join");
-                        Event::Failed { conn: id }
-                    }
-                };
-                hub.backplane_event(event);
-                Ok(())
-            }
-            Request::RoomLeave { room, peer } => {
-                self.room_leave
-                    .arg(room)
-                    .arg(peer)
-                    .invoke_async(&mut conn)
-                    .await
-            }
-            Request::RoomLock { room, verifier } => {
-                let k = key(&format!("room:{room}"));
-                match verifier {
-                    Some(v) => conn.hset(k, "lock", backplane::verifier_hex(&v)).await,
-                    None => conn.hdel(k, "lock").await,
-                }
-            }
-            Request::RoomRemove { room, key: client } => {
-                let k = key(&format!("room:{room}"));
-                conn.hset(k, format!("x:{}", backplane::hex(&client)), 1)
-                    .await
-            }
-            other => {
-                tracing::warn!(?other, "backplane request not supported");
-                Ok(())
-            }
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "a backplane request failed");
-        }
     }
 
     /// Receives what other nodes publish to this one; a lost subscription
     /// may have lost messages, so it counts as losing the backplane.
     async fn run_subscriber(self: Arc<Self>, hub: Arc<Hub>, shutdown: CancellationToken) {
         loop {
-            let first = self
-                .first_subscription
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            let pubsub = match first {
-                Some(p) => Ok(Ok(p)),
+            let first = self.first_subscription.lock().await.take();
+            let subscription = match first {
+                Some(s) => Ok(Ok(s)),
                 None => tokio::select! {
                     () = shutdown.cancelled() => return,
-                    p = tokio::time::timeout(Duration::from_secs(2), self.subscribe()) => p,
+                    s = tokio::time::timeout(Duration::from_secs(2), self.subscribe()) => s,
                 },
             };
-            match pubsub {
-                Ok(Ok(pubsub)) => {
+            match subscription {
+                Ok(Ok(mut subscription)) => {
                     self.subscribed.store(true, Ordering::Relaxed);
-                    let mut messages = pubsub.into_on_message();
                     loop {
                         let msg = tokio::select! {
                             () = shutdown.cancelled() => return,
-                            m = messages.next() => m,
+                            m = subscription.next() => m,
                         };
-                        let Some(msg) = msg else { break };
-                        let Ok(payload) = msg.get_payload::<String>() else {
+                        let Ok(payload) = msg else { break };
+                        let Ok(payload) = String::from_utf8(payload) else {
                             continue;
                         };
                         match decode_remote(&payload) {
@@ -783,55 +447,95 @@ impl Redis {
         let mut beats = 0u32;
         let mut tokens = HashMap::new();
         let mut period = period(rotation);
-        // Whether Redis may have lost what this node put there.
-        let mut lost = false;
+        let mut dead = String::new();
+        // Since when Redis may have lost what this node put there, and
+        // whether the token it was written under is retired yet.
+        let mut lost: Option<tokio::time::Instant> = None;
+        let mut retired = false;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => {
                     // Leaving on purpose: the other nodes end this node's
                     // calls at their next beat rather than after the TTL.
-                    let mut leave = self.leave.prepare_invoke();
-                    leave.arg(self.node).arg(self.token());
-                    let mut conn = self.conn.clone();
-                    let _ = tokio::time::timeout(HEARTBEAT, leave.invoke_async::<i64>(&mut conn))
-                        .await;
+                    let _ = tokio::time::timeout(HEARTBEAT, self.retire(true)).await;
                     return;
                 }
                 _ = tick.tick() => {}
             }
             beats = beats.wrapping_add(1);
-            match self.beat().await {
-                Ok(1) if !lost => {}
-                Ok(1 | 2) => {
-                    if !lost {
-                        tracing::warn!("this node's state in Redis is gone; starting afresh");
-                        hub.set_available(false);
-                    }
-                    lost = self.recover(&hub, &keyer, rotation).await.is_err();
-                }
-                Ok(_) => {
-                    tracing::error!(node = self.node, "another node holds this node's number");
+            if let Err(e) = self.topology.refresh_if_stale().await {
+                tracing::warn!(error = %e, "cannot read the Redis Cluster's slot map");
+            }
+            let (up, generations) = self.topology.health();
+            let lose = |why: &str, lost: &mut Option<tokio::time::Instant>, retired: &mut bool| {
+                if lost.is_none() {
+                    tracing::warn!("{why}");
                     hub.set_available(false);
-                    lost = true;
+                    *lost = Some(tokio::time::Instant::now());
+                    *retired = false;
+                }
+            };
+            if !up || generations != self.generations.load(Ordering::Relaxed) {
+                // A link broke, or connected again: what this node wrote
+                // there may be gone.
+                lose("lost a connection to Redis", &mut lost, &mut retired);
+            } else if !self.subscribed.load(Ordering::Relaxed) {
+                // Closed by the subscriber: messages may be lost.
+                lose("lost the Redis subscription", &mut lost, &mut retired);
+            }
+            if let Some(since) = lost {
+                // The old token is never renewed again: it dies as soon as
+                // the registry can say so, or when it expires.
+                if !retired {
+                    retired = self.retire(false).await.is_ok();
+                } else if let Err(e) = self.renew("").await {
+                    tracing::debug!(error = %e, "Redis still away");
+                }
+                // Serve again once every link is back and every token that
+                // lived when this node lost Redis is renewed or dead.
+                let settled = since.elapsed() >= NODE_TTL + HEARTBEAT;
+                let subscribed = self.subscribed.load(Ordering::Relaxed);
+                if retired && up && subscribed && settled {
+                    match self.sync_secret(&keyer, rotation, keyer.secret()).await {
+                        Ok(()) => {
+                            self.generations.store(generations, Ordering::Relaxed);
+                            lost = None;
+                            tracing::info!("Redis is back");
+                            hub.set_available(true);
+                        }
+                        Err(e) => tracing::debug!(error = %e, "cannot restore the shared secret"),
+                    }
+                }
+                continue;
+            }
+            match self.renew("").await {
+                Ok(Beat::Ok { renewed: true }) => {}
+                Ok(Beat::Ok { renewed: false }) => {
+                    lose(
+                        "this node's state in Redis is gone; starting afresh",
+                        &mut lost,
+                        &mut retired,
+                    );
+                    continue;
+                }
+                Ok(Beat::Taken) => {
+                    tracing::error!(node = self.node, "another node holds this node's number");
+                    lose("giving the number up", &mut lost, &mut retired);
+                    continue;
                 }
                 Err(e) => {
-                    if !lost {
-                        tracing::warn!(error = %e, "lost Redis");
-                    }
-                    hub.set_available(false);
-                    lost = true;
+                    tracing::debug!(error = %e, "heartbeat failed");
+                    lose("lost Redis", &mut lost, &mut retired);
+                    continue;
                 }
             }
-            if lost {
-                continue;
-            }
-            if !self.subscribed.load(Ordering::Relaxed) {
-                // Closed by the subscriber; what this node queued is stale.
-                lost = true;
-                continue;
-            }
             hub.set_available(true);
-            if let Err(e) = self.watch(&hub, beats, &mut tokens).await {
+            let view = self.view();
+            // Someone died: sweep their waiters now rather than at the
+            // next refresh.
+            let sweep = view.dead_arg() != dead;
+            dead = view.dead_arg();
+            if let Err(e) = self.watch(&hub, &view, beats, sweep, &mut tokens).await {
                 tracing::debug!(error = %e, "heartbeat chores failed");
             }
             let now = self::period(rotation);
@@ -845,23 +549,40 @@ impl Redis {
         }
     }
 
-    /// Back from an outage: a new token (what this node left in Redis is
-    /// dead), the shared secret restored (ours, if Redis lost it), serve.
-    async fn recover(&self, hub: &Hub, keyer: &Keyer, rotation: Duration) -> anyhow::Result<()> {
-        if !self.subscribed.load(Ordering::Relaxed) {
-            anyhow::bail!("not subscribed yet");
+    /// Retires this node's token: a new one replaces it in the registry,
+    /// which marks the old one dead for every node at once, so whatever
+    /// this node left in the store under it (dequeues and leaves that
+    /// failed while Redis was away) counts for nothing. `leaving`: this
+    /// node stops, and takes no new token.
+    async fn retire(&self, leaving: bool) -> anyhow::Result<()> {
+        let old = self.token();
+        let fresh = nodes::new_token(now_ms(), crate::identity::random_u64());
+        let now = now_ms();
+        let mut c = eval(&self.scripts.heartbeat, &[layout::REGISTRY]);
+        c.arg(self.node)
+            .arg(&fresh)
+            .arg(&old)
+            .arg(if leaving { now } else { now + millis(NODE_TTL) })
+            .arg(now)
+            .arg(self.layout.stamp())
+            .arg(now.saturating_sub(millis(FORGET_AFTER)));
+        let v = all(&self.topology, &[c]).await?;
+        let text = v[0].text().context("unexpected heartbeat reply")?;
+        match nodes::decode_beat(text)? {
+            BeatReply::Layout(stamp) => bail!(other_layout(&stamp)),
+            BeatReply::Taken => bail!("another node holds this node's number"),
+            reply @ BeatReply::Ok { .. } => {
+                *self.token.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+                // Whatever this node thought it had queued is gone with
+                // its token.
+                self.placed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+                self.take_view(reply);
+                Ok(())
+            }
         }
-        let old = std::mem::replace(
-            &mut *self.token.lock().unwrap_or_else(|e| e.into_inner()),
-            new_token(),
-        );
-        if self.beat_replacing(&old).await? == 0 {
-            anyhow::bail!("another node holds this node's number");
-        }
-        self.sync_secret(keyer, rotation, keyer.secret()).await?;
-        tracing::info!("Redis is back");
-        hub.set_available(true);
-        Ok(())
     }
 
     /// Ends calls and room memberships with nodes that died, or came back
@@ -871,82 +592,112 @@ impl Redis {
     async fn watch(
         &self,
         hub: &Hub,
+        view: &Liveness,
         beats: u32,
+        sweep: bool,
         tokens: &mut HashMap<NodeId, String>,
-    ) -> redis::RedisResult<()> {
-        let mut conn = self.conn.clone();
+    ) -> anyhow::Result<()> {
         let nodes = hub.remote_nodes();
         tokens.retain(|n, _| nodes.contains(n));
-        if !nodes.is_empty() {
-            let mut pipe = redis::pipe();
-            for &n in &nodes {
-                pipe.get(key(&format!("node:{n}")));
-            }
-            let now: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
-            for (&n, token) in nodes.iter().zip(now) {
-                let same = match (&token, tokens.get(&n)) {
-                    (Some(t), Some(seen)) => t == seen,
-                    (Some(_), None) => true,
-                    (None, _) => false,
-                };
-                if same {
-                    if let Some(t) = token {
-                        tokens.insert(n, t);
-                    }
-                } else {
-                    tokens.remove(&n);
-                    hub.backplane_event(Event::NodeDown(n));
+        for &n in &nodes {
+            let token = view.token_of(n).map(str::to_owned);
+            let same = match (&token, tokens.get(&n)) {
+                (Some(t), Some(seen)) => t == seen,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if same {
+                if let Some(t) = token {
+                    tokens.insert(n, t);
                 }
+            } else {
+                tokens.remove(&n);
+                hub.backplane_event(Event::NodeDown(n));
             }
         }
-        let _: i64 = self.sweep.arg(SWEEP_LIMIT).invoke_async(&mut conn).await?;
-        if beats.is_multiple_of(WAITER_REFRESH_BEATS) {
-            let waiters = hub.shared_waiters();
-            for chunk in waiters.chunks(512) {
-                let mut pipe = redis::pipe();
-                for id in chunk {
-                    pipe.pexpire(waiter_key(*id), millis(WAITER_TTL) as i64)
-                        .ignore();
-                }
-                let () = pipe.query_async(&mut conn).await?;
+        let refresh = beats.is_multiple_of(REFRESH_BEATS);
+        let now = now_ms();
+        let mut chores = Vec::new();
+        if sweep || refresh {
+            for lane in 0..self.layout.lanes {
+                let [z, w] = self.layout.lane(lane);
+                let mut c = eval(&self.scripts.queue_sweep, &[&z, &w]);
+                c.arg(now)
+                    .arg(SWEEP_LIMIT)
+                    .arg(view.dead_arg())
+                    .arg(view.born());
+                chores.push(c);
             }
-            let calls = hub.shared_calls();
-            for chunk in calls.chunks(512) {
-                let mut pipe = redis::pipe();
-                for &call in chunk {
-                    pipe.pexpire(call_key(call), millis(CALL_TTL) as i64)
-                        .ignore();
-                }
-                let () = pipe.query_async(&mut conn).await?;
+        }
+        if refresh {
+            let expire = |k: String, ttl: Duration| {
+                let mut c = Cmd::new("PEXPIRE");
+                c.key(&k).arg(millis(ttl));
+                c
+            };
+            let mut by_lane: HashMap<u16, Vec<earshot_core::ConnId>> = HashMap::new();
+            for (&conn, p) in self.placed.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                by_lane.entry(p.lane).or_default().push(conn);
             }
-            let rooms = hub.shared_rooms();
-            for chunk in rooms.chunks(512) {
-                let mut pipe = redis::pipe();
-                for room in chunk {
-                    pipe.pexpire(key(&format!("room:{room}")), millis(ROOM_TTL) as i64)
-                        .ignore();
+            for (lane, conns) in by_lane {
+                let [z, w] = self.layout.lane(lane);
+                for chunk in conns.chunks(512) {
+                    let mut c = eval(&self.scripts.queue_touch, &[&z, &w]);
+                    c.arg(now + millis(WAITER_TTL));
+                    for conn in chunk {
+                        c.arg(conn.0);
+                    }
+                    chores.push(c);
                 }
-                let () = pipe.query_async(&mut conn).await?;
             }
+            for call in hub.shared_calls() {
+                chores.push(expire(self.layout.call(call), CALL_TTL));
+            }
+            for room in hub.shared_rooms() {
+                chores.push(expire(self.layout.room(&room), ROOM_TTL));
+            }
+        }
+        for chunk in chores.chunks(512) {
+            all(&self.topology, chunk).await?;
         }
         Ok(())
     }
 }
 
-fn new_token() -> String {
-    format!("{:016x}", crate::identity::random_u64())
+/// Refuses a store that a node of layout 1 (every key under `{earshot}:`)
+/// used lately: the two would each see half of the service.
+async fn check_no_layout_1(topology: &Topology, rotation: Duration) -> anyhow::Result<()> {
+    let p = period(rotation);
+    let mut c = Cmd::new("EXISTS");
+    for k in layout::LAYOUT_1_KEYS {
+        c.key(k);
+    }
+    c.key(&layout::layout_1_secret(p))
+        .key(&layout::layout_1_secret(p.wrapping_sub(1)));
+    let v = all(topology, &[c]).await?;
+    if v[0].int().unwrap_or(0) > 0 {
+        bail!(
+            "this Redis holds Earshot state of key layout 1 (keys under '{{earshot}}:'), \
+             written by an older version; this node uses layout {} and will not share the \
+             store with it. Stop every older node, then delete those keys \
+             (redis-cli --scan --pattern '{{earshot}}:*' | xargs -r redis-cli unlink), \
+             or give this node another Redis",
+            layout::VERSION
+        );
+    }
+    Ok(())
 }
 
-fn waiter_key(id: ConnId) -> String {
-    key(&format!("w:{}", id.0))
-}
-
-fn call_key(call: earshot_core::protocol::CallId) -> String {
-    key(&format!("call:{call}"))
-}
-
-fn ban_key(k: &ClientKey) -> String {
-    key(&format!("ban:{}", backplane::hex(k)))
+/// Why a node will not use a store whose registry says `stamp`.
+fn other_layout(stamp: &str) -> String {
+    format!(
+        "this Redis is in use by Earshot nodes of another key layout ({stamp:?} in {}); this \
+         node uses layout {}. Nodes of two layouts would each see half of the service: stop \
+         the other nodes first (their registry entry expires a few seconds after the last one \
+         stops), or give this node another Redis",
+        layout::REGISTRY,
+        layout::VERSION
+    )
 }
 
 /// The number of the key-rotation period now: the same on every node.

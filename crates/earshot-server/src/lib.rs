@@ -275,7 +275,7 @@ async fn make_hub(
 ) -> anyhow::Result<(Arc<hub::Hub>, Option<Backplane>)> {
     Ok(match &settings.redis {
         Some(url) => {
-            let redis = Arc::new(backplane::Redis::connect(&url.0).await?);
+            let redis = Arc::new(backplane::Redis::connect(&url.0, settings.key_rotation).await?);
             let fresh = keyer.secret();
             redis
                 .sync_secret(keyer, settings.key_rotation, fresh)

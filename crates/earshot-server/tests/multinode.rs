@@ -20,23 +20,15 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use support::redis::RedisServer;
 use support::server::Server;
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{WebSocketStream, client_async};
-
-type Ws = WebSocketStream<TcpStream>;
-
-/// How long any one expected message may take: generous, since this only
-/// bounds a failing test (node death is noticed within about 4 s).
-const WAIT: Duration = Duration::from_secs(15);
+use support::ws::{
+    WAIT, Ws, client, client_when_ready, eventually, recv, recv_type, search, send, ws_from,
+};
 
 fn node(redis: &RedisServer) -> Server {
     Server::start(
@@ -65,91 +57,6 @@ fn unweighed_node(redis: &RedisServer) -> Server {
     .unwrap()
 }
 
-fn addr(server: &Server) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], server.port()))
-}
-
-async fn ws_from(source: &str, server: &Server) -> Ws {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    let tcp = socket.connect(addr(server)).await.unwrap();
-    let url = format!("ws://{}/ws", addr(server));
-    let (ws, _) = tokio::time::timeout(WAIT, client_async(url, tcp))
-        .await
-        .expect("connected in time")
-        .unwrap();
-    ws
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).await.unwrap();
-}
-
-/// The next message: JSON text, or a close frame as
-/// `{"type": "close", "code": N, "reason": "..."}`.
-async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a message in time")
-            .expect("the socket is open")
-            .unwrap();
-        match msg {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Close(frame) => {
-                let (code, reason) = frame.map_or((0, String::new()), |f| {
-                    (u16::from(f.code), f.reason.to_string())
-                });
-                return json!({"type": "close", "code": code, "reason": reason});
-            }
-            _ => continue,
-        }
-    }
-}
-
-async fn recv_type(ws: &mut Ws, kind: &str) -> Value {
-    let v = recv(ws).await;
-    assert_eq!(v["type"], kind, "{v}");
-    v
-}
-
-/// A greeted client from `source` on `server`.
-async fn client(source: &str, server: &Server) -> Ws {
-    let mut ws = ws_from(source, server).await;
-    send(&mut ws, json!({"type": "hello", "version": 1})).await;
-    recv_type(&mut ws, "welcome").await;
-    ws
-}
-
-/// A greeted client, once `server` serves again: until then it closes new
-/// connections with 1012 (bounded by `WAIT`).
-async fn client_when_ready(source: &str, server: &Server) -> Ws {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut ws = ws_from(source, server).await;
-        send(&mut ws, json!({"type": "hello", "version": 1})).await;
-        if recv(&mut ws).await["type"] == "welcome" {
-            return ws;
-        }
-        assert!(Instant::now() < deadline, "the node never served again");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn search(ws: &mut Ws) {
-    send(ws, json!({"type": "search"})).await;
-    recv_type(ws, "searching").await;
-}
-
-/// Waits (bounded) until `done` holds, polling.
-fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !done() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `a` waits on one node, `b` joins on another: they are matched, `b`
 /// (the joiner) makes the offer. The call id.
 async fn match_pair(redis: &RedisServer, a: &mut Ws, b: &mut Ws) -> u64 {
@@ -171,7 +78,7 @@ async fn match_pair(redis: &RedisServer, a: &mut Ws, b: &mut Ws) -> u64 {
 /// The store's record of `call`: its two sides and the record's TTL (ms).
 fn call_record(redis: &RedisServer, call: u64) -> Option<(String, i64)> {
     let mut c = redis.conn().unwrap();
-    let k = format!("{{earshot}}:call:{call}");
+    let k = format!("earshot:2:call:{call}");
     let sides: Option<String> = redis::cmd("GET").arg(&k).query(&mut c).unwrap();
     let ttl: i64 = redis::cmd("PTTL").arg(&k).query(&mut c).unwrap();
     sides.map(|s| (s, ttl))
@@ -281,7 +188,7 @@ async fn a_ban_made_on_one_node_holds_on_another() {
         }
     }
     eventually("the ban is in Redis", || {
-        redis.keys().iter().any(|k| k.starts_with("{earshot}:ban:"))
+        redis.keys().iter().any(|k| k.ends_with(":ban"))
     });
     // On node B, which saw no report at all, the client may not search.
     let mut again = client("127.0.0.9", &nb).await;
@@ -312,7 +219,7 @@ async fn three_reporters_on_three_nodes_ban_a_client_everywhere() {
     // One report per node: no node alone saw enough for a ban.
     for (n, server) in nodes.iter().enumerate() {
         assert!(
-            !redis.keys().iter().any(|k| k.starts_with("{earshot}:ban:")),
+            !redis.keys().iter().any(|k| k.ends_with(":ban")),
             "banned after {n} reports"
         );
         let mut reporter = client(&format!("127.0.{}.2", n + 2), server).await;
@@ -329,14 +236,14 @@ async fn three_reporters_on_three_nodes_ban_a_client_everywhere() {
         }
     }
     eventually("the ban is in Redis", || {
-        redis.keys().iter().any(|k| k.starts_with("{earshot}:ban:"))
+        redis.keys().iter().any(|k| k.ends_with(":ban"))
     });
     // The strike record expires with the strike window.
     let mut c = redis.conn().unwrap();
     let strikes: Vec<String> = redis
         .keys()
         .into_iter()
-        .filter(|k| k.starts_with("{earshot}:strikes:"))
+        .filter(|k| k.ends_with(":strikes"))
         .collect();
     assert_eq!(strikes.len(), 1, "{strikes:?}");
     let ttl: i64 = redis::cmd("PTTL").arg(&strikes[0]).query(&mut c).unwrap();
@@ -375,12 +282,12 @@ async fn report_on_each_node(
         assert_eq!(next["type"], "searching", "not banned: {next}");
         eventually("the target waits again", || redis.queue().len() == 1);
     }
-    let banned = redis.keys().iter().any(|k| k.starts_with("{earshot}:ban:"));
+    let banned = redis.keys().iter().any(|k| k.ends_with(":ban"));
     let mut c = redis.conn().unwrap();
     let strikes = redis
         .keys()
         .into_iter()
-        .filter(|k| k.starts_with("{earshot}:strikes:"))
+        .filter(|k| k.ends_with(":strikes"))
         .map(|k| {
             let fields: Vec<String> = redis::cmd("HKEYS").arg(&k).query(&mut c).unwrap();
             fields.iter().filter(|f| *f != "n").count()
@@ -464,10 +371,7 @@ async fn one_clients_searches_on_two_nodes_share_one_allowance() {
     let at = limited_at.expect("the shared allowance ran out");
     assert!(at >= 30, "refused at search {at}");
     assert!(
-        redis
-            .keys()
-            .iter()
-            .any(|k| k.starts_with("{earshot}:rl:search:")),
+        redis.keys().iter().any(|k| k.ends_with(":rl:search")),
         "the allowance is kept in Redis"
     );
 }
@@ -514,13 +418,30 @@ async fn one_clients_connects_on_two_nodes_share_one_allowance() {
     assert!(first >= 30, "refused at connect {first}");
 }
 
-/// The keys in Redis that start with `prefix`.
-fn count_keys(redis: &RedisServer, prefix: &str) -> usize {
-    redis
+/// The keys in Redis that end with `suffix`.
+fn count_keys(redis: &RedisServer, suffix: &str) -> usize {
+    redis.keys().iter().filter(|k| k.ends_with(suffix)).count()
+}
+
+/// Pairs of clients kept apart by a report: each is written to both
+/// clients' avoid sets.
+fn blocks(redis: &RedisServer) -> usize {
+    let mut c = redis.conn().unwrap();
+    let members: usize = redis
         .keys()
         .iter()
-        .filter(|k| k.starts_with(prefix))
-        .count()
+        .filter(|k| k.ends_with(":avoid"))
+        .map(|k| {
+            let m: Vec<String> = redis::cmd("ZRANGE")
+                .arg(k)
+                .arg(0)
+                .arg(-1)
+                .query(&mut c)
+                .unwrap();
+            m.iter().filter(|m| m.starts_with('k')).count()
+        })
+        .sum();
+    members / 2
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,11 +472,9 @@ async fn one_reporters_strikes_on_two_nodes_share_one_allowance() {
         eventually("nobody waits", || redis.queue().is_empty());
     }
     // Each report's block is stored after its strike, on the same node.
-    eventually("every report ran", || {
-        count_keys(&redis, "{earshot}:block:") == 11
-    });
+    eventually("every report ran", || blocks(&redis) == 11);
     assert_eq!(
-        count_keys(&redis, "{earshot}:strikes:"),
+        count_keys(&redis, ":strikes"),
         10,
         "the 11th strike is over the shared allowance"
     );
@@ -789,10 +708,7 @@ async fn a_room_spans_three_nodes_and_locks() {
     send(&mut p4, json!({"type": "end"})).await;
     recv_type(&mut p4, "idle").await;
     eventually("the room is gone from Redis", || {
-        !redis
-            .keys()
-            .iter()
-            .any(|k| k.starts_with("{earshot}:room:"))
+        !redis.keys().iter().any(|k| k.starts_with("earshot:2:{r"))
     });
     // A new room of that name starts unlocked.
     let j = join(&mut p2, None).await;
@@ -853,102 +769,72 @@ async fn a_short_redis_outage_leaves_no_ghosts() {
     recv_type(&mut x, "matched").await;
 }
 
-/// The strike script in Redis and the Rust rule it mirrors
-/// (`earshot_core::moderation::Strikes`) agree, strike by strike, on random
-/// strikes: repeats, weightless and light strikes, a full book, reporters
-/// grouped by network (now or under the previous secret), by room and by
-/// arrival, and bans.
+/// A node will not share a store with nodes of another key layout: not
+/// with layout 1's keys, not with a registry another layout's live nodes
+/// renew; once those are gone, it takes the store over.
 #[test]
-fn the_strike_script_and_the_rust_rule_agree() {
-    use earshot_core::ClientKey;
-    use earshot_core::moderation::{Added, STRIKE_LUA, Strike, StrikeRule, Strikes};
-
+fn a_node_refuses_a_store_of_another_key_layout() {
     let redis = RedisServer::start();
     let mut c = redis.conn().unwrap();
-    let script = redis::Script::new(&format!(
-        "{}{}",
-        earshot_server::backplane::TAKE,
-        STRIKE_LUA
-    ));
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
-    let key = |n: u64| ClientKey([n as u8 + 1; 16]);
-    let hex = earshot_core::backplane::hex;
-    let (mut bans, mut grouped) = (0, 0);
-    for case in 0..60 {
-        let _: () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
-        let rule = StrikeRule {
-            window: Duration::from_secs(24 * 3600),
-            reporters: 2 + next(2) as usize,
-            weight: 1000 * (1 + next(3) as u32),
-            ban_lengths: vec![Duration::from_secs(3600)],
-            reports: (1000, Duration::from_secs(1)),
-            together: Duration::from_secs(60),
-            max_strikes: 3 + next(4) as usize,
-        };
-        let target = ClientKey([0xaa; 16]);
-        let mut rust = Strikes::default();
-        let base = Instant::now() + Duration::from_secs(3600);
-        for i in 0..12u64 {
-            let reporter = key(next(8));
-            let network = key(10 + next(5));
-            let previous_network = (next(3) == 0).then(|| key(10 + next(5)));
-            let room = (next(3) == 0).then(|| next(2));
-            // Arrivals 25 s apart: never within a few ms of the 60 s limit.
-            let age = Duration::from_secs(25 * next(20));
-            let weight = [0, 333, 500, 1000][next(4) as usize];
-            // Strikes in Redis are made a few ms apart: the same order here.
-            std::thread::sleep(Duration::from_millis(3));
-            let at = base + Duration::from_millis(3 * i);
-            let lua: i64 = script
-                .arg(hex(&target))
-                .arg(hex(&reporter))
-                .arg(weight)
-                .arg(rule.window.as_millis() as u64)
-                .arg(rule.reporters)
-                .arg(rule.weight)
-                .arg("3600000")
-                .arg(rule.reports.0)
-                .arg(rule.reports.1.as_millis() as u64)
-                .arg(hex(&network))
-                .arg(previous_network.map_or("-".to_owned(), |n| hex(&n)))
-                .arg(age.as_millis() as u64)
-                .arg(room.map_or("-".to_owned(), |r| format!("{r:016x}")))
-                .arg(rule.together.as_millis() as u64)
-                .arg(rule.max_strikes)
-                .invoke(&mut c)
-                .unwrap();
-            let added = rust.add(
-                Strike {
-                    at,
-                    reporter,
-                    network,
-                    previous_network,
-                    arrived: at - age,
-                    room,
-                    weight,
-                },
-                &rule,
-            );
-            assert_eq!(
-                lua > 0,
-                added == Added::Ban,
-                "case {case}, strike {i}: Lua {lua}, Rust {added:?}"
-            );
-            bans += usize::from(lua > 0);
-            let k = format!("{{earshot}}:strikes:{}", hex(&target));
-            let fields: Vec<String> = redis::cmd("HKEYS").arg(&k).query(&mut c).unwrap();
-            let kept = fields.iter().filter(|f| *f != "n").count();
-            assert_eq!(kept, rust.len(), "case {case}, strike {i}: strikes kept");
-            let (reporters, _) = rust.tally(rule.together);
-            grouped += usize::from(reporters < rust.len());
-        }
-    }
-    assert!(bans > 10, "only {bans} bans");
-    assert!(grouped > 50, "only {grouped} groupings");
+    let refusal = || refusal(&redis);
+    let _: i64 = redis::cmd("ZADD")
+        .arg("{earshot}:queue")
+        .arg(1)
+        .arg("5")
+        .query(&mut c)
+        .unwrap();
+    let refused = refusal();
+    assert!(refused.contains("key layout 1"), "{refused}");
+
+    let () = redis::cmd("FLUSHALL").query(&mut c).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let _: i64 = redis::cmd("HSET")
+        .arg("earshot:{nodes}")
+        .arg("layout")
+        .arg("3/1")
+        .arg("born")
+        .arg(now)
+        .arg("9:00000000000000000001")
+        .arg(now + 60_000)
+        .query(&mut c)
+        .unwrap();
+    let refused = refusal();
+    assert!(refused.contains("another key layout"), "{refused}");
+
+    // Layout 3's last node is gone: this one takes the store over.
+    let _: i64 = redis::cmd("HSET")
+        .arg("earshot:{nodes}")
+        .arg("9:00000000000000000001")
+        .arg(now - 1)
+        .query(&mut c)
+        .unwrap();
+    let _node = node(&redis);
+    let stamp: String = redis::cmd("HGET")
+        .arg("earshot:{nodes}")
+        .arg("layout")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(stamp, "2/1");
+}
+
+/// What a node says when it refuses to start on `redis` (it must exit).
+fn refusal(redis: &RedisServer) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_earshot"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--stun-listen",
+            "127.0.0.1:0",
+            "--no-turn",
+        ])
+        .args(["--redis", &redis.url(), "--pow", "off"])
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the node started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -1,24 +1,22 @@
 -- Counts a strike against a client, pooled across nodes: the Lua twin of
--- `Strikes::add` in strikes.rs (keep the two agreeing). Needs `take`
--- (TAKE in the server's backplane) put before it.
+-- `Strikes::add` in strikes.rs (keep the two agreeing). The reporter's
+-- report allowance is charged before, in the reporter's own slot: a
+-- strike over it never gets here.
 --
--- ARGV:  1 reported key, 2 reporter key, 3 weight (thousandths),
---        4 strike window (ms), 5 distinct reporters for a ban,
---        6 total weight for a ban, 7 ban lengths (ms, comma separated; the
---        last repeats), 8 and 9 the reporter's report allowance (burst, one
---        more per this many ms: over it the strike does not count, -1),
---        10 the reporter's network key, 11 its network key under the
---        previous secret ('-' if none), 12 ms since the reporter's node first
---        saw it, 13 the room the report was made in ('-' for a stranger
---        call), 14 "arrived together" (ms; 0: off), 15 most strikes kept.
+-- KEYS:  1 the reported client's strikes, 2 its ban (value: until when, ms).
+-- ARGV:  1 reporter key, 2 weight (thousandths), 3 strike window (ms),
+--        4 distinct reporters for a ban, 5 total weight for a ban, 6 ban
+--        lengths (ms, comma separated; the last repeats), 7 the reporter's
+--        network key, 8 its network key under the previous secret ('-' if
+--        none), 9 ms since the reporter's node first saw it, 10 the room
+--        the report was made in ('-' for a stranger call), 11 "arrived
+--        together" (ms; 0: off), 12 most strikes kept, 13 now (ms).
 -- The hash holds `<reporter>` -> `<ms>:<weight>:<net>:<prev>:<arrived ms>:<room>`
 -- for each strike within the window, and `n`, the bans so far; it lives one
 -- window past the last strike. Answers the ban's length in ms, or 0.
-local P = '{earshot}:'
-local k = P .. 'strikes:' .. ARGV[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[4])
+local k = KEYS[1]
+local now = tonumber(ARGV[13])
+local window = tonumber(ARGV[3])
 local flat = redis.call('HGETALL', k)
 local strikes = {}
 for i = 1, #flat, 2 do
@@ -28,7 +26,7 @@ for i = 1, #flat, 2 do
       string.match(v, '^(%d+):(%d+):(%x+):([%x-]+):(%-?%d+):([%x-]+)$')
     if at and now - tonumber(at) < window then
       -- A reporter's strike counts once.
-      if f == ARGV[2] then return 0 end
+      if f == ARGV[1] then return 0 end
       table.insert(strikes, {f = f, at = tonumber(at), w = tonumber(w), net = net,
         prev = prev, arr = tonumber(arr), room = room})
     else
@@ -36,15 +34,14 @@ for i = 1, #flat, 2 do
     end
   end
 end
-if take(P .. 'rl:report:' .. ARGV[2], ARGV[8], ARGV[9], now) > 0 then return -1 end
-local weight = tonumber(ARGV[3])
+local weight = tonumber(ARGV[2])
 -- A reporter who has shown nothing yet weighs nothing, and is not kept.
 if weight <= 0 then return 0 end
-local me = {f = ARGV[2], at = now, w = weight, net = ARGV[10], prev = ARGV[11],
-  arr = now - tonumber(ARGV[12]), room = ARGV[13]}
+local me = {f = ARGV[1], at = now, w = weight, net = ARGV[7], prev = ARGV[8],
+  arr = now - tonumber(ARGV[9]), room = ARGV[10]}
 -- Full: the lightest strike (then the oldest, then the smallest reporter
 -- key) makes way for a heavier one.
-if #strikes >= tonumber(ARGV[15]) then
+if #strikes >= tonumber(ARGV[12]) then
   local low = nil
   for i, s in ipairs(strikes) do
     local l = low and strikes[low]
@@ -59,7 +56,7 @@ end
 table.insert(strikes, me)
 -- Strikes from one network (under either secret), one room, or reporters
 -- first seen together are one reporter, weighing as its heaviest strike.
-local together = tonumber(ARGV[14])
+local together = tonumber(ARGV[11])
 local function same(a, b)
   if a.net == b.net or a.prev == b.net or b.prev == a.net then return true end
   if a.room ~= '-' and a.room == b.room then return true end
@@ -89,21 +86,21 @@ for i = 1, #strikes do
   if strikes[i].w > best[r] then best[r] = strikes[i].w end
 end
 for _, w in pairs(best) do total = total + w end
-if units >= tonumber(ARGV[5]) and total >= tonumber(ARGV[6]) then
+if units >= tonumber(ARGV[4]) and total >= tonumber(ARGV[5]) then
   local n = redis.call('HINCRBY', k, 'n', 1)
   local lengths = {}
-  for x in string.gmatch(ARGV[7], '%d+') do table.insert(lengths, tonumber(x)) end
+  for x in string.gmatch(ARGV[6], '%d+') do table.insert(lengths, tonumber(x)) end
   local ms = lengths[math.min(n, #lengths)] or 3600000
   for _, f in ipairs(redis.call('HKEYS', k)) do
     if f ~= 'n' then redis.call('HDEL', k, f) end
   end
   redis.call('PEXPIRE', k, window)
-  if redis.call('PTTL', P .. 'ban:' .. ARGV[1]) < ms then
-    redis.call('SET', P .. 'ban:' .. ARGV[1], 1, 'PX', ms)
+  if (tonumber(redis.call('GET', KEYS[2]) or '0') or 0) < now + ms then
+    redis.call('SET', KEYS[2], now + ms, 'PX', ms)
   end
   return ms
 end
-redis.call('HSET', k, ARGV[2], now .. ':' .. weight .. ':' .. ARGV[10] .. ':' .. ARGV[11] .. ':'
-  .. me.arr .. ':' .. ARGV[13])
+redis.call('HSET', k, ARGV[1], now .. ':' .. weight .. ':' .. ARGV[7] .. ':' .. ARGV[8] .. ':'
+  .. me.arr .. ':' .. ARGV[10])
 redis.call('PEXPIRE', k, window)
 return 0

@@ -1,9 +1,9 @@
 //! The strike rule: when reports against one client add up to a ban.
 //!
 //! This is the one copy of the rule in Rust; [`STRIKE_LUA`] is its twin
-//! for a shared Redis store (the server's backplane), and the two must
-//! agree (a differential test in `earshot-server/tests/multinode.rs` feeds
-//! both the same strikes).
+//! for a shared Redis store (the server's backplane), run in the reported
+//! client's slot, and the two must agree (a differential test in
+//! `earshot-server/tests/store_rules.rs` feeds both the same strikes).
 //!
 //! - A reporter's strike counts once within the window (by client key).
 //! - A strike of weight 0 (a reporter who has shown nothing yet, see
@@ -23,9 +23,45 @@ use std::time::{Duration, Instant};
 use crate::ClientKey;
 
 /// The strike script for Redis, the twin of [`Strikes::add`]; see the
-/// comment at its top for its arguments. It calls `take`, the server's
-/// token-bucket function, which must be put before it.
+/// comment at its top for its arguments ([`strike_args`] makes them).
 pub const STRIKE_LUA: &str = include_str!("strike.lua");
+
+/// The strike script's ARGV: a strike by `reporter` (see
+/// [`crate::backplane::Request::Strike`]) at `now` (ms since the epoch).
+#[allow(clippy::too_many_arguments)]
+pub fn strike_args(
+    reporter: &ClientKey,
+    weight: u32,
+    network: &ClientKey,
+    previous_network: Option<&ClientKey>,
+    age: Duration,
+    room: Option<u64>,
+    rule: &StrikeRule,
+    now: u64,
+) -> Vec<String> {
+    use crate::backplane::hex;
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let lengths: Vec<String> = rule
+        .ban_lengths
+        .iter()
+        .map(|&d| ms(d).max(1).to_string())
+        .collect();
+    vec![
+        hex(reporter),
+        weight.to_string(),
+        ms(rule.window).max(1).to_string(),
+        rule.reporters.to_string(),
+        rule.weight.to_string(),
+        lengths.join(","),
+        hex(network),
+        previous_network.map_or("-".to_owned(), hex),
+        ms(age).to_string(),
+        room.map_or("-".to_owned(), |r| format!("{r:016x}")),
+        ms(rule.together).to_string(),
+        rule.max_strikes.to_string(),
+        now.to_string(),
+    ]
+}
 
 /// When pooled strikes ban a client.
 #[derive(Debug, Clone, PartialEq)]

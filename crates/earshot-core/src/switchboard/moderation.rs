@@ -175,7 +175,12 @@ impl Switchboard {
     /// A report in backplane mode: the pair is kept apart on every node.
     pub(super) fn share_block(&mut self, a: ConnId, b: ConnId, ka: ClientKey, kb: ClientKey) {
         let ttl = self.config.moderation.key_memory;
-        self.request(Request::KeepApart { a, b, ttl });
+        self.request(Request::KeepApart {
+            a,
+            b,
+            keys: (ka, kb),
+            ttl,
+        });
         self.request(Request::Block { a: ka, b: kb, ttl });
     }
 }

@@ -125,6 +125,7 @@ impl Switchboard {
         };
         self.request(Request::CallEnd { call });
         self.note_call_ended(now, id, partner);
+        let keys = (self.key(id), self.key(partner));
         if self.is_remote(partner) {
             self.remote_calls -= 1;
             self.remote_keys.remove(&partner);
@@ -137,6 +138,7 @@ impl Switchboard {
                 self.request(Request::KeepApart {
                     a: id,
                     b: partner,
+                    keys,
                     ttl,
                 });
             }
@@ -159,6 +161,14 @@ impl Switchboard {
         if reason == EndReason::PartnerSkipped {
             self.cooldowns
                 .add(now, id, partner, self.config.rematch_cooldown);
+            // Backplane mode: both wait in the shared queue again.
+            let ttl = self.config.rematch_cooldown;
+            self.request(Request::KeepApart {
+                a: id,
+                b: partner,
+                keys,
+                ttl,
+            });
         }
         self.send(partner, ServerMsg::CallEnded { call, reason });
         self.search(now, partner);

@@ -16,7 +16,7 @@
 //!   page, whose ban notice counts down; proof of work shows its progress,
 //!   then the page works.
 //! - `multinode`: strangers on two nodes that share a real `redis-server`
-//!   meet, hear each other and chat.
+//!   (or a three-primary Redis Cluster) meet, hear each other and chat.
 //! - `reach`: "hide my IP" relays a call through TURN (the embedded server,
 //!   or a real coturn) with nothing but relay candidates reaching either
 //!   side; safety words match, and change when a fingerprint is swapped;

@@ -1,10 +1,11 @@
-//! Several nodes: two `earshot` processes share one real `redis-server`
-//! (all on loopback ports); a browser on each node. See the crate docs in
-//! `main.rs` and the signalling-level tests in `tests/multinode.rs`.
+//! Several nodes: two `earshot` processes share one real `redis-server`,
+//! or a Redis Cluster of three primaries (all on loopback ports); a
+//! browser on each node. See the crate docs in `main.rs` and the
+//! signalling-level tests in `tests/multinode.rs` and `tests/cluster.rs`.
 
 use crate::strangers::{meet_and_chat, milestones};
 use crate::support::harness::{Run, Setup, report, should_run};
-use crate::support::redis::RedisServer;
+use crate::support::redis::{RedisCluster, RedisServer};
 use anyhow::Result;
 
 /// What each node's trace log must mention: its half of a call whose other
@@ -39,6 +40,31 @@ fn browser_strangers_talk_across_nodes() -> Result<()> {
         report(&format!(
             "strangers across two nodes (Redis): time to audio {time:.0} ms ({})",
             steps.join(", ")
+        ));
+        Ok(())
+    })
+}
+
+/// The same on a Redis Cluster of three primaries: the queue in lanes
+/// spread over the primaries, node channels sharded.
+#[test]
+fn browser_strangers_talk_across_nodes_on_a_cluster() -> Result<()> {
+    const TEST: &str = "browser_strangers_talk_across_nodes_on_a_cluster";
+    if !should_run(TEST)? {
+        return Ok(());
+    }
+    let cluster = RedisCluster::start();
+    let setup = Setup {
+        server_args: vec!["--redis".into(), cluster.url()],
+        ..Setup::default()
+    };
+    Run::scenario_setup(TEST, &["A", "B"], 1, LOG_SHOWS, &setup, |run| {
+        let second = run.start_node()?;
+        let (a, b) = (run.browser("A")?, run.browser("B")?);
+        b.goto(&second)?;
+        let time = meet_and_chat(run, a, b)?;
+        report(&format!(
+            "strangers across two nodes (Redis Cluster, 3 primaries): time to audio {time:.0} ms"
         ));
         Ok(())
     })

@@ -12,6 +12,7 @@
 //! - [`redis`]: a real `redis-server` on a loopback port, for several
 //!   Earshot nodes to share, and looks at what they keep in it.
 //! - [`turn_client`]: a TURN client of our own over UDP or TCP.
+//! - [`ws`]: a signalling client over WebSocket, for the multi-node tests.
 //! - [`harness`]: the browser scenario harness on top of those three: a
 //!   `Run` (servers, browsers, the closing privacy checks), a `Browser` (one
 //!   page, its probes and snapshots), polling, audio checks and the report.
@@ -29,6 +30,7 @@ pub mod redis;
 pub mod server;
 pub mod turn_client;
 pub mod webdriver;
+pub mod ws;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

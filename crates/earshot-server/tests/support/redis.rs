@@ -61,30 +61,53 @@ impl RedisServer {
         Ok(c)
     }
 
-    /// The waiting connection ids, oldest first.
+    /// The waiting connection ids, oldest first within each lane.
     pub fn queue(&self) -> Vec<String> {
-        redis::cmd("ZRANGE")
-            .arg("{earshot}:queue")
-            .arg(0)
-            .arg(-1)
-            .query(&mut self.conn().unwrap())
-            .unwrap()
-    }
-
-    /// Queue entries whose node is dead (its heartbeat key is gone).
-    pub fn stale_waiters(&self) -> usize {
         let mut c = self.conn().unwrap();
-        self.queue()
-            .iter()
-            .filter(|id| {
-                let node = id.parse::<u64>().unwrap() >> 48;
-                let alive: bool = redis::cmd("EXISTS")
-                    .arg(format!("{{earshot}}:node:{node}"))
+        (0..lanes(&mut c))
+            .flat_map(|i| {
+                let ids: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(format!("earshot:2:{{q{i}}}:z"))
+                    .arg(0)
+                    .arg(-1)
                     .query(&mut c)
                     .unwrap();
-                !alive
+                ids
             })
-            .count()
+            .collect()
+    }
+
+    /// Queue entries written under a token the registry holds dead (or
+    /// does not know): a dead node's, or one from before an outage.
+    pub fn stale_waiters(&self) -> usize {
+        let mut c = self.conn().unwrap();
+        let registry: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg("earshot:{nodes}")
+            .query(&mut c)
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        (0..lanes(&mut c))
+            .map(|i| {
+                let entries: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                    .arg(format!("earshot:2:{{q{i}}}:w"))
+                    .query(&mut c)
+                    .unwrap();
+                entries
+                    .values()
+                    .filter(|e| {
+                        let mut p = e.split('|').skip(1);
+                        let (node, token) = (p.next().unwrap(), p.next().unwrap());
+                        let exp: Option<u64> = registry
+                            .get(&format!("{node}:{token}"))
+                            .and_then(|v| v.parse().ok());
+                        exp.is_none_or(|exp| exp < now)
+                    })
+                    .count()
+            })
+            .sum()
     }
 
     /// Every key, to check what is left behind.
@@ -96,9 +119,248 @@ impl RedisServer {
     }
 }
 
+/// The queue lanes the registry names (one on a plain server).
+pub fn lanes(c: &mut redis::Connection) -> u16 {
+    let stamp: Option<String> = redis::cmd("HGET")
+        .arg("earshot:{nodes}")
+        .arg("layout")
+        .query(c)
+        .unwrap();
+    stamp
+        .and_then(|s| s.split_once('/').and_then(|(_, l)| l.parse().ok()))
+        .unwrap_or(1)
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A Redis Cluster of three primaries (no replicas) on loopback ports, each
+/// `redis-server` in its own temporary directory (`--save "" --appendonly
+/// no`: its `nodes.conf` is all it writes), killed on drop. A primary can
+/// be killed and started again on its port with its identity and slots,
+/// and nothing else: its data is gone, as after a crash.
+pub struct RedisCluster {
+    nodes: Vec<Option<Child>>,
+    pub ports: Vec<u16>,
+    dirs: Vec<super::TempDir>,
+}
+
+/// A port whose cluster bus port (+10000) is a valid port too, both free a
+/// moment ago.
+fn cluster_port() -> u16 {
+    use std::net::TcpListener;
+    for _ in 0..200 {
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let port = 20_000 + port % 30_000;
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
+fn cluster_node(port: u16, dir: &std::path::Path) -> Child {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ])
+        // Find a dead primary within a second or two.
+        .args(["--cluster-node-timeout", "1000"])
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (scripts/test installs it)")
+}
+
+fn ping(port: u16) -> bool {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+        .is_ok()
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let ports: Vec<u16> = (0..3).map(|_| cluster_port()).collect();
+        let dirs: Vec<super::TempDir> = (0..3)
+            .map(|_| super::TempDir::new("earshot-cluster").unwrap())
+            .collect();
+        let nodes = ports
+            .iter()
+            .zip(&dirs)
+            .map(|(&p, d)| Some(cluster_node(p, d.path())))
+            .collect();
+        let cluster = RedisCluster { nodes, ports, dirs };
+        let deadline = Instant::now() + STARTUP;
+        while !cluster.ports.iter().all(|&p| ping(p)) {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli is installed");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits (bounded) until every primary says the cluster is ok.
+    pub fn wait_ok(&self) {
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let ok = self.ports.iter().all(|&p| {
+                redis::Client::open(format!("redis://127.0.0.1:{p}/"))
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c))
+                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster never became ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A URL of one primary: nodes find the others from it.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.ports[0])
+    }
+
+    /// Which primary (index) serves `key`.
+    pub fn primary_of(&self, key: &str) -> usize {
+        let slot = earshot_core::backplane::slot::slot(key.as_bytes());
+        let mut c = self.conn(self.ports.iter().position(|&p| ping(p)).unwrap());
+        let ranges: Vec<(u16, u16, (String, u16))> = {
+            let raw: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut c).unwrap();
+            let redis::Value::Array(ranges) = raw else {
+                panic!("CLUSTER SLOTS: {raw:?}");
+            };
+            ranges
+                .into_iter()
+                .map(|r| {
+                    let redis::Value::Array(parts) = r else {
+                        panic!("a slot range")
+                    };
+                    let start: u16 = redis::from_redis_value(parts[0].clone()).unwrap();
+                    let end: u16 = redis::from_redis_value(parts[1].clone()).unwrap();
+                    let redis::Value::Array(node) = parts[2].clone() else {
+                        panic!("a node")
+                    };
+                    let host: String = redis::from_redis_value(node[0].clone()).unwrap();
+                    let port: u16 = redis::from_redis_value(node[1].clone()).unwrap();
+                    (start, end, (host, port))
+                })
+                .collect()
+        };
+        let port = ranges
+            .iter()
+            .find(|(s, e, _)| (*s..=*e).contains(&slot))
+            .map(|(_, _, (_, p))| *p)
+            .expect("every slot is served");
+        self.ports.iter().position(|&p| p == port).unwrap()
+    }
+
+    pub fn conn(&self, i: usize) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.ports[i]))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// A connection to the primary that serves `key`.
+    pub fn conn_for(&self, key: &str) -> redis::Connection {
+        self.conn(self.primary_of(key))
+    }
+
+    /// Kills primary `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts primary `i` again, on its port, with its identity and slots
+    /// and no data, and waits until the cluster is ok.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i] = Some(cluster_node(self.ports[i], self.dirs[i].path()));
+        let deadline = Instant::now() + STARTUP;
+        while !ping(self.ports[i]) {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start again"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.wait_ok();
+    }
+
+    /// Every key on every primary.
+    pub fn keys(&self) -> Vec<String> {
+        (0..self.ports.len())
+            .flat_map(|i| {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg("*")
+                    .query(&mut self.conn(i))
+                    .unwrap();
+                keys
+            })
+            .collect()
+    }
+
+    /// The queue lanes, as the registry names them.
+    pub fn lanes(&self) -> u16 {
+        lanes(&mut self.conn_for("earshot:{nodes}"))
+    }
+
+    /// The waiting connection ids, by lane.
+    pub fn queue(&self) -> Vec<String> {
+        (0..self.lanes())
+            .flat_map(|i| {
+                let k = format!("earshot:2:{{q{i}}}:z");
+                let ids: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(&k)
+                    .arg(0)
+                    .arg(-1)
+                    .query(&mut self.conn_for(&k))
+                    .unwrap();
+                ids
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
     }
 }
