@@ -10,6 +10,10 @@
 //!   offered loads, and the highest load held.
 //! - [`soak`]: `earshot-bench soak`, server memory over batches of clients
 //!   that connect, match three times and leave.
+//! - [`nodes`]: `earshot-bench nodes`, several nodes in memory, on one
+//!   Redis, on a Redis Cluster and behind a delayed link: matches per
+//!   second and what each costs the nodes and Redis; [`redisproc`]: those
+//!   Redis servers, their CPU time, the delaying proxy.
 //! - [`fleet`]: the processes of a run: the server under test and the
 //!   bench's worker processes (this binary re-run with a hidden subcommand,
 //!   each from its own 127.0.x.y).
@@ -30,8 +34,10 @@ mod hist;
 mod idle;
 mod load;
 mod matching;
+mod nodes;
 mod peerjs;
 mod procmem;
+mod redisproc;
 mod relay;
 mod soak;
 mod worker;
@@ -62,6 +68,9 @@ enum Command {
     /// Server memory over batches of clients that connect, match three
     /// times and leave: what each connection leaves behind.
     Soak(SoakArgs),
+    /// Several nodes: in memory, on one Redis, on a Redis Cluster, and
+    /// behind a delayed link to Redis; matches/s and CPU per match.
+    Nodes(NodesArgs),
     /// One client process of `idle`: holds --count idle WebSockets.
     #[command(hide = true)]
     IdleWorker(WorkerArgs),
@@ -250,6 +259,40 @@ struct SoakArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct NodesArgs {
+    /// Node counts to measure on Redis, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    nodes: Vec<usize>,
+    /// Primaries of a Redis Cluster to measure too (0: none).
+    #[arg(long, default_value_t = 3)]
+    cluster: usize,
+    /// Clients churning through matches.
+    #[arg(long, default_value_t = 2000)]
+    clients: usize,
+    /// Seconds of churn before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Seconds measured, for matches and for the relay.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Pairs across nodes exchanging signals.
+    #[arg(long, default_value_t = 20)]
+    pairs: usize,
+    /// Relay messages per second, all pairs together.
+    #[arg(long, default_value_t = 300.0)]
+    rate: f64,
+    /// Milliseconds each way of the delayed link to Redis (0: skip).
+    #[arg(long, default_value_t = 0.5)]
+    delay_ms: f64,
+    /// The earshot binary [default: `earshot` next to this executable].
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// Print a JSON document on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
 struct WorkerArgs {
     #[command(flatten)]
     fanout: FanoutArgs,
@@ -403,6 +446,34 @@ fn main() -> anyhow::Result<()> {
                 );
             } else {
                 print!("{}", soak::table(&results));
+            }
+            Ok(())
+        }
+        Command::Nodes(args) => {
+            let server = match args.server {
+                Some(s) => s,
+                None => std::env::current_exe()?.with_file_name("earshot"),
+            };
+            let config = nodes::Config {
+                nodes: args.nodes,
+                cluster: args.cluster,
+                clients: args.clients,
+                warmup: seconds("warmup", args.warmup)?,
+                window: seconds("seconds", args.seconds)?,
+                pairs: args.pairs,
+                rate: args.rate,
+                delay: seconds("delay-ms", args.delay_ms / 1000.0)?,
+                server,
+            };
+            config.validate()?;
+            let results = nodes::run(&config)?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&nodes::to_json(&config, &results))?
+                );
+            } else {
+                print!("{}", nodes::table(&results));
             }
             Ok(())
         }

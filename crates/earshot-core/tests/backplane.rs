@@ -68,8 +68,10 @@ fn config() -> Config {
 /// The shared store: its state, changed only by the store's rules.
 #[derive(Default)]
 struct Store {
-    /// The stranger queue (one lane, as on a single Redis).
+    /// The stranger queue (one lane, as on a single Redis), and the entry
+    /// each waiter is queued under (as its node keeps it).
     lane: Lane,
+    entries: HashMap<ConnId, String>,
     /// Each client's ban, search allowance and avoid set.
     clients: HashMap<ClientKey, Client>,
     /// Pooled strikes per reported client, under the core's strike rule
@@ -153,16 +155,22 @@ impl Store {
             tags: w.interests,
             expiry: now + 120_000,
             arrival: now,
-            requeue: true,
-            alone_is_empty: false,
+            again: self.entries.get(&w.conn).cloned(),
         };
         let reply = self.lane.pair(&joiner, now, 64, &avoid, &self.live);
         match decode_pair_reply(&reply) {
-            Ok(PairReply::Queued) => Event::Queued { conn: w.conn },
-            Ok(PairReply::Matched(partner)) => Event::Paired {
-                conn: w.conn,
-                partner,
-            },
+            Ok(PairReply::Queued) => {
+                self.entries.insert(w.conn, joiner.entry());
+                Event::Queued { conn: w.conn }
+            }
+            Ok(PairReply::Matched(partner)) => {
+                self.entries.remove(&w.conn);
+                self.entries.remove(&partner.conn);
+                Event::Paired {
+                    conn: w.conn,
+                    partner,
+                }
+            }
             other => panic!("the pairing rule answered {other:?}"),
         }
     }
@@ -351,7 +359,9 @@ impl Cluster {
                 self.boards[n].handle_backplane(at, e);
             }
             Request::Dequeue { conn } => {
-                self.store.lane.leave(conn);
+                if let Some(entry) = self.store.entries.remove(&conn) {
+                    self.store.lane.leave(&entry);
+                }
             }
             Request::Publish(m) => {
                 let to = index(backplane::node_of(m.to()));

@@ -84,8 +84,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use earshot_core::ConnId;
 use earshot_core::backplane::layout::{self, Layout};
 use earshot_core::backplane::nodes::{self, BeatReply, Liveness};
+use earshot_core::backplane::queue;
 use earshot_core::backplane::script::Script;
 use earshot_core::backplane::scripts::Scripts;
 use earshot_core::backplane::{Event, NodeId, Request, decode_remote};
@@ -126,7 +128,10 @@ pub struct Redis {
     view: Mutex<Liveness>,
     /// This node's waiters: the lane each waits in, and what moving it
     /// needs.
-    placed: Mutex<HashMap<earshot_core::ConnId, Placed>>,
+    placed: Mutex<HashMap<ConnId, Placed>>,
+    /// Searches this node sees a second: a quiet node sends them all to
+    /// the meeting lane.
+    joins: Mutex<earshot_core::backplane::queue::JoinRate>,
     subscribed: AtomicBool,
     /// The first subscription, made before serving so that nothing
     /// published to this node is missed.
@@ -223,6 +228,7 @@ impl Redis {
             scripts,
             view: Mutex::new(Liveness::default()),
             placed: Mutex::new(HashMap::new()),
+            joins: Mutex::new(Default::default()),
             subscribed: AtomicBool::new(false),
             first_subscription: tokio::sync::Mutex::new(None),
             generations: AtomicU64::new(0),
@@ -618,10 +624,10 @@ impl Redis {
         let refresh = beats.is_multiple_of(REFRESH_BEATS);
         let now = now_ms();
         let mut chores = Vec::new();
+        let mut renewals = Vec::new();
         if sweep || refresh {
             for lane in 0..self.layout.lanes {
-                let [z, w] = self.layout.lane(lane);
-                let mut c = eval(&self.scripts.queue_sweep, &[&z, &w]);
+                let mut c = eval(&self.scripts.queue_sweep, &[&self.layout.lane(lane)]);
                 c.arg(now)
                     .arg(SWEEP_LIMIT)
                     .arg(view.dead_arg())
@@ -635,19 +641,38 @@ impl Redis {
                 c.key(&k).arg(millis(ttl));
                 c
             };
-            let mut by_lane: HashMap<u16, Vec<earshot_core::ConnId>> = HashMap::new();
+            // Renewed entries replace the old, keeping their places.
+            let expiry = now + millis(WAITER_TTL);
+            let mut by_lane: HashMap<u16, Vec<(ConnId, String, String)>> = HashMap::new();
             for (&conn, p) in self.placed.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                by_lane.entry(p.lane).or_default().push(conn);
+                if let Some(old) = &p.entry
+                    && let Some(new) = queue::renewed(old, expiry)
+                {
+                    by_lane
+                        .entry(p.lane)
+                        .or_default()
+                        .push((conn, old.clone(), new));
+                }
             }
-            for (lane, conns) in by_lane {
-                let [z, w] = self.layout.lane(lane);
-                for chunk in conns.chunks(512) {
-                    let mut c = eval(&self.scripts.queue_touch, &[&z, &w]);
-                    c.arg(now + millis(WAITER_TTL));
-                    for conn in chunk {
-                        c.arg(conn.0);
+            let mut touches = Vec::new();
+            for (lane, entries) in by_lane {
+                for chunk in entries.chunks(256) {
+                    let mut c = eval(&self.scripts.queue_touch, &[&self.layout.lane(lane)]);
+                    for (_, old, new) in chunk {
+                        c.arg(old.as_str()).arg(new.as_str());
                     }
-                    chores.push(c);
+                    touches.push(c);
+                    renewals.extend(chunk.iter().cloned());
+                }
+            }
+            if all(&self.topology, &touches).await.is_ok() {
+                let mut placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+                for (conn, old, new) in renewals.drain(..) {
+                    if let Some(p) = placed.get_mut(&conn)
+                        && p.entry.as_deref() == Some(old.as_str())
+                    {
+                        p.entry = Some(new);
+                    }
                 }
             }
             for call in hub.shared_calls() {

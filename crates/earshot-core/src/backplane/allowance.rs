@@ -1,4 +1,5 @@
-//! A client's allowance shared by every node: a token bucket in the store.
+//! A client's allowance shared by every node: a token bucket in the store
+//! (one string, `<level>:<at>`, written with its TTL in one `SET`).
 //!
 //! [`take`] is the rule; `take.lua` ([`TAKE_LUA`]) is its twin, a function
 //! the scripts that charge an allowance call in the same slot as the rest
@@ -11,7 +12,7 @@
 /// `take(key, burst, every_ms, now_ms)`, in Lua.
 pub const TAKE_LUA: &str = include_str!("take.lua");
 
-/// A bucket as the store keeps it (`l`, `t`).
+/// A bucket as the store keeps it (`<level>:<at>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bucket {
     /// Milliseconds of refill banked; a token costs `every`.

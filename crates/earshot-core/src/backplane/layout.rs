@@ -7,7 +7,7 @@
 //! | key | slot of | what |
 //! |-----|---------|------|
 //! | `earshot:{nodes}` | the registry | the layout stamp, when the registry was made, and each node's tokens with their expiry ([`super::nodes`]) |
-//! | `earshot:2:{q<i>}:z`, `…:w` | queue lane `i` | the lane's waiters by arrival, and each waiter's entry ([`super::queue`]) |
+//! | `earshot:2:{q<i>}` | queue lane `i` | the lane's waiters' entries by arrival ([`super::queue`]) |
 //! | `earshot:2:{c<key>}:ban` | the client | a ban: until when |
 //! | `earshot:2:{c<key>}:rl:<kind>` | the client | a shared allowance: `connect`, `search`, `report`, `room` ([`super::allowance`]) |
 //! | `earshot:2:{c<key>}:strikes` | the client | strikes against it ([`crate::moderation::Strikes`]) |
@@ -69,9 +69,9 @@ impl Layout {
         (1..=1024).contains(&lanes).then_some(Layout { lanes })
     }
 
-    /// Lane `i`'s waiters by arrival (a sorted set) and their entries (a hash).
-    pub fn lane(&self, i: u16) -> [String; 2] {
-        [format!("{P}{{q{i}}}:z"), format!("{P}{{q{i}}}:w")]
+    /// Lane `i`: its waiters' entries by arrival (a sorted set).
+    pub fn lane(&self, i: u16) -> String {
+        format!("{P}{{q{i}}}")
     }
 
     /// A client's key of this kind (`ban`, `rl:search`, `strikes`, ...).
@@ -116,8 +116,6 @@ mod tests {
     fn what_belongs_together_shares_a_slot() {
         let l = Layout { lanes: 4 };
         let k = ClientKey([7; 16]);
-        let [z, w] = l.lane(3);
-        assert_eq!(slot(z.as_bytes()), slot(w.as_bytes()));
         let client: Vec<u16> = ["ban", "rl:search", "strikes", "avoid"]
             .iter()
             .map(|kind| slot(l.client(&k, kind).as_bytes()))
@@ -125,7 +123,7 @@ mod tests {
         assert!(client.windows(2).all(|w| w[0] == w[1]));
         // Lanes and clients spread.
         let lanes: std::collections::HashSet<u16> =
-            (0..16).map(|i| slot(l.lane(i)[0].as_bytes())).collect();
+            (0..16).map(|i| slot(l.lane(i).as_bytes())).collect();
         assert_eq!(lanes.len(), 16);
     }
 }

@@ -1,7 +1,9 @@
 //! The shared stranger queue, split into lanes.
 //!
-//! **Lanes.** A lane is a sorted set (waiters by arrival) and a hash (their
-//! entries) under one hash tag, so one script ([`PAIR_LUA`], the twin of
+//! **Lanes.** A lane is one sorted set: each waiter's entry (its
+//! connection, expiry, node and token, client key, when it takes anyone,
+//! country and interests) by arrival, so that one read of the oldest
+//! brings all a join needs, and one script ([`PAIR_LUA`], the twin of
 //! [`Lane::pair`]) pairs atomically inside it: it examines the oldest
 //! waiters, drops expired ones and those of dead nodes, skips whom the
 //! joiner avoids, and takes the first compatible one out of the lane, or
@@ -10,18 +12,19 @@
 //! the single shared queue it always was.
 //!
 //! **Meeting across lanes.** With several lanes, lane 0 is where everyone
-//! meets. A joiner first tries its home lane ([`home_lane`]: by its first
-//! interest, so people who share it start together; else at random). If
-//! that lane has no one else in it, the joiner goes on to lane 0 at once
-//! (so at low load everyone meets in lane 0, as in one queue); otherwise it
-//! waits there, and a waiter not matched within [`MEET_AFTER`] moves to
-//! lane 0 (taken out of its lane first: if someone took it meanwhile, the
-//! move stops there). So two compatible people searching at the same time
-//! are in lane 0 together within `MEET_AFTER`, far inside the interest
-//! wait, whichever lanes they started in; at high load most pairs are made
-//! in the home lanes, spread over the primaries. Interests keep their
-//! rule: a shared interest first; anyone once the interest wait is over
-//! (`open_at`), in whichever lane the waiter is by then.
+//! meets. A node that sees few searches (under [`BUSY_JOINS`] a second)
+//! sends them all to lane 0: at low load the queue is one queue, and
+//! people meet at once. A busy node sends each search to its home lane
+//! ([`home_lane`]: by its first interest, so people who share it start
+//! together; else at random), where the crowd is; a waiter not matched
+//! there within [`MEET_AFTER`] moves to lane 0 (taken out of its lane
+//! first: if someone took it meanwhile, the move stops there). So two
+//! compatible people searching at the same time are in lane 0 together
+//! within `MEET_AFTER`, far inside the interest wait, whichever lanes they
+//! started in; at high load most pairs are made in the home lanes, spread
+//! over the primaries, and lane 0 sees only the leftovers. Interests keep
+//! their rule: a shared interest first; anyone once the interest wait is
+//! over (`open_at`), in whichever lane the waiter is by then.
 //!
 //! **What the script does not check.** A waiter's own ban, and whom it
 //! avoids, were checked when it joined ([`super::admission`], in its
@@ -45,10 +48,9 @@ use super::{
 use crate::protocol::Country;
 use crate::{ClientKey, ConnId};
 
-/// The pairing script (see its comment for the arguments).
+/// The pairing script (see its comment for the arguments). Leaving a lane
+/// is a plain `ZREM` of the entry ([`Lane::leave`]).
 pub const PAIR_LUA: &str = include_str!("pair.lua");
-/// Takes a waiter out of its lane.
-pub const LEAVE_LUA: &str = include_str!("queue_leave.lua");
 /// Renews waiters' entries.
 pub const TOUCH_LUA: &str = include_str!("queue_touch.lua");
 /// Removes dead and expired waiters.
@@ -56,6 +58,56 @@ pub const SWEEP_LUA: &str = include_str!("queue_sweep.lua");
 
 /// How long a waiter stays in its home lane before it moves to lane 0.
 pub const MEET_AFTER: Duration = Duration::from_millis(300);
+
+/// Searches a second a node must see before it spreads them over home
+/// lanes; below this, they all go to lane 0.
+pub const BUSY_JOINS: u32 = 200;
+
+/// The lane a search starts in, on a node that saw `joins_per_sec`
+/// searches a second lately: lane 0 when not busy, its home lane when busy.
+pub fn first_lane(lanes: u16, interests: &[String], random: u64, joins_per_sec: u32) -> u16 {
+    if joins_per_sec < BUSY_JOINS {
+        0
+    } else {
+        home_lane(lanes, interests, random)
+    }
+}
+
+/// Searches per second, over the last whole second and the current one.
+#[derive(Debug, Clone, Default)]
+pub struct JoinRate {
+    /// The current second (ms / 1000), and counts in it and the one before.
+    second: u64,
+    now: u32,
+    before: u32,
+}
+
+impl JoinRate {
+    /// Counts a search at `now` (ms).
+    pub fn note(&mut self, now: u64) {
+        self.advance(now);
+        self.now = self.now.saturating_add(1);
+    }
+
+    /// Searches a second lately: the busier of the last second and this one.
+    pub fn per_sec(&mut self, now: u64) -> u32 {
+        self.advance(now);
+        self.before.max(self.now)
+    }
+
+    fn advance(&mut self, now: u64) {
+        let second = now / 1000;
+        if second != self.second {
+            self.before = if second == self.second + 1 {
+                self.now
+            } else {
+                0
+            };
+            self.now = 0;
+            self.second = second;
+        }
+    }
+}
 
 /// The lane a search starts in: with one lane, lane 0; otherwise one of
 /// lanes 1.. by the first interest (the same on every node), or `random`.
@@ -89,19 +141,17 @@ pub struct Joiner {
     pub expiry: u64,
     /// When it first searched (ms): its place in the queue.
     pub arrival: u64,
-    /// It may be waiting in this lane already (a join again): it keeps
-    /// its place.
-    pub requeue: bool,
-    /// Answer [`PairReply::Empty`] rather than wait in a lane with no one
-    /// else in it.
-    pub alone_is_empty: bool,
+    /// The entry it may wait under in this lane already (a join again:
+    /// it keeps that one's place).
+    pub again: Option<String>,
 }
 
 impl Joiner {
-    /// Its entry in the lane's hash.
+    /// Its entry in the lane.
     pub fn entry(&self) -> String {
         format!(
-            "{}|{}|{}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}|{}|{}",
+            self.conn.0,
             self.expiry,
             self.node,
             self.token,
@@ -115,39 +165,39 @@ impl Joiner {
     /// The pairing script's ARGV.
     pub fn args(&self, now: u64, limit: usize, avoid: &str, live: &Liveness) -> Vec<String> {
         vec![
-            self.conn.0.to_string(),
-            self.node.to_string(),
-            self.token.clone(),
-            super::hex(&self.key),
-            self.open_at.to_string(),
-            self.country
-                .as_ref()
-                .map_or(String::new(), |c| c.as_str().to_owned()),
+            self.entry(),
             self.tags.join(","),
+            self.open_at.to_string(),
             now.to_string(),
-            self.expiry.to_string(),
             limit.to_string(),
             self.arrival.to_string(),
-            if self.requeue { "1" } else { "0" }.to_owned(),
+            self.again.clone().unwrap_or_default(),
             avoid.to_owned(),
             live.dead_arg(),
             live.born().to_string(),
-            if self.alone_is_empty { "1" } else { "0" }.to_owned(),
         ]
     }
+}
+
+/// `entry` with a new expiry: what renewing it writes.
+pub fn renewed(entry: &str, expiry: u64) -> Option<String> {
+    let (conn, rest) = entry.split_once('|')?;
+    let (_, rest) = rest.split_once('|')?;
+    Some(format!("{conn}|{expiry}|{rest}"))
 }
 
 /// One lane, as the store holds it: the rule the scripts mirror.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lane {
-    /// (arrival, conn): the sorted set (ties by conn as text, as Redis).
+    /// (arrival, entry): the sorted set (ties by entry as text, as Redis).
     order: BTreeSet<(u64, String)>,
-    /// conn -> (arrival, entry).
-    entries: HashMap<String, (u64, String)>,
+    /// entry -> arrival.
+    scores: HashMap<String, u64>,
 }
 
 /// A waiter's entry, parsed.
 struct Entry<'a> {
+    conn: &'a str,
     expiry: u64,
     node: NodeId,
     token: &'a str,
@@ -158,16 +208,15 @@ struct Entry<'a> {
 }
 
 fn parse(e: &str) -> Option<Entry<'_>> {
-    let mut p = e.splitn(7, '|');
-    let num = |s: Option<&str>| -> Option<u64> {
-        let s = s?;
-        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
-    };
+    fn digits(s: Option<&str>) -> Option<&str> {
+        s.filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+    }
     fn hex(s: Option<&str>) -> Option<&str> {
         s.filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
     }
+    let num = |s: Option<&str>| digits(s).and_then(|s| s.parse::<u64>().ok());
+    let mut p = e.splitn(8, '|');
+    let conn = digits(p.next())?;
     let expiry = num(p.next())?;
     let node = num(p.next())?;
     let token = hex(p.next())?;
@@ -178,6 +227,7 @@ fn parse(e: &str) -> Option<Entry<'_>> {
         .filter(|s| s.bytes().all(|b| b.is_ascii_alphabetic()))?;
     let tags = p.next()?;
     Some(Entry {
+        conn,
         expiry,
         node: NodeId::try_from(node).ok()?,
         token,
@@ -198,23 +248,18 @@ impl Lane {
         self.order.is_empty()
     }
 
-    /// Whether `conn` waits here.
-    pub fn contains(&self, conn: ConnId) -> bool {
-        self.entries.contains_key(&conn.0.to_string())
-    }
-
     /// The waiting connections, oldest first.
     pub fn waiting(&self) -> Vec<ConnId> {
         self.order
             .iter()
-            .filter_map(|(_, c)| c.parse().ok().map(ConnId))
+            .filter_map(|(_, e)| parse(e)?.conn.parse().ok().map(ConnId))
             .collect()
     }
 
-    fn remove(&mut self, c: &str) -> bool {
-        match self.entries.remove(c) {
-            Some((score, _)) => {
-                self.order.remove(&(score, c.to_owned()));
+    fn remove(&mut self, e: &str) -> bool {
+        match self.scores.remove(e) {
+            Some(score) => {
+                self.order.remove(&(score, e.to_owned()));
                 true
             }
             None => false,
@@ -232,27 +277,23 @@ impl Lane {
     ) -> String {
         let me = j.conn.0.to_string();
         let mut score = j.arrival;
-        if j.requeue
-            && let Some(&(s, _)) = self.entries.get(&me)
+        if let Some(old) = &j.again
+            && let Some(&s) = self.scores.get(old)
         {
             score = s;
-            self.remove(&me);
+            self.remove(old);
         }
         let avoid: BTreeSet<&str> = avoid.split(',').filter(|s| !s.is_empty()).collect();
         let open = j.open_at <= now;
-        let mut company = false;
         let candidates: Vec<(u64, String)> = self.order.iter().take(limit).cloned().collect();
         for (_, c) in candidates {
-            let (keep, matched) = match self.entries.get(&c).and_then(|(_, e)| parse(e)) {
+            let (keep, matched) = match parse(&c) {
                 None => (false, None),
                 Some(e) if e.expiry <= now || live.is_dead(e.node, e.token) => (false, None),
                 Some(e) => {
-                    if c != me {
-                        company = true;
-                    }
-                    let avoided = avoid.contains(format!("c{c}").as_str())
+                    let avoided = avoid.contains(format!("c{}", e.conn).as_str())
                         || avoid.contains(format!("k{}", e.key).as_str());
-                    if c == me || avoided {
+                    if e.conn == me || avoided {
                         (true, None)
                     } else {
                         let theirs: BTreeSet<&str> =
@@ -279,8 +320,8 @@ impl Lane {
                                 format!("[\"{}\"]", shared.join("\",\""))
                             };
                             let reply = format!(
-                                "{{\"r\":\"matched\",\"conn\":\"{c}\",\"key\":\"{}\",\"shared\":{list},\"country\":{country}}}",
-                                e.key
+                                "{{\"r\":\"matched\",\"conn\":\"{}\",\"key\":\"{}\",\"shared\":{list},\"country\":{country}}}",
+                                e.conn, e.key
                             );
                             (false, Some(reply))
                         } else {
@@ -296,28 +337,27 @@ impl Lane {
                 return reply;
             }
         }
-        if j.alone_is_empty && !company {
-            return r#"{"r":"empty"}"#.to_owned();
-        }
-        self.order.insert((score, me.clone()));
-        self.entries.insert(me, (score, j.entry()));
+        let entry = j.entry();
+        self.order.insert((score, entry.clone()));
+        self.scores.insert(entry, score);
         r#"{"r":"queued"}"#.to_owned()
     }
 
-    /// Takes `conn` out: whether it was there (`queue_leave.lua`).
-    pub fn leave(&mut self, conn: ConnId) -> bool {
-        self.remove(&conn.0.to_string())
+    /// Takes out the waiter with this entry: whether it was there (a
+    /// plain `ZREM`).
+    pub fn leave(&mut self, entry: &str) -> bool {
+        self.remove(entry)
     }
 
-    /// Renews the entries of `conns` that are still here: how many
-    /// (`queue_touch.lua`).
-    pub fn touch(&mut self, expiry: u64, conns: &[ConnId]) -> usize {
+    /// Renews entries (`(old, new)`) that are still here, each keeping its
+    /// place: how many (`queue_touch.lua`).
+    pub fn touch(&mut self, pairs: &[(String, String)]) -> usize {
         let mut n = 0;
-        for c in conns {
-            if let Some((_, e)) = self.entries.get_mut(&c.0.to_string())
-                && let Some(bar) = e.find('|')
-            {
-                *e = format!("{expiry}{}", &e[bar..]);
+        for (old, new) in pairs {
+            if let Some(&score) = self.scores.get(old) {
+                self.remove(old);
+                self.order.insert((score, new.clone()));
+                self.scores.insert(new.clone(), score);
                 n += 1;
             }
         }
@@ -329,27 +369,20 @@ impl Lane {
     pub fn sweep(&mut self, now: u64, limit: usize, live: &Liveness) -> usize {
         let oldest: Vec<(u64, String)> = self.order.iter().take(limit).cloned().collect();
         let mut removed = 0;
-        for (_, c) in oldest {
-            let gone = self
-                .entries
-                .get(&c)
-                .and_then(|(_, e)| parse(e))
-                .is_none_or(|e| e.expiry <= now || live.is_dead(e.node, e.token));
+        for (_, e) in oldest {
+            let gone = parse(&e).is_none_or(|p| p.expiry <= now || live.is_dead(p.node, p.token));
             if gone {
-                self.remove(&c);
+                self.remove(&e);
                 removed += 1;
             }
         }
         removed
     }
 
-    /// Every waiter with its arrival and entry, oldest first (to compare
-    /// with a real store).
-    pub fn dump(&self) -> Vec<(String, u64, String)> {
-        self.order
-            .iter()
-            .map(|(s, c)| (c.clone(), *s, self.entries[c].1.clone()))
-            .collect()
+    /// Every entry with its arrival, oldest first (to compare with a real
+    /// store).
+    pub fn dump(&self) -> Vec<(String, u64)> {
+        self.order.iter().map(|(s, e)| (e.clone(), *s)).collect()
     }
 }
 
@@ -357,14 +390,8 @@ impl Lane {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PairReply {
     Queued,
-    /// The lane had no one else in it, and the joiner did not wait there.
-    Empty,
-    Banned {
-        ttl: Duration,
-    },
-    Limited {
-        retry: Duration,
-    },
+    Banned { ttl: Duration },
+    Limited { retry: Duration },
     Matched(Partner),
 }
 
@@ -372,7 +399,6 @@ pub enum PairReply {
 #[serde(tag = "r", rename_all = "snake_case", deny_unknown_fields)]
 enum PairWire {
     Queued,
-    Empty,
     Banned {
         ms: u64,
     },
@@ -396,7 +422,6 @@ pub fn decode_pair_reply(text: &str) -> Result<PairReply, BackplaneError> {
     let wire: PairWire = serde_json::from_str(text).map_err(|_| BackplaneError::Malformed)?;
     Ok(match wire {
         PairWire::Queued => PairReply::Queued,
-        PairWire::Empty => PairReply::Empty,
         PairWire::Banned { ms } => PairReply::Banned {
             ttl: Duration::from_millis(ms.max(1)),
         },
@@ -432,8 +457,7 @@ mod tests {
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             expiry: now + 120_000,
             arrival: now,
-            requeue: false,
-            alone_is_empty: false,
+            again: None,
         }
     }
 
@@ -488,19 +512,20 @@ mod tests {
         );
         // Both expire.
         assert_eq!(lane.sweep(now + 120_000, 64, &live), 2);
-        assert_eq!(
-            lane.pair(
-                &Joiner {
-                    alone_is_empty: true,
-                    ..joiner(3, &[], now)
-                },
-                now,
-                64,
-                "",
-                &live
-            ),
-            r#"{"r":"empty"}"#
-        );
+        assert!(lane.is_empty());
+    }
+
+    #[test]
+    fn a_quiet_node_sends_everyone_to_lane_0() {
+        let mut rate = JoinRate::default();
+        for i in 0..BUSY_JOINS {
+            rate.note(5_000 + u64::from(i));
+        }
+        assert_eq!(rate.per_sec(5_999), BUSY_JOINS);
+        assert_eq!(rate.per_sec(6_500), BUSY_JOINS, "the last second counts");
+        assert_eq!(rate.per_sec(8_000), 0);
+        assert_eq!(first_lane(16, &[], 7, 0), 0);
+        assert_ne!(first_lane(16, &[], 7, BUSY_JOINS), 0);
     }
 
     #[test]

@@ -17,7 +17,6 @@ pub struct Scripts {
     pub admit: Script,
     pub avoid: Script,
     pub pair: Script,
-    pub queue_leave: Script,
     pub queue_touch: Script,
     pub queue_sweep: Script,
     pub room_join: Script,
@@ -42,7 +41,6 @@ impl Scripts {
             admit: Script::new("admit", format!("{TAKE_LUA}{ADMIT_LUA}")),
             avoid: Script::new("avoid", AVOID_LUA),
             pair: Script::new("pair", format!("{LIVENESS_LUA}{}", queue::PAIR_LUA)),
-            queue_leave: Script::new("queue_leave", queue::LEAVE_LUA),
             queue_touch: Script::new("queue_touch", queue::TOUCH_LUA),
             queue_sweep: Script::new("queue_sweep", format!("{LIVENESS_LUA}{}", queue::SWEEP_LUA)),
             room_join: Script::new("room_join", format!("{LIVENESS_LUA}{}", room::JOIN_LUA)),
@@ -52,14 +50,13 @@ impl Scripts {
     }
 
     /// All of them.
-    pub fn all(&self) -> [&Script; 11] {
+    pub fn all(&self) -> [&Script; 10] {
         [
             &self.heartbeat,
             &self.take,
             &self.admit,
             &self.avoid,
             &self.pair,
-            &self.queue_leave,
             &self.queue_touch,
             &self.queue_sweep,
             &self.room_join,

@@ -308,6 +308,9 @@ async fn serve(
                     .push_back(job.reply);
             };
             push(job, &mut out);
+            // Let the tasks that are about to send run first: one write,
+            // and one read for Redis, carries them all.
+            tokio::task::yield_now().await;
             while out.len() < BATCH {
                 match rx.try_recv() {
                     Ok(job) => push(job, &mut out),

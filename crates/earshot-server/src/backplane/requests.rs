@@ -74,6 +74,8 @@ pub struct Placed {
     waiter: Waiter,
     /// Whom it avoids, as admission said.
     avoid: String,
+    /// The entry it waits under, once queued.
+    pub entry: Option<String>,
     /// A move to lane 0 is under way.
     moving: bool,
 }
@@ -270,26 +272,27 @@ impl Redis {
         }
     }
 
-    /// Runs `j` through the pairing script in `lane`.
+    /// Runs `j` through the pairing script in `lane`: the reply, and the
+    /// entry it is queued under if it was.
     async fn pair_in(
         self: &Arc<Self>,
         lane: u16,
         j: &Joiner,
         avoid: &str,
-    ) -> Result<PairReply, Failure> {
-        let [z, w] = self.layout.lane(lane);
-        let mut c = eval(&self.scripts.pair, &[&z, &w]);
+    ) -> Result<(PairReply, String), Failure> {
+        let mut c = eval(&self.scripts.pair, &[&self.layout.lane(lane)]);
         for a in j.args(now_ms(), SCAN_LIMIT, avoid, &self.view()) {
             c.arg(a);
         }
         let reply = text(self.send(&c).await)?;
-        decode_pair_reply(&reply).map_err(|e| {
+        let reply = decode_pair_reply(&reply).map_err(|e| {
             tracing::warn!(error = %e, "unexpected reply from the pairing script");
             Failure::Reply
-        })
+        })?;
+        Ok((reply, j.entry()))
     }
 
-    fn joiner(&self, p: &Placed, lane: u16, requeue: bool) -> Joiner {
+    fn joiner(&self, p: &Placed, again: bool) -> Joiner {
         Joiner {
             conn: p.waiter.conn,
             node: self.node,
@@ -300,14 +303,13 @@ impl Redis {
             tags: p.waiter.interests.clone(),
             expiry: now_ms() + millis(WAITER_TTL),
             arrival: p.arrival,
-            requeue,
-            alone_is_empty: lane != 0 && !requeue,
+            again: if again { p.entry.clone() } else { None },
         }
     }
 
     /// What a pairing answer means for this node's waiters and the
     /// switchboard.
-    fn paired(&self, p: Placed, lane: u16, reply: PairReply) -> Option<Event> {
+    fn paired(&self, p: Placed, lane: u16, (reply, entry): (PairReply, String)) -> Event {
         let conn = p.waiter.conn;
         let mut placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
         match reply {
@@ -315,7 +317,7 @@ impl Redis {
                 placed.remove(&conn);
                 // A waiter of this node: the script took it out of its lane.
                 placed.remove(&partner.conn);
-                Some(Event::Paired { conn, partner })
+                Event::Paired { conn, partner }
             }
             PairReply::Queued => {
                 let since = if p.lane == lane { p.since } else { now_ms() };
@@ -324,27 +326,27 @@ impl Redis {
                     Placed {
                         lane,
                         since,
+                        entry: Some(entry),
                         moving: false,
                         ..p
                     },
                 );
-                Some(Event::Queued { conn })
+                Event::Queued { conn }
             }
             PairReply::Banned { ttl } => {
                 placed.remove(&conn);
-                Some(Event::Banned { conn, ttl })
+                Event::Banned { conn, ttl }
             }
             PairReply::Limited { retry } => {
                 placed.remove(&conn);
-                Some(Event::Limited { conn, retry })
+                Event::Limited { conn, retry }
             }
-            PairReply::Empty => None,
         }
     }
 
-    /// Admits `w` in its client's slot, then pairs it in its lane: its home
-    /// lane (lane 0 at once if that has no one else), or where it waits
-    /// already if this is a join again.
+    /// Admits `w` in its client's slot, then pairs it in its lane: lane 0
+    /// or its home lane ([`queue::first_lane`]), or where it waits already
+    /// if this is a join again.
     fn enqueue(self: &Arc<Self>, hub: &Arc<Hub>, w: Waiter) -> Job {
         let (redis, hub) = (self.clone(), hub.clone());
         Job::Steps(Box::pin(async move {
@@ -361,7 +363,11 @@ impl Redis {
                     Event::Failed { conn }
                 }
             };
-            hub.backplane_event(event);
+            // The switchboard has nothing to do for a waiter queued: spare
+            // it the step.
+            if !matches!(event, Event::Queued { .. }) {
+                hub.backplane_event(event);
+            }
         }))
     }
 
@@ -425,10 +431,16 @@ impl Redis {
                 true,
             ),
             None => {
-                let lane = queue::home_lane(
+                let busy = {
+                    let mut rate = self.joins.lock().unwrap_or_else(|e| e.into_inner());
+                    rate.note(now);
+                    rate.per_sec(now)
+                };
+                let lane = queue::first_lane(
                     self.layout.lanes,
                     &w.interests,
                     crate::identity::random_u64(),
+                    busy,
                 );
                 (
                     Placed {
@@ -438,6 +450,7 @@ impl Redis {
                         open_at,
                         waiter: w,
                         avoid,
+                        entry: None,
                         moving: false,
                     },
                     false,
@@ -446,16 +459,9 @@ impl Redis {
         };
         let lane = p.lane;
         let reply = self
-            .pair_in(lane, &self.joiner(&p, lane, requeue), &p.avoid)
+            .pair_in(lane, &self.joiner(&p, requeue), &p.avoid)
             .await?;
-        if let Some(event) = self.paired(p.clone(), lane, reply) {
-            return Ok(event);
-        }
-        // No one else in its home lane: on to the meeting lane.
-        let reply = self
-            .pair_in(0, &self.joiner(&p, 0, false), &p.avoid)
-            .await?;
-        self.paired(p, 0, reply).ok_or(Failure::Reply)
+        Ok(self.paired(p, lane, reply))
     }
 
     /// This node's waiters that have waited out [`queue::MEET_AFTER`]
@@ -491,9 +497,9 @@ impl Redis {
             if p.lane == 0 {
                 return;
             }
-            let [z, w] = redis.layout.lane(p.lane);
-            let mut c = eval(&redis.scripts.queue_leave, &[&z, &w]);
-            c.arg(conn.0);
+            let Some(entry) = &p.entry else { return };
+            let mut c = Cmd::new("ZREM");
+            c.key(&redis.layout.lane(p.lane)).arg(entry.as_str());
             let left = int(redis.send(&c).await);
             if left.as_ref().map_or(true, |&n| n == 0) {
                 // Taken by someone (the match is on its way), or Redis failed.
@@ -508,10 +514,7 @@ impl Redis {
                 }
                 return;
             }
-            let event = match redis
-                .pair_in(0, &redis.joiner(&p, 0, false), &p.avoid)
-                .await
-            {
+            let event = match redis.pair_in(0, &redis.joiner(&p, false), &p.avoid).await {
                 Ok(reply) => redis.paired(p, 0, reply),
                 Err(e) => {
                     tracing::warn!(error = %e, "Redis failed a move between lanes");
@@ -520,10 +523,10 @@ impl Redis {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&conn);
-                    Some(Event::Failed { conn })
+                    Event::Failed { conn }
                 }
             };
-            if let Some(event @ (Event::Paired { .. } | Event::Failed { .. })) = event {
+            if let event @ (Event::Paired { .. } | Event::Failed { .. }) = event {
                 hub.backplane_event(event);
             }
         }))
@@ -538,10 +541,16 @@ impl Redis {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&conn);
-            let Some(p) = placed else { return };
-            let [z, w] = redis.layout.lane(p.lane);
-            let mut c = eval(&redis.scripts.queue_leave, &[&z, &w]);
-            c.arg(conn.0);
+            let Some(Placed {
+                lane,
+                entry: Some(entry),
+                ..
+            }) = placed
+            else {
+                return;
+            };
+            let mut c = Cmd::new("ZREM");
+            c.key(&redis.layout.lane(lane)).arg(entry);
             log("leaving the queue")(redis.send(&c).await);
         }))
     }

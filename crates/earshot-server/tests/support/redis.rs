@@ -65,15 +65,8 @@ impl RedisServer {
     pub fn queue(&self) -> Vec<String> {
         let mut c = self.conn().unwrap();
         (0..lanes(&mut c))
-            .flat_map(|i| {
-                let ids: Vec<String> = redis::cmd("ZRANGE")
-                    .arg(format!("earshot:2:{{q{i}}}:z"))
-                    .arg(0)
-                    .arg(-1)
-                    .query(&mut c)
-                    .unwrap();
-                ids
-            })
+            .flat_map(|i| lane(&mut c, i))
+            .map(|e| e.split('|').next().unwrap().to_owned())
             .collect()
     }
 
@@ -90,24 +83,16 @@ impl RedisServer {
             .unwrap()
             .as_millis() as u64;
         (0..lanes(&mut c))
-            .map(|i| {
-                let entries: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-                    .arg(format!("earshot:2:{{q{i}}}:w"))
-                    .query(&mut c)
-                    .unwrap();
-                entries
-                    .values()
-                    .filter(|e| {
-                        let mut p = e.split('|').skip(1);
-                        let (node, token) = (p.next().unwrap(), p.next().unwrap());
-                        let exp: Option<u64> = registry
-                            .get(&format!("{node}:{token}"))
-                            .and_then(|v| v.parse().ok());
-                        exp.is_none_or(|exp| exp < now)
-                    })
-                    .count()
+            .flat_map(|i| lane(&mut c, i))
+            .filter(|e| {
+                let mut p = e.split('|').skip(2);
+                let (node, token) = (p.next().unwrap(), p.next().unwrap());
+                let exp: Option<u64> = registry
+                    .get(&format!("{node}:{token}"))
+                    .and_then(|v| v.parse().ok());
+                exp.is_none_or(|exp| exp < now)
             })
-            .sum()
+            .count()
     }
 
     /// Every key, to check what is left behind.
@@ -117,6 +102,16 @@ impl RedisServer {
             .query(&mut self.conn().unwrap())
             .unwrap()
     }
+}
+
+/// Lane `i`'s entries, oldest first.
+pub fn lane(c: &mut redis::Connection, i: u16) -> Vec<String> {
+    redis::cmd("ZRANGE")
+        .arg(format!("earshot:2:{{q{i}}}"))
+        .arg(0)
+        .arg(-1)
+        .query(c)
+        .unwrap()
 }
 
 /// The queue lanes the registry names (one on a plain server).
@@ -343,16 +338,8 @@ impl RedisCluster {
     /// The waiting connection ids, by lane.
     pub fn queue(&self) -> Vec<String> {
         (0..self.lanes())
-            .flat_map(|i| {
-                let k = format!("earshot:2:{{q{i}}}:z");
-                let ids: Vec<String> = redis::cmd("ZRANGE")
-                    .arg(&k)
-                    .arg(0)
-                    .arg(-1)
-                    .query(&mut self.conn_for(&k))
-                    .unwrap();
-                ids
-            })
+            .flat_map(|i| lane(&mut self.conn_for(&format!("earshot:2:{{q{i}}}")), i))
+            .map(|e| e.split('|').next().unwrap().to_owned())
             .collect()
     }
 }
