@@ -5,7 +5,11 @@
 //
 // Module map:
 //   protocol.js    signalling client (WebSocket, hello, proof of work,
-//                  reconnect) and the room-name rules; no DOM
+//                  reconnect), the room-name and interest rules; no DOM
+//   session.js     what both pages share: one request at a time to the
+//                  server and its answers (errors by their `re`), retry,
+//                  offline and fatal notes, microphone and mute, the M key,
+//                  chat view and "Hide my IP" control
 //   call.js        one RTCPeerConnection: perfect negotiation, trickle ICE,
 //                  microphone, camera, data channel `chat`; no DOM
 //   mesh.js        a room's RTCPeerConnections, one per member, roles and
@@ -14,10 +18,16 @@
 //   safetywords.js the three safety words of a connection and their 2048
 //                  words; no DOM
 //   privacy.js     the "Hide my IP address" checkbox
-//   safety.js      consent screen, proof-of-work progress, report dialog
-//   strangers.js   the stranger page
+//   safety.js      consent screen, proof-of-work progress, report dialog,
+//                  ban notice
+//   strangers.js   the stranger page (its state machine and DOM)
+//   country.js     the stranger's country: flag and name
 //   roomcard.js    the "Create a room" card on the home page
-//   room.js        the room page
+//   room.js        the room page: its state machine, joining and leaving,
+//                  camera, event log, room link
+//   members.js     the others in a room: the mesh, their tiles, reports
+//   tile.js        one tile per person in a room, and the list of them
+//   lock.js        a room's lock and passphrase
 //   media.js, meter.js, chat.js   microphone/camera words, level bars, chat log
 
 import { SignallingClient } from './protocol.js';

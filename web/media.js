@@ -1,5 +1,6 @@
 // media.js: microphone, camera and audio-context helpers shared by the
-// stranger page (strangers.js) and the room page (room.js).
+// stranger page (strangers.js), the room page (room.js) and what they share
+// (session.js: the microphone).
 //
 // Everything that turns a getUserMedia failure into words a person can act
 // on lives here, so both pages say the same thing. No state but the one

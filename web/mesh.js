@@ -28,7 +28,7 @@
 // freshest TURN credentials and the setting as it is now; updateIceServers()
 // applies fresh credentials to every live connection.
 //
-// No DOM here. The owner (room.js) listens to each Call's events; the mesh
+// No DOM here. The owner (members.js) listens to each Call's events; the mesh
 // emits `call` (detail: peer, call) whenever it creates one. SDP and `auth`
 // are never logged.
 

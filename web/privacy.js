@@ -27,7 +27,7 @@ export class HideIpControl extends EventTarget {
   /**
    * @param {import('./protocol.js').SignallingClient} client
    * @param {{box: HTMLElement, input: HTMLInputElement, note: HTMLElement}} el
-   * @param {object} words  what the note says, for this view (see strangers.js, room.js)
+   * @param {object} words  what the note says, for this view (see session.js)
    */
   constructor(client, el, words) {
     super();

@@ -11,7 +11,7 @@
 // `challenge` (PROTOCOL.md "Proof of work"; detail: state = 'solving' |
 // 'solved' | 'failed', progress 0..1, and for 'failed' a reason). It also
 // holds the room-name rules (PROTOCOL.md "Rooms"), which the home page and
-// the room page share.
+// the room page share, and the interest rules (PROTOCOL.md `search`).
 //
 // Proof of work: a `challenge` (answering `hello`, on every connection
 // including reconnects) is solved here with WebCrypto SHA-256, in chunks of
@@ -25,14 +25,15 @@
 // credentials. When TURN is offered, it asks for fresh ones (`refresh_ice`)
 // at 80% of `limits.ice_credential_ttl_ms` after it got the last ones; the
 // pages apply each `ice_servers` event to their open peer connections.
-// refreshIce() does it now (the test hook calls it).
+// refreshIce() does it now (the test hook calls it); an `error` answering
+// `refresh_ice` (`re`, PROTOCOL.md `error`) resolves it with null at once.
 //
 // It knows nothing of the page, the DOM or WebRTC: the UI (strangers.js,
-// room.js) decides what to send and when. Invariants: at most one live
-// socket at a time; only `hello` is sent before `welcome`; nothing is sent
-// while not ready (send() returns false instead of queueing, because a stale
-// search or signal replayed on a new connection would be wrong, not merely
-// late).
+// room.js, through session.js) decides what to send and when. Invariants:
+// at most one live socket at a time; only `hello` is sent before `welcome`;
+// nothing is sent while not ready (send() returns false instead of
+// queueing, because a stale search or signal replayed on a new connection
+// would be wrong, not merely late).
 
 export const PROTOCOL_VERSION = 1;
 
@@ -68,6 +69,34 @@ export function roomNameProblem(name) {
   if (name.length > ROOM_NAME_MAX) return `A room name can have at most ${ROOM_NAME_MAX} characters (this one has ${name.length}).`;
   if (name.startsWith('-') || name.endsWith('-')) return 'A room name can\'t start or end with "-".';
   return null;
+}
+
+/** `welcome.limits` on interests, until a `welcome` says otherwise. */
+const DEFAULT_INTEREST_LIMITS = { max_interests: 5, max_interest_chars: 24 };
+
+/**
+ * The interests typed in `text` (comma-separated), as the server will see
+ * them: trimmed, lower-cased, inner spaces folded, duplicates merged. Returns
+ * {interests} or {error} (in plain words); `limits` is `welcome.limits`.
+ */
+export function parseInterests(text, limits = null) {
+  const max = { ...DEFAULT_INTEREST_LIMITS, ...limits };
+  const seen = new Set();
+  for (const raw of text.split(',')) {
+    const item = raw.trim().toLowerCase().replace(/\s+/g, ' ');
+    if (!item) continue;
+    if ([...item].length > max.max_interest_chars) {
+      return { error: `"${item}" is too long: an interest can have at most ${max.max_interest_chars} characters.` };
+    }
+    if (!/^[\p{L}\p{N} -]+$/u.test(item)) {
+      return { error: `"${item}" can only use letters, digits, spaces and "-".` };
+    }
+    seen.add(item);
+  }
+  if (seen.size > max.max_interests) {
+    return { error: `Up to ${max.max_interests} interests, please (you have ${seen.size}).` };
+  }
+  return { interests: [...seen] };
 }
 
 const BACKOFF_START_MS = 500;
@@ -490,6 +519,7 @@ export class SignallingClient extends EventTarget {
     if (msg.type === 'error' && msg.code === 'pow_invalid' && this.#state === 'connecting') {
       return; // a new `challenge` follows; the page needs to know nothing else
     }
+    if (msg.type === 'error' && msg.re === 'refresh_ice') this.#answerIceWaiters(null);
     if (msg.type === 'welcome') {
       if (this.#state !== 'connecting') return;
       clearTimeout(this.#welcomeTimer);

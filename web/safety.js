@@ -8,8 +8,10 @@
 //   `pow` events of protocol.js while the server asks the page to prove it
 //   is not a bot.
 // - The report dialog (`#report-dialog`): asks for a reason and hands it to
-//   whoever opened it (strangers.js for the stranger, room.js for one room
+//   whoever opened it (strangers.js for the stranger, members.js for one room
 //   member). Escape or Cancel closes it without reporting.
+// - The ban notice (`#ban-notice`, stranger page): after error `banned`, no
+//   matching for a while, with a countdown (BanNotice).
 // - formatWait(): "59 minutes", "45 seconds", for rate limits and bans.
 //
 // No storage, nothing logged.
@@ -216,5 +218,54 @@ export class ReportDialog {
     const back = this.#returnFocus;
     this.#returnFocus = null;
     if (back && back.isConnected && !back.disabled && typeof back.focus === 'function') back.focus();
+  }
+}
+
+// -------------------------------------------------------------- ban notice
+
+/**
+ * The ban notice: after error `banned`, Start stays off until the time is
+ * over, and the notice counts down (its `data-retry-after-ms` too).
+ */
+export class BanNotice {
+  #node;
+  #onOver;
+  #until = 0; // no matching until then (ms since epoch)
+  #timer = 0;
+
+  /** `onOver()` runs once the ban is over. */
+  constructor(node, onOver) {
+    this.#node = node;
+    this.#onOver = onOver;
+  }
+
+  get banned() { return Date.now() < this.#until; }
+
+  /** No matching for `ms` from now. */
+  start(ms) {
+    this.#until = Date.now() + ms;
+    clearInterval(this.#timer);
+    this.#timer = setInterval(() => {
+      if (this.banned) {
+        this.render();
+        return;
+      }
+      clearInterval(this.#timer);
+      this.#timer = 0;
+      this.#until = 0;
+      this.#onOver();
+    }, 1000);
+  }
+
+  render() {
+    const node = this.#node;
+    const left = this.#until - Date.now();
+    const text = left > 0
+      ? `You were reported by several people. You can be matched again in ${formatWait(left)}.`
+      : '';
+    node.hidden = left <= 0;
+    if (node.textContent !== text) node.textContent = text;
+    if (left > 0) node.dataset.retryAfterMs = String(left);
+    else delete node.dataset.retryAfterMs;
   }
 }

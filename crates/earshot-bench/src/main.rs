@@ -8,6 +8,8 @@
 //! - [`matching`]: `earshot-bench match`, matchmaking throughput.
 //! - [`relay`]: `earshot-bench relay`, signalling relay latency at fixed
 //!   offered loads, and the highest load held.
+//! - [`soak`]: `earshot-bench soak`, server memory over batches of clients
+//!   that connect, match three times and leave.
 //! - [`nodes`]: `earshot-bench nodes`, several nodes in memory, on one
 //!   Redis, on a Redis Cluster and behind a delayed link: matches per
 //!   second and what each costs the nodes and Redis; [`redisproc`]: those
@@ -15,8 +17,9 @@
 //! - [`fleet`]: the processes of a run: the server under test and the
 //!   bench's worker processes (this binary re-run with a hidden subcommand,
 //!   each from its own 127.0.x.y).
-//! - [`worker`], [`load`]: the worker side (`idle-worker`; `match-worker`
-//!   and `relay-worker`); [`client`]: one client socket of either server.
+//! - [`worker`], [`load`]: the worker side (`idle-worker`; `match-worker`,
+//!   `relay-worker` and `soak-worker`); [`client`]: one client socket of
+//!   either server.
 //! - [`peerjs`]: installing and starting PeerJS server for comparison.
 //! - [`hist`]: latency histograms; [`procmem`]: memory from `/proc`.
 //!
@@ -36,6 +39,7 @@ mod peerjs;
 mod procmem;
 mod redisproc;
 mod relay;
+mod soak;
 mod worker;
 
 use std::net::Ipv4Addr;
@@ -61,6 +65,9 @@ enum Command {
     Match(MatchArgs),
     /// Signalling relay latency (p50, p99) at fixed offered loads.
     Relay(RelayArgs),
+    /// Server memory over batches of clients that connect, match three
+    /// times and leave: what each connection leaves behind.
+    Soak(SoakArgs),
     /// Several nodes: in memory, on one Redis, on a Redis Cluster, and
     /// behind a delayed link to Redis; matches/s and CPU per match.
     Nodes(NodesArgs),
@@ -71,6 +78,8 @@ enum Command {
     MatchWorker(MatchWorkerArgs),
     #[command(hide = true)]
     RelayWorker(RelayWorkerArgs),
+    #[command(hide = true)]
+    SoakWorker(WorkerArgs),
 }
 
 /// Which servers to measure.
@@ -214,6 +223,39 @@ struct RelayArgs {
     /// spread round-robin over them, instead of starting one per run.
     #[arg(long, value_delimiter = ',')]
     target: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct SoakArgs {
+    /// Batches of clients, one after the other.
+    #[arg(long, default_value_t = 14)]
+    batches: usize,
+    /// Clients per batch (even).
+    #[arg(long, default_value_t = 10_000)]
+    clients: usize,
+    /// Most clients one worker process holds.
+    #[arg(long, default_value_t = 5000)]
+    per_worker: usize,
+    /// Seconds to wait, once the server is idle after a batch, before
+    /// reading its memory.
+    #[arg(long, default_value_t = 2.0)]
+    settle: f64,
+    /// Seconds one round (or connecting, or leaving, or going idle) may take.
+    #[arg(long, default_value_t = 120.0)]
+    round_timeout: f64,
+    /// The earshot binary [default: `earshot` next to this executable].
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// An already-running earshot server (ws://127.x.y.z:PORT/ws), for
+    /// example one under a heap profiler, instead of starting one.
+    #[arg(long)]
+    target: Option<String>,
+    /// With --target: the server's process id, to read its memory.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Print a JSON document on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -377,6 +419,36 @@ fn main() -> anyhow::Result<()> {
                 relay::table(&config, &results),
             )
         }
+        Command::Soak(args) => {
+            let exe = std::env::current_exe()?;
+            let config = soak::Config {
+                batches: args.batches,
+                clients: args.clients,
+                per_worker: args.per_worker,
+                settle: seconds("settle", args.settle)?,
+                round_timeout: seconds("round-timeout", args.round_timeout)?,
+                servers: fleet::Servers {
+                    earshot: args
+                        .server
+                        .clone()
+                        .unwrap_or_else(|| exe.with_file_name("earshot")),
+                    peerjs_dir: PathBuf::new(),
+                },
+                target: args.target,
+                pid: args.pid,
+            };
+            config.validate()?;
+            let results = soak::run(&config)?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&soak::to_json(&results))?
+                );
+            } else {
+                print!("{}", soak::table(&results));
+            }
+            Ok(())
+        }
         Command::Nodes(args) => {
             let server = match args.server {
                 Some(s) => s,
@@ -420,6 +492,10 @@ fn main() -> anyhow::Result<()> {
             fanout: args.fanout.fanout()?,
             count: args.count,
             interests: args.interests,
+        }),
+        Command::SoakWorker(args) => soak::worker(soak::WorkerConfig {
+            fanout: args.fanout.fanout()?,
+            count: args.count,
         }),
         Command::RelayWorker(args) => relay::worker(relay::WorkerConfig {
             fanout: args.fanout.fanout()?,

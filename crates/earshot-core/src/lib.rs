@@ -25,11 +25,15 @@
 //!   answers from amplifying a forged flood.
 //! - [`rooms`]: rooms by link: members, size, passphrase locks.
 //! - [`moderation`]: reports, strikes, bans, keyed by client key.
+//! - [`hex`]: lower-case hex, the one encoding of bytes as text.
 //! - [`names`]: room-name rules and memorable random suggestions.
+//! - [`pii`]: [`Pii`], the wrapper whose formatting is always `<redacted>`.
 //! - [`pow`]: proof-of-work challenges for `hello` under load or abuse.
 //! - [`ratelimit`]: token buckets on a caller-supplied clock.
-//! - [`stun`]: an RFC 5389 Binding responder, for the embedded STUN server.
-//! - [`turn`]: the embedded TURN server (relays, REST credentials) and its codec.
+//! - [`stun`]: STUN messages and attributes ([`stun::codec`], shared with
+//!   TURN) and an RFC 5389 Binding responder, for the embedded STUN server.
+//! - [`turn`]: the embedded TURN server (relays, REST credentials) and its
+//!   ChannelData framing.
 //!
 //! Nothing here logs an address, SDP, a candidate or chat text. The
 //! switchboard never sees an address (clients are opaque `ClientKey`s, HMACs
@@ -41,9 +45,11 @@
 
 pub mod backplane;
 pub mod bytebudget;
+pub mod hex;
 pub mod matchmaker;
 pub mod moderation;
 pub mod names;
+pub mod pii;
 pub mod pow;
 pub mod protocol;
 pub mod ratelimit;
@@ -52,6 +58,7 @@ pub mod stun;
 pub mod switchboard;
 pub mod turn;
 
+pub use pii::Pii;
 pub use protocol::{ClientMsg, Country, ErrorCode, ServerMsg};
 pub use switchboard::{CloseReason, Config, ConnInfo, Entropy, Output, Switchboard};
 
@@ -63,7 +70,7 @@ pub struct ClientKey(pub [u8; 16]);
 
 impl std::fmt::Debug for ClientKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClientKey(<redacted>)")
+        write!(f, "ClientKey({:?})", Pii(self.0))
     }
 }
 

@@ -8,12 +8,16 @@
 //! salt, so clients cannot extend them.
 
 use std::collections::{HashSet, VecDeque};
-use std::fmt::Write;
 use std::time::{Duration, Instant};
 
 use hmac::{KeyInit, Mac};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use crate::hex;
+
+/// The hash of this protocol version's challenges (`challenge.algorithm`).
+pub const ALGORITHM: &str = "SHA-256";
 
 /// A client's answer to a challenge, as sent in `hello.pow`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -84,19 +88,11 @@ impl std::fmt::Debug for Pow {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        write!(s, "{b:02x}").expect("writing to a String");
-    }
-    s
-}
-
 fn hash(salt: &str, number: u64) -> String {
     let mut h = Sha256::new();
     h.update(salt.as_bytes());
     h.update(number.to_string().as_bytes());
-    hex(&h.finalize())
+    hex::encode(&h.finalize())
 }
 
 impl Pow {
@@ -120,7 +116,7 @@ impl Pow {
         mac.update(challenge.as_bytes());
         mac.update(b"\n");
         mac.update(salt.as_bytes());
-        hex(&mac.finalize().into_bytes())
+        hex::encode(&mac.finalize().into_bytes())
     }
 
     /// A new challenge; `random` gives the salt's nonce and the secret number.

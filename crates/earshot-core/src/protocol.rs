@@ -1,5 +1,7 @@
 //! The signalling protocol's messages, as `PROTOCOL.md` describes them, and
-//! the decoder of client frames.
+//! the decoder of client frames. [`ServerMsg`] is one shape for both ends:
+//! the server encodes it, clients (`earshot-peer`) decode it (see
+//! `server_decode`).
 //!
 //! Decoding is strict about what it relays: a `signal` is parsed into typed
 //! fields and re-encoded, so nothing but a session description or an ICE
@@ -11,6 +13,8 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+mod server_decode;
 
 /// The protocol version this server speaks (`hello.version`).
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -58,6 +62,86 @@ pub enum ClientMsg {
     },
 }
 
+impl ClientMsg {
+    /// This message's `type` on the wire.
+    pub fn msg_type(&self) -> ClientMsgType {
+        match self {
+            ClientMsg::Hello { .. } => ClientMsgType::Hello,
+            ClientMsg::Search { .. } => ClientMsgType::Search,
+            ClientMsg::Signal(_) | ClientMsg::RoomSignal(_) => ClientMsgType::Signal,
+            ClientMsg::Skip => ClientMsgType::Skip,
+            ClientMsg::End => ClientMsgType::End,
+            ClientMsg::RoomSuggest => ClientMsgType::RoomSuggest,
+            ClientMsg::RoomJoin { .. } => ClientMsgType::RoomJoin,
+            ClientMsg::RoomLock { .. } => ClientMsgType::RoomLock,
+            ClientMsg::RoomUnlock => ClientMsgType::RoomUnlock,
+            ClientMsg::Report { .. } => ClientMsgType::Report,
+            ClientMsg::RefreshIce => ClientMsgType::RefreshIce,
+            ClientMsg::RoomReport { .. } => ClientMsgType::RoomReport,
+        }
+    }
+}
+
+/// The `type` of a client message: what the decoder dispatches on, and what
+/// an `error` names in `re` when it answers that message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientMsgType {
+    Hello,
+    Search,
+    /// Both kinds: `call` (a stranger call) and `to` (a room member).
+    Signal,
+    Skip,
+    End,
+    Report,
+    RoomSuggest,
+    RoomJoin,
+    RoomLock,
+    RoomUnlock,
+    RoomReport,
+    RefreshIce,
+}
+
+impl ClientMsgType {
+    pub const ALL: [ClientMsgType; 12] = [
+        ClientMsgType::Hello,
+        ClientMsgType::Search,
+        ClientMsgType::Signal,
+        ClientMsgType::Skip,
+        ClientMsgType::End,
+        ClientMsgType::Report,
+        ClientMsgType::RoomSuggest,
+        ClientMsgType::RoomJoin,
+        ClientMsgType::RoomLock,
+        ClientMsgType::RoomUnlock,
+        ClientMsgType::RoomReport,
+        ClientMsgType::RefreshIce,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientMsgType::Hello => "hello",
+            ClientMsgType::Search => "search",
+            ClientMsgType::Signal => "signal",
+            ClientMsgType::Skip => "skip",
+            ClientMsgType::End => "end",
+            ClientMsgType::Report => "report",
+            ClientMsgType::RoomSuggest => "room_suggest",
+            ClientMsgType::RoomJoin => "room_join",
+            ClientMsgType::RoomLock => "room_lock",
+            ClientMsgType::RoomUnlock => "room_unlock",
+            ClientMsgType::RoomReport => "room_report",
+            ClientMsgType::RefreshIce => "refresh_ice",
+        }
+    }
+
+    /// The type named `name` on the wire; `None` for a type this version
+    /// does not know.
+    pub fn from_name(name: &str) -> Option<ClientMsgType> {
+        ClientMsgType::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
 /// Why someone reports, from a fixed list (counted, never stored per user).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -98,7 +182,7 @@ pub struct Verifier(pub [u8; 32]);
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Verifier(<redacted>)")
+        write!(f, "Verifier({:?})", crate::Pii(&self.0))
     }
 }
 
@@ -172,7 +256,7 @@ impl fmt::Debug for RoomSignal {
             .field("to", &self.to)
             .field("from", &self.from)
             .field("payload", &self.payload)
-            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("auth", &self.auth.as_ref().map(crate::Pii))
             .finish()
     }
 }
@@ -185,7 +269,7 @@ pub struct Signal {
     pub payload: SignalPayload,
 }
 
-#[derive(Clone, PartialEq, Serialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub enum SignalPayload {
     #[serde(rename = "description")]
     Description(SessionDescription),
@@ -222,6 +306,20 @@ pub struct IceCandidate {
     pub username_fragment: Option<String>,
 }
 
+impl SignalPayload {
+    /// A signal carries exactly one of a description or a candidate.
+    fn one_of(
+        description: Option<SessionDescription>,
+        candidate: Option<IceCandidate>,
+    ) -> Option<SignalPayload> {
+        match (description, candidate) {
+            (Some(d), None) => Some(SignalPayload::Description(d)),
+            (None, Some(c)) => Some(SignalPayload::Candidate(c)),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Debug for Signal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Signal")
@@ -248,7 +346,7 @@ impl fmt::Debug for SessionDescription {
 
 impl fmt::Debug for IceCandidate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Candidate(<redacted>)")
+        write!(f, "Candidate({:?})", crate::Pii(self))
     }
 }
 
@@ -279,8 +377,15 @@ impl Serialize for Country {
     }
 }
 
+impl<'de> Deserialize<'de> for Country {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Country, D::Error> {
+        let code = Cow::<str>::deserialize(d)?;
+        Country::new(&code).ok_or_else(|| serde::de::Error::custom("not a two-letter country code"))
+    }
+}
+
 /// One entry of `RTCConfiguration.iceServers`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IceServer {
     pub urls: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -290,7 +395,7 @@ pub struct IceServer {
 }
 
 /// Limits advertised in `welcome`, so a client can stay within them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
     pub max_message_bytes: usize,
     pub max_interests: usize,
@@ -313,9 +418,27 @@ pub enum EndReason {
     PartnerLeft,
 }
 
-/// A message to a client.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+impl EndReason {
+    /// The reason as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::PartnerSkipped => "partner_skipped",
+            EndReason::PartnerEnded => "partner_ended",
+            EndReason::PartnerLeft => "partner_left",
+        }
+    }
+}
+
+/// A message to a client: the server encodes it ([`ServerMsg::to_json`]),
+/// clients decode it ([`ServerMsg::from_json`]).
+///
+/// Two variants share the type `signal`, which a derived decoder cannot
+/// tell apart, so the derives are `remote = "Self"` (they make inherent
+/// `ServerMsg::serialize` and `ServerMsg::deserialize`) and the `Serialize`
+/// and `Deserialize` impls in `server_decode` wrap them: use those (serde's
+/// traits, `to_json`, `from_json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", remote = "Self")]
 pub enum ServerMsg {
     Welcome {
         version: u32,
@@ -359,12 +482,14 @@ pub enum ServerMsg {
     PeerLeft {
         peer: PeerId,
     },
-    #[serde(rename = "signal")]
+    #[serde(rename = "signal", skip_deserializing)]
     RoomSignal(RoomSignal),
     RoomLockState {
         locked: bool,
     },
     Challenge {
+        /// Always [`crate::pow::ALGORITHM`].
+        #[serde(deserialize_with = "server_decode::pow_algorithm")]
         algorithm: &'static str,
         salt: String,
         challenge: String,
@@ -373,17 +498,24 @@ pub enum ServerMsg {
     },
     Error {
         code: ErrorCode,
-        message: &'static str,
+        /// The type of the client message this error answers; `None` when it
+        /// answers none (or a frame whose type could not be read).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        re: Option<ClientMsgType>,
+        /// For people, and free to change: clients act on the code.
+        message: Cow<'static, str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },
 }
 
 impl ServerMsg {
+    /// An `error` that answers no message in particular.
     pub fn error(code: ErrorCode) -> ServerMsg {
         ServerMsg::Error {
             code,
-            message: code.message(),
+            re: None,
+            message: code.message().into(),
             retry_after_ms: None,
         }
     }
@@ -395,9 +527,8 @@ impl ServerMsg {
 }
 
 /// The stable error codes of `error` messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[non_exhaustive]
 pub enum ErrorCode {
     /// The frame is not a JSON object with a string `type`.
     BadJson,
@@ -541,7 +672,6 @@ impl ErrorCode {
 
 /// Why a client frame could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum DecodeError {
     /// Not a JSON object with a string `type`.
     #[error("not a JSON object with a string type")]
@@ -583,6 +713,8 @@ struct SearchFields {
     interests: Vec<String>,
 }
 
+/// The fields of a client's `signal` (`server_decode` reads the server's:
+/// these and `from`).
 #[derive(Deserialize)]
 struct SignalFields {
     #[serde(default)]
@@ -626,11 +758,10 @@ fn verifier(text: &str) -> Result<Verifier, DecodeError> {
     Verifier::parse(text).ok_or(DecodeError::BadMessage)
 }
 
-/// Decodes one text frame from a client.
-///
-/// The type is read first so that an unknown type and a bad field of a known
-/// type get different error codes.
-pub fn decode(text: &str) -> Result<ClientMsg, DecodeError> {
+/// The `type` of a client frame, read without decoding its other fields:
+/// `Err` as `decode` would for a frame that is not a JSON object with a string
+/// `type` (`BadJson`) or whose type this version does not know (`UnknownType`).
+pub fn read_type(text: &str) -> Result<ClientMsgType, DecodeError> {
     // serde also reads structs from JSON arrays; the protocol has objects only.
     if !text
         .trim_start_matches([' ', '\t', '\n', '\r'])
@@ -639,30 +770,35 @@ pub fn decode(text: &str) -> Result<ClientMsg, DecodeError> {
         return Err(DecodeError::BadJson);
     }
     let envelope: Envelope = serde_json::from_str(text).map_err(|_| DecodeError::BadJson)?;
+    ClientMsgType::from_name(&envelope.kind).ok_or(DecodeError::UnknownType)
+}
+
+/// Decodes one text frame from a client.
+///
+/// The type is read first so that an unknown type and a bad field of a known
+/// type get different error codes.
+pub fn decode(text: &str) -> Result<ClientMsg, DecodeError> {
     fn fields<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, DecodeError> {
         serde_json::from_str(text).map_err(|_| DecodeError::BadMessage)
     }
-    match &*envelope.kind {
-        "hello" => {
+    match read_type(text)? {
+        ClientMsgType::Hello => {
             let f: HelloFields = fields(text)?;
             Ok(ClientMsg::Hello {
                 version: f.version,
                 pow: f.pow,
             })
         }
-        "search" => {
+        ClientMsgType::Search => {
             let f: SearchFields = fields(text)?;
             Ok(ClientMsg::Search {
                 interests: f.interests,
             })
         }
-        "signal" => {
+        ClientMsgType::Signal => {
             let f: SignalFields = fields(text)?;
-            let payload = match (f.description, f.candidate) {
-                (Some(d), None) => SignalPayload::Description(d),
-                (None, Some(c)) => SignalPayload::Candidate(c),
-                _ => return Err(DecodeError::BadMessage),
-            };
+            let payload =
+                SignalPayload::one_of(f.description, f.candidate).ok_or(DecodeError::BadMessage)?;
             match (f.call, f.to) {
                 (Some(call), None) if f.auth.is_none() => {
                     Ok(ClientMsg::Signal(Signal { call, payload }))
@@ -685,36 +821,35 @@ pub fn decode(text: &str) -> Result<ClientMsg, DecodeError> {
                 _ => Err(DecodeError::BadMessage),
             }
         }
-        "skip" => Ok(ClientMsg::Skip),
-        "end" => Ok(ClientMsg::End),
-        "room_suggest" => Ok(ClientMsg::RoomSuggest),
-        "room_join" => {
+        ClientMsgType::Skip => Ok(ClientMsg::Skip),
+        ClientMsgType::End => Ok(ClientMsg::End),
+        ClientMsgType::RoomSuggest => Ok(ClientMsg::RoomSuggest),
+        ClientMsgType::RoomJoin => {
             let f: RoomJoinFields = fields(text)?;
             Ok(ClientMsg::RoomJoin {
                 room: f.room,
                 verifier: f.verifier.as_deref().map(verifier).transpose()?,
             })
         }
-        "room_lock" => {
+        ClientMsgType::RoomLock => {
             let f: RoomLockFields = fields(text)?;
             Ok(ClientMsg::RoomLock {
                 verifier: verifier(&f.verifier)?,
             })
         }
-        "room_unlock" => Ok(ClientMsg::RoomUnlock),
-        "refresh_ice" => Ok(ClientMsg::RefreshIce),
-        "report" => {
+        ClientMsgType::RoomUnlock => Ok(ClientMsg::RoomUnlock),
+        ClientMsgType::RefreshIce => Ok(ClientMsg::RefreshIce),
+        ClientMsgType::Report => {
             let f: ReportFields = fields(text)?;
             Ok(ClientMsg::Report { reason: f.reason })
         }
-        "room_report" => {
+        ClientMsgType::RoomReport => {
             let f: RoomReportFields = fields(text)?;
             Ok(ClientMsg::RoomReport {
                 peer: f.peer,
                 reason: f.reason,
             })
         }
-        _ => Err(DecodeError::UnknownType),
     }
 }
 

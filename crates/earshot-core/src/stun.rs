@@ -1,13 +1,14 @@
-//! Sans-IO STUN Binding server (RFC 5389): one datagram in, at most one
-//! datagram out.
+//! STUN (RFC 5389): the message layer shared with TURN ([`codec`]), and the
+//! embedded STUN server's Binding responder ([`answer`]): one datagram in,
+//! at most one datagram out.
 //!
-//! This module owns the wire format of the embedded STUN server, so that
-//! browsers never have to contact a third-party STUN server. It answers
-//! Binding requests with the address the request came from
-//! (XOR-MAPPED-ADDRESS, plus MAPPED-ADDRESS for RFC 3489-era clients) and a
-//! FINGERPRINT. It does no authentication: a request carrying credentials
-//! (USERNAME, MESSAGE-INTEGRITY) or using another method (TURN, ...) gets a
-//! 400, one carrying an unknown comprehension-required attribute a 420.
+//! The responder is why browsers never have to contact a third-party STUN
+//! server. It answers Binding requests with the address the request came
+//! from (XOR-MAPPED-ADDRESS, plus MAPPED-ADDRESS for RFC 3489-era clients)
+//! and a FINGERPRINT. It does no authentication: a request carrying
+//! credentials (USERNAME, MESSAGE-INTEGRITY) or using another method (TURN,
+//! ...) gets a 400, one carrying an unknown comprehension-required attribute
+//! a 420.
 //!
 //! Invariants:
 //! - No sockets, no clock, no allocation on the answer path; the caller
@@ -18,66 +19,12 @@
 //!   arbitrary traffic. Answers are never larger than a few hundred bytes.
 //! - Nothing here logs: the only data handled is a client's address.
 
+pub mod codec;
+
 use std::net::{IpAddr, SocketAddr};
 
-/// Why a datagram was dropped without an answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum StunError {
-    /// Shorter than the 20-byte STUN header.
-    #[error("datagram shorter than a STUN header")]
-    TooShort,
-    /// The two most significant bits of the message type are not zero.
-    #[error("not a STUN message (top bits set)")]
-    NotStun,
-    /// The magic cookie is not 0x2112A442 (not STUN, or an RFC 3489 client).
-    #[error("not a STUN message (wrong magic cookie)")]
-    BadMagicCookie,
-    /// The header's length is not a multiple of 4 or does not match the
-    /// datagram.
-    #[error("STUN message length does not match the datagram")]
-    BadLength,
-    /// An attribute's header or value (with padding) runs past the message.
-    #[error("truncated STUN attribute")]
-    TruncatedAttribute,
-    /// An attribute follows FINGERPRINT, which must be the last one.
-    #[error("STUN attribute after FINGERPRINT")]
-    AttributeAfterFingerprint,
-    /// FINGERPRINT has the wrong size or does not match the message.
-    #[error("bad STUN FINGERPRINT")]
-    BadFingerprint,
-}
-
-/// The fixed header size, and the magic cookie that follows the length.
-const HEADER_LEN: usize = 20;
-const MAGIC_COOKIE: u32 = 0x2112_A442;
-/// XORed into the CRC-32 of a message to make FINGERPRINT (RFC 5389 §15.5).
-const FINGERPRINT_XOR: u32 = 0x5354_554E;
-
-/// Methods (RFC 5389 §18.1).
-const METHOD_BINDING: u16 = 0x001;
-
-/// Classes (RFC 5389 §6).
-const CLASS_REQUEST: u8 = 0b00;
-const CLASS_SUCCESS: u8 = 0b10;
-const CLASS_ERROR: u8 = 0b11;
-
-/// Attributes (RFC 5389 §18.2, RFC 8489 §18.3).
-const ATTR_MAPPED_ADDRESS: u16 = 0x0001;
-const ATTR_USERNAME: u16 = 0x0006;
-const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
-const ATTR_ERROR_CODE: u16 = 0x0009;
-const ATTR_UNKNOWN_ATTRIBUTES: u16 = 0x000A;
-const ATTR_REALM: u16 = 0x0014;
-const ATTR_NONCE: u16 = 0x0015;
-const ATTR_MESSAGE_INTEGRITY_SHA256: u16 = 0x001C;
-const ATTR_USERHASH: u16 = 0x001E;
-const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
-const ATTR_FINGERPRINT: u16 = 0x8028;
-
-/// Address families in (XOR-)MAPPED-ADDRESS (RFC 5389 §15.1).
-const FAMILY_IPV4: u8 = 0x01;
-const FAMILY_IPV6: u8 = 0x02;
+pub use codec::StunError;
+use codec::{Class, Encoder, attr, method};
 
 /// At most this many attribute types are listed in a 420 answer. A request
 /// can hold hundreds; echoing them all would make the answer bigger than the
@@ -88,44 +35,50 @@ const MAX_UNKNOWN_LISTED: usize = 16;
 /// written into `out` (send it back to `from`). `Ok(None)`: nothing to send
 /// (e.g. a Binding indication or a response). `Err`: the datagram is not a
 /// valid STUN request and must be dropped silently.
+///
+/// Every answer is at most 20 + 24 + 24 + 8 bytes (success) or
+/// 20 + 4 + 20 + 4 + 2 * `MAX_UNKNOWN_LISTED` + 8 bytes (error), far below
+/// the 1500 bytes of `out`, so the encoder cannot run past its end.
 pub fn answer(
     datagram: &[u8],
     from: SocketAddr,
     out: &mut [u8; 1500],
 ) -> Result<Option<usize>, StunError> {
     let msg = parse(datagram)?;
-    if msg.class != CLASS_REQUEST {
+    if msg.class != Class::Request {
         // Indications need no answer (a keepalive, say) and a response is
         // not for us: answering either could start a loop between servers.
         return Ok(None);
     }
-    let mut w = Writer::new(out, msg.method, msg.transaction_id);
-    if msg.method != METHOD_BINDING {
-        w.start(CLASS_ERROR);
-        w.error_code(400, "Bad Request");
+    let start = |out, class| Encoder::in_buffer(out, msg.method, class, msg.transaction_id);
+    let mut e;
+    if msg.method != method::BINDING {
+        e = start(out, Class::Error);
+        e.error_code(400, "Bad Request");
     } else if msg.has_credentials {
         // RFC 5389 §10 checks credentials before unknown attributes; plain
         // STUN here is unauthenticated, so any credential is a mistake.
-        w.start(CLASS_ERROR);
-        w.error_code(400, "Bad Request");
+        e = start(out, Class::Error);
+        e.error_code(400, "Bad Request");
     } else if msg.unknown_len > 0 {
-        w.start(CLASS_ERROR);
-        w.error_code(420, "Unknown Attribute");
-        w.unknown_attributes(&msg.unknown[..msg.unknown_len]);
+        e = start(out, Class::Error);
+        e.error_code(420, "Unknown Attribute")
+            .unknown_attributes(&msg.unknown[..msg.unknown_len]);
     } else {
-        w.start(CLASS_SUCCESS);
         let addr = unmap(from);
-        w.xor_mapped_address(addr);
-        w.mapped_address(addr);
+        e = start(out, Class::Success);
+        e.xor_address(attr::XOR_MAPPED_ADDRESS, addr)
+            .address(attr::MAPPED_ADDRESS, addr);
     }
-    Ok(Some(w.finish()))
+    e.fingerprint();
+    Ok(Some(e.finish()))
 }
 
 /// What `answer` needs to know about a valid message.
 #[derive(Debug)]
-struct Message {
+struct Request {
     method: u16,
-    class: u8,
+    class: Class,
     transaction_id: [u8; 12],
     /// USERNAME, MESSAGE-INTEGRITY or another credential attribute is present.
     has_credentials: bool,
@@ -137,75 +90,32 @@ struct Message {
     has_fingerprint: bool,
 }
 
-/// Validate the header and every attribute's framing, and check FINGERPRINT.
-fn parse(datagram: &[u8]) -> Result<Message, StunError> {
-    let Some((header, mut rest)) = datagram.split_first_chunk::<HEADER_LEN>() else {
-        return Err(StunError::TooShort);
-    };
-    let msg_type = u16::from_be_bytes([header[0], header[1]]);
-    if msg_type & 0xC000 != 0 {
-        return Err(StunError::NotStun);
-    }
-    let length = usize::from(u16::from_be_bytes([header[2], header[3]]));
-    let cookie = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-    if cookie != MAGIC_COOKIE {
-        return Err(StunError::BadMagicCookie);
-    }
-    if length % 4 != 0 || length != rest.len() {
-        return Err(StunError::BadLength);
-    }
-    let mut transaction_id = [0; 12];
-    transaction_id.copy_from_slice(&header[8..]);
-
-    let mut msg = Message {
-        method: method_of(msg_type),
-        class: class_of(msg_type),
-        transaction_id,
+/// Validate the header and every attribute's framing, and check FINGERPRINT
+/// ([`codec::walk`], which takes any number of attributes).
+fn parse(datagram: &[u8]) -> Result<Request, StunError> {
+    let (header, attributes) = codec::walk(datagram)?;
+    let mut msg = Request {
+        method: header.method,
+        class: header.class,
+        transaction_id: header.transaction_id,
         has_credentials: false,
         unknown: [0; MAX_UNKNOWN_LISTED],
         unknown_len: 0,
         has_fingerprint: false,
     };
-    while !rest.is_empty() {
-        if msg.has_fingerprint {
-            return Err(StunError::AttributeAfterFingerprint);
-        }
-        let offset = datagram.len() - rest.len();
-        let Some((attr_header, after)) = rest.split_first_chunk::<4>() else {
-            return Err(StunError::TruncatedAttribute);
-        };
-        let attr_type = u16::from_be_bytes([attr_header[0], attr_header[1]]);
-        let value_len = usize::from(u16::from_be_bytes([attr_header[2], attr_header[3]]));
-        // Values are padded to a multiple of 4; the padding bytes can hold
-        // anything (RFC 5769's sample request pads with spaces).
-        let padded_len = value_len.next_multiple_of(4);
-        if padded_len > after.len() {
-            return Err(StunError::TruncatedAttribute);
-        }
-        let (value, next) = after.split_at(padded_len);
-        let value = &value[..value_len];
-        match attr_type {
-            ATTR_FINGERPRINT => {
-                let expected = <[u8; 4]>::try_from(value)
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| StunError::BadFingerprint)?;
-                // The CRC covers everything before the attribute, with the
-                // header length already counting FINGERPRINT (it is last).
-                if crc32(&datagram[..offset]) ^ FINGERPRINT_XOR != expected {
-                    return Err(StunError::BadFingerprint);
-                }
-                msg.has_fingerprint = true;
-            }
-            ATTR_USERNAME
-            | ATTR_MESSAGE_INTEGRITY
-            | ATTR_MESSAGE_INTEGRITY_SHA256
-            | ATTR_USERHASH
-            | ATTR_REALM
-            | ATTR_NONCE => msg.has_credentials = true,
-            ATTR_MAPPED_ADDRESS
-            | ATTR_XOR_MAPPED_ADDRESS
-            | ATTR_ERROR_CODE
-            | ATTR_UNKNOWN_ATTRIBUTES => {}
+    for a in attributes {
+        match a?.kind {
+            attr::FINGERPRINT => msg.has_fingerprint = true,
+            attr::USERNAME
+            | attr::MESSAGE_INTEGRITY
+            | attr::MESSAGE_INTEGRITY_SHA256
+            | attr::USERHASH
+            | attr::REALM
+            | attr::NONCE => msg.has_credentials = true,
+            attr::MAPPED_ADDRESS
+            | attr::XOR_MAPPED_ADDRESS
+            | attr::ERROR_CODE
+            | attr::UNKNOWN_ATTRIBUTES => {}
             // Comprehension-optional attributes (SOFTWARE, ICE-CONTROLLED...)
             // may be ignored (RFC 5389 §15).
             t if t >= 0x8000 => {}
@@ -217,29 +127,8 @@ fn parse(datagram: &[u8]) -> Result<Message, StunError> {
                 }
             }
         }
-        rest = next;
     }
     Ok(msg)
-}
-
-/// The message type interleaves method and class bits:
-/// `0b00MM_MMMC_MMMC_MMMM` (RFC 5389 §6).
-fn method_of(msg_type: u16) -> u16 {
-    (msg_type & 0x000F) | ((msg_type & 0x00E0) >> 1) | ((msg_type & 0x3E00) >> 2)
-}
-
-fn class_of(msg_type: u16) -> u8 {
-    // Both bits are masked to their place, so the value fits in a u8.
-    (((msg_type >> 7) & 0b10) | ((msg_type >> 4) & 0b01)) as u8
-}
-
-fn message_type(method: u16, class: u8) -> u16 {
-    let class = u16::from(class);
-    (method & 0x000F)
-        | ((method & 0x0070) << 1)
-        | ((method & 0x0F80) << 2)
-        | ((class & 0b01) << 4)
-        | ((class & 0b10) << 7)
 }
 
 /// A dual-stack socket reports IPv4 peers as `::ffff:a.b.c.d`; the client
@@ -254,161 +143,13 @@ fn unmap(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Builds one answer in place. Every answer is at most
-/// 20 + 24 + 24 + 8 bytes (success) or
-/// 20 + 4 + 20 + 4 + 2 * `MAX_UNKNOWN_LISTED` + 8 bytes (error), far below
-/// the 1500 bytes of `out`, so writes cannot run past the end.
-struct Writer<'a> {
-    out: &'a mut [u8; 1500],
-    len: usize,
-    method: u16,
-    transaction_id: [u8; 12],
-}
-
-impl<'a> Writer<'a> {
-    fn new(out: &'a mut [u8; 1500], method: u16, transaction_id: [u8; 12]) -> Self {
-        Writer {
-            out,
-            len: 0,
-            method,
-            transaction_id,
-        }
-    }
-
-    fn put(&mut self, bytes: &[u8]) {
-        self.out[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
-    }
-
-    /// The header; its length field is filled in by `finish`.
-    fn start(&mut self, class: u8) {
-        self.len = 0;
-        self.put(&message_type(self.method, class).to_be_bytes());
-        self.put(&[0, 0]);
-        self.put(&MAGIC_COOKIE.to_be_bytes());
-        let transaction_id = self.transaction_id;
-        self.put(&transaction_id);
-    }
-
-    fn attribute(&mut self, attr_type: u16, value: &[u8]) {
-        // Values written here are a few dozen bytes at most.
-        let value_len = u16::try_from(value.len()).expect("attribute values are small");
-        self.put(&attr_type.to_be_bytes());
-        self.put(&value_len.to_be_bytes());
-        self.put(value);
-        let padding = value.len().next_multiple_of(4) - value.len();
-        self.put(&[0; 3][..padding]);
-    }
-
-    fn xor_mapped_address(&mut self, addr: SocketAddr) {
-        let port = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
-        let cookie = MAGIC_COOKIE.to_be_bytes();
-        match addr.ip() {
-            IpAddr::V4(ip) => {
-                let mut value = [0; 8];
-                value[1] = FAMILY_IPV4;
-                value[2..4].copy_from_slice(&port.to_be_bytes());
-                for (i, b) in ip.octets().into_iter().enumerate() {
-                    value[4 + i] = b ^ cookie[i];
-                }
-                self.attribute(ATTR_XOR_MAPPED_ADDRESS, &value);
-            }
-            IpAddr::V6(ip) => {
-                let mut key = [0; 16];
-                key[..4].copy_from_slice(&cookie);
-                key[4..].copy_from_slice(&self.transaction_id);
-                let mut value = [0; 20];
-                value[1] = FAMILY_IPV6;
-                value[2..4].copy_from_slice(&port.to_be_bytes());
-                for (i, b) in ip.octets().into_iter().enumerate() {
-                    value[4 + i] = b ^ key[i];
-                }
-                self.attribute(ATTR_XOR_MAPPED_ADDRESS, &value);
-            }
-        }
-    }
-
-    fn mapped_address(&mut self, addr: SocketAddr) {
-        let port = addr.port().to_be_bytes();
-        match addr.ip() {
-            IpAddr::V4(ip) => {
-                let mut value = [0; 8];
-                value[1] = FAMILY_IPV4;
-                value[2..4].copy_from_slice(&port);
-                value[4..].copy_from_slice(&ip.octets());
-                self.attribute(ATTR_MAPPED_ADDRESS, &value);
-            }
-            IpAddr::V6(ip) => {
-                let mut value = [0; 20];
-                value[1] = FAMILY_IPV6;
-                value[2..4].copy_from_slice(&port);
-                value[4..].copy_from_slice(&ip.octets());
-                self.attribute(ATTR_MAPPED_ADDRESS, &value);
-            }
-        }
-    }
-
-    /// ERROR-CODE (RFC 5389 §15.6): class (hundreds) and number, then the
-    /// reason phrase.
-    fn error_code(&mut self, code: u16, reason: &str) {
-        let mut value = [0; 4 + 32];
-        let reason = reason.as_bytes();
-        value[2] = (code / 100) as u8;
-        value[3] = (code % 100) as u8;
-        value[4..4 + reason.len()].copy_from_slice(reason);
-        self.attribute(ATTR_ERROR_CODE, &value[..4 + reason.len()]);
-    }
-
-    /// UNKNOWN-ATTRIBUTES (RFC 5389 §15.9): the attribute types, 16 bits each.
-    fn unknown_attributes(&mut self, types: &[u16]) {
-        let mut value = [0; 2 * MAX_UNKNOWN_LISTED];
-        for (i, t) in types.iter().enumerate() {
-            value[2 * i..2 * i + 2].copy_from_slice(&t.to_be_bytes());
-        }
-        self.attribute(ATTR_UNKNOWN_ATTRIBUTES, &value[..2 * types.len()]);
-    }
-
-    /// Set the length, append FINGERPRINT and return the message size.
-    fn finish(mut self) -> usize {
-        // The length must count FINGERPRINT before the CRC is taken.
-        let length = u16::try_from(self.len + 8 - HEADER_LEN).expect("answers are small");
-        self.out[2..4].copy_from_slice(&length.to_be_bytes());
-        let crc = crc32(&self.out[..self.len]) ^ FINGERPRINT_XOR;
-        self.attribute(ATTR_FINGERPRINT, &crc.to_be_bytes());
-        self.len
-    }
-}
-
-/// CRC-32 (ISO-HDLC, as in zlib and Ethernet): reflected polynomial
-/// 0xEDB88320, initial value and final XOR all ones.
-pub(crate) fn crc32(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            table[i] = c;
-            i += 1;
-        }
-        table
-    };
-    !bytes
-        .iter()
-        .fold(!0u32, |c, &b| TABLE[usize::from((c as u8) ^ b)] ^ (c >> 8))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use codec::{
+        FAMILY_IPV4, FAMILY_IPV6, FINGERPRINT_XOR, HEADER_LEN, MAGIC_COOKIE, class_of, crc32,
+        message_type, method_of,
+    };
     use proptest::prelude::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -416,7 +157,7 @@ mod tests {
     #[derive(Debug)]
     struct Decoded {
         method: u16,
-        class: u8,
+        class: Class,
         transaction_id: [u8; 12],
         attributes: Vec<(u16, Vec<u8>)>,
     }
@@ -430,12 +171,12 @@ mod tests {
         }
 
         fn error_code(&self) -> Option<u16> {
-            let v = self.attribute(ATTR_ERROR_CODE)?;
+            let v = self.attribute(attr::ERROR_CODE)?;
             Some(u16::from(v[2] & 0x7) * 100 + u16::from(v[3]))
         }
 
         fn xor_mapped_address(&self) -> Option<SocketAddr> {
-            let v = self.attribute(ATTR_XOR_MAPPED_ADDRESS)?;
+            let v = self.attribute(attr::XOR_MAPPED_ADDRESS)?;
             let port = u16::from_be_bytes([v[2], v[3]]) ^ 0x2112;
             let mut key = MAGIC_COOKIE.to_be_bytes().to_vec();
             key.extend_from_slice(&self.transaction_id);
@@ -444,7 +185,7 @@ mod tests {
         }
 
         fn mapped_address(&self) -> Option<SocketAddr> {
-            let v = self.attribute(ATTR_MAPPED_ADDRESS)?;
+            let v = self.attribute(attr::MAPPED_ADDRESS)?;
             Some(SocketAddr::new(
                 ip_of(v[1], &v[4..]),
                 u16::from_be_bytes([v[2], v[3]]),
@@ -487,7 +228,7 @@ mod tests {
                     .iter()
                     .all(|&b| b == 0)
             );
-            if t == ATTR_FINGERPRINT {
+            if t == attr::FINGERPRINT {
                 assert_eq!(at + 8, bytes.len(), "FINGERPRINT is last");
                 let crc = crc32(&bytes[..at]) ^ FINGERPRINT_XOR;
                 assert_eq!(value, crc.to_be_bytes());
@@ -495,7 +236,7 @@ mod tests {
             attributes.push((t, value));
             at += 4 + len.next_multiple_of(4);
         }
-        assert_eq!(attributes.last().map(|a| a.0), Some(ATTR_FINGERPRINT));
+        assert_eq!(attributes.last().map(|a| a.0), Some(attr::FINGERPRINT));
         Decoded {
             method: method_of(msg_type),
             class: class_of(msg_type),
@@ -525,7 +266,7 @@ mod tests {
             let len = (m.len() + 8 - HEADER_LEN) as u16;
             m[2..4].copy_from_slice(&len.to_be_bytes());
             let crc = crc32(&m) ^ FINGERPRINT_XOR;
-            m.extend_from_slice(&ATTR_FINGERPRINT.to_be_bytes());
+            m.extend_from_slice(&attr::FINGERPRINT.to_be_bytes());
             m.extend_from_slice(&4u16.to_be_bytes());
             m.extend_from_slice(&crc.to_be_bytes());
         } else {
@@ -556,13 +297,13 @@ mod tests {
         let resp = run(&request(0x0001, TXID, &[], false), from)
             .unwrap()
             .unwrap();
-        assert_eq!((resp.method, resp.class), (METHOD_BINDING, CLASS_SUCCESS));
+        assert_eq!((resp.method, resp.class), (method::BINDING, Class::Success));
         assert_eq!(resp.transaction_id, TXID);
         assert_eq!(resp.xor_mapped_address(), Some(from));
         assert_eq!(resp.mapped_address(), Some(from));
         // Same bytes as RFC 5769 §2.2's sample IPv4 response.
         assert_eq!(
-            resp.attribute(ATTR_XOR_MAPPED_ADDRESS).unwrap(),
+            resp.attribute(attr::XOR_MAPPED_ADDRESS).unwrap(),
             [0x00, 0x01, 0xa1, 0x47, 0xe1, 0x12, 0xa6, 0x43]
         );
     }
@@ -575,12 +316,12 @@ mod tests {
         let resp = run(&request(0x0001, TXID, &[], true), from)
             .unwrap()
             .unwrap();
-        assert_eq!(resp.class, CLASS_SUCCESS);
+        assert_eq!(resp.class, Class::Success);
         assert_eq!(resp.xor_mapped_address(), Some(from));
         assert_eq!(resp.mapped_address(), Some(from));
         // Same bytes as RFC 5769 §2.3's sample IPv6 response.
         assert_eq!(
-            resp.attribute(ATTR_XOR_MAPPED_ADDRESS).unwrap(),
+            resp.attribute(attr::XOR_MAPPED_ADDRESS).unwrap(),
             [
                 0x00, 0x02, 0xa1, 0x47, 0x01, 0x13, 0xa9, 0xfa, 0xa5, 0xd3, 0xf1, 0x79, 0xbc, 0x25,
                 0xf4, 0xb5, 0xbe, 0xd2, 0xb9, 0xd9
@@ -619,7 +360,7 @@ mod tests {
     #[test]
     fn rfc5769_sample_request_parses_and_fingerprint_verifies() {
         let msg = parse(&RFC5769_REQUEST).unwrap();
-        assert_eq!((msg.method, msg.class), (METHOD_BINDING, CLASS_REQUEST));
+        assert_eq!((msg.method, msg.class), (method::BINDING, Class::Request));
         assert_eq!(msg.transaction_id, TXID);
         assert!(msg.has_fingerprint);
         assert!(msg.has_credentials);
@@ -631,7 +372,7 @@ mod tests {
         let resp = run(&RFC5769_REQUEST, "192.0.2.1:32853".parse().unwrap())
             .unwrap()
             .unwrap();
-        assert_eq!(resp.class, CLASS_ERROR);
+        assert_eq!(resp.class, Class::Error);
         assert_eq!(resp.transaction_id, TXID);
         assert_eq!(resp.error_code(), Some(400));
         assert_eq!(resp.xor_mapped_address(), None);
@@ -720,7 +461,7 @@ mod tests {
             Err(StunError::AttributeAfterFingerprint)
         );
 
-        let m = request(0x0001, TXID, &[(ATTR_FINGERPRINT, b"abcdefgh")], false);
+        let m = request(0x0001, TXID, &[(attr::FINGERPRINT, b"abcdefgh")], false);
         assert_eq!(answer(&m, from, &mut out), Err(StunError::BadFingerprint));
     }
 
@@ -739,13 +480,13 @@ mod tests {
             true,
         );
         let resp = run(&m, from).unwrap().unwrap();
-        assert_eq!((resp.method, resp.class), (METHOD_BINDING, CLASS_ERROR));
+        assert_eq!((resp.method, resp.class), (method::BINDING, Class::Error));
         assert_eq!(resp.transaction_id, TXID);
         assert_eq!(resp.error_code(), Some(420));
-        let v = resp.attribute(ATTR_ERROR_CODE).unwrap();
+        let v = resp.attribute(attr::ERROR_CODE).unwrap();
         assert_eq!(&v[4..], b"Unknown Attribute");
         assert_eq!(
-            resp.attribute(ATTR_UNKNOWN_ATTRIBUTES).unwrap(),
+            resp.attribute(attr::UNKNOWN_ATTRIBUTES).unwrap(),
             [0x00, 0x24, 0x00, 0x03]
         );
         assert_eq!(resp.xor_mapped_address(), None);
@@ -757,7 +498,7 @@ mod tests {
             &[(0x8022, b"client"), (0x802A, &[0; 8])],
             false,
         );
-        assert_eq!(run(&m, from).unwrap().unwrap().class, CLASS_SUCCESS);
+        assert_eq!(run(&m, from).unwrap().unwrap().class, Class::Success);
     }
 
     #[test]
@@ -768,7 +509,7 @@ mod tests {
         let resp = run(&m, "192.0.2.1:1".parse().unwrap()).unwrap().unwrap();
         assert_eq!(resp.error_code(), Some(420));
         assert_eq!(
-            resp.attribute(ATTR_UNKNOWN_ATTRIBUTES).unwrap().len(),
+            resp.attribute(attr::UNKNOWN_ATTRIBUTES).unwrap().len(),
             2 * MAX_UNKNOWN_LISTED
         );
     }
@@ -776,19 +517,19 @@ mod tests {
     #[test]
     fn credentials_and_other_methods_get_400() {
         let from: SocketAddr = "192.0.2.1:1".parse().unwrap();
-        for attr in [ATTR_USERNAME, ATTR_MESSAGE_INTEGRITY] {
-            let m = request(0x0001, TXID, &[(attr, &[0; 20])], false);
+        for kind in [attr::USERNAME, attr::MESSAGE_INTEGRITY] {
+            let m = request(0x0001, TXID, &[(kind, &[0; 20])], false);
             let resp = run(&m, from).unwrap().unwrap();
-            assert_eq!((resp.method, resp.class), (METHOD_BINDING, CLASS_ERROR));
+            assert_eq!((resp.method, resp.class), (method::BINDING, Class::Error));
             assert_eq!(resp.error_code(), Some(400));
         }
         // TURN Allocate: the error answer keeps the request's method.
         let m = request(0x0003, TXID, &[(0x0019, &[17, 0, 0, 0])], true);
         let resp = run(&m, from).unwrap().unwrap();
-        assert_eq!((resp.method, resp.class), (0x003, CLASS_ERROR));
+        assert_eq!((resp.method, resp.class), (0x003, Class::Error));
         assert_eq!(resp.transaction_id, TXID);
         assert_eq!(resp.error_code(), Some(400));
-        assert_eq!(resp.attribute(ATTR_UNKNOWN_ATTRIBUTES), None);
+        assert_eq!(resp.attribute(attr::UNKNOWN_ATTRIBUTES), None);
     }
 
     #[test]
@@ -801,19 +542,6 @@ mod tests {
                     .is_none()
             );
         }
-    }
-
-    #[test]
-    fn message_type_round_trips() {
-        for method in 0..0x1000u16 {
-            for class in 0..4u8 {
-                let t = message_type(method, class);
-                assert_eq!(t & 0xC000, 0);
-                assert_eq!((method_of(t), class_of(t)), (method, class));
-            }
-        }
-        assert_eq!(message_type(METHOD_BINDING, CLASS_SUCCESS), 0x0101);
-        assert_eq!(message_type(METHOD_BINDING, CLASS_ERROR), 0x0111);
     }
 
     fn any_addr() -> impl Strategy<Value = SocketAddr> {
@@ -830,8 +558,8 @@ mod tests {
         if let Ok(Some(n)) = answer(datagram, from, &mut out) {
             let resp = decode(&out[..n]);
             prop_assert_eq!(&resp.transaction_id[..], &datagram[8..20]);
-            prop_assert!(resp.class == CLASS_SUCCESS || resp.class == CLASS_ERROR);
-            if resp.class == CLASS_SUCCESS {
+            prop_assert!(resp.class == Class::Success || resp.class == Class::Error);
+            if resp.class == Class::Success {
                 prop_assert_eq!(resp.xor_mapped_address(), Some(unmap(from)));
             } else {
                 prop_assert!(resp.error_code().is_some());
@@ -859,9 +587,9 @@ mod tests {
 
     fn attrs() -> impl Strategy<Value = Vec<(u16, Vec<u8>)>> {
         let attr_type = prop_oneof![
-            Just(ATTR_USERNAME),
-            Just(ATTR_MESSAGE_INTEGRITY),
-            Just(ATTR_XOR_MAPPED_ADDRESS),
+            Just(attr::USERNAME),
+            Just(attr::MESSAGE_INTEGRITY),
+            Just(attr::XOR_MAPPED_ADDRESS),
             Just(0x8022u16),
             Just(0x0024u16),
             any::<u16>(),
@@ -898,14 +626,14 @@ mod tests {
 
         #[test]
         fn valid_requests_always_get_an_answer(
-            msg_type in prop_oneof![Just(0x0001u16), Just(0x0003u16), (0..0x1000u16).prop_map(|m| message_type(m, CLASS_REQUEST))],
+            msg_type in prop_oneof![Just(0x0001u16), Just(0x0003u16), (0..0x1000u16).prop_map(|m| message_type(m, Class::Request))],
             txid in any::<[u8; 12]>(),
             attrs in attrs(),
             fingerprint in any::<bool>(),
             from in any_addr(),
         ) {
             let attrs: Vec<(u16, &[u8])> = attrs.iter()
-                .filter(|(t, _)| *t != ATTR_FINGERPRINT)
+                .filter(|(t, _)| *t != attr::FINGERPRINT)
                 .map(|(t, v)| (*t, v.as_slice()))
                 .collect();
             let m = request(msg_type, txid, &attrs, fingerprint);

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use earshot_core::protocol::{EndReason, ServerMsg};
+use earshot_core::protocol::{ClientMsgType, EndReason, ServerMsg};
 use earshot_core::{
     CloseReason, Config, ConnId, ConnInfo, Country, ErrorCode, Output, Switchboard,
 };
@@ -396,6 +396,7 @@ fn message_rate_is_limited_with_a_retry_hint() {
         [
             ServerMsg::Error {
                 code: ErrorCode::RateLimited,
+                re: Some(ClientMsgType::End),
                 retry_after_ms: Some(ms),
                 ..
             },
@@ -829,6 +830,7 @@ mod safety {
             [
                 ServerMsg::Error {
                     code: ErrorCode::Banned,
+                    re: Some(ClientMsgType::Search),
                     retry_after_ms: Some(ms),
                     ..
                 },
@@ -1033,6 +1035,7 @@ mod safety {
             let msgs = h.take(a);
             if let Some(ServerMsg::Error {
                 code: ErrorCode::RateLimited,
+                re: Some(ClientMsgType::Search),
                 retry_after_ms,
                 ..
             }) = msgs.first()

@@ -13,7 +13,6 @@ pub const FRAME_SAMPLES: usize = 960;
 
 /// Why a WAV file could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum WavError {
     /// No `RIFF....WAVE` header.
     #[error("not a WAV file (no RIFF/WAVE header)")]

@@ -23,7 +23,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
 use crate::audio::{FRAME_SAMPLES, Receiver};
-use crate::wire::{self, ChannelMsg, Remote};
+use crate::wire::{self, ChannelMsg, Target};
 
 /// What a connection tells its owner.
 #[derive(Debug)]
@@ -41,7 +41,7 @@ pub(crate) enum ConnEvent {
 /// Counters and measurements of one connection.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ConnStats {
-    pub remote: Option<Remote>,
+    pub remote: Option<Target>,
     pub connected: bool,
     /// From the connection's creation to ICE+DTLS connected, in ms.
     pub connect_ms: Option<u64>,
@@ -94,7 +94,7 @@ impl Conn {
     /// A new connection using the UDP socket bound at `local`. An impolite
     /// one returns its offer right away among `events`.
     pub fn new(
-        remote: Remote,
+        remote: Target,
         polite: bool,
         local: SocketAddr,
         record: bool,

@@ -7,12 +7,12 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use earshot_peer::{Event, Peer, PeerConfig, audio::Source};
+//! use earshot_peer::{PeerEvent, Peer, PeerConfig, audio::Source};
 //! let mut peer = Peer::connect("http://127.0.0.1:8080/", PeerConfig {
 //!     source: Source::Tone(440.0), ..PeerConfig::default() }).await?;
 //! peer.search(&["music"])?;
 //! while let Some(event) = peer.next_event().await {
-//!     if let Event::ChatOpen { .. } = event { peer.send_chat("hi").await?; }
+//!     if let PeerEvent::ChatOpen { .. } = event { peer.send_chat("hi").await?; }
 //! }
 //! # Ok(()) }
 //! ```
@@ -23,8 +23,9 @@
 //!   WebSocket, the UDP socket and the connections (start here).
 //! - `conn`: one WebRTC connection on str0m (sans-IO): negotiation, audio,
 //!   the data channel, per-connection stats.
-//! - [`wire`]: signalling messages out, the decoder of server frames and of
-//!   data-channel messages in, proof of work.
+//! - [`wire`]: signalling messages out (frames in are the core's
+//!   `ServerMsg`, decoded by `ServerMsg::from_json`), data-channel
+//!   messages both ways, proof of work.
 //! - [`roomcrypto`]: the locked-room passphrase maths (verifier, auth).
 //! - [`audio`]: tone and WAV sources, Opus, level and frequency measurement,
 //!   WAV reading and writing.
@@ -43,5 +44,5 @@ pub mod roomcrypto;
 pub mod wire;
 
 pub use conn::ConnStats;
-pub use peer::{Event, Peer, PeerConfig, PeerError, Stats};
-pub use wire::Remote;
+pub use peer::{Peer, PeerConfig, PeerError, PeerEvent, PeerStats};
+pub use wire::Target;

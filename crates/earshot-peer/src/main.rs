@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use earshot_peer::audio::{self, Source};
-use earshot_peer::{Event, Peer, PeerConfig, Stats};
+use earshot_peer::{Peer, PeerConfig, PeerEvent, PeerStats};
 
 /// A headless Earshot client: meets a stranger or joins a room, sends a tone
 /// or a WAV file, and reports what it heard.
@@ -113,19 +113,19 @@ async fn run(args: Args) -> Result<()> {
         let Some(event) = event else { break };
         print_event(&event, args.json);
         match &event {
-            Event::ChatOpen { .. } => {
+            PeerEvent::ChatOpen { .. } => {
                 if let Some(text) = &args.chat {
                     peer.send_chat(text).await?;
                 }
             }
-            Event::RoomJoined { .. } if args.lock => {
+            PeerEvent::RoomJoined { .. } if args.lock => {
                 let pass = args
                     .passphrase
                     .as_deref()
                     .expect("clap requires it with --lock");
                 peer.lock_room(pass).await?;
             }
-            Event::Error { code, .. } => {
+            PeerEvent::Error { code, .. } => {
                 if let Some(why) = fatal(code) {
                     bail!("{why}");
                 }
@@ -162,7 +162,7 @@ fn fatal(code: &str) -> Option<&'static str> {
     })
 }
 
-fn print_event(event: &Event, json: bool) {
+fn print_event(event: &PeerEvent, json: bool) {
     if json {
         println!(
             "{}",
@@ -171,7 +171,7 @@ fn print_event(event: &Event, json: bool) {
         return;
     }
     match event {
-        Event::Error {
+        PeerEvent::Error {
             code,
             message,
             retry_after_ms,
@@ -182,12 +182,12 @@ fn print_event(event: &Event, json: bool) {
             ),
             None => println!("server error {code}: {message}"),
         },
-        Event::Chat { remote, text } => println!("chat from {remote:?}: {text}"),
+        PeerEvent::Chat { remote, text } => println!("chat from {remote:?}: {text}"),
         other => println!("{other:?}"),
     }
 }
 
-fn print_stats(stats: &Stats, json: bool) {
+fn print_stats(stats: &PeerStats, json: bool) {
     if json {
         println!("{}", serde_json::json!({"event": "stats", "stats": stats}));
         return;

@@ -10,7 +10,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use earshot_core::protocol::{CallId, PeerId, ReportReason, SessionDescription};
+use earshot_core::pow;
+use earshot_core::protocol::{
+    CallId, ErrorCode, PeerId, ReportReason, RoomSignal, ServerMsg, SessionDescription, Signal,
+    SignalPayload,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::net::{TcpStream, UdpSocket};
@@ -21,7 +25,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::audio::{self, Source};
 use crate::conn::{Conn, ConnEvent, ConnStats};
 use crate::roomcrypto::RoomKeys;
-use crate::wire::{self, Incoming, Payload, Remote};
+use crate::wire::{self, Payload, Target};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -57,7 +61,6 @@ impl Default for PeerConfig {
 
 /// Why a peer could not start or do what it was asked.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum PeerError {
     /// The URL is not an `http(s)://` or `ws(s)://` URL this peer can use.
     #[error("bad server URL {0:?}: {1}")]
@@ -89,8 +92,7 @@ pub enum PeerError {
 /// `event` field for `earshot-peer --json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Event {
+pub enum PeerEvent {
     Searching {
         interests: Vec<String>,
     },
@@ -119,27 +121,27 @@ pub enum Event {
     },
     /// ICE and DTLS are up with this remote.
     Connected {
-        remote: Remote,
+        remote: Target,
     },
     /// The first audio packet from this remote, so long after the connection was made.
     AudioStarted {
-        remote: Remote,
+        remote: Target,
         after_ms: u64,
     },
     ChatOpen {
-        remote: Remote,
+        remote: Target,
     },
     Chat {
-        remote: Remote,
+        remote: Target,
         text: String,
     },
     /// The connection to this remote ended (left, failed or closed).
     ConnectionClosed {
-        remote: Remote,
+        remote: Target,
     },
     /// A room member who could not prove it knows the passphrase.
     Refused {
-        remote: Remote,
+        remote: Target,
         reason: &'static str,
     },
     CallEnded {
@@ -158,7 +160,7 @@ pub enum Event {
 
 /// What the peer measured: one entry per connection, current and ended.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Stats {
+pub struct PeerStats {
     pub country: Option<String>,
     pub connections: Vec<ConnStats>,
     /// Every `candidate` this peer offered (addresses: for tests, not printed).
@@ -173,16 +175,16 @@ enum Cmd {
     Lock(RoomKeys),
     Chat(String, oneshot::Sender<usize>),
     Leave(String),
-    Stats(oneshot::Sender<Stats>),
+    PeerStats(oneshot::Sender<PeerStats>),
     Recording(oneshot::Sender<Option<Vec<i16>>>),
 }
 
 /// A running peer. Dropping it stops it.
 pub struct Peer {
     cmds: mpsc::UnboundedSender<Cmd>,
-    events: mpsc::UnboundedReceiver<Event>,
+    events: mpsc::UnboundedReceiver<PeerEvent>,
     /// Events [`Peer::wait_for`] passed over.
-    backlog: std::collections::VecDeque<Event>,
+    backlog: std::collections::VecDeque<PeerEvent>,
     country: Option<String>,
     local: SocketAddr,
     room: Option<String>,
@@ -286,7 +288,7 @@ impl Peer {
         self.cmd(Cmd::Send(wire::bare("room_unlock")))
     }
 
-    /// Asks for a room name (answered by [`Event::RoomSuggestion`]).
+    /// Asks for a room name (answered by [`PeerEvent::RoomSuggestion`]).
     pub fn suggest_room(&self) -> Result<(), PeerError> {
         self.cmd(Cmd::Send(wire::bare("room_suggest")))
     }
@@ -314,7 +316,7 @@ impl Peer {
     }
 
     /// The next event; `None` once the peer has stopped.
-    pub async fn next_event(&mut self) -> Option<Event> {
+    pub async fn next_event(&mut self) -> Option<PeerEvent> {
         match self.backlog.pop_front() {
             Some(e) => Some(e),
             None => self.events.recv().await,
@@ -328,7 +330,7 @@ impl Peer {
         &mut self,
         limit: Duration,
         what: &str,
-        mut want: impl FnMut(&Event) -> Option<T>,
+        mut want: impl FnMut(&PeerEvent) -> Option<T>,
     ) -> Result<T, PeerError> {
         if let Some((i, t)) = self
             .backlog
@@ -358,9 +360,9 @@ impl Peer {
     }
 
     /// What the peer has measured so far.
-    pub async fn stats(&self) -> Result<Stats, PeerError> {
+    pub async fn stats(&self) -> Result<PeerStats, PeerError> {
         let (tx, rx) = oneshot::channel();
-        self.cmd(Cmd::Stats(tx))?;
+        self.cmd(Cmd::PeerStats(tx))?;
         rx.await.map_err(|_| PeerError::Stopped)
     }
 
@@ -417,9 +419,23 @@ async fn handshake(ws: &mut Ws) -> Result<Option<String>, PeerError> {
             Some(Err(e)) => return Err(PeerError::Closed(e.to_string())),
             None => return Err(PeerError::Closed("end of stream".into())),
         };
-        match wire::decode(&text) {
-            Ok(Incoming::Welcome { country }) => return Ok(country),
-            Ok(Incoming::Challenge(c)) => {
+        match ServerMsg::from_json(&text) {
+            Ok(ServerMsg::Welcome { country, .. }) => {
+                return Ok(country.map(|c| c.as_str().to_string()));
+            }
+            Ok(ServerMsg::Challenge {
+                salt,
+                challenge,
+                maxnumber,
+                signature,
+                ..
+            }) => {
+                let c = pow::Challenge {
+                    salt,
+                    challenge,
+                    maxnumber,
+                    signature,
+                };
                 let solution = tokio::task::spawn_blocking(move || wire::solve(&c))
                     .await
                     .map_err(|_| PeerError::Stopped)?
@@ -427,9 +443,15 @@ async fn handshake(ws: &mut Ws) -> Result<Option<String>, PeerError> {
                 send(ws, wire::hello(Some(&solution))).await?;
             }
             // A wrong solution is followed by a fresh challenge.
-            Ok(Incoming::Error { code, .. }) if code == "pow_invalid" => {}
-            Ok(Incoming::Error { code, message, .. }) => {
-                return Err(PeerError::Refused { code, message });
+            Ok(ServerMsg::Error {
+                code: ErrorCode::PowInvalid,
+                ..
+            }) => {}
+            Ok(ServerMsg::Error { code, message, .. }) => {
+                return Err(PeerError::Refused {
+                    code: code.as_str().to_string(),
+                    message: message.into_owned(),
+                });
             }
             _ => {}
         }
@@ -453,8 +475,8 @@ struct Driver {
     socket: UdpSocket,
     local: SocketAddr,
     cmds: mpsc::UnboundedReceiver<Cmd>,
-    events: mpsc::UnboundedSender<Event>,
-    conns: BTreeMap<Remote, Entry>,
+    events: mpsc::UnboundedSender<PeerEvent>,
+    conns: BTreeMap<Target, Entry>,
     unrouted: std::collections::VecDeque<(Instant, SocketAddr, Vec<u8>)>,
     finished: Vec<ConnStats>,
     offered: Vec<String>,
@@ -564,7 +586,7 @@ impl Driver {
         }
     }
 
-    fn emit(&self, e: Event) {
+    fn emit(&self, e: PeerEvent) {
         let _ = self.events.send(e);
     }
 
@@ -573,7 +595,7 @@ impl Driver {
             && send(ws, text).await.is_err()
         {
             self.ws = None;
-            self.emit(Event::Disconnected);
+            self.emit(PeerEvent::Disconnected);
         }
     }
 
@@ -591,7 +613,7 @@ impl Driver {
         for (remote, ev) in happened {
             self.on_conn_event(remote, ev).await;
         }
-        let dead: Vec<Remote> = self
+        let dead: Vec<Target> = self
             .conns
             .iter()
             .filter(|(_, e)| e.conn.is_dead())
@@ -602,21 +624,21 @@ impl Driver {
         }
     }
 
-    async fn on_conn_event(&mut self, remote: Remote, ev: ConnEvent) {
+    async fn on_conn_event(&mut self, remote: Target, ev: ConnEvent) {
         match ev {
             ConnEvent::Description(d) => self.send_description(remote, &d).await,
-            ConnEvent::Connected => self.emit(Event::Connected { remote }),
-            ConnEvent::AudioStarted(after) => self.emit(Event::AudioStarted {
+            ConnEvent::Connected => self.emit(PeerEvent::Connected { remote }),
+            ConnEvent::AudioStarted(after) => self.emit(PeerEvent::AudioStarted {
                 remote,
                 after_ms: after.as_millis().try_into().unwrap_or(u64::MAX),
             }),
-            ConnEvent::ChatOpen => self.emit(Event::ChatOpen { remote }),
-            ConnEvent::Chat(text) => self.emit(Event::Chat { remote, text }),
+            ConnEvent::ChatOpen => self.emit(PeerEvent::ChatOpen { remote }),
+            ConnEvent::Chat(text) => self.emit(PeerEvent::Chat { remote, text }),
             ConnEvent::Closed => {}
         }
     }
 
-    async fn send_description(&mut self, remote: Remote, d: &SessionDescription) {
+    async fn send_description(&mut self, remote: Target, d: &SessionDescription) {
         self.offered.extend(
             d.sdp
                 .lines()
@@ -625,7 +647,7 @@ impl Driver {
                 .map(str::to_string),
         );
         let auth = match (remote, &self.room) {
-            (Remote::Peer(_), Some(Room { keys: Some(k), .. })) => Some(k.sign(&d.sdp)),
+            (Target::Peer(_), Some(Room { keys: Some(k), .. })) => Some(k.sign(&d.sdp)),
             _ => None,
         };
         self.send(wire::signal(
@@ -636,25 +658,25 @@ impl Driver {
         .await;
     }
 
-    fn drop_conn(&mut self, remote: Remote) {
+    fn drop_conn(&mut self, remote: Target) {
         if let Some(mut e) = self.conns.remove(&remote) {
             e.conn.close();
             if self.recording.is_none() {
                 self.recording = e.conn.take_recording();
             }
             self.finished.push(e.conn.snapshot());
-            self.emit(Event::ConnectionClosed { remote });
+            self.emit(PeerEvent::ConnectionClosed { remote });
         }
     }
 
     fn drop_all(&mut self) {
-        let all: Vec<Remote> = self.conns.keys().copied().collect();
+        let all: Vec<Target> = self.conns.keys().copied().collect();
         for r in all {
             self.drop_conn(r);
         }
     }
 
-    async fn open(&mut self, remote: Remote, polite: bool, require_auth: bool) {
+    async fn open(&mut self, remote: Target, polite: bool, require_auth: bool) {
         self.drop_conn(remote);
         // Record only the first remote: a recording is one voice.
         let record = self.record && self.recording.is_none() && self.conns.is_empty();
@@ -665,7 +687,7 @@ impl Driver {
                     self.on_conn_event(remote, ev).await;
                 }
             }
-            Err(e) => self.emit(Event::Error {
+            Err(e) => self.emit(PeerEvent::Error {
                 code: "local".into(),
                 message: format!("cannot start a WebRTC connection: {e}"),
                 retry_after_ms: None,
@@ -685,20 +707,20 @@ impl Driver {
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                 // The calls go on without signalling (PROTOCOL.md, "Peer to peer").
                 self.ws = None;
-                self.emit(Event::Disconnected);
+                self.emit(PeerEvent::Disconnected);
                 return;
             }
             Some(Ok(_)) => return,
         };
-        let Ok(msg) = wire::decode(&text) else {
+        let Ok(msg) = ServerMsg::from_json(&text) else {
             return;
         };
         match msg {
-            Incoming::Searching { interests } => {
+            ServerMsg::Searching { interests } => {
                 self.drop_call();
-                self.emit(Event::Searching { interests });
+                self.emit(PeerEvent::Searching { interests });
             }
-            Incoming::Matched {
+            ServerMsg::Matched {
                 call,
                 polite,
                 interests,
@@ -706,55 +728,85 @@ impl Driver {
             } => {
                 self.drop_call();
                 self.call = Some(call);
-                self.emit(Event::Matched {
+                self.emit(PeerEvent::Matched {
                     call,
                     polite,
                     interests,
-                    country,
+                    country: country.map(|c| c.as_str().to_string()),
                 });
-                self.open(Remote::Call(call), polite, false).await;
+                self.open(Target::Call(call), polite, false).await;
             }
-            Incoming::Signal {
-                call,
-                from,
-                description,
-                candidate,
+            ServerMsg::Signal(Signal { call, payload }) => {
+                if self.call == Some(call) {
+                    self.on_signal(Target::Call(call), payload, None).await;
+                }
+            }
+            ServerMsg::RoomSignal(RoomSignal {
+                from: Some(peer),
+                payload,
                 auth,
-            } => {
-                let remote = match (call, from) {
-                    (Some(c), _) if self.call == Some(c) => Remote::Call(c),
-                    (_, Some(p)) if self.room.is_some() => Remote::Peer(p),
-                    _ => return,
-                };
-                if !self.conns.contains_key(&remote) {
-                    if let Remote::Peer(_) = remote {
-                        let require = self.room_requires_auth();
-                        self.open(remote, true, require).await;
-                    } else {
-                        return;
-                    }
-                }
-                if let Some(d) = description {
-                    self.on_description(remote, &d, auth.as_deref()).await;
-                } else if let (Some(c), Some(e)) = (candidate, self.conns.get_mut(&remote)) {
-                    e.conn.handle_candidate(&c);
+                ..
+            }) => {
+                if self.room.is_some() {
+                    self.on_signal(Target::Peer(peer), payload, auth).await;
                 }
             }
-            Incoming::CallEnded { call, reason } => {
+            ServerMsg::CallEnded { call, reason } => {
                 self.drop_call();
-                self.emit(Event::CallEnded { call, reason });
+                self.emit(PeerEvent::CallEnded {
+                    call,
+                    reason: reason.as_str().to_string(),
+                });
             }
-            Incoming::Idle => {
+            ServerMsg::Idle => {
                 self.drop_call();
                 self.room = None;
                 self.drop_all();
-                self.emit(Event::Idle);
+                self.emit(PeerEvent::Idle);
             }
-            Incoming::RoomJoined {
+            ServerMsg::RoomJoined { .. }
+            | ServerMsg::PeerJoined { .. }
+            | ServerMsg::PeerLeft { .. }
+            | ServerMsg::RoomLockState { .. } => self.on_room(msg).await,
+            ServerMsg::RoomSuggestion { name } => self.emit(PeerEvent::RoomSuggestion { name }),
+            ServerMsg::Error {
+                code,
+                message,
+                retry_after_ms,
+                ..
+            } => {
+                if matches!(
+                    code,
+                    ErrorCode::PassphraseRequired
+                        | ErrorCode::WrongPassphrase
+                        | ErrorCode::RoomFull
+                        | ErrorCode::BadRoomName
+                ) {
+                    self.room = None;
+                }
+                self.emit(PeerEvent::Error {
+                    code: code.as_str().to_string(),
+                    message: message.into_owned(),
+                    retry_after_ms,
+                });
+            }
+            // A room signal with no sender is not for a client.
+            ServerMsg::RoomSignal(_)
+            | ServerMsg::Welcome { .. }
+            | ServerMsg::IceServers { .. }
+            | ServerMsg::Challenge { .. } => {}
+        }
+    }
+
+    /// The room's news: joined, members coming and going, the lock.
+    async fn on_room(&mut self, msg: ServerMsg) {
+        match msg {
+            ServerMsg::RoomJoined {
                 room,
                 peer,
                 peers,
                 locked,
+                ..
             } => {
                 if let Some(r) = self.room.as_mut() {
                     r.name = room;
@@ -766,58 +818,63 @@ impl Driver {
                 }
                 // We joined last: impolite towards everyone, we offer.
                 for &p in &peers {
-                    self.open(Remote::Peer(p), false, require).await;
+                    self.open(Target::Peer(p), false, require).await;
                 }
-                self.emit(Event::RoomJoined {
+                self.emit(PeerEvent::RoomJoined {
                     peer,
                     peers,
                     locked,
                 });
             }
-            Incoming::PeerJoined { peer } => {
+            ServerMsg::PeerJoined { peer } => {
                 let require = self.room_requires_auth();
-                self.open(Remote::Peer(peer), true, require).await;
-                self.emit(Event::PeerJoined { peer });
+                self.open(Target::Peer(peer), true, require).await;
+                self.emit(PeerEvent::PeerJoined { peer });
             }
-            Incoming::PeerLeft { peer } => {
-                self.drop_conn(Remote::Peer(peer));
-                self.emit(Event::PeerLeft { peer });
+            ServerMsg::PeerLeft { peer } => {
+                self.drop_conn(Target::Peer(peer));
+                self.emit(PeerEvent::PeerLeft { peer });
             }
-            Incoming::RoomLockState { locked } => {
+            ServerMsg::RoomLockState { locked } => {
                 if let Some(r) = self.room.as_mut() {
                     r.locked = locked;
                 }
-                self.emit(Event::LockState { locked });
+                self.emit(PeerEvent::LockState { locked });
             }
-            Incoming::RoomSuggestion { name } => self.emit(Event::RoomSuggestion { name }),
-            Incoming::Error {
-                code,
-                message,
-                retry_after_ms,
-            } => {
-                if matches!(
-                    code.as_str(),
-                    "passphrase_required" | "wrong_passphrase" | "room_full" | "bad_room_name"
-                ) {
-                    self.room = None;
+            _ => {}
+        }
+    }
+
+    /// A signal from the partner or a room member: a member we have no
+    /// connection with yet gets one (they offered first).
+    async fn on_signal(&mut self, remote: Target, payload: SignalPayload, auth: Option<String>) {
+        if !self.conns.contains_key(&remote) {
+            if let Target::Peer(_) = remote {
+                let require = self.room_requires_auth();
+                self.open(remote, true, require).await;
+            } else {
+                return;
+            }
+        }
+        match payload {
+            SignalPayload::Description(d) => {
+                self.on_description(remote, &d, auth.as_deref()).await;
+            }
+            SignalPayload::Candidate(c) => {
+                if let Some(e) = self.conns.get_mut(&remote) {
+                    e.conn.handle_candidate(&c);
                 }
-                self.emit(Event::Error {
-                    code,
-                    message,
-                    retry_after_ms,
-                });
             }
-            Incoming::Welcome { .. } | Incoming::Challenge(_) | Incoming::Other => {}
         }
     }
 
     fn drop_call(&mut self) {
         if let Some(call) = self.call.take() {
-            self.drop_conn(Remote::Call(call));
+            self.drop_conn(Target::Call(call));
         }
     }
 
-    async fn on_description(&mut self, remote: Remote, d: &SessionDescription, auth: Option<&str>) {
+    async fn on_description(&mut self, remote: Target, d: &SessionDescription, auth: Option<&str>) {
         let Some(entry) = self.conns.get_mut(&remote) else {
             return;
         };
@@ -831,7 +888,7 @@ impl Driver {
             };
             if let Some(reason) = refusal {
                 self.drop_conn(remote);
-                self.emit(Event::Refused { remote, reason });
+                self.emit(PeerEvent::Refused { remote, reason });
                 return;
             }
         }
@@ -840,7 +897,7 @@ impl Driver {
             Ok(None) => {}
             Err(e) => {
                 self.drop_conn(remote);
-                self.emit(Event::Error {
+                self.emit(PeerEvent::Error {
                     code: "local".into(),
                     message: format!("could not apply the remote description: {e}"),
                     retry_after_ms: None,
@@ -882,10 +939,10 @@ impl Driver {
                 self.drop_call();
                 self.send(text).await;
             }
-            Cmd::Stats(reply) => {
+            Cmd::PeerStats(reply) => {
                 let mut connections = self.finished.clone();
                 connections.extend(self.conns.values().map(|e| e.conn.snapshot()));
-                let _ = reply.send(Stats {
+                let _ = reply.send(PeerStats {
                     country: self.country.clone(),
                     connections,
                     offered_candidates: self.offered.clone(),

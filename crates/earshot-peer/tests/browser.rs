@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use common::support::harness::{Browser, Run, check_audio, poll, wait_for};
 use common::*;
-use earshot_peer::{Event, Peer, Remote, Stats};
+use earshot_peer::{Peer, PeerEvent, PeerStats, Target};
 use serde_json::Value;
 
 fn page_stats(b: &Browser, room_peer: Option<u32>) -> Result<Value> {
@@ -45,7 +45,7 @@ fn page_hears_peer(b: &Browser, room_peer: Option<u32>) -> Result<()> {
 }
 
 /// The peer hears the page's fake microphone (it beeps: level above silence).
-async fn peer_hears_page(p: &Peer, remote: Remote) -> Result<Stats> {
+async fn peer_hears_page(p: &Peer, remote: Target) -> Result<PeerStats> {
     stats_until(p, "the peer hearing Chromium", |s| {
         conn(s, remote).is_some_and(|c| c.packets_received > 50 && c.peak_level > 0.01)
     })
@@ -58,7 +58,7 @@ fn chat_both_ways(
     rt: &tokio::runtime::Runtime,
     b: &Browser,
     p: &mut Peer,
-    remote: Remote,
+    remote: Target,
     round: usize,
 ) -> Result<()> {
     let to_page = &format!("hello page, this is earshot-peer ({round})");
@@ -122,14 +122,14 @@ fn browser_and_peer_meet_as_strangers() -> Result<()> {
             for round in 1..=2 {
                 let (call, polite) =
                     rt.block_on(p.wait_for(STEP, "the peer matched", |e| match e {
-                        Event::Matched { call, polite, .. } => Some((*call, *polite)),
+                        PeerEvent::Matched { call, polite, .. } => Some((*call, *polite)),
                         _ => None,
                     }))?;
                 ensure!(
                     polite == (round == 2),
                     "round {round}: the peer has polite={polite}"
                 );
-                let remote = Remote::Call(call);
+                let remote = Target::Call(call);
                 wait_for("A connected", &[a], |s| s[0].state == "connected")?;
                 page_hears_peer(a, None)?;
                 let stats = rt.block_on(peer_hears_page(&p, remote))?;
@@ -147,12 +147,12 @@ fn browser_and_peer_meet_as_strangers() -> Result<()> {
                     a.click("end")?;
                     wait_for("A ended the call", &[a], |s| s[0].state == "ended")?;
                     let reason = rt.block_on(p.wait_for(STEP, "the call ended", |e| match e {
-                        Event::CallEnded { reason, .. } => Some(reason.clone()),
+                        PeerEvent::CallEnded { reason, .. } => Some(reason.clone()),
                         _ => None,
                     }))?;
                     ensure!(reason == "partner_ended", "the peer was told {reason}");
                     rt.block_on(p.wait_for(STEP, "the peer searching", |e| {
-                        matches!(e, Event::Searching { .. }).then_some(())
+                        matches!(e, PeerEvent::Searching { .. }).then_some(())
                     }))?;
                     a.click("start")?;
                 }
@@ -197,12 +197,12 @@ fn browser_and_peers_in_a_locked_room() -> Result<()> {
             let mut p0 = rt.block_on(peer(&url, 587.0))?;
             rt.block_on(p0.join_room(room, None))?;
             let id0 = rt.block_on(p0.wait_for(STEP, "the first peer in", |e| match e {
-                Event::RoomJoined { peer, .. } => Some(*peer),
+                PeerEvent::RoomJoined { peer, .. } => Some(*peer),
                 _ => None,
             }))?;
             rt.block_on(p0.lock_room(PASSPHRASE))?;
             rt.block_on(p0.wait_for(STEP, "the room locked", |e| {
-                matches!(e, Event::LockState { locked: true }).then_some(())
+                matches!(e, PeerEvent::LockState { locked: true }).then_some(())
             }))?;
 
             a.goto(&format!("{url}r/{room}"))?;
@@ -216,26 +216,26 @@ fn browser_and_peers_in_a_locked_room() -> Result<()> {
             a.testid("passphrase-input")?.send_keys(PASSPHRASE)?;
             a.click("passphrase-submit")?;
             let a_id = rt.block_on(p0.wait_for(STEP, "A joining", |e| match e {
-                Event::PeerJoined { peer } => Some(*peer),
+                PeerEvent::PeerJoined { peer } => Some(*peer),
                 _ => None,
             }))?;
             wait_for("A in the call with the peer", &[a], |s| {
                 s[0].state == "joined" && s[0].count == Some(2)
             })?;
             page_hears_peer(a, Some(id0))?;
-            let s0 = rt.block_on(peer_hears_page(&p0, Remote::Peer(a_id)))?;
+            let s0 = rt.block_on(peer_hears_page(&p0, Target::Peer(a_id)))?;
 
             let mut p1 = rt.block_on(peer(&url, 659.0))?;
             rt.block_on(p1.join_room(room, None))?;
             let code = rt.block_on(p1.wait_for(STEP, "the second peer refused", |e| match e {
-                Event::Error { code, .. } => Some(code.clone()),
+                PeerEvent::Error { code, .. } => Some(code.clone()),
                 _ => None,
             }))?;
             ensure!(code == "passphrase_required", "the second peer got {code}");
             rt.block_on(p1.join_room(room, Some(PASSPHRASE)))?;
             let (id1, peers) =
                 rt.block_on(p1.wait_for(STEP, "the second peer in", |e| match e {
-                    Event::RoomJoined { peer, peers, .. } => Some((*peer, peers.clone())),
+                    PeerEvent::RoomJoined { peer, peers, .. } => Some((*peer, peers.clone())),
                     _ => None,
                 }))?;
             ensure!(
@@ -244,9 +244,9 @@ fn browser_and_peers_in_a_locked_room() -> Result<()> {
             );
             wait_for("A in the call with both", &[a], |s| s[0].count == Some(3))?;
             page_hears_peer(a, Some(id1))?;
-            let s1 = rt.block_on(peer_hears_page(&p1, Remote::Peer(a_id)))?;
+            let s1 = rt.block_on(peer_hears_page(&p1, Target::Peer(a_id)))?;
             rt.block_on(stats_until(&p1, "the second peer hearing the first", |s| {
-                hears(s, Remote::Peer(id0), 587.0)
+                hears(s, Target::Peer(id0), 587.0)
             }))?;
             for (who, s) in [("the first peer", &s0), ("the second peer", &s1)] {
                 check_loopback_candidates(who, s)?;
@@ -256,9 +256,9 @@ fn browser_and_peers_in_a_locked_room() -> Result<()> {
                 snap.refused.iter().all(String::is_empty),
                 "A refused someone: {snap}"
             );
-            chat_both_ways(run, &rt, a, &mut p1, Remote::Peer(a_id), 1)?;
-            let figure = |s: &Stats| {
-                conn(s, Remote::Peer(a_id))
+            chat_both_ways(run, &rt, a, &mut p1, Target::Peer(a_id), 1)?;
+            let figure = |s: &PeerStats| {
+                conn(s, Target::Peer(a_id))
                     .and_then(|c| c.first_audio_ms)
                     .unwrap_or_default()
             };

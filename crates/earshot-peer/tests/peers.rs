@@ -13,12 +13,12 @@ use common::support::earshot_binary;
 use common::support::harness::{NEVER_LOGGED, SERVER_ARGS, STOP};
 use common::support::server::{Server, check_log};
 use common::*;
-use earshot_peer::{Event, Peer, Remote};
+use earshot_peer::{Peer, PeerEvent, Target};
 
 async fn matched(peer: &mut Peer, who: &str) -> Result<u64> {
     Ok(peer
         .wait_for(STEP, &format!("{who} matched"), |e| match e {
-            Event::Matched { call, .. } => Some(*call),
+            PeerEvent::Matched { call, .. } => Some(*call),
             _ => None,
         })
         .await?)
@@ -27,7 +27,7 @@ async fn matched(peer: &mut Peer, who: &str) -> Result<u64> {
 async fn searching(peer: &mut Peer, who: &str) -> Result<()> {
     Ok(peer
         .wait_for(STEP, &format!("{who} searching"), |e| {
-            matches!(e, Event::Searching { .. }).then_some(())
+            matches!(e, PeerEvent::Searching { .. }).then_some(())
         })
         .await?)
 }
@@ -53,7 +53,7 @@ async fn peers_meet_talk_chat_skip_end_and_report() -> Result<()> {
         matched(&mut b, "B").await? == call,
         "A and B in different calls"
     );
-    let them = Remote::Call(call);
+    let them = Target::Call(call);
 
     let sa = stats_until(&a, "A hearing 660 Hz", |s| hears(s, them, 660.0)).await?;
     let sb = stats_until(&b, "B hearing 440 Hz", |s| hears(s, them, 440.0)).await?;
@@ -65,7 +65,7 @@ async fn peers_meet_talk_chat_skip_end_and_report() -> Result<()> {
     chat_from(&mut a, "A", them, chats[1]).await?;
     check_loopback_candidates("A", &sa)?;
     check_loopback_candidates("B", &sb)?;
-    let first = |s: &earshot_peer::Stats| conn(s, them).and_then(|c| c.first_audio_ms);
+    let first = |s: &earshot_peer::PeerStats| conn(s, them).and_then(|c| c.first_audio_ms);
     report(&format!(
         "earshot-peer strangers: time to first audio packet (from matched) A {} ms, B {} ms; \
          rtt {:?} ms",
@@ -79,7 +79,7 @@ async fn peers_meet_talk_chat_skip_end_and_report() -> Result<()> {
     searching(&mut a, "A after skipping").await?;
     let reason = b
         .wait_for(STEP, "B told the call ended", |e| match e {
-            Event::CallEnded { reason, .. } => Some(reason.clone()),
+            PeerEvent::CallEnded { reason, .. } => Some(reason.clone()),
             _ => None,
         })
         .await?;
@@ -98,13 +98,13 @@ async fn peers_meet_talk_chat_skip_end_and_report() -> Result<()> {
     let (mut x, mut y) = if a_met_c { (a, b) } else { (b, a) };
     x.report(Some(earshot_core::protocol::ReportReason::Spam))?;
     x.wait_for(STEP, "the reporter idle", |e| {
-        matches!(e, Event::Idle).then_some(())
+        matches!(e, PeerEvent::Idle).then_some(())
     })
     .await?;
     // C goes back to the queue and meets Y, who ends the call.
     let c_call = c
         .wait_for(STEP, "C matched again", |e| match e {
-            Event::Matched { call, .. } => Some(*call),
+            PeerEvent::Matched { call, .. } => Some(*call),
             _ => None,
         })
         .await?;
@@ -114,12 +114,12 @@ async fn peers_meet_talk_chat_skip_end_and_report() -> Result<()> {
     );
     y.end()?;
     y.wait_for(STEP, "Y idle after End", |e| {
-        matches!(e, Event::Idle).then_some(())
+        matches!(e, PeerEvent::Idle).then_some(())
     })
     .await?;
     let reason = c
         .wait_for(STEP, "C told the call ended", |e| match e {
-            Event::CallEnded { reason, .. } => Some(reason.clone()),
+            PeerEvent::CallEnded { reason, .. } => Some(reason.clone()),
             _ => None,
         })
         .await?;
@@ -174,7 +174,7 @@ async fn peers_in_a_locked_room() -> Result<()> {
         p.join_room(room, None).await?;
         let id = p
             .wait_for(STEP, &format!("member {i} joined"), |e| match e {
-                Event::RoomJoined { peer, .. } => Some(*peer),
+                PeerEvent::RoomJoined { peer, .. } => Some(*peer),
                 _ => None,
             })
             .await?;
@@ -184,7 +184,7 @@ async fn peers_in_a_locked_room() -> Result<()> {
     for (i, p) in members.iter().enumerate() {
         for (j, hz) in tones[..3].iter().enumerate() {
             if i != j {
-                let remote = Remote::Peer(ids[j]);
+                let remote = Target::Peer(ids[j]);
                 stats_until(p, &format!("member {i} hearing member {j}"), |s| {
                     hears(s, remote, *hz)
                 })
@@ -193,12 +193,12 @@ async fn peers_in_a_locked_room() -> Result<()> {
         }
     }
     for (i, p) in members.iter_mut().enumerate().skip(1) {
-        chat_open(p, &format!("member {i}"), Remote::Peer(ids[0])).await?;
+        chat_open(p, &format!("member {i}"), Target::Peer(ids[0])).await?;
     }
     let sent = members[0].send_chat(chat).await?;
     ensure!(sent == 2, "the chat line went to {sent} members, not 2");
     for (i, p) in members.iter_mut().enumerate().skip(1) {
-        chat_from(p, &format!("member {i}"), Remote::Peer(ids[0]), chat).await?;
+        chat_from(p, &format!("member {i}"), Target::Peer(ids[0]), chat).await?;
     }
 
     for p in &members {
@@ -206,7 +206,7 @@ async fn peers_in_a_locked_room() -> Result<()> {
     }
     for (i, p) in members.iter_mut().enumerate() {
         p.wait_for(STEP, &format!("member {i} sees the lock"), |e| {
-            matches!(e, Event::LockState { locked: true }).then_some(())
+            matches!(e, PeerEvent::LockState { locked: true }).then_some(())
         })
         .await?;
     }
@@ -219,7 +219,7 @@ async fn peers_in_a_locked_room() -> Result<()> {
         d.join_room(room, pass).await?;
         let code = d
             .wait_for(STEP, "the newcomer refused", |e| match e {
-                Event::Error { code, .. } => Some(code.clone()),
+                PeerEvent::Error { code, .. } => Some(code.clone()),
                 _ => None,
             })
             .await?;
@@ -228,14 +228,14 @@ async fn peers_in_a_locked_room() -> Result<()> {
     d.join_room(room, Some(passphrase)).await?;
     let peers = d
         .wait_for(STEP, "the newcomer in", |e| match e {
-            Event::RoomJoined { peers, locked, .. } if *locked => Some(peers.clone()),
+            PeerEvent::RoomJoined { peers, locked, .. } if *locked => Some(peers.clone()),
             _ => None,
         })
         .await?;
     ensure!(peers.len() == 3, "the newcomer sees {peers:?}");
     let mut firsts = Vec::new();
     for (j, hz) in tones[..3].iter().enumerate() {
-        let remote = Remote::Peer(ids[j]);
+        let remote = Target::Peer(ids[j]);
         let s = stats_until(&d, &format!("the newcomer hearing member {j}"), |s| {
             hears(s, remote, *hz)
         })
@@ -305,7 +305,7 @@ async fn peers_call_survives_a_server_stop() -> Result<()> {
     searching(&mut a, "A").await?;
     b.search(&[])?;
     let call = matched(&mut a, "A").await?;
-    let them = Remote::Call(call);
+    let them = Target::Call(call);
     chat_open(&mut a, "A", them).await?;
     chat_open(&mut b, "B", them).await?;
     stats_until(&b, "B hearing A", |s| hears(s, them, 440.0)).await?;
@@ -313,7 +313,7 @@ async fn peers_call_survives_a_server_stop() -> Result<()> {
     server.stop(STOP)?;
     for (p, who) in [(&mut a, "A"), (&mut b, "B")] {
         p.wait_for(STEP, &format!("{who} told signalling is gone"), |e| {
-            matches!(e, Event::Disconnected).then_some(())
+            matches!(e, PeerEvent::Disconnected).then_some(())
         })
         .await?;
     }

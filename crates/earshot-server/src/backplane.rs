@@ -90,7 +90,7 @@ use earshot_core::backplane::nodes::{self, BeatReply, Liveness};
 use earshot_core::backplane::queue;
 use earshot_core::backplane::script::Script;
 use earshot_core::backplane::scripts::Scripts;
-use earshot_core::backplane::{self, Event, NodeId, Request, decode_remote};
+use earshot_core::backplane::{Event, NodeId, Request, decode_remote};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -365,7 +365,7 @@ impl Redis {
         let ttl = millis(rotation.saturating_mul(3));
         let mut set = Cmd::new("SET");
         set.key(&current_key)
-            .arg(hex32(&candidate))
+            .arg(earshot_core::hex::encode(&candidate))
             .arg("NX")
             .arg("PX")
             .arg(ttl);
@@ -376,9 +376,9 @@ impl Redis {
         let v = all(&self.topology, &[set, get, previous]).await?;
         let current = v[1]
             .text()
-            .and_then(unhex32)
+            .and_then(earshot_core::hex::decode)
             .context("the shared secret in Redis is malformed")?;
-        keyer.set_secrets(current, v[2].text().and_then(unhex32));
+        keyer.set_secrets(current, v[2].text().and_then(earshot_core::hex::decode));
         Ok(())
     }
 
@@ -745,21 +745,6 @@ fn random_secret() -> [u8; 32] {
     s
 }
 
-fn hex32(b: &[u8; 32]) -> String {
-    backplane::hex_bytes(b)
-}
-
-fn unhex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -767,8 +752,11 @@ mod tests {
     #[test]
     fn secrets_round_trip_through_hex() {
         let s = random_secret();
-        assert_eq!(unhex32(&hex32(&s)), Some(s));
-        assert_eq!(unhex32("zz"), None);
-        assert_eq!(unhex32(&"é".repeat(32)), None);
+        assert_eq!(
+            earshot_core::hex::decode(&earshot_core::hex::encode(&s)),
+            Some(s)
+        );
+        assert_eq!(earshot_core::hex::decode::<32>("zz"), None);
+        assert_eq!(earshot_core::hex::decode::<32>(&"é".repeat(32)), None);
     }
 }

@@ -145,6 +145,17 @@ pub struct Args {
     )]
     pub trusted_proxies: Vec<String>,
 
+    /// Another site whose pages may open /ws (scheme://host[:port], e.g.
+    /// https://chat.example.org); repeatable. Browsers' upgrades from the
+    /// page's own origin are always accepted, others are refused with 403;
+    /// clients that send no Origin are accepted.
+    #[arg(
+        long = "allowed-origin",
+        env = "EARSHOT_ALLOWED_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
     /// Which header trusted proxies write: x-forwarded-for or forwarded.
     #[arg(
         long,
@@ -254,6 +265,8 @@ pub struct Settings {
     pub geoip_db: Option<std::path::PathBuf>,
     pub tls: TlsSetup,
     pub proxies: crate::proxy::TrustedProxies,
+    /// Which pages besides our own may open `/ws`.
+    pub origins: crate::origin::OriginPolicy,
     /// `None`: state in memory, one node.
     pub redis: Option<RedisUrl>,
 }
@@ -354,6 +367,7 @@ impl Settings {
             geoip_db: None,
             tls: TlsSetup::None,
             proxies: crate::proxy::TrustedProxies::default(),
+            origins: crate::origin::OriginPolicy::default(),
             redis: None,
         }
     }
@@ -462,16 +476,7 @@ impl TryFrom<&Args> for Settings {
         // A client may open its whole allowance at once, then slowly more.
         let burst = u32::try_from(args.max_connections_per_client).unwrap_or(u32::MAX);
         settings.core.per_client.connects.0 = settings.core.per_client.connects.0.max(burst);
-        settings.core.pow.mode = match args.pow.as_str() {
-            "off" => earshot_core::pow::PowMode::Off,
-            "always" => earshot_core::pow::PowMode::Always,
-            _ => earshot_core::pow::PowMode::Auto,
-        };
-        if args.pow_difficulty == 0 || args.pow_difficulty > 10_000_000 {
-            bail!("--pow-difficulty must be between 1 and 10000000");
-        }
-        settings.core.pow.base_maxnumber = args.pow_difficulty;
-        settings.core.pow.max_maxnumber = settings.core.pow.max_maxnumber.max(args.pow_difficulty);
+        pow_setup(args, &mut settings.core.pow)?;
         settings.key_rotation = seconds("key-rotation", args.key_rotation * 3600.0)?;
         if let Some(url) = &args.redis {
             if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
@@ -479,34 +484,7 @@ impl TryFrom<&Args> for Settings {
             }
             settings.redis = Some(RedisUrl(url.clone()));
         }
-        for url in &args.turn_urls {
-            if !(url.starts_with("turn:") || url.starts_with("turns:")) {
-                bail!("--turn-url must start with turn: or turns:");
-            }
-        }
-        if !args.turn_urls.is_empty() && args.turn_secret.is_none() {
-            bail!("--turn-url needs --turn-secret (the TURN REST shared secret)");
-        }
-        let secret = match &args.turn_secret {
-            Some(s) if s.len() < 16 => bail!("--turn-secret must be at least 16 characters"),
-            Some(s) => s.as_bytes().to_vec(),
-            None => {
-                let mut s = vec![0u8; 32];
-                getrandom::fill(&mut s).map_err(std::io::Error::other)?;
-                s
-            }
-        };
-        let (embedded, unavailable) = embedded_turn(args)?;
-        settings.turn = TurnSetup {
-            embedded,
-            urls: args.turn_urls.clone(),
-            secret,
-            unavailable,
-        };
-        if !(60..=7 * 24 * 3600).contains(&args.turn_ttl) {
-            bail!("--turn-ttl must be between 60 and 604800 seconds");
-        }
-        settings.core.turn_credential_ttl = Duration::from_secs(args.turn_ttl);
+        (settings.turn, settings.core.turn_credential_ttl) = turn_setup(args)?;
         settings.core.hide_ip_default = args.hide_ip_default == "on";
         settings.geoip_db = args.geoip_db.clone();
         settings.tls = match (&args.tls_cert, &args.tls_key, args.tls_self_signed) {
@@ -526,22 +504,14 @@ impl TryFrom<&Args> for Settings {
                     .parse()
                     .context("bad --forwarded-header")?,
             );
+        settings.origins.allowed =
+            crate::origin::parse_allowed(&args.allowed_origins).context("bad --allowed-origin")?;
         if settings.key_rotation < Duration::from_secs(60) {
             bail!("--key-rotation must be at least a minute (0.017 hours)");
         }
         settings.core.interest_wait = seconds("interest-wait", args.interest_wait)?;
         settings.core.rematch_cooldown = seconds("rematch-cooldown", args.rematch_cooldown)?;
-        if args.max_client_records < 1000 {
-            bail!("--max-client-records must be at least 1000");
-        }
-        let m = &mut settings.core.moderation;
-        (m.max_records, m.max_blocks) = (args.max_client_records, args.max_client_records);
-        settings.core.allowance_keys = args.max_client_records;
-        if args.test_unweighed_reports {
-            m.trusted_after = Duration::ZERO;
-            m.held_calls_for_full = 0;
-            m.arrived_together = Duration::ZERO;
-        }
+        client_records(args, &mut settings.core)?;
         if args.bench_no_rate_limits {
             let core = &mut settings.core;
             (core.messages_per_second, core.message_burst) = (1_000_000, 1_000_000);
@@ -550,6 +520,70 @@ impl TryFrom<&Args> for Settings {
         }
         Ok(settings)
     }
+}
+
+/// TURN as offered to clients: the embedded server, external URLs, the
+/// shared secret, and how long credentials last.
+fn turn_setup(args: &Args) -> anyhow::Result<(TurnSetup, Duration)> {
+    for url in &args.turn_urls {
+        if !(url.starts_with("turn:") || url.starts_with("turns:")) {
+            bail!("--turn-url must start with turn: or turns:");
+        }
+    }
+    if !args.turn_urls.is_empty() && args.turn_secret.is_none() {
+        bail!("--turn-url needs --turn-secret (the TURN REST shared secret)");
+    }
+    let secret = match &args.turn_secret {
+        Some(s) if s.len() < 16 => bail!("--turn-secret must be at least 16 characters"),
+        Some(s) => s.as_bytes().to_vec(),
+        None => {
+            let mut s = vec![0u8; 32];
+            getrandom::fill(&mut s).map_err(std::io::Error::other)?;
+            s
+        }
+    };
+    let (embedded, unavailable) = embedded_turn(args)?;
+    let setup = TurnSetup {
+        embedded,
+        urls: args.turn_urls.clone(),
+        secret,
+        unavailable,
+    };
+    if !(60..=7 * 24 * 3600).contains(&args.turn_ttl) {
+        bail!("--turn-ttl must be between 60 and 604800 seconds");
+    }
+    Ok((setup, Duration::from_secs(args.turn_ttl)))
+}
+
+/// When `hello` needs proof of work, and how hard it is.
+fn pow_setup(args: &Args, pow: &mut earshot_core::pow::PowConfig) -> anyhow::Result<()> {
+    pow.mode = match args.pow.as_str() {
+        "off" => earshot_core::pow::PowMode::Off,
+        "always" => earshot_core::pow::PowMode::Always,
+        _ => earshot_core::pow::PowMode::Auto,
+    };
+    if args.pow_difficulty == 0 || args.pow_difficulty > 10_000_000 {
+        bail!("--pow-difficulty must be between 1 and 10000000");
+    }
+    pow.base_maxnumber = args.pow_difficulty;
+    pow.max_maxnumber = pow.max_maxnumber.max(args.pow_difficulty);
+    Ok(())
+}
+
+/// The caps on abuse-control tables, and the tests' unweighed reports.
+fn client_records(args: &Args, core: &mut earshot_core::Config) -> anyhow::Result<()> {
+    if args.max_client_records < 1000 {
+        bail!("--max-client-records must be at least 1000");
+    }
+    let m = &mut core.moderation;
+    (m.max_records, m.max_blocks) = (args.max_client_records, args.max_client_records);
+    core.allowance_keys = args.max_client_records;
+    if args.test_unweighed_reports {
+        m.trusted_after = Duration::ZERO;
+        m.held_calls_for_full = 0;
+        m.arrived_together = Duration::ZERO;
+    }
+    Ok(())
 }
 
 /// The address to show people for a listening socket: a wildcard becomes
@@ -638,5 +672,34 @@ mod tests {
         let d = parse(&[]).unwrap().core;
         assert_eq!(d.moderation.max_records, 1_000_000);
         assert!(d.moderation.trusted_after > Duration::ZERO);
+    }
+
+    #[test]
+    fn allowed_origins_are_checked_and_normalised() {
+        let s = parse(&[
+            "--allowed-origin",
+            "https://A.example:443,http://b.example:8080",
+            "--allowed-origin",
+            "http://[::1]:80",
+        ])
+        .unwrap();
+        assert_eq!(
+            format!("{:?}", s.origins.allowed),
+            "[https://a.example, http://b.example:8080, http://[::1]]"
+        );
+        assert!(parse(&[]).unwrap().origins.allowed.is_empty());
+        for bad in [
+            "null",
+            "*",
+            "a.example",
+            "https://a.example/",
+            "https://a:0x1",
+        ] {
+            let err = parse(&["--allowed-origin", bad]).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("--allowed-origin"),
+                "{bad}: {err:#}"
+            );
+        }
     }
 }

@@ -17,21 +17,7 @@ use std::net::IpAddr;
 use earshot_core::ClientKey;
 use hmac::{KeyInit, Mac};
 
-/// A value that must never reach a log: formatting it prints `<redacted>`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Pii<T>(pub T);
-
-impl<T> fmt::Debug for Pii<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl<T> fmt::Display for Pii<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use earshot_core::Pii;
 
 /// Turns client addresses into keys, under a secret that rotates: the
 /// previous secret's key is offered too, so that what was recorded under it

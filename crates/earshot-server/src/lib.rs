@@ -15,6 +15,7 @@
 //! - [`tls`]: HTTPS certificates (from files, or self-signed in memory).
 //! - [`geo`], [`proxy`]: approximate country, and client addresses behind
 //!   trusted reverse proxies.
+//! - [`origin`]: which web pages may open `/ws` (the `Origin` check).
 //!
 //! [`start`] binds everything and returns a [`Running`] server; `main.rs`
 //! only parses flags, sets up logging and waits for a signal. Tests and
@@ -29,6 +30,7 @@ mod http;
 pub mod hub;
 pub mod identity;
 mod listener;
+pub mod origin;
 pub mod proxy;
 pub mod stun;
 pub mod tls;
@@ -63,6 +65,10 @@ pub struct App {
     pinger: Arc<ws::Pinger>,
     /// See `http::ice_servers`: the `Host` it was made for, and the list.
     last_ice_servers: http::LastIceServers,
+    /// Browser upgrades to `/ws` refused for their `Origin`.
+    refused_origins: std::sync::atomic::AtomicU64,
+    /// Whether the operator was told of a refusal for a scheme mismatch.
+    warned_scheme: std::sync::atomic::AtomicBool,
 }
 
 /// A started server.
@@ -88,37 +94,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let stun_metrics = Arc::new(stun::StunMetrics::default());
-    let stun_addr = match settings.stun_listen {
-        Some(addr) => {
-            let socket = tokio::net::UdpSocket::bind(addr)
-                .await
-                .with_context(|| format!("cannot bind STUN on udp {addr}"))?;
-            let bound = socket.local_addr()?;
-            tracker.spawn(stun::serve(socket, stun_metrics.clone(), shutdown.clone()));
-            Some(bound)
-        }
-        None => None,
-    };
-    let turn_listener = match &settings.turn.embedded {
-        Some(t) => {
-            let mut limits = t.limits.clone();
-            limits
-                .services
-                .extend([http_addr].into_iter().chain(stun_addr));
-            let listener = turn::TurnListener::bind(turn::TurnSettings {
-                listen: t.listen,
-                public_ip: t.public_ip,
-                relay_ports: t.relay_ports.clone(),
-                secret: settings.turn.secret.clone(),
-                realm: "earshot".into(),
-                limits,
-            })
-            .await
-            .context("cannot start the embedded TURN server")?;
-            Some(listener)
-        }
-        None => None,
-    };
+    let stun_addr = bind_stun(&settings, &stun_metrics, &shutdown, &tracker).await?;
+    let turn_listener = bind_turn(&settings, http_addr, stun_addr).await?;
     let turn_addr = turn_listener
         .as_ref()
         .map(turn::TurnListener::local_addr)
@@ -141,47 +118,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     tracing::info!(source = %geo.description(), "country lookup ready");
     let keyer =
         Arc::new(identity::Keyer::random().context("no OS randomness for the client-key secret")?);
-    let (hub, redis) = match &settings.redis {
-        Some(url) => {
-            let redis = Arc::new(backplane::Redis::connect(&url.0, settings.key_rotation).await?);
-            let fresh = keyer.secret();
-            redis
-                .sync_secret(&keyer, settings.key_rotation, fresh)
-                .await
-                .context("cannot agree the client-key secret through Redis")?;
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let hub = hub::Hub::with_backplane(
-                settings.core.clone(),
-                settings.outbound_queue,
-                Some((redis.node(), tx)),
-            );
-            (hub, Some((redis, rx)))
-        }
-        None => (
-            hub::Hub::new(settings.core.clone(), settings.outbound_queue),
-            None,
-        ),
-    };
+    let (hub, redis) = make_hub(&settings, &keyer).await?;
     if turn_addr.is_some() || !settings.turn.urls.is_empty() {
         hub.set_turn_credentials(
             settings.turn.secret.clone(),
             settings.core.turn_credential_ttl,
         );
     }
-    let turn_metrics = match turn_listener {
-        Some(listener) => {
-            let listener = listener.with_credential_check(hub.relay_check());
-            let metrics = listener.metrics();
-            let token = shutdown.clone();
-            tracker.spawn(async move {
-                if let Err(e) = listener.serve(token).await {
-                    tracing::error!(error = %e, "the embedded TURN server stopped");
-                }
-            });
-            Some(metrics)
-        }
-        None => None,
-    };
+    let turn_metrics = turn_listener.map(|l| spawn_turn(l, &hub, &shutdown, &tracker));
     let guards = listener::Guards {
         // Room for requests that are not signalling sockets, and for sockets
         // that are closing.
@@ -215,6 +159,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         tracker: tracker.clone(),
         pinger,
         last_ice_servers: std::sync::Mutex::new(None),
+        refused_origins: std::sync::atomic::AtomicU64::new(0),
+        warned_scheme: std::sync::atomic::AtomicBool::new(false),
     });
     match redis {
         // The backplane rotates the shared secret with the other nodes.
@@ -248,6 +194,105 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         tls,
         app,
         server,
+    })
+}
+
+/// Binds the embedded STUN server's socket, if it runs, and serves it.
+async fn bind_stun(
+    settings: &Settings,
+    metrics: &Arc<stun::StunMetrics>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(addr) = settings.stun_listen else {
+        return Ok(None);
+    };
+    let socket = tokio::net::UdpSocket::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind STUN on udp {addr}"))?;
+    let bound = socket.local_addr()?;
+    tracker.spawn(stun::serve(socket, metrics.clone(), shutdown.clone()));
+    Ok(Some(bound))
+}
+
+/// Binds the embedded TURN server's sockets, if it runs; it serves once
+/// the hub can tell it which credentials are live (`spawn_turn`).
+async fn bind_turn(
+    settings: &Settings,
+    http_addr: SocketAddr,
+    stun_addr: Option<SocketAddr>,
+) -> anyhow::Result<Option<turn::TurnListener>> {
+    let Some(t) = &settings.turn.embedded else {
+        return Ok(None);
+    };
+    let mut limits = t.limits.clone();
+    // The relay never reaches the server's own services.
+    limits
+        .services
+        .extend([http_addr].into_iter().chain(stun_addr));
+    let listener = turn::TurnListener::bind(turn::TurnSettings {
+        listen: t.listen,
+        public_ip: t.public_ip,
+        relay_ports: t.relay_ports.clone(),
+        secret: settings.turn.secret.clone(),
+        realm: "earshot".into(),
+        limits,
+    })
+    .await
+    .context("cannot start the embedded TURN server")?;
+    Ok(Some(listener))
+}
+
+/// Serves the embedded TURN server, new allocations going only to live
+/// sessions of `hub`; its counters for `/metrics`.
+fn spawn_turn(
+    listener: turn::TurnListener,
+    hub: &Arc<hub::Hub>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Arc<turn::TurnMetrics> {
+    let listener = listener.with_credential_check(hub.relay_check());
+    let metrics = listener.metrics();
+    let token = shutdown.clone();
+    tracker.spawn(async move {
+        if let Err(e) = listener.serve(token).await {
+            tracing::error!(error = %e, "the embedded TURN server stopped");
+        }
+    });
+    metrics
+}
+
+/// The hub, in memory or (with `--redis`) on the backplane, whose task
+/// `start` spawns once the app exists.
+type Backplane = (
+    Arc<backplane::Redis>,
+    tokio::sync::mpsc::UnboundedReceiver<earshot_core::backplane::Request>,
+);
+
+async fn make_hub(
+    settings: &Settings,
+    keyer: &Arc<identity::Keyer>,
+) -> anyhow::Result<(Arc<hub::Hub>, Option<Backplane>)> {
+    Ok(match &settings.redis {
+        Some(url) => {
+            let redis = Arc::new(backplane::Redis::connect(&url.0, settings.key_rotation).await?);
+            let fresh = keyer.secret();
+            redis
+                .sync_secret(keyer, settings.key_rotation, fresh)
+                .await
+                .context("cannot agree the client-key secret through Redis")?;
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let hub = hub::Hub::with_backplane(
+                settings.core.clone(),
+                settings.outbound_queue,
+                Some((redis.node(), tx)),
+            );
+            (hub, Some((redis, rx)))
+        }
+        None => (
+            hub::Hub::new(settings.core.clone(), settings.outbound_queue),
+            None,
+        ),
     })
 }
 

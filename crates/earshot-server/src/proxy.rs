@@ -3,13 +3,16 @@
 //! A connection from a TLS-terminating proxy comes from the proxy's address;
 //! the client's is in a header the proxy adds. [`TrustedProxies`] holds the
 //! operator's proxy ranges and which header their proxy writes, and
-//! [`TrustedProxies::client_ip`] reads it.
+//! [`TrustedProxies::client_ip`] reads it. The same proxy also says which
+//! host and scheme the client asked for ([`TrustedProxies::forwarded_origin`],
+//! for the `Origin` check of `/ws`).
 //!
 //! Invariants:
 //!
 //! - Headers are read only on connections from a trusted range; from anyone
 //!   else they are ignored and the peer address is the client's.
-//! - Only the one header the operator names ([`Header`]) is read. Proxies
+//! - Only the one header the operator names ([`Header`]) is read (with
+//!   `X-Forwarded-For`, its siblings `X-Forwarded-Host` and `-Proto`). Proxies
 //!   pass the *other* header from the client through untouched (nginx and
 //!   Caddy add `X-Forwarded-For` and forward a client's `Forwarded` as it
 //!   came), so trusting both would let anyone claim any address, and with it
@@ -105,12 +108,54 @@ impl TrustedProxies {
         if !self.contains(peer) {
             return peer;
         }
+        self.walk(headers).client.unwrap_or(peer)
+    }
+
+    /// The host and scheme a trusted proxy says the client asked it for (so
+    /// the origin of the page it serves): `X-Forwarded-Host` and
+    /// `X-Forwarded-Proto` when the proxy writes `X-Forwarded-For`, or the
+    /// `host` and `proto` of the `Forwarded` element that names the client.
+    /// Nothing from a peer that is not a trusted proxy.
+    pub fn forwarded_origin(&self, peer: IpAddr, headers: &HeaderMap) -> ForwardedOrigin {
+        if !self.contains(peer) {
+            return ForwardedOrigin::default();
+        }
+        match self.header {
+            // Proxies set these rather than append to them; if one appends,
+            // the last value is the one the nearest proxy wrote or let by.
+            Header::XForwardedFor => ForwardedOrigin {
+                host: last_value(headers, "x-forwarded-host"),
+                proto: last_value(headers, "x-forwarded-proto"),
+            },
+            // The element a trusted proxy wrote about the client: the one
+            // where the walk stops, like `client_ip`'s.
+            Header::Forwarded => {
+                let element = self.walk(headers).entry;
+                let param = |name| {
+                    let element = std::str::from_utf8(element?).ok()?;
+                    match forwarded_param(element, name) {
+                        Param::Value(v) if !v.is_empty() => Some(v.to_string()),
+                        _ => None,
+                    }
+                };
+                ForwardedOrigin {
+                    host: param("host"),
+                    proto: param("proto"),
+                }
+            }
+        }
+    }
+
+    /// Walks the configured header from the right to where the client is
+    /// named; for a peer that is a trusted proxy only.
+    fn walk<'h>(&self, headers: &'h HeaderMap) -> Stop<'h> {
         let name: HeaderName = match self.header {
             Header::XForwardedFor => HeaderName::from_static("x-forwarded-for"),
             Header::Forwarded => FORWARDED,
         };
-        // The trusted proxy furthest from us seen so far: the answer when
-        // every hop is trusted (a request from a proxy host itself).
+        // The trusted proxy furthest from us seen so far (and its entry):
+        // the answer when every hop is trusted (a request from a proxy host
+        // itself).
         let mut furthest = None;
         // Several header lines form one list, in order: walk the last first.
         // Bytes, not text: what a client put further left (even bytes that
@@ -124,14 +169,60 @@ impl TrustedProxies {
                 };
                 match hop {
                     Hop::Empty => {}
-                    Hop::Addr(ip) if self.contains(ip) => furthest = Some(ip),
-                    Hop::Addr(ip) => return ip,
-                    Hop::Unknown | Hop::Malformed => return peer,
+                    Hop::Addr(ip) if self.contains(ip) => furthest = Some((ip, entry)),
+                    Hop::Addr(ip) => {
+                        return Stop {
+                            client: Some(ip),
+                            entry: Some(entry),
+                        };
+                    }
+                    // Still written by a trusted proxy, which hid the client.
+                    Hop::Unknown => {
+                        return Stop {
+                            client: None,
+                            entry: Some(entry),
+                        };
+                    }
+                    Hop::Malformed => {
+                        return Stop {
+                            client: None,
+                            entry: None,
+                        };
+                    }
                 }
             }
         }
-        furthest.unwrap_or(peer)
+        Stop {
+            client: furthest.map(|(ip, _)| ip),
+            entry: furthest.map(|(_, entry)| entry),
+        }
     }
+}
+
+/// Where [`TrustedProxies::walk`] stopped.
+struct Stop<'h> {
+    /// The client's address, if the entry named one.
+    client: Option<IpAddr>,
+    /// The entry, written by a trusted proxy, that names (or hides) the
+    /// client; `None` when it was malformed or there was none.
+    entry: Option<&'h [u8]>,
+}
+
+/// What a trusted proxy forwarded about the request it received.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardedOrigin {
+    /// The `Host` the client sent the proxy (`chat.example.org[:port]`).
+    pub host: Option<String>,
+    /// The scheme the client used with the proxy (`https`).
+    pub proto: Option<String>,
+}
+
+/// The last comma-separated value of the last `name` header line, trimmed,
+/// if it is text and not empty.
+fn last_value(headers: &HeaderMap, name: &'static str) -> Option<String> {
+    let line = headers.get_all(name).iter().next_back()?.to_str().ok()?;
+    let value = line.rsplit(',').next()?.trim_matches([' ', '\t']);
+    (!value.is_empty()).then(|| value.to_string())
 }
 
 /// One entry of a forwarding list.
@@ -165,43 +256,60 @@ fn forwarded_hop(element: &[u8]) -> Hop {
     if element.trim_matches([' ', '\t']).is_empty() {
         return Hop::Empty;
     }
+    match forwarded_param(element, "for") {
+        Param::Value(value) => node(value),
+        Param::Missing => Hop::Unknown,
+        Param::Malformed => Hop::Malformed,
+    }
+}
+
+/// One parameter of an RFC 7239 element.
+#[derive(Debug, PartialEq)]
+enum Param<'a> {
+    /// Its value, unquoted.
+    Value(&'a str),
+    Missing,
+    /// The element is not a list of `name=value` pairs, names the parameter
+    /// twice, or quotes it oddly.
+    Malformed,
+}
+
+/// The value of parameter `name` (case-insensitive) in `element`.
+fn forwarded_param<'a>(element: &'a str, name: &str) -> Param<'a> {
     let mut found = None;
     for pair in SplitFromRight::new(element.as_bytes(), b';', true) {
         // Split at ASCII bytes, so still UTF-8.
         let Ok(pair) = std::str::from_utf8(pair) else {
-            return Hop::Malformed;
+            return Param::Malformed;
         };
         let pair = pair.trim_matches([' ', '\t']);
         if pair.is_empty() {
             continue;
         }
-        let Some((name, value)) = pair.split_once('=') else {
-            return Hop::Malformed;
+        let Some((key, value)) = pair.split_once('=') else {
+            return Param::Malformed;
         };
-        if !name
-            .trim_end_matches([' ', '\t'])
-            .eq_ignore_ascii_case("for")
-        {
+        if !key.trim_end_matches([' ', '\t']).eq_ignore_ascii_case(name) {
             continue;
         }
         if found.is_some() {
-            return Hop::Malformed; // "MUST NOT occur more than once"
+            return Param::Malformed; // "MUST NOT occur more than once"
         }
         found = Some(value.trim_start_matches([' ', '\t']));
     }
     let Some(value) = found else {
-        return Hop::Unknown;
+        return Param::Missing;
     };
-    let value = match value.strip_prefix('"') {
+    match value.strip_prefix('"') {
         Some(rest) => match rest.strip_suffix('"') {
-            // No node needs escapes; refusing them keeps this simple.
-            Some(inner) if !inner.contains(['"', '\\']) => inner,
-            _ => return Hop::Malformed,
+            // No node, host or scheme needs escapes; refusing them keeps
+            // this simple.
+            Some(inner) if !inner.contains(['"', '\\']) => Param::Value(inner),
+            _ => Param::Malformed,
         },
-        None if value.contains(['"', '\\']) => return Hop::Malformed,
-        None => value,
-    };
-    node(value)
+        None if value.contains(['"', '\\']) => Param::Malformed,
+        None => Param::Value(value),
+    }
 }
 
 /// An RFC 7239 node: `192.0.2.1`, `192.0.2.1:80`, `[2001:db8::1]`,
@@ -609,6 +717,70 @@ mod tests {
     }
 
     #[test]
+    fn a_trusted_proxy_forwards_host_and_proto() {
+        let t = trusted(&["127.0.0.1", "10.0.0.0/8"]);
+        let h = headers(&[
+            ("x-forwarded-for", "81.2.3.4"),
+            ("x-forwarded-host", "evil.example, Chat.example.org:8443 "),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=81.2.3.4;host=other.example;proto=http"),
+        ]);
+        let got = t.forwarded_origin(ip("127.0.0.1"), &h);
+        assert_eq!(got.host.as_deref(), Some("Chat.example.org:8443"));
+        assert_eq!(got.proto.as_deref(), Some("https"));
+        assert_eq!(
+            t.forwarded_origin(ip("81.9.9.9"), &h),
+            ForwardedOrigin::default(),
+            "not from an untrusted peer"
+        );
+        assert_eq!(
+            trusted(&[]).forwarded_origin(ip("127.0.0.1"), &h),
+            ForwardedOrigin::default()
+        );
+        // Forwarded: the element the outermost trusted proxy wrote, the one
+        // that names the client; not what the client prepended, nor what the
+        // inner proxy wrote about the outer one.
+        let f = t.clone().reading(Header::Forwarded);
+        let chain = headers(&[(
+            "forwarded",
+            "for=6.6.6.6;host=evil.example;proto=https, \
+             for=81.2.3.4;host=\"chat.example.org\";Proto=https, \
+             for=10.0.0.2;host=internal:8080;proto=http",
+        )]);
+        let got = f.forwarded_origin(ip("127.0.0.1"), &chain);
+        assert_eq!(got.host.as_deref(), Some("chat.example.org"));
+        assert_eq!(got.proto.as_deref(), Some("https"));
+        let hidden = headers(&[("forwarded", "for=unknown;host=chat.example.org")]);
+        let got = f.forwarded_origin(ip("127.0.0.1"), &hidden);
+        assert_eq!(
+            (got.host.as_deref(), got.proto),
+            (Some("chat.example.org"), None)
+        );
+        for bad in [
+            "for=81.2.3.4;host=a;host=b",
+            "for=81.2.3.4;host=\"a",
+            "for=81.2.3.4;host=a\"",
+            "for=81.2.3.4;host",
+            "for=\"[oops;host=a",
+        ] {
+            let got = f.forwarded_origin(ip("127.0.0.1"), &headers(&[("forwarded", bad)]));
+            assert_eq!(got.host, None, "{bad}");
+        }
+        // With X-Forwarded-For configured, Forwarded is not read, and the
+        // other way round.
+        let only_forwarded = headers(&[("forwarded", "for=81.2.3.4;host=a;proto=https")]);
+        assert_eq!(
+            t.forwarded_origin(ip("127.0.0.1"), &only_forwarded),
+            ForwardedOrigin::default()
+        );
+        let only_x = headers(&[("x-forwarded-host", "a"), ("x-forwarded-proto", "https")]);
+        assert_eq!(
+            f.forwarded_origin(ip("127.0.0.1"), &only_x),
+            ForwardedOrigin::default()
+        );
+    }
+
+    #[test]
     fn empty_list_elements_are_skipped() {
         let t = trusted(&["127.0.0.1"]);
         assert_eq!(xff(&t, "127.0.0.1", ", 81.2.3.4,"), ip("81.2.3.4"));
@@ -697,8 +869,10 @@ mod tests {
             }
             let got = t.client_ip(peer, &h);
             prop_assert!(got == peer || seen.contains(&got), "{got} from {lines:?}");
+            let forwarded = t.forwarded_origin(peer, &h);
             if !peer_trusted {
                 prop_assert_eq!(got, peer);
+                prop_assert_eq!(forwarded, ForwardedOrigin::default());
             }
         }
     }

@@ -29,8 +29,8 @@ use anyhow::Context;
 use earshot_core::bytebudget::source_key;
 use earshot_core::turn::codec::{Frame, stream_frame};
 use earshot_core::turn::{
-    AllocationId, Cidr, ClientAddr, Config, CredentialCheck, Output, PeerPolicy, RelayUnavailable,
-    Stats, Transport, TurnServer,
+    AllocationId, Cidr, CredentialCheck, PeerPolicy, RelayUnavailable, Transport, TurnClient,
+    TurnConfig, TurnOutput, TurnServer, TurnStats,
 };
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -126,7 +126,7 @@ pub struct TurnMetrics {
 }
 
 impl TurnMetrics {
-    fn publish(&self, stats: Stats) {
+    fn publish(&self, stats: TurnStats) {
         let set = |a: &AtomicU64, v: u64| a.store(v, Ordering::Relaxed);
         set(&self.allocations, stats.allocations as u64);
         set(&self.refused_peers, stats.refused_peers);
@@ -282,7 +282,7 @@ impl TurnListener {
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut nonce_key = [0u8; 32];
         getrandom::fill(&mut nonce_key).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
-        let mut config = Config::new(
+        let mut config = TurnConfig::new(
             self.settings.realm.clone(),
             self.settings.secret.clone(),
             nonce_key,
@@ -401,7 +401,7 @@ impl Driver {
                 _ = sweep.tick() => self.sweep(Instant::now()),
                 received = udp.recv_from(&mut buf) => match received {
                     Ok((n, from)) => {
-                        let from = ClientAddr { transport: Transport::Udp, addr: from };
+                        let from = TurnClient { transport: Transport::Udp, addr: from };
                         self.turn.handle_client(Instant::now(), unix_now(), from, &buf[..n]);
                     }
                     Err(e) => {
@@ -425,7 +425,7 @@ impl Driver {
         let now = Instant::now();
         match event {
             Event::Client { from, data } => {
-                let from = ClientAddr {
+                let from = TurnClient {
                     transport: Transport::Tcp,
                     addr: from,
                 };
@@ -447,7 +447,7 @@ impl Driver {
             Event::TcpClosed { conn, addr } => {
                 if self.tcp.get(&addr).is_some_and(|c| c.conn == conn) {
                     self.tcp.remove(&addr);
-                    self.turn.client_closed(ClientAddr {
+                    self.turn.client_closed(TurnClient {
                         transport: Transport::Tcp,
                         addr,
                     });
@@ -460,7 +460,7 @@ impl Driver {
     fn carry_out(&mut self) {
         while let Some(out) = self.turn.poll_output() {
             match out {
-                Output::ToClient { client, data } => {
+                TurnOutput::ToClient { client, data } => {
                     let sent = match client.transport {
                         Transport::Udp => self.udp.try_send_to(&data, client.addr).is_ok(),
                         Transport::Tcp => self
@@ -472,7 +472,7 @@ impl Driver {
                         self.counts.send_drops += 1;
                     }
                 }
-                Output::ToPeer {
+                TurnOutput::ToPeer {
                     allocation,
                     peer,
                     data,
@@ -486,7 +486,7 @@ impl Driver {
                         self.counts.send_drops += 1;
                     }
                 }
-                Output::BindRelay {
+                TurnOutput::BindRelay {
                     allocation,
                     even_port,
                 } => {
@@ -495,7 +495,7 @@ impl Driver {
                         .ok_or(RelayUnavailable);
                     self.turn.relay_bound(allocation, port);
                 }
-                Output::ReleaseRelay { allocation } => {
+                TurnOutput::ReleaseRelay { allocation } => {
                     if let Some(relay) = self.relays.remove(&allocation) {
                         relay.stop.cancel();
                         self.ports_in_use.remove(&relay.port);
@@ -511,7 +511,7 @@ impl Driver {
         let turn = &mut self.turn;
         let mut closed = Vec::new();
         for (&addr, c) in &mut self.tcp {
-            let client = ClientAddr {
+            let client = TurnClient {
                 transport: Transport::Tcp,
                 addr,
             };

@@ -13,10 +13,9 @@
 mod support;
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use earshot_core::turn::codec::{Class, Encoder, Message, attr, method};
+use earshot_core::stun::codec::{Class, Encoder, Message, attr, method};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use support::server::Server;
@@ -76,16 +75,8 @@ fn in_namespace<F: Future<Output = ()>>(name: &str, scenario: impl FnOnce() -> F
     }
     setup += "exec \"$0\" --exact \"$1\" --nocapture --test-threads 1";
     let exe = std::env::current_exe().unwrap();
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    let mut command = Command::new("unshare");
-    if !root {
-        command.arg("-r");
-    }
-    let output = command
-        .args(["-n", "--", "bash", "-c", &setup])
+    let output = support::netns::unshare_net()
+        .args(["--", "bash", "-c", &setup])
         .arg(&exe)
         .arg(name)
         .env(INSIDE, "1")

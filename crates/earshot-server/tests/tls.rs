@@ -123,3 +123,34 @@ async fn a_silent_tls_connection_is_cut_at_the_deadline() {
     let read = tokio::time::timeout(Duration::from_secs(3), tcp.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
 }
+
+/// Over HTTPS our own origin is `https://`: a page served over TLS opens
+/// `/ws` from it, and the same host and port over `http://` is not us.
+#[tokio::test]
+async fn over_https_our_own_origin_is_https() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let s = server(TlsSetup::SelfSigned { names: vec![] }).await;
+    let port = s.http_addr.port();
+    let upgrade = |origin: String| {
+        let s = &s;
+        async move {
+            let tls = connect(s, "localhost").await.unwrap();
+            let mut request = format!("wss://localhost:{port}/ws")
+                .into_client_request()
+                .unwrap();
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().unwrap());
+            match tokio_tungstenite::client_async(request, tls).await {
+                Ok(_) => 101,
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    assert_eq!(upgrade(format!("https://localhost:{port}")).await, 101);
+    assert_eq!(upgrade(format!("https://LOCALHOST:{port}")).await, 101);
+    assert_eq!(upgrade(format!("http://localhost:{port}")).await, 403);
+    assert_eq!(upgrade("https://localhost".into()).await, 403);
+}

@@ -1,5 +1,5 @@
 //! The embedded TURN server over real sockets on 127.0.0.1: a small client
-//! of our own (built on `earshot_core::turn::codec`) over UDP and TCP, and
+//! of our own (built on `earshot_core::stun::codec`) over UDP and TCP, and
 //! coturn's `turnutils_uclient` with `turnutils_peer`, implementations we
 //! did not write.
 //!
@@ -11,9 +11,8 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use earshot_core::turn::codec::{
-    Class, Encoder, Message, attr, decode_channel_data, encode_channel_data, method,
-};
+use earshot_core::stun::codec::{Class, Encoder, Message, attr, method};
+use earshot_core::turn::codec::{decode_channel_data, encode_channel_data};
 use earshot_core::turn::rest_credentials;
 use earshot_server::turn::{TurnLimits, TurnListener, TurnSettings};
 use support::turn_client::{Client, code};

@@ -13,7 +13,7 @@ pub struct Script {
 impl Script {
     pub fn new(name: &'static str, source: impl Into<String>) -> Script {
         let source = source.into();
-        let sha = super::hex_bytes(&Sha1::digest(source.as_bytes()));
+        let sha = crate::hex::encode(&Sha1::digest(source.as_bytes()));
         Script { name, source, sha }
     }
 }

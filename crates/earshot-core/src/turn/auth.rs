@@ -20,7 +20,8 @@ use hmac::{KeyInit, Mac};
 use md5::Digest;
 use std::time::Duration;
 
-use super::codec::hmac_sha1;
+use crate::hex;
+use crate::stun::codec::hmac_sha1;
 
 /// REST credentials valid for `ttl` from `now_unix`: `(username, password)`
 /// to hand to a client as an ICE server's `username` and `credential`.
@@ -86,8 +87,8 @@ impl Nonces {
     pub(crate) fn mint(&self, now_unix: u64) -> String {
         let expiry = now_unix.saturating_add(self.ttl_secs);
         let mut nonce = String::with_capacity(NONCE_LEN);
-        push_hex(&mut nonce, &expiry.to_be_bytes());
-        push_hex(&mut nonce, &self.mac(expiry));
+        hex::push(&mut nonce, &expiry.to_be_bytes());
+        hex::push(&mut nonce, &self.mac(expiry));
         nonce
     }
 
@@ -100,7 +101,7 @@ impl Nonces {
             return false;
         };
         let mut expected = String::with_capacity(2 * MAC_LEN);
-        push_hex(&mut expected, &self.mac(expiry));
+        hex::push(&mut expected, &self.mac(expiry));
         // A timing leak here would at worst reveal a valid nonce, which the
         // server hands to anyone who asks; plain comparison is fine.
         expected == nonce[16..] && now_unix < expiry
@@ -113,14 +114,6 @@ impl Nonces {
         mac.update(&expiry.to_be_bytes());
         let full = mac.finalize().into_bytes();
         full[..MAC_LEN].try_into().expect("SHA-256 is 32 bytes")
-    }
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xF)]));
     }
 }
 
@@ -144,8 +137,7 @@ mod tests {
         assert_eq!(password, "RqMvcGPYTJMGThVLSi4amT4zFtI=");
         assert_eq!(rest_expiry(&username), Some(1_433_895_918));
         let key = long_term_key(&username, "earshot", &password);
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(hex, "af8a87bf7e7744d9ed06fb21a9479185");
+        assert_eq!(hex::encode(&key), "af8a87bf7e7744d9ed06fb21a9479185");
     }
 
     #[test]

@@ -13,20 +13,23 @@
 //! ```text
 //! turn.handle_client(now, unix, client, bytes)  // a datagram or TCP frame from a client
 //! turn.handle_peer(now, allocation, peer, bytes) // a datagram on a relay socket
-//! turn.relay_bound(allocation, Ok(port))        // answer to Output::BindRelay
+//! turn.relay_bound(allocation, Ok(port))        // answer to TurnOutput::BindRelay
 //! turn.client_closed(client)                    // a TCP connection ended
 //! turn.handle_timeout(now)                      // when poll_timeout() said so
 //! while let Some(out) = turn.poll_output() { ... }  // ToClient, ToPeer, BindRelay, ReleaseRelay
 //! ```
 //!
 //! Relay ports come from the shell: an allocation that passes every check
-//! yields [`Output::BindRelay`]; the shell binds a UDP socket in its port
-//! range and reports the port (or failure) with [`TurnServer::relay_bound`],
-//! and only then is the client answered. [`Output::ReleaseRelay`] closes it.
+//! yields [`TurnOutput::BindRelay`]; the shell binds a UDP socket in its
+//! port range and reports the port (or failure) with
+//! [`TurnServer::relay_bound`], and only then is the client answered.
+//! [`TurnOutput::ReleaseRelay`] closes it.
 //!
-//! Modules: [`codec`] (the wire format, shared with test clients), [`auth`]
-//! (REST credentials, keys, nonces), [`policy`] (which peers a relay may
-//! reach), `server` (the state machine, its quotas and budgets).
+//! Modules: [`codec`] (ChannelData and TCP framing; the STUN messages
+//! themselves are [`crate::stun::codec`]'s, shared with the STUN server and
+//! test clients), [`auth`] (REST credentials, keys, nonces), [`policy`]
+//! (which peers a relay may reach), `server` (the state machine, its quotas
+//! and budgets).
 
 pub mod auth;
 pub mod codec;
@@ -35,7 +38,10 @@ mod server;
 
 pub use auth::{long_term_key, rest_credentials, rest_password};
 pub use policy::{Cidr, PeerPolicy};
+// `server` names these without the prefix; out here they carry it, so that
+// each is one name across the workspace (the switchboard has a `Config`,
+// an `Output` and `Stats`, the server's listener a `ClientAddr`).
 pub use server::{
-    AllocationId, ClientAddr, Config, CredentialCheck, Output, RelayUnavailable, Stats, Transport,
-    TurnServer,
+    AllocationId, ClientAddr as TurnClient, Config as TurnConfig, CredentialCheck,
+    Output as TurnOutput, RelayUnavailable, Stats as TurnStats, Transport, TurnServer,
 };

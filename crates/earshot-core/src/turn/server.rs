@@ -32,12 +32,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::auth::{self, Nonces};
-use super::codec::{
-    Class, Encoder, MAX_PAYLOAD, Message, attr, decode_channel_data, encode_channel_data,
-    is_channel, method,
-};
+use super::codec::{MAX_PAYLOAD, decode_channel_data, encode_channel_data, is_channel};
 use super::policy::{PeerPolicy, Refusal, Verdict};
+use crate::Pii;
 use crate::bytebudget::{AnswerBudget, AnswerBudgetConfig, ByteBucket, source_key};
+use crate::stun::codec::{Class, Encoder, Message, attr, method};
 
 /// How long a permission lasts (RFC 5766 §8: fixed at 300 s).
 const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -81,7 +80,7 @@ pub struct ClientAddr {
 
 impl fmt::Debug for ClientAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ClientAddr({:?}, <redacted>)", self.transport)
+        write!(f, "ClientAddr({:?}, {:?})", self.transport, Pii(self.addr))
     }
 }
 
@@ -125,11 +124,13 @@ impl fmt::Debug for Output {
                 .field("len", &data.len())
                 .finish(),
             Output::ToPeer {
-                allocation, data, ..
+                allocation,
+                peer,
+                data,
             } => f
                 .debug_struct("ToPeer")
                 .field("allocation", allocation)
-                .field("peer", &"<redacted>")
+                .field("peer", &Pii(peer))
                 .field("len", &data.len())
                 .finish(),
             Output::BindRelay {
@@ -227,8 +228,8 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("realm", &self.realm)
-            .field("secret", &"<redacted>")
-            .field("relay_ip", &"<redacted>")
+            .field("secret", &Pii(&self.secret))
+            .field("relay_ip", &Pii(self.relay_ip))
             .field("policy", &self.policy)
             .field("max_allocations", &self.max_allocations)
             .field(
@@ -668,59 +669,14 @@ impl TurnServer {
             // Else the relay is being bound and the answer is on its way.
             return;
         }
-        match msg.get(attr::REQUESTED_TRANSPORT) {
-            Some([PROTO_UDP, _, _, _]) => {}
-            Some([_, _, _, _]) => return self.error(client, msg.method, txid, key, 442),
-            _ => return self.error(client, msg.method, txid, key, 400),
-        }
-        let family = if self.config.relay_ip.is_ipv4() {
-            0x01
-        } else {
-            0x02
+        let (even_port, requested) = match self.allocate_request(msg) {
+            Ok(request) => request,
+            Err(code) => return self.error(client, msg.method, txid, key, code),
         };
-        match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
-            None => {}
-            Some(&[f, _, _, _]) if f == family => {}
-            Some(&[0x01 | 0x02, _, _, _]) => return self.error(client, msg.method, txid, key, 440),
-            Some(_) => return self.error(client, msg.method, txid, key, 400),
-        }
-        // EVEN-PORT's R bit asks to reserve the next port too, which needs
-        // RESERVATION-TOKEN: not offered, so "cannot satisfy" (508).
-        let even_port = match msg.get(attr::EVEN_PORT) {
-            None => false,
-            Some(&[flags, ..]) if flags & 0x80 == 0 => true,
-            Some(&[_, ..]) => return self.error(client, msg.method, txid, key, 508),
-            Some(_) => return self.error(client, msg.method, txid, key, 400),
-        };
-        let Ok(requested) = msg.u32(attr::LIFETIME) else {
-            return self.error(client, msg.method, txid, key, 400);
-        };
-        if let Some(check) = &self.config.credential_check
-            && !check(auth.username)
-        {
-            tracing::debug!("turn: credential of an ended session");
-            self.stats.revoked_credentials += 1;
-            return self.error(client, msg.method, txid, key, 403);
+        if let Err(code) = self.quotas(client, auth.username) {
+            return self.error(client, msg.method, txid, key, code);
         }
         let prefix = source_key(client.addr.ip());
-        let credential_used = self.per_credential.get(session(auth.username)).copied();
-        if credential_used.unwrap_or(0) >= self.config.max_allocations_per_credential {
-            tracing::debug!("turn: per-credential allocation quota reached");
-            self.stats.quota_credential += 1;
-            return self.error(client, msg.method, txid, key, 486);
-        }
-        if self.per_client.get(&prefix).copied().unwrap_or(0)
-            >= self.config.max_allocations_per_client
-        {
-            tracing::debug!("turn: per-client allocation quota reached");
-            self.stats.quota_client += 1;
-            return self.error(client, msg.method, txid, key, 486);
-        }
-        if self.allocations.len() >= self.config.max_allocations {
-            tracing::debug!("turn: allocation capacity reached");
-            self.stats.quota_total += 1;
-            return self.error(client, msg.method, txid, key, 508);
-        }
         let bandwidth = || {
             (self.config.max_bps > 0).then(|| {
                 // One second's worth may arrive at once.
@@ -763,6 +719,69 @@ impl TurnServer {
             allocation: id,
             even_port,
         });
+    }
+
+    /// What an Allocate asks for: an even port, and the lifetime; the error
+    /// code of a request this server cannot satisfy.
+    fn allocate_request(&self, msg: &Message<'_>) -> Result<(bool, Option<u32>), u16> {
+        match msg.get(attr::REQUESTED_TRANSPORT) {
+            Some([PROTO_UDP, _, _, _]) => {}
+            Some([_, _, _, _]) => return Err(442),
+            _ => return Err(400),
+        }
+        let family = if self.config.relay_ip.is_ipv4() {
+            0x01
+        } else {
+            0x02
+        };
+        match msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            None => {}
+            Some(&[f, _, _, _]) if f == family => {}
+            Some(&[0x01 | 0x02, _, _, _]) => return Err(440),
+            Some(_) => return Err(400),
+        }
+        // EVEN-PORT's R bit asks to reserve the next port too, which needs
+        // RESERVATION-TOKEN: not offered, so "cannot satisfy" (508).
+        let even_port = match msg.get(attr::EVEN_PORT) {
+            None => false,
+            Some(&[flags, ..]) if flags & 0x80 == 0 => true,
+            Some(&[_, ..]) => return Err(508),
+            Some(_) => return Err(400),
+        };
+        let requested = msg.u32(attr::LIFETIME).map_err(|_| 400u16)?;
+        Ok((even_port, requested))
+    }
+
+    /// Whether `username` from `client` may have one more allocation: its
+    /// session is live, and no quota is reached (403, 486 or 508).
+    fn quotas(&mut self, client: ClientAddr, username: &str) -> Result<(), u16> {
+        if let Some(check) = &self.config.credential_check
+            && !check(username)
+        {
+            tracing::debug!("turn: credential of an ended session");
+            self.stats.revoked_credentials += 1;
+            return Err(403);
+        }
+        let prefix = source_key(client.addr.ip());
+        let credential_used = self.per_credential.get(session(username)).copied();
+        if credential_used.unwrap_or(0) >= self.config.max_allocations_per_credential {
+            tracing::debug!("turn: per-credential allocation quota reached");
+            self.stats.quota_credential += 1;
+            return Err(486);
+        }
+        if self.per_client.get(&prefix).copied().unwrap_or(0)
+            >= self.config.max_allocations_per_client
+        {
+            tracing::debug!("turn: per-client allocation quota reached");
+            self.stats.quota_client += 1;
+            return Err(486);
+        }
+        if self.allocations.len() >= self.config.max_allocations {
+            tracing::debug!("turn: allocation capacity reached");
+            self.stats.quota_total += 1;
+            return Err(508);
+        }
+        Ok(())
     }
 
     fn allocate_success(&mut self, id: AllocationId) {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 use earshot_peer::audio::Source;
-use earshot_peer::{ConnStats, Event, Peer, PeerConfig, Remote, Stats};
+use earshot_peer::{ConnStats, Peer, PeerConfig, PeerEvent, PeerStats, Target};
 
 /// How long any one step (a match, a connection, audio, a chat line) may take.
 pub const STEP: Duration = Duration::from_secs(20);
@@ -26,7 +26,11 @@ pub async fn peer(url: &str, hz: f64) -> Result<Peer> {
 }
 
 /// Polls `peer`'s stats until `ok` holds; fails after [`STEP`] with the last ones.
-pub async fn stats_until(peer: &Peer, what: &str, ok: impl Fn(&Stats) -> bool) -> Result<Stats> {
+pub async fn stats_until(
+    peer: &Peer,
+    what: &str,
+    ok: impl Fn(&PeerStats) -> bool,
+) -> Result<PeerStats> {
     let deadline = tokio::time::Instant::now() + STEP;
     loop {
         let stats = peer.stats().await?;
@@ -41,7 +45,7 @@ pub async fn stats_until(peer: &Peer, what: &str, ok: impl Fn(&Stats) -> bool) -
 }
 
 /// The live connection to `remote` in `stats`.
-pub fn conn(stats: &Stats, remote: Remote) -> Option<&ConnStats> {
+pub fn conn(stats: &PeerStats, remote: Target) -> Option<&ConnStats> {
     stats
         .connections
         .iter()
@@ -50,14 +54,14 @@ pub fn conn(stats: &Stats, remote: Remote) -> Option<&ConnStats> {
 }
 
 /// Whether the audio from `remote` has the frequency `hz` (±15 Hz) and sound.
-pub fn hears(stats: &Stats, remote: Remote, hz: f64) -> bool {
+pub fn hears(stats: &PeerStats, remote: Target, hz: f64) -> bool {
     conn(stats, remote).is_some_and(|c| {
         c.peak_level > 0.05 && c.frequency_hz.is_some_and(|f| (f - hz).abs() <= 15.0)
     })
 }
 
 /// Every candidate the peer offered is a 127.0.0.1 one, and there was one.
-pub fn check_loopback_candidates(who: &str, stats: &Stats) -> Result<()> {
+pub fn check_loopback_candidates(who: &str, stats: &PeerStats) -> Result<()> {
     ensure!(
         !stats.offered_candidates.is_empty(),
         "{who} offered no candidate"
@@ -74,22 +78,22 @@ pub fn check_loopback_candidates(who: &str, stats: &Stats) -> Result<()> {
 }
 
 /// Waits for the chat channel to `remote` to open, skipping other events.
-pub async fn chat_open(peer: &mut Peer, who: &str, remote: Remote) -> Result<()> {
+pub async fn chat_open(peer: &mut Peer, who: &str, remote: Target) -> Result<()> {
     Ok(peer
         .wait_for(STEP, &format!("{who}: chat open to {remote:?}"), |e| {
-            matches!(e, Event::ChatOpen { remote: r } if *r == remote).then_some(())
+            matches!(e, PeerEvent::ChatOpen { remote: r } if *r == remote).then_some(())
         })
         .await?)
 }
 
 /// Waits for `text` from `remote`.
-pub async fn chat_from(peer: &mut Peer, who: &str, remote: Remote, text: &str) -> Result<()> {
+pub async fn chat_from(peer: &mut Peer, who: &str, remote: Target, text: &str) -> Result<()> {
     Ok(peer
         .wait_for(
             STEP,
             &format!("{who}: chat {text:?} from {remote:?}"),
             |e| {
-                matches!(e, Event::Chat { remote: r, text: t } if *r == remote && t == text)
+                matches!(e, PeerEvent::Chat { remote: r, text: t } if *r == remote && t == text)
                     .then_some(())
             },
         )

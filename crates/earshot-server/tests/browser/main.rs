@@ -1,14 +1,15 @@
 //! Browser end-to-end tests: real Chromium browsers (Debian's `chromium` and
-//! `chromium-driver`, fake microphone) meet, talk and chat through the real
-//! `earshot` binary. One test binary, so that every scenario shares the
-//! harness (`support::harness`) and the budget of Chromiums running at once.
+//! `chromium-driver`, fake microphone), and Firefox (Debian's `firefox-esr`
+//! through geckodriver), meet, talk and chat through the real `earshot`
+//! binary. One test binary, so that every scenario shares the harness
+//! (`support::harness`) and the budget of browsers running at once.
 //!
 //! - `strangers`: two strangers meet, hear each other and chat (and the time
 //!   to audio); a call survives a server restart.
 //! - `rooms`: rooms by link: a room of three talks, locks, keeps out a wrong
 //!   passphrase and lets the right one in; a member refuses a peer whose
 //!   DTLS fingerprint was tampered with; a room of six (and the time to hear
-//!   everyone).
+//!   everyone); a full room says so, then lets the page in once a seat frees.
 //! - `safety`: the page talks to its own origin only and sets no cookie
 //!   (DevTools network events, resource timing, CSP violations); Report
 //!   ends a call at once for both; three reports from three addresses ban a
@@ -21,9 +22,15 @@
 //!   side; safety words match, and change when a fingerprint is swapped;
 //!   fresh TURN credentials keep a relayed call going; the time to audio,
 //!   relayed and direct.
+//! - `firefox`: Firefox with Firefox and with Chromium: strangers in both
+//!   roles, a locked room of two Firefox and a Chromium, and "hide my IP"
+//!   relayed through the embedded TURN server.
 //!
 //! WebRTC tests only run in a loopback-only network namespace, so every ICE
-//! candidate and every packet stays on 127.0.0.1 (see `support::netns`).
+//! candidate and every packet stays on 127.0.0.1 (see `support::netns`);
+//! scenarios with Firefox run again, each alone, in a namespace of their
+//! own that also has a veth pair leading nowhere, without which Firefox
+//! gathers no candidates.
 //! `scripts/test` runs them that way with `EARSHOT_E2E=1`, which makes them
 //! mandatory; a plain `cargo test` on a machine with a network skips them with
 //! a notice.
@@ -47,16 +54,17 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod firefox;
 mod multinode;
 mod reach;
 mod rooms;
 mod safety;
 mod strangers;
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use serde_json::json;
-use support::harness::{BrowserSlots, should_run};
-use support::webdriver::ChromeDriver;
+use support::harness::{BrowserSlots, should_run, should_run_with};
+use support::webdriver::{ChromeDriver, Session};
 
 /// The WebDriver client against a static page: if this fails, the harness is
 /// broken, not Earshot.
@@ -67,15 +75,34 @@ fn browser_webdriver_client_drives_chromium() -> Result<()> {
     }
     let _slot = BrowserSlots::reserve(1);
     let driver = ChromeDriver::start()?;
-    let session = driver.session()?;
+    drive_a_static_page(&driver.session()?)
+}
+
+/// The same with Firefox, through its geckodriver and BiDi socket.
+#[test]
+fn browser_webdriver_client_drives_firefox() -> Result<()> {
+    if !should_run_with("browser_webdriver_client_drives_firefox", true)? {
+        return Ok(());
+    }
+    let _slot = BrowserSlots::reserve(1);
+    drive_a_static_page(&Session::firefox()?)
+}
+
+/// Clicks, typing, attributes, scripts, a script installed before the
+/// page's own, and the console.
+fn drive_a_static_page(session: &Session) -> Result<()> {
+    session.add_init_script("window.__early = 'before the page'; console.log('early ' + 42);")?;
     let page = "<title>t</title>\
         <button data-testid=\"go\" onclick=\"this.dataset.clicks = +(this.dataset.clicks || 0) + 1\">Go</button>\
         <button data-testid=\"off\" disabled>Off</button>\
-        <input data-testid=\"text\">";
+        <input data-testid=\"text\">\
+        <script>document.title = window.__early || 'no init script'</script>";
     session.goto(&format!(
         "data:text/html;charset=utf-8,{}",
         percent_encode(page)
     ))?;
+    let title = session.execute("return document.title", json!([]))?;
+    assert_eq!(title, json!("before the page"));
     let go = session.testid("go")?;
     go.click()?;
     go.click()?;
@@ -99,6 +126,11 @@ fn browser_webdriver_client_drives_chromium() -> Result<()> {
     )?;
     assert_eq!(later, json!({"n": 42}));
     assert!(session.find("#missing").is_err());
+    let console = session.console_log();
+    ensure!(
+        console.contains("early 42"),
+        "the console lacks the init script's line: {console:?}"
+    );
     Ok(())
 }
 

@@ -37,16 +37,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const LOG_SHOWS: &[&str] = &["matched"];
 /// The same, for a server running the embedded TURN server (its shutdown
 /// line: proof that it ran).
-const LOG_SHOWS_TURN: &[&str] = &["matched", "turn: stopped"];
+pub(crate) const LOG_SHOWS_TURN: &[&str] = &["matched", "turn: stopped"];
 /// Relay ports of the embedded TURN server in these scenarios.
-const EMBEDDED_RELAY_PORTS: RangeInclusive<u16> = 50000..=50999;
+pub(crate) const EMBEDDED_RELAY_PORTS: RangeInclusive<u16> = 50000..=50999;
 /// Relay ports of the coturn of [`browser_relays_through_a_real_coturn`].
 const COTURN_RELAY_PORTS: RangeInclusive<u16> = 51000..=51999;
 /// Calls of each kind (relayed, direct) for the time-to-audio figure.
 const TIMED_CALLS: usize = 5;
 
 /// Server flags for the embedded TURN server on loopback (STUN stays on).
-fn embedded_turn() -> Setup {
+pub(crate) fn embedded_turn() -> Setup {
     Setup {
         server_args: vec![
             "--turn-listen".into(),
@@ -247,22 +247,7 @@ fn hide_ip_scenario(run: &Run) -> Result<()> {
             "{}: window.earshot.hideIp should be true for a relayed call",
             x.name
         );
-        let got = received_this_call(x, 0)?;
-        let n = check_relay_only(&got, &EMBEDDED_RELAY_PORTS)
-            .with_context(|| format!("(a) what reached {}", x.name))?;
-        let stats = call_stats(x)?;
-        check_relay_stats(&stats, &EMBEDDED_RELAY_PORTS)
-            .with_context(|| format!("(b) getStats of {}", x.name))?;
-        println!(
-            "hide my IP: {} received {n} relay candidates and nothing else ({}); selected pair {}",
-            x.name,
-            candidates_in(&got)
-                .iter()
-                .map(|c| c.line.as_str())
-                .collect::<Vec<_>>()
-                .join(" | "),
-            stats["selected"]
-        );
+        check_relayed(x, 0, &EMBEDDED_RELAY_PORTS)?;
     }
     let relayed = run.metric("turn_relay_to_relay_total")?;
     ensure!(
@@ -779,7 +764,7 @@ enum Outcome {
 /// Installs [`REACH_JS`] in every browser of the run and opens the
 /// server's home page in each (consent accepted), then waits for each
 /// page's `welcome`.
-fn open_pages(run: &Run) -> Result<()> {
+pub(crate) fn open_pages(run: &Run) -> Result<()> {
     let url = run
         .servers
         .borrow()
@@ -834,7 +819,7 @@ fn turn_entries(servers: &Value) -> Vec<Value> {
 
 /// Every TURN username and credential the pages got (welcome and
 /// `ice_servers`) must stay out of the server's log.
-fn register_turn_secrets(run: &Run) -> Result<()> {
+pub(crate) fn register_turn_secrets(run: &Run) -> Result<()> {
     let mut n = 0;
     for x in &run.browsers {
         let lists = x.execute(
@@ -883,7 +868,7 @@ fn hide_ip_box(x: &Browser) -> Result<Value> {
 }
 
 /// Checks or unchecks "hide my IP" (with a click, as a person would).
-fn set_hide_ip(x: &Browser, on: bool) -> Result<()> {
+pub(crate) fn set_hide_ip(x: &Browser, on: bool) -> Result<()> {
     if hide_ip_box(x)?["checked"] != json!(on) {
         x.click("hide-ip")?;
     }
@@ -903,12 +888,12 @@ fn is_ended(snap: &Snapshot) -> bool {
 
 /// `a` presses Start, then `b`: both connected, hearing each other. The
 /// time to audio from the later click.
-fn meet(a: &Browser, b: &Browser) -> Result<f64> {
+pub(crate) fn meet(a: &Browser, b: &Browser) -> Result<f64> {
     for x in [a, b] {
         let snap = x.snapshot()?;
         ensure!(
-            snap.state == "idle" && snap.start_enabled == Some(true),
-            "{}: expected idle with Start enabled: {snap}",
+            is_ended(&snap),
+            "{}: expected idle (or ended) with Start enabled: {snap}",
             x.name
         );
         arm(x)?;
@@ -928,7 +913,7 @@ fn meet(a: &Browser, b: &Browser) -> Result<f64> {
 }
 
 /// A presses End (B is queued again), then B.
-fn hang_up(a: &Browser, b: &Browser) -> Result<()> {
+pub(crate) fn hang_up(a: &Browser, b: &Browser) -> Result<()> {
     a.click("end")?;
     wait_for("A ended, B searching", &[a, b], |s| {
         is_ended(&s[0]) && s[1].state == "searching"
@@ -979,7 +964,7 @@ fn time_to_audio(x: &Browser, y: &Browser, since: f64) -> Result<f64> {
 }
 
 /// The current call's statistics (see `Browser::audio_stats`).
-fn call_stats(x: &Browser) -> Result<Value> {
+pub(crate) fn call_stats(x: &Browser) -> Result<Value> {
     x.audio_stats(None)
 }
 
@@ -1021,7 +1006,7 @@ fn check_call_unbroken(x: &Browser) -> Result<()> {
 }
 
 /// How many `signal`s the page has received so far.
-fn received_count(x: &Browser) -> Result<usize> {
+pub(crate) fn received_count(x: &Browser) -> Result<usize> {
     x.execute("return window.__e2eReach.received.length", json!([]))?
         .as_u64()
         .map(|n| n as usize)
@@ -1030,7 +1015,7 @@ fn received_count(x: &Browser) -> Result<usize> {
 
 /// The `signal`s the page received since the first `from`, of the latest
 /// call among them (by `call` id); at least one.
-fn received_this_call(x: &Browser, from: usize) -> Result<Vec<Value>> {
+pub(crate) fn received_this_call(x: &Browser, from: usize) -> Result<Vec<Value>> {
     let this = received_since(x, from)?;
     ensure!(
         !this.is_empty(),
@@ -1059,6 +1044,7 @@ fn received_since(x: &Browser, from: usize) -> Result<Vec<Value>> {
 struct Candidate {
     line: String,
     typ: String,
+    address: Option<String>,
     port: Option<u16>,
     raddr: Option<String>,
 }
@@ -1078,6 +1064,7 @@ fn parse_candidate(line: &str) -> Option<Candidate> {
     Some(Candidate {
         line: body.to_string(),
         typ: after("typ")?,
+        address: words.get(4).map(|a| a.to_string()),
         port: words.get(5).and_then(|p| p.parse().ok()),
         raddr: after("raddr"),
     })
@@ -1094,6 +1081,7 @@ fn candidates_in(signals: &[Value]) -> Vec<Candidate> {
                 None => out.push(Candidate {
                     line: c.to_string(),
                     typ: "(unparsed)".into(),
+                    address: None,
                     port: None,
                     raddr: None,
                 }),
@@ -1107,6 +1095,7 @@ fn candidates_in(signals: &[Value]) -> Vec<Candidate> {
                         parse_candidate(l).unwrap_or(Candidate {
                             line: l.to_string(),
                             typ: "(unparsed)".into(),
+                            address: None,
                             port: None,
                             raddr: None,
                         })
@@ -1119,8 +1108,12 @@ fn candidates_in(signals: &[Value]) -> Vec<Candidate> {
 
 /// What reached a page gives nothing of the partner's own address away:
 /// every candidate (at least one) is `typ relay`, on one of `relay_ports`,
-/// with no related address but `0.0.0.0`. The number of candidates.
-fn check_relay_only(signals: &[Value], relay_ports: &RangeInclusive<u16>) -> Result<usize> {
+/// with no related address but `0.0.0.0` (Chromium) or the relay address
+/// itself (Firefox). The number of candidates.
+pub(crate) fn check_relay_only(
+    signals: &[Value],
+    relay_ports: &RangeInclusive<u16>,
+) -> Result<usize> {
     let candidates = candidates_in(signals);
     ensure!(
         !candidates.is_empty(),
@@ -1137,7 +1130,7 @@ fn check_relay_only(signals: &[Value], relay_ports: &RangeInclusive<u16>) -> Res
         ensure!(
             c.raddr
                 .as_deref()
-                .is_none_or(|a| a == "0.0.0.0" || a == "::"),
+                .is_none_or(|a| a == "0.0.0.0" || a == "::" || Some(a) == c.address.as_deref()),
             "a relay candidate with a related address (the sender's own): {}",
             c.line
         );
@@ -1145,9 +1138,40 @@ fn check_relay_only(signals: &[Value], relay_ports: &RangeInclusive<u16>) -> Res
     Ok(candidates.len())
 }
 
+/// In `x`'s current call: (a) what reached the page since its `from`th
+/// signal is relay candidates only (see [`check_relay_only`]) and (b) its
+/// `getStats()` knows only relay candidates, relay to relay (see
+/// [`check_relay_stats`]).
+pub(crate) fn check_relayed(
+    x: &Browser,
+    from: usize,
+    relay_ports: &RangeInclusive<u16>,
+) -> Result<()> {
+    let got = received_this_call(x, from)?;
+    let n = check_relay_only(&got, relay_ports)
+        .with_context(|| format!("(a) what reached {}", x.name))?;
+    let stats = call_stats(x)?;
+    check_relay_stats(&stats, relay_ports)
+        .with_context(|| format!("(b) getStats of {}", x.name))?;
+    println!(
+        "hide my IP: {} received {n} relay candidates and nothing else ({}); selected pair {}",
+        x.name,
+        candidates_in(&got)
+            .iter()
+            .map(|c| c.line.as_str())
+            .collect::<Vec<_>>()
+            .join(" | "),
+        stats["selected"]
+    );
+    Ok(())
+}
+
 /// A page's `getStats()` of a relayed call: only relay candidates, local
 /// and remote (at least one each), on `relay_ports`; the selected pair
-/// relay to relay.
+/// relay to relay. A remote candidate may also be peer-reflexive on the
+/// relay ports: the partner's relay candidate, learned from its checks
+/// before it was signalled (Firefox does), so neither would it give the
+/// partner's own address away.
 fn check_relay_stats(stats: &Value, relay_ports: &RangeInclusive<u16>) -> Result<()> {
     let candidates = stats["candidates"].as_array().cloned().unwrap_or_default();
     for kind in ["local-candidate", "remote-candidate"] {
@@ -1157,8 +1181,9 @@ fn check_relay_stats(stats: &Value, relay_ports: &RangeInclusive<u16>) -> Result
             .collect();
         ensure!(!of_kind.is_empty(), "no {kind} in the stats: {stats}");
         for c in of_kind {
+            let prflx = kind == "remote-candidate" && c["type"] == json!("prflx");
             ensure!(
-                c["type"] == json!("relay"),
+                c["type"] == json!("relay") || prflx,
                 "a {kind} of type {}: {c}",
                 c["type"]
             );
@@ -1170,9 +1195,12 @@ fn check_relay_stats(stats: &Value, relay_ports: &RangeInclusive<u16>) -> Result
             );
         }
     }
+    // Every remote candidate is the partner's relay by now.
     let selected = &stats["selected"];
     ensure!(
-        selected["local"]["type"] == json!("relay") && selected["remote"]["type"] == json!("relay"),
+        selected["local"]["type"] == json!("relay")
+            && (selected["remote"]["type"] == json!("relay")
+                || selected["remote"]["type"] == json!("prflx")),
         "the selected pair is not relay to relay: {selected}"
     );
     Ok(())
@@ -1192,7 +1220,7 @@ fn safety_words(x: &Browser) -> Result<Option<String>> {
 /// PROTOCOL.md "Safety words" gives for the two fingerprints of the call,
 /// and each page has the other's own fingerprint as its remote one. The
 /// words.
-fn check_safety_words(a: &Browser, b: &Browser) -> Result<Vec<String>> {
+pub(crate) fn check_safety_words(a: &Browser, b: &Browser) -> Result<Vec<String>> {
     let list = word_list()?;
     let shown = poll("safety words on both pages", STEP, || {
         Ok(match (safety_words(a)?, safety_words(b)?) {

@@ -2,8 +2,9 @@
 //! browsers: a room of three talks, chats, locks, keeps out a wrong
 //! passphrase and lets the right one in; a member refuses a peer whose DTLS
 //! fingerprint was changed on the way (as a server in the middle would have
-//! to); a room of six. The time each joiner takes to hear everyone already
-//! there goes to the report.
+//! to); a room of six; a full room says so, and lets the page in once a
+//! seat is free. The time each joiner takes to hear everyone already there
+//! goes to the report.
 //!
 //! Every browser opens the room the way people do: the first one takes the
 //! name the home page suggests and presses Create room, the others, started
@@ -13,6 +14,7 @@
 //! every peer connection a page makes, so that one closed and dropped from
 //! `peers` can still be looked at.
 
+use crate::safety::RawClient;
 use crate::support::harness::{
     Browser, Run, STEP, Setup, TURN_PUBLIC_STANDIN, check_audio, hold, median, poll, report,
     wait_for, wait_for_within,
@@ -20,17 +22,18 @@ use crate::support::harness::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// What the server's trace log must mention to prove it saw the rooms.
 const LOG_SHOWS: &[&str] = &["joined a room", "relaying a room signal"];
 /// The same, for a room that was locked.
-const LOCKED_LOG_SHOWS: &[&str] = &[
+pub(crate) const LOCKED_LOG_SHOWS: &[&str] = &[
     "joined a room",
     "relaying a room signal",
     "room lock changed",
 ];
-const PASSPHRASE: &str = "Seven quiet otters 42";
+pub(crate) const PASSPHRASE: &str = "Seven quiet otters 42";
 const WRONG_PASSPHRASE: &str = "seven quiet otters 42";
 /// How often C leaves the room of three and joins again, for the figure.
 const REJOIN_ROUNDS: usize = 3;
@@ -42,6 +45,88 @@ const REJOIN_ROUNDS: usize = 3;
 const SIX_STEP: Duration = Duration::from_secs(120);
 /// How long a refused peer is watched not to connect after all.
 const REFUSED_HOLD: Duration = Duration::from_secs(5);
+
+/// A room of two (`--room-size 2`) that two raw WebSocket clients are in:
+/// A opens its link and presses Join room, and the page says the room is
+/// full, with its size, from the `room_full` error that answers its
+/// `room_join` (`re`). One of the two leaves; Join room again, and A is in,
+/// with a tile for the one still there.
+#[test]
+fn browser_room_full_is_told_then_a_seat_frees() -> Result<()> {
+    let setup = Setup {
+        server_args: vec!["--room-size".into(), "2".into()],
+        ..Setup::default()
+    };
+    Run::scenario_setup(
+        "browser_room_full_is_told_then_a_seat_frees",
+        &["A"],
+        1,
+        LOG_SHOWS_FULL,
+        &setup,
+        room_full_scenario,
+    )
+}
+
+/// What the server's trace log must mention for the full room.
+const LOG_SHOWS_FULL: &[&str] = &["joined a room", "relaying a room signal"];
+
+fn room_full_scenario(run: &Run) -> Result<()> {
+    let a = run.browser("A")?;
+    let url = run.server_url()?;
+    let server: SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("no address in {url}"))?;
+    let name = "nine-full-seats-test";
+    run.secret(name);
+    let mut members = Vec::new();
+    for source in ["127.0.0.2", "127.0.0.3"] {
+        let mut raw = RawClient::connect(source, server)?;
+        raw.send(json!({"type": "hello", "version": 1}))?;
+        raw.expect("welcome")?;
+        raw.send(json!({"type": "room_join", "room": name}))?;
+        raw.expect("room_joined")?;
+        members.push(raw);
+    }
+    a.goto(&format!("{url}r/{name}"))?;
+    a.wait_ready(&format!("/r/{name}"), Some("room"))?;
+    wait_room_page(a)?;
+    a.click("room-join")?;
+    let snap = wait_for("A told the room is full", &[a], |s| s[0].state == "error")?;
+    ensure!(
+        snap[0].status == "This room is full (max 2). Try again later.",
+        "a full room of 2 should say so: {:?}",
+        snap[0].status
+    );
+    ensure!(
+        a.testid("room-join")?.enabled()?,
+        "Join room should work again after a full room"
+    );
+
+    let mut leaving = members.pop().context("two members")?;
+    leaving.send(json!({"type": "end"}))?;
+    leaving.expect("idle")?;
+    a.click("room-join")?;
+    wait_for("A in the room beside the one left", &[a], |s| {
+        s[0].state == "joined" && s[0].tiles.len() == 2
+    })?;
+    // Something relayed through the server, for the log check: a candidate
+    // A cannot use (it has no remote description from this member).
+    let mut staying = members.pop().context("one member stays")?;
+    let joined = staying.expect("peer_joined")?;
+    let marker = format!("e2efullroom{}", std::process::id());
+    run.relayed(&marker);
+    staying.send(
+        json!({"type": "signal", "to": joined["peer"], "candidate": {
+        "candidate": format!("candidate:{marker} 1 udp 1 127.0.0.1 9 typ host"),
+        "sdpMid": "0", "sdpMLineIndex": 0}}),
+    )?;
+    staying.expect("signal")?; // A's own offer reached it: the room works
+    leaving.close();
+    staying.close();
+    Ok(())
+}
 
 /// A, B and C open the link and join in turn; each hears everyone who was
 /// there, the three form a full mesh (each page holds two peer connections,
@@ -420,7 +505,7 @@ fn room_of_six_scenario(run: &Run, times: &mut Vec<(&'static str, usize, f64)>) 
 /// `first` takes the room name the home page suggests and presses Create
 /// room; every one of `others` opens the link the room page then shows. The
 /// link. The name is registered as a secret: the server never logs it.
-fn open_room(run: &Run, first: &Browser, others: &[&Browser]) -> Result<String> {
+pub(crate) fn open_room(run: &Run, first: &Browser, others: &[&Browser]) -> Result<String> {
     let name = poll("a room name suggested on the home page", STEP, || {
         let v = first.execute(
             "const i = document.querySelector('[data-testid=\"room-name-input\"]'); \
@@ -483,7 +568,7 @@ fn wait_room_page(x: &Browser) -> Result<()> {
 }
 
 /// `x` joins an empty room.
-fn join_alone(x: &Browser) -> Result<()> {
+pub(crate) fn join_alone(x: &Browser) -> Result<()> {
     x.click("room-join")?;
     wait_for(&format!("{} alone in the room", x.name), &[x], |s| {
         s[0].state == "joined" && s[0].count == Some(1) && s[0].tiles.len() == 1
@@ -494,7 +579,7 @@ fn join_alone(x: &Browser) -> Result<()> {
 /// `x` presses Join room while `others` people are in the (unlocked) room,
 /// and must hear every one of them within `limit`. Milliseconds from the
 /// click to audio with energy from the last of them, as the page saw it.
-fn join_and_hear(x: &Browser, others: usize, limit: Duration) -> Result<f64> {
+pub(crate) fn join_and_hear(x: &Browser, others: usize, limit: Duration) -> Result<f64> {
     x.arm_room(others)?;
     x.click("room-join")?;
     let (ms, detail) = x.time_to_hear_all("room-join", limit)?;
@@ -503,7 +588,7 @@ fn join_and_hear(x: &Browser, others: usize, limit: Duration) -> Result<f64> {
 }
 
 /// Every one of `browsers` in the room, showing `n` people in the call.
-fn wait_count(browsers: &[&Browser], n: u64, limit: Duration) -> Result<()> {
+pub(crate) fn wait_count(browsers: &[&Browser], n: u64, limit: Duration) -> Result<()> {
     let names: Vec<&str> = browsers.iter().map(|b| b.name).collect();
     wait_for_within(
         &format!("{} all in the call, {n} people", names.join(", ")),
@@ -518,7 +603,7 @@ fn wait_count(browsers: &[&Browser], n: u64, limit: Duration) -> Result<()> {
 }
 
 /// `x` locks the room with `passphrase` (registered as a secret).
-fn lock(run: &Run, x: &Browser, passphrase: &str) -> Result<()> {
+pub(crate) fn lock(run: &Run, x: &Browser, passphrase: &str) -> Result<()> {
     run.secret(passphrase);
     x.click("room-lock")?;
     enter_passphrase(x, "lock", passphrase)
@@ -526,7 +611,7 @@ fn lock(run: &Run, x: &Browser, passphrase: &str) -> Result<()> {
 
 /// Waits for `x` to ask for the passphrase (the form in `mode`: `join`,
 /// `lock` or `verify`), types `passphrase` and submits it.
-fn enter_passphrase(x: &Browser, mode: &str, passphrase: &str) -> Result<()> {
+pub(crate) fn enter_passphrase(x: &Browser, mode: &str, passphrase: &str) -> Result<()> {
     wait_for(
         &format!("{} asking for the passphrase ({mode})", x.name),
         &[x],
@@ -540,7 +625,7 @@ fn enter_passphrase(x: &Browser, mode: &str, passphrase: &str) -> Result<()> {
 
 /// Waits until `x`'s peer connections (`n` of them) all have their SCTP
 /// transport, which carries the chat channel, connected.
-fn wait_chat_open(x: &Browser, n: usize) -> Result<()> {
+pub(crate) fn wait_chat_open(x: &Browser, n: usize) -> Result<()> {
     poll(
         &format!("{}: chat transport connected to {n} peers", x.name),
         STEP,
@@ -599,7 +684,7 @@ fn mesh_ids(browsers: &[&Browser]) -> Result<Vec<u64>> {
 /// The pages of `browsers` form a full mesh (see [`mesh_ids`]) and, over a
 /// second, every one of them receives audio with energy from every other on
 /// a connected, loopback-only peer connection (see `harness::check_audio`).
-fn check_room_audio(browsers: &[&Browser]) -> Result<()> {
+pub(crate) fn check_room_audio(browsers: &[&Browser]) -> Result<()> {
     let ids = mesh_ids(browsers)?;
     let first = browsers
         .iter()
@@ -793,7 +878,7 @@ impl Browser<'_> {
 
     /// Starts the time-to-hear-everyone probe for `others` new peer
     /// connections (see `ROOM_ARM_JS`).
-    fn arm_room(&self, others: usize) -> Result<()> {
+    pub(crate) fn arm_room(&self, others: usize) -> Result<()> {
         self.execute(ROOM_ARM_JS, json!([others]))?;
         Ok(())
     }
@@ -802,7 +887,7 @@ impl Browser<'_> {
     /// heard everyone; milliseconds from the last click on `since` to then,
     /// and for each peer when its first audio bytes and its first sound
     /// came (in words).
-    fn time_to_hear_all(&self, since: &str, limit: Duration) -> Result<(f64, String)> {
+    pub(crate) fn time_to_hear_all(&self, since: &str, limit: Duration) -> Result<(f64, String)> {
         let (at, probe) = poll(
             &format!("{} to hear everyone in the room", self.name),
             limit,

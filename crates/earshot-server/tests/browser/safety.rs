@@ -723,14 +723,14 @@ type Ws = WebSocketStream<TcpStream>;
 
 /// A test client of the signalling protocol from `source`, on a runtime of
 /// its own (the browser tests are synchronous).
-struct RawClient {
+pub(crate) struct RawClient {
     rt: tokio::runtime::Runtime,
     ws: Ws,
     source: &'static str,
 }
 
 impl RawClient {
-    fn connect(source: &'static str, server: SocketAddr) -> Result<RawClient> {
+    pub(crate) fn connect(source: &'static str, server: SocketAddr) -> Result<RawClient> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -750,7 +750,7 @@ impl RawClient {
         Ok(RawClient { rt, ws, source })
     }
 
-    fn send(&mut self, v: Value) -> Result<()> {
+    pub(crate) fn send(&mut self, v: Value) -> Result<()> {
         let RawClient { rt, ws, source } = self;
         rt.block_on(ws.send(Message::text(v.to_string())))
             .with_context(|| format!("{source}: cannot send {v}"))
@@ -759,7 +759,7 @@ impl RawClient {
     /// Reads messages until one of type `kind` (others are skipped, as a
     /// client that ignores the browser's signals would); fails on a close
     /// or after [`STEP`].
-    fn expect(&mut self, kind: &str) -> Result<Value> {
+    pub(crate) fn expect(&mut self, kind: &str) -> Result<Value> {
         let RawClient { rt, ws, source } = self;
         let mut skipped = Vec::new();
         rt.block_on(async {
@@ -782,7 +782,7 @@ impl RawClient {
         })
     }
 
-    fn close(mut self) {
+    pub(crate) fn close(mut self) {
         let RawClient { rt, ws, .. } = &mut self;
         let _ = rt.block_on(ws.close(None));
     }

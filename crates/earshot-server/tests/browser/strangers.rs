@@ -26,14 +26,53 @@ fn browser_strangers_talk_and_chat() -> Result<()> {
         &["A", "B", "C"],
         LOG_SHOWS,
         |run| {
+            let first = run.browser("C")?.load_figures()?;
             let mut times = Vec::new();
             let (mut limits, mut steps) = (Vec::new(), Vec::new());
             let result = strangers_scenario(run, &mut times, &mut limits, &mut steps);
             report_times(&times);
             report_milestones(&steps, &limits);
-            result
+            result?;
+            check_returning_visit(run, &first)
         },
     )
+}
+
+/// A first visit downloads the page once, precompressed; a returning visit
+/// (C opens the page again, its cache warm) revalidates every file and
+/// transfers headers only. Both figures go to the report.
+fn check_returning_visit(run: &Run, first: &Value) -> Result<()> {
+    let c = run.browser("C")?;
+    c.goto(&run.server_url()?)?;
+    let again = c.load_figures()?;
+    let n = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    report(&format!(
+        "page load: first visit {:.0} bytes over {:.0} requests, Start works after {:.0} ms; \
+         returning visit {:.0} bytes over {:.0} requests (none over {:.0} bytes), Start after \
+         {:.0} ms",
+        n(first, "transfer"),
+        n(first, "resources"),
+        n(first, "ready_ms"),
+        n(&again, "transfer"),
+        n(&again, "resources"),
+        n(&again, "largest"),
+        n(&again, "ready_ms"),
+    ));
+    ensure!(
+        n(first, "transfer") < 120_000.0,
+        "a first visit should download the precompressed page: {first}"
+    );
+    ensure!(
+        n(&again, "transfer") * 5.0 < n(first, "transfer"),
+        "a returning visit should transfer headers only: {again} after {first}"
+    );
+    // A "not modified" answer is its headers, about 300 bytes; the smallest
+    // file of the page is bigger than that with its own.
+    ensure!(
+        n(&again, "largest") < 600.0,
+        "a returning visit should revalidate every file, headers only: {again}"
+    );
+    Ok(())
 }
 
 /// A call survives a server restart: A and B talk; the server is stopped

@@ -1,7 +1,7 @@
 //! The browser scenario harness: a [`Run`] is one scenario's world (its
-//! `earshot` servers and its Chromium browsers), a [`Browser`] one page, and
-//! the free functions poll pages, check audio statistics and write figures
-//! to the report.
+//! `earshot` servers and its browsers, Chromium or Firefox), a [`Browser`]
+//! one page, and the free functions poll pages, check audio statistics and
+//! write figures to the report.
 //!
 //! Pages are driven only through their `data-testid` elements and read
 //! through the read-only `window.earshot` hook. A script installed before
@@ -38,18 +38,25 @@ pub const NEVER_LOGGED: &[&str] = &["candidate:", "v=0", "a=ice-ufrag", "a=finge
 /// How long a SIGTERM'd server may take to exit (it closes every socket with
 /// 1012 and waits for the clients to answer, a second at most each).
 pub const STOP: Duration = Duration::from_secs(10);
-/// At most this many Chromiums at once across the scenarios that the test
+/// At most this many browsers at once across the scenarios that the test
 /// harness runs in parallel: the machine this runs on may have two cores.
 pub const MAX_BROWSERS: usize = 6;
 
 /// Whether this WebRTC test runs here; prints why not when it does not.
 pub fn should_run(test: &str) -> Result<bool> {
+    should_run_with(test, false)
+}
+
+/// [`should_run`], for a test that also needs Firefox if `firefox`.
+pub fn should_run_with(test: &str, firefox: bool) -> Result<bool> {
     match netns::gate()? {
         Gate::Skip(why) => {
             println!("note: {test} skipped: {why}");
             Ok(false)
         }
-        Gate::Run { required } => match webdriver::missing_browser() {
+        Gate::Run { required } => match webdriver::missing_browser()
+            .or_else(|| firefox.then(webdriver::missing_firefox).flatten())
+        {
             Some(missing) if required => bail!("EARSHOT_E2E=1 but {missing}"),
             Some(missing) => {
                 println!("note: {test} skipped: {missing}");
@@ -100,6 +107,11 @@ pub struct Setup {
     /// Whether chromedriver keeps each browser's performance log, the
     /// DevTools network events that [`Browser::network_events`] reads.
     pub network_log: bool,
+    /// The browsers that are Firefox (by name); the others are Chromium.
+    /// A scenario with any runs again, alone, in a network namespace of its
+    /// own (see `netns::rerun_in_veth_namespace`), where ICE candidates
+    /// also carry `netns::VETH_ADDRESS`.
+    pub firefox: Vec<&'static str>,
 }
 
 /// One scenario's world: its browsers, its servers (the current one last),
@@ -152,7 +164,21 @@ impl Run<'_> {
         setup: &Setup,
         scenario: impl FnOnce(&Run) -> Result<()>,
     ) -> Result<()> {
-        if !should_run(test)? {
+        let firefox = !setup.firefox.is_empty();
+        if !should_run_with(test, firefox)? {
+            return Ok(());
+        }
+        if firefox && !netns::in_veth_namespace() {
+            // The browsers it starts there count against this process's
+            // budget all the same.
+            let _slots = BrowserSlots::reserve(names.len());
+            let started = Instant::now();
+            let output = netns::rerun_in_veth_namespace(test)?;
+            println!("{output}");
+            println!(
+                "{test}: took {:.1?} in its own network namespace",
+                started.elapsed()
+            );
             return Ok(());
         }
         let waiting = Instant::now();
@@ -169,14 +195,13 @@ impl Run<'_> {
         let args: Vec<&str> = server_args.iter().map(String::as_str).collect();
         let server = Server::start(&super::earshot_binary(), &args)?;
         let driver = ChromeDriver::start()?;
-        let browsers =
-            Browser::open_all_with(&driver, names, at_home, &server.url, setup.network_log)
-                .with_context(|| {
-                    format!(
-                        "cannot open the page in Chromium; earshot output:\n{}",
-                        server.output_tail(40)
-                    )
-                })?;
+        let browsers = Browser::open_all_with(&driver, names, at_home, &server.url, setup)
+            .with_context(|| {
+                format!(
+                    "cannot open the page in a browser; earshot output:\n{}",
+                    server.output_tail(40)
+                )
+            })?;
         let run = Run {
             browsers,
             servers: RefCell::new(vec![server]),
@@ -366,6 +391,18 @@ impl Run<'_> {
     }
 }
 
+/// The browsers close in parallel: a Firefox takes seconds to quit.
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        let browsers = std::mem::take(&mut self.browsers);
+        std::thread::scope(|scope| {
+            for b in browsers {
+                scope.spawn(move || drop(b));
+            }
+        });
+    }
+}
+
 /// Polls the pages of `browsers` until `ok` holds for their snapshots (in the
 /// same order); fails after [`STEP`] with what every page shows.
 pub fn wait_for(
@@ -446,7 +483,8 @@ pub fn hold(
 /// `energy` and `candidates`, as the scenarios' stats scripts make them):
 /// inbound audio kept flowing (bytes grew) on a connected peer connection,
 /// carries sound (the fake microphone beeps), and every ICE candidate is a
-/// loopback one. `who` names the receiving side in errors.
+/// loopback one (or, in a Firefox test's namespace, its veth address: see
+/// `netns::is_inside`). `who` names the receiving side in errors.
 /// The embedded TURN server's advertised relay address in the tests that
 /// hide IPs: a documentation address on no interface of the test namespace,
 /// so nothing can be sent to it. Relay candidates carry it; a browser
@@ -475,10 +513,15 @@ pub fn check_audio(who: &str, first: &Value, second: &Value, when: &str) -> Resu
     ensure!(!candidates.is_empty(), "{who}: no ICE candidates: {second}");
     for cand in &candidates {
         let address = cand["address"].as_str().unwrap_or_default();
-        let relay_standin = cand["type"] == "relay" && address == TURN_PUBLIC_STANDIN;
+        // A relay candidate, or the same learned from its checks before it
+        // was signalled (peer-reflexive).
+        let relay_standin =
+            (cand["type"] == "relay" || cand["type"] == "prflx") && address == TURN_PUBLIC_STANDIN;
+        // Chromium shows no address for a peer-reflexive remote candidate.
+        let hidden = cand["type"] == "prflx" && address.is_empty();
         ensure!(
-            address == "127.0.0.1" || address == "::1" || relay_standin,
-            "{who}: non-loopback ICE candidate {cand}"
+            netns::is_inside(address) || relay_standin || hidden,
+            "{who}: ICE candidate from outside the test namespace {cand}"
         );
     }
     Ok(())
@@ -726,7 +769,8 @@ const INIT_JS: &str = r#"
 /// (`window.earshot.pc`) when `arguments[0]` is null, or of its room
 /// connection to peer `arguments[0]` (`window.earshot.peers`): inbound audio
 /// summed, every candidate and the selected pair, in the shape
-/// [`check_audio`] reads.
+/// [`check_audio`] reads. The selected pair is the transport's in Chromium;
+/// Firefox has no `transport` stats, and flags its pair `selected` instead.
 const AUDIO_STATS_JS: &str = r#"
 const done = arguments[arguments.length - 1];
 const e = window.earshot || {};
@@ -749,6 +793,7 @@ pc.getStats().then(stats => {
     if (r.type === 'local-candidate' || r.type === 'remote-candidate') out.candidates.push(cand(r));
     if (r.type === 'transport' && r.selectedCandidatePairId) pairId = r.selectedCandidatePairId;
   });
+  if (!pairId) stats.forEach(r => { if (r.type === 'candidate-pair' && r.selected) pairId = r.id; });
   const pair = pairId ? stats.get(pairId) : null;
   if (pair) {
     out.selected = {state: pair.state, local: cand(stats.get(pair.localCandidateId)),
@@ -765,17 +810,25 @@ return {href: location.href, navigation: names('navigation'), resources: names('
         sockets: (window.__e2eSockets || []).map(s => s.url), cookie: document.cookie};
 "#;
 
-/// What the page keeps on the device.
+/// What the page keeps on the device. Firefox's `indexedDB.databases()`
+/// now and then fails with an `UnknownError` on a busy machine: it is asked
+/// again (five times at most) before the error counts as an answer.
 const STORED_JS: &str = r#"
 const done = arguments[arguments.length - 1];
 const out = {cookie: document.cookie, local: localStorage.length,
              session: sessionStorage.length, indexedDB: []};
-const dbs = indexedDB.databases ? indexedDB.databases() : Promise.resolve([]);
-dbs.then(list => { out.indexedDB = list.map(d => d.name); done(out); },
-         err => { out.indexedDB = ['(error: ' + err + ')']; done(out); });
+const ask = tries => {
+  const dbs = indexedDB.databases ? indexedDB.databases() : Promise.resolve([]);
+  dbs.then(list => { out.indexedDB = list.map(d => d.name); done(out); },
+           err => {
+             if (tries > 1) { setTimeout(() => ask(tries - 1), 200); return; }
+             out.indexedDB = ['(error: ' + err + ')']; done(out);
+           });
+};
+ask(5);
 "#;
 
-/// One Chromium with an Earshot page open.
+/// One browser (Chromium or Firefox) with an Earshot page open.
 pub struct Browser<'d> {
     pub name: &'static str,
     pub session: Session<'d>,
@@ -790,17 +843,18 @@ impl<'d> Browser<'d> {
         with_url: usize,
         url: &str,
     ) -> Result<Vec<Browser<'d>>> {
-        Browser::open_all_with(driver, names, with_url, url, false)
+        Browser::open_all_with(driver, names, with_url, url, &Setup::default())
     }
 
-    /// [`Browser::open_all`], each browser with chromedriver's performance
-    /// log if `network_log` (see [`Browser::open_with`]).
+    /// [`Browser::open_all`], each browser set up as `setup` says: Firefox
+    /// if named in `setup.firefox`, else Chromium with chromedriver's
+    /// performance log if `setup.network_log` (see [`Browser::open_with`]).
     pub fn open_all_with(
         driver: &'d ChromeDriver,
         names: &[&'static str],
         with_url: usize,
         url: &str,
-        network_log: bool,
+        setup: &Setup,
     ) -> Result<Vec<Browser<'d>>> {
         std::thread::scope(|scope| {
             let handles: Vec<_> = names
@@ -808,7 +862,12 @@ impl<'d> Browser<'d> {
                 .enumerate()
                 .map(|(i, &name)| {
                     let url = (i < with_url).then_some(url);
-                    scope.spawn(move || Browser::open_with(driver, name, url, network_log))
+                    if setup.firefox.contains(&name) {
+                        scope.spawn(move || Browser::open_firefox(name, url))
+                    } else {
+                        let log = setup.network_log;
+                        scope.spawn(move || Browser::open_with(driver, name, url, log))
+                    }
                 })
                 .collect();
             handles
@@ -838,7 +897,20 @@ impl<'d> Browser<'d> {
         url: Option<&str>,
         network_log: bool,
     ) -> Result<Browser<'d>> {
-        let session = driver.session_with(network_log)?;
+        Browser::with_session(name, driver.session_with(network_log)?, url)
+    }
+
+    /// A new Firefox with [`INIT_JS`] installed, showing `url` if given.
+    pub fn open_firefox(name: &'static str, url: Option<&str>) -> Result<Browser<'d>> {
+        let session = Session::firefox().with_context(|| format!("{name}: no Firefox"))?;
+        Browser::with_session(name, session, url)
+    }
+
+    fn with_session(
+        name: &'static str,
+        session: Session<'d>,
+        url: Option<&str>,
+    ) -> Result<Browser<'d>> {
         session
             .add_init_script(INIT_JS)
             .with_context(|| format!("{name}: cannot install the page probes"))?;
@@ -1004,6 +1076,29 @@ impl<'d> Browser<'d> {
                 Ok(v["message"].clone())
             })
             .collect()
+    }
+
+    /// How the current page loaded, from its navigation and resource timing:
+    /// `{transfer, resources, largest, ready_ms}`: bytes over the network
+    /// (headers included), resources fetched, the most bytes one of them
+    /// took (a "not modified" answer is headers only), and the milliseconds
+    /// from navigation to the signalling `welcome` (when Start works, once
+    /// the consent screen is accepted).
+    pub fn load_figures(&self) -> Result<Value> {
+        self.execute(
+            r#"const nav = performance.getEntriesByType('navigation')[0];
+               const res = performance.getEntriesByType('resource')
+                 .filter(r => r.initiatorType !== 'other' || r.name.startsWith(location.origin));
+               const all = [nav, ...res];
+               const socket = (window.__e2eSockets || [])[0];
+               return {
+                 transfer: all.reduce((n, r) => n + (r.transferSize || 0), 0),
+                 resources: all.length,
+                 largest: Math.max(...all.map(r => r.transferSize || 0)),
+                 ready_ms: socket && socket.welcome ? socket.welcome - performance.timeOrigin : null,
+               };"#,
+            json!([]),
+        )
     }
 
     /// What the current document says it loaded and opened, from the

@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests that drive real processes.
 //!
 //! - [`webdriver`]: a tiny blocking W3C WebDriver client (std `TcpStream` +
-//!   serde_json) and the chromedriver process it talks to.
+//!   serde_json) and the chromedriver or geckodriver process it talks to.
+//! - [`bidi`]: the WebDriver BiDi socket of a Firefox session, for scripts
+//!   before the page's own and for its console.
 //! - [`server`]: the real `earshot` binary on loopback ports, stopped with
 //!   SIGTERM or killed, with its output kept for failure messages and for
 //!   the log privacy check (`server::check_log`).
@@ -21,6 +23,7 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod bidi;
 pub mod harness;
 pub mod netns;
 pub mod redis;
@@ -70,15 +73,17 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// The `earshot` binary: cargo's own for this crate's tests; for another
-/// crate's tests (earshot-peer's include this module), `$EARSHOT_BIN` or the
-/// one `cargo build -p earshot-server` left in the same target directory.
+/// The `earshot` binary: `$EARSHOT_BIN` if set (scripts/test points it at
+/// the one unpacked from the Debian package), else cargo's own for this
+/// crate's tests, or for another crate's tests (earshot-peer's include this
+/// module) the one `cargo build -p earshot-server` left in the same target
+/// directory.
 pub fn earshot_binary() -> String {
-    if let Some(bin) = option_env!("CARGO_BIN_EXE_earshot") {
-        return bin.to_string();
-    }
     if let Ok(bin) = std::env::var("EARSHOT_BIN") {
         return bin;
+    }
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_earshot") {
+        return bin.to_string();
     }
     // A test binary lives in target/<profile>/deps/.
     std::env::current_exe()

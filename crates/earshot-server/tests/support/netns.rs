@@ -7,14 +7,116 @@
 //! (`unshare -n -- bash -c 'ip link set lo up && ...'`, as `scripts/test`
 //! does). Inside one, the only candidates there are to offer are loopback
 //! ones, which is what this module checks before anything starts.
+//!
+//! Firefox finds no candidates at all there: with no default route it falls
+//! back to "default address only" and has no default address. So tests
+//! with Firefox run again, alone, in a namespace of their own
+//! ([`rerun_in_veth_namespace`]) which also has a veth pair whose both ends
+//! are inside it: [`VETH_ADDRESS`] on one end, the default route through
+//! it, nobody on the other end. Packets to anything but loopback and that
+//! address go into the pair and are dropped there; nothing leaves the
+//! namespace. The main suite's namespace stays loopback-only.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use std::process::Command;
+
+/// The address of the veth end in a Firefox test's namespace; ICE
+/// candidates there carry it besides 127.0.0.1.
+pub const VETH_ADDRESS: &str = "10.99.0.1";
+/// Its network, for flags such as `--turn-allow-peer`.
+pub const VETH_NETWORK: &str = "10.99.0.0/24";
+/// Set in the environment of a test run again by
+/// [`rerun_in_veth_namespace`], inside that namespace.
+const IN_VETH: &str = "EARSHOT_E2E_VETH";
+/// The namespace of [`rerun_in_veth_namespace`]: loopback up, and a veth
+/// pair that leads nowhere, with no IPv6 link-local addresses (`addrgenmode
+/// none`), so that [`VETH_ADDRESS`] is the only other address. Then the test
+/// binary (`$0`) runs the test named `$1`, alone.
+const VETH_SETUP: &str = "set -e
+ip link set lo up
+ip link add v0 type veth peer name v1
+ip link set v0 addrgenmode none
+ip link set v1 addrgenmode none
+ip addr add 10.99.0.1/24 dev v0
+ip link set v0 up
+ip link set v1 up
+ip route add default dev v0
+exec \"$0\" \"$1\" --nocapture --test-threads 1";
+
+/// Whether this process runs inside the namespace of
+/// [`rerun_in_veth_namespace`].
+pub fn in_veth_namespace() -> bool {
+    std::env::var_os(IN_VETH).is_some()
+}
+
+/// The addresses besides 127.0.0.1 and ::1 that this namespace may have
+/// and WebRTC tests may see: [`VETH_ADDRESS`] inside the namespace of
+/// [`rerun_in_veth_namespace`], none elsewhere.
+pub fn inside_addresses() -> &'static [&'static str] {
+    if in_veth_namespace() {
+        &[VETH_ADDRESS]
+    } else {
+        &[]
+    }
+}
+
+/// Whether `address` (of an ICE candidate, say) is one of this namespace's
+/// own: loopback, or one of [`inside_addresses`].
+pub fn is_inside(address: &str) -> bool {
+    address == "127.0.0.1" || address == "::1" || inside_addresses().contains(&address)
+}
+
+/// `unshare -n`: what follows runs in a new network namespace, and, for a
+/// user who is not root, in a new user namespace too (`-r`), where it may
+/// set the network namespace up.
+pub fn unshare_net() -> Command {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let mut command = Command::new("unshare");
+    if !root {
+        command.arg("-r");
+    }
+    command.arg("-n");
+    command
+}
+
+/// Runs the test `test` of this test binary again, alone, in a new network
+/// namespace (`unshare -n`, with `-r` for a user who is not root) set up as
+/// [`VETH_SETUP`] says. Its output; an error with it if the test failed or
+/// did not run.
+pub fn rerun_in_veth_namespace(test: &str) -> Result<String> {
+    let exe = std::env::current_exe().context("no path to this test binary")?;
+    let output = unshare_net()
+        .args(["--", "bash", "-c", VETH_SETUP])
+        .arg(&exe)
+        .arg(test)
+        .env(IN_VETH, "1")
+        .output()
+        .context("cannot run unshare")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    ensure!(
+        output.status.success(),
+        "{test} failed in its own network namespace ({}):\n{text}",
+        output.status
+    );
+    ensure!(
+        text.contains("running 1 test") && text.contains("1 passed"),
+        "{test} did not run alone in its own network namespace:\n{text}"
+    );
+    Ok(text)
+}
 
 /// Whether a WebRTC test should run, from `EARSHOT_E2E` and the addresses of
 /// this network namespace.
 pub enum Gate {
-    /// Run it; the namespace is loopback-only.
+    /// Run it; the namespace is loopback-only (but for the veth of
+    /// [`rerun_in_veth_namespace`], inside its namespace).
     Run { required: bool },
     /// Do not run it, for this reason (printed as a notice).
     Skip(String),
@@ -29,7 +131,13 @@ pub fn gate() -> Result<Gate> {
         return Ok(Gate::Skip("EARSHOT_E2E=0".into()));
     }
     let required = setting == "1";
-    match non_loopback_addresses() {
+    let others = non_loopback_addresses().map(|addrs| {
+        addrs
+            .into_iter()
+            .filter(|a| !inside_addresses().contains(&a.as_str()))
+            .collect::<Vec<_>>()
+    });
+    match others {
         Ok(addrs) if addrs.is_empty() => Ok(Gate::Run { required }),
         Ok(addrs) if required => bail!(
             "EARSHOT_E2E=1 but this network namespace has non-loopback addresses {addrs:?}; \

@@ -1,4 +1,4 @@
-//! A small TURN client built on `earshot_core::turn::codec`, over UDP or
+//! A small TURN client built on `earshot_core::stun::codec`, over UDP or
 //! TCP, from any address of this namespace: for the TURN tests and the
 //! hostile-client suite.
 
@@ -6,7 +6,8 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use earshot_core::turn::codec::{Class, Encoder, Frame, Message, attr, method, stream_frame};
+use earshot_core::stun::codec::{Class, Encoder, Message, attr, method};
+use earshot_core::turn::codec::{Frame, stream_frame};
 use earshot_core::turn::long_term_key;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};

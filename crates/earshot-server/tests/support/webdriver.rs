@@ -1,5 +1,6 @@
 //! A tiny blocking W3C WebDriver client, enough to drive Chromium through
-//! chromedriver: sessions, navigation, elements, scripts.
+//! chromedriver and Firefox through geckodriver: sessions, navigation,
+//! elements, scripts.
 //!
 //! WebDriver is JSON over HTTP/1.1, so this is one `TcpStream` per command
 //! (`Connection: close`) and serde_json, nothing more. Every response is
@@ -7,17 +8,24 @@
 //! an `Err` naming the command.
 //!
 //! [`ChromeDriver`] owns the chromedriver process; each [`Session`] is its own
-//! Chromium process with a fresh profile directory. Both clean up on drop, and
-//! a session borrows its driver so it is always deleted before the driver is
-//! killed (killing chromedriver first would orphan its Chromium).
+//! browser process with a fresh profile directory. Both clean up on drop, and
+//! a Chromium session borrows its driver so it is always deleted before the
+//! driver is killed (killing chromedriver first would orphan its Chromium).
+//! geckodriver drives one session at a time, so each Firefox session
+//! ([`Session::firefox`]) owns a geckodriver of its own, and a WebDriver BiDi
+//! socket (`super::bidi`) for what chromedriver does with DevTools: scripts
+//! before the page's own, and the console.
 
 use super::TempDir;
+use super::bidi::Bidi;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
+use std::marker::PhantomData;
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The browser: Debian's `chromium`, overridable with `EARSHOT_CHROMIUM`.
@@ -32,16 +40,57 @@ pub fn chromedriver_path() -> String {
 
 /// What is missing to run browser tests, if anything.
 pub fn missing_browser() -> Option<String> {
-    let missing: Vec<String> = [chromium_path(), chromedriver_path()]
+    missing(
+        [chromium_path(), chromedriver_path()],
+        "apt-get install chromium chromium-driver",
+    )
+}
+
+/// Which of `paths` do not exist, and how to get them (`install`), if any.
+fn missing(paths: [String; 2], install: &str) -> Option<String> {
+    let missing: Vec<String> = paths
         .into_iter()
         .filter(|p| !Path::new(p).exists())
         .collect();
     (!missing.is_empty()).then(|| {
         format!(
-            "{} not found (apt-get install chromium chromium-driver, or run scripts/test)",
+            "{} not found ({install}, or run scripts/test)",
             missing.join(" and ")
         )
     })
+}
+
+/// The other browser: Debian's `firefox-esr`, overridable with `EARSHOT_FIREFOX`.
+pub fn firefox_path() -> String {
+    std::env::var("EARSHOT_FIREFOX").unwrap_or_else(|_| "/usr/bin/firefox-esr".into())
+}
+
+/// Its driver: `EARSHOT_GECKODRIVER`, else `geckodriver` on `PATH` or where
+/// `cargo install geckodriver` puts it (Debian has no package of it).
+pub fn geckodriver_path() -> String {
+    if let Ok(path) = std::env::var("EARSHOT_GECKODRIVER") {
+        return path;
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(cargo_home.map(|c| c.join("bin")))
+        .map(|dir| dir.join("geckodriver"))
+        .find(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "geckodriver".into())
+}
+
+/// What is missing to run Firefox tests, if anything.
+pub fn missing_firefox() -> Option<String> {
+    missing(
+        [firefox_path(), geckodriver_path()],
+        "apt-get install firefox-esr, cargo install --locked geckodriver",
+    )
 }
 
 /// The key of a web element reference in WebDriver JSON.
@@ -68,24 +117,40 @@ const CHROMIUM_ARGS: &[&str] = &[
     "--disable-quic",
 ];
 
-/// A running chromedriver on a loopback port.
-pub struct ChromeDriver {
+/// Firefox prefs for a headless browser with a fake microphone that it may
+/// use without asking, that plays audio without a gesture, and that offers
+/// its real addresses as ICE candidates, loopback included (the only
+/// others where the tests run it are the namespace's veth, see `netns`).
+fn firefox_prefs() -> Value {
+    json!({
+        "media.navigator.streams.fake": true,
+        "media.navigator.permission.disabled": true,
+        "media.peerconnection.ice.loopback": true,
+        "media.peerconnection.ice.obfuscate_host_addresses": false,
+        "media.autoplay.default": 0,
+        "media.autoplay.blocking_policy": 0,
+    })
+}
+
+/// A running WebDriver server (chromedriver or geckodriver) on a loopback
+/// port, killed on drop.
+struct DriverProcess {
     child: Child,
     port: u16,
 }
 
-impl ChromeDriver {
-    pub fn start() -> Result<ChromeDriver> {
-        let port = super::free_port()?;
-        let binary = chromedriver_path();
-        let child = Command::new(&binary)
-            .arg(format!("--port={port}"))
+impl DriverProcess {
+    /// Starts `binary` with `args` and waits until it says it is ready on
+    /// `port`.
+    fn start(binary: &str, args: &[String], port: u16) -> Result<DriverProcess> {
+        let child = Command::new(binary)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {binary}"))?;
-        let mut driver = ChromeDriver { child, port };
+        let mut driver = DriverProcess { child, port };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(status) = driver.request("GET", "/status", None)
@@ -97,10 +162,34 @@ impl ChromeDriver {
                 bail!("{binary} exited at startup with {exit}");
             }
             if Instant::now() > deadline {
-                bail!("{binary} --port={port} not ready within 20 s");
+                bail!("{binary} {args:?} not ready within 20 s");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// One WebDriver command; the response's `value`, or its error.
+    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        http_json(self.port, method, path, body)
+            .with_context(|| format!("WebDriver {method} {path}"))
+    }
+}
+
+impl Drop for DriverProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running chromedriver on a loopback port.
+pub struct ChromeDriver(DriverProcess);
+
+impl ChromeDriver {
+    pub fn start() -> Result<ChromeDriver> {
+        let port = super::free_port()?;
+        let driver = DriverProcess::start(&chromedriver_path(), &[format!("--port={port}")], port)?;
+        Ok(ChromeDriver(driver))
     }
 
     /// A new Chromium with its own fresh profile.
@@ -133,44 +222,125 @@ impl ChromeDriver {
             }
         });
         let value = self
+            .0
             .request("POST", "/session", Some(&caps))
             .context("cannot create a Chromium session")?;
-        let id = value["sessionId"]
-            .as_str()
-            .ok_or_else(|| anyhow!("new session without sessionId: {value}"))?
-            .to_string();
         Ok(Session {
-            driver: self,
-            id,
+            port: self.0.port,
+            id: session_id(&value)?,
+            firefox: None,
             _profile: profile,
+            _driver: PhantomData,
         })
     }
-
-    /// One WebDriver command; the response's `value`, or its error.
-    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
-        http_json(self.port, method, path, body)
-            .with_context(|| format!("WebDriver {method} {path}"))
-    }
 }
 
-impl Drop for ChromeDriver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// What a Firefox session has beyond a Chromium one.
+struct Firefox {
+    /// Its WebDriver BiDi socket.
+    bidi: Mutex<Bidi>,
+    /// The browser's process id (`moz:processID`), killed on drop if
+    /// deleting the session left it running.
+    pid: Option<u64>,
+    /// Its own geckodriver, dropped (killed) after the session is deleted.
+    _driver: DriverProcess,
 }
 
-/// One browser (one Chromium process), deleted on drop.
+/// One browser (one Chromium or Firefox process), deleted on drop.
 pub struct Session<'d> {
-    driver: &'d ChromeDriver,
+    /// The port of its WebDriver server.
+    port: u16,
     id: String,
+    firefox: Option<Firefox>,
     _profile: TempDir,
+    /// A Chromium session borrows its chromedriver.
+    _driver: PhantomData<&'d ChromeDriver>,
+}
+
+fn session_id(value: &Value) -> Result<String> {
+    Ok(value["sessionId"]
+        .as_str()
+        .ok_or_else(|| anyhow!("new session without sessionId: {value}"))?
+        .to_string())
+}
+
+impl Session<'_> {
+    /// A new Firefox with its own fresh profile and its own geckodriver,
+    /// and a BiDi socket to it.
+    pub fn firefox() -> Result<Session<'static>> {
+        let profile = TempDir::new("earshot-firefox")?;
+        let (port, bidi_port) = (super::free_port()?, super::free_port()?);
+        let driver = DriverProcess::start(
+            &geckodriver_path(),
+            &[
+                format!("--port={port}"),
+                format!("--websocket-port={bidi_port}"),
+            ],
+            port,
+        )?;
+        let caps = json!({
+            "capabilities": {
+                "alwaysMatch": {
+                    "browserName": "firefox",
+                    "pageLoadStrategy": "normal",
+                    "timeouts": {"script": 30_000, "pageLoad": 30_000, "implicit": 0},
+                    "webSocketUrl": true,
+                    "moz:firefoxOptions": {
+                        "binary": firefox_path(),
+                        "args": ["-headless", "-profile", profile.path().display().to_string()],
+                        "prefs": firefox_prefs(),
+                    },
+                }
+            }
+        });
+        let value = driver
+            .request("POST", "/session", Some(&caps))
+            .context("cannot create a Firefox session")?;
+        let mut session = Session {
+            port,
+            id: session_id(&value)?,
+            firefox: None,
+            _profile: profile,
+            _driver: PhantomData,
+        };
+        let url = value["capabilities"]["webSocketUrl"]
+            .as_str()
+            .with_context(|| format!("no webSocketUrl in the new session: {value}"))?;
+        // On failure `session` is deleted (it quits Firefox) before
+        // `driver` is killed: they drop in that order.
+        let bidi = Bidi::connect(url, COMMAND_TIMEOUT)?;
+        session.firefox = Some(Firefox {
+            bidi: Mutex::new(bidi),
+            pid: value["capabilities"]["moz:processID"].as_u64(),
+            _driver: driver,
+        });
+        Ok(session)
+    }
 }
 
 impl<'d> Session<'d> {
     fn cmd(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
-        self.driver
-            .request(method, &format!("/session/{}{path}", self.id), body)
+        http_json(
+            self.port,
+            method,
+            &format!("/session/{}{path}", self.id),
+            body,
+        )
+        .with_context(|| format!("WebDriver {method} /session/{}{path}", self.id))
+    }
+
+    /// Whether this is a Firefox.
+    pub fn is_firefox(&self) -> bool {
+        self.firefox.is_some()
+    }
+
+    /// The BiDi socket of a Firefox session.
+    fn bidi(&self) -> Result<std::sync::MutexGuard<'_, Bidi>> {
+        let firefox = self
+            .firefox
+            .as_ref()
+            .context("WebDriver BiDi: not a Firefox session")?;
+        Ok(firefox.bidi.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn goto(&self, url: &str) -> Result<()> {
@@ -227,8 +397,14 @@ impl<'d> Session<'d> {
     }
 
     /// Runs `source` in every document this session loads from now on,
-    /// before any of the page's own scripts.
+    /// before any of the page's own scripts. Firefox runs it as the body
+    /// of a function, so names it declares stay its own.
     pub fn add_init_script(&self, source: &str) -> Result<()> {
+        if self.is_firefox() {
+            return self
+                .bidi()?
+                .add_preload_script(&format!("() => {{\n{source}\n}}"));
+        }
         self.cdp(
             "Page.addScriptToEvaluateOnNewDocument",
             json!({ "source": source }),
@@ -255,8 +431,15 @@ impl<'d> Session<'d> {
     }
 
     /// The page's console messages since the last call (a chromedriver
-    /// extension, for failure messages), one per line.
+    /// extension, or BiDi `log.entryAdded` events in Firefox; for failure
+    /// messages), one per line.
     pub fn console_log(&self) -> String {
+        if self.is_firefox() {
+            return match self.bidi().and_then(|mut b| b.take_log()) {
+                Ok(lines) => lines.join("\n"),
+                Err(e) => format!("(no console log: {e:#})"),
+            };
+        }
         match self.cmd("POST", "/se/log", Some(&json!({"type": "browser"}))) {
             Ok(Value::Array(entries)) => entries
                 .iter()
@@ -271,9 +454,17 @@ impl<'d> Session<'d> {
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
-        let _ = self
-            .driver
-            .request("DELETE", &format!("/session/{}", self.id), None);
+        let _ = self.cmd("DELETE", "", None);
+        // geckodriver waits for its Firefox to quit; should it not have,
+        // killing geckodriver next would orphan it.
+        if let Some(pid) = self.firefox.as_ref().and_then(|f| f.pid) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("firefox") {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //! peers in 198.51.100.0/24 are let through with `--turn-allow-peer`'s rule.
 
 use super::*;
-use crate::turn::codec::{Frame, Message, stream_frame};
+use crate::stun::codec::Message;
+use crate::turn::codec::{Frame, stream_frame};
 use crate::turn::{long_term_key, rest_credentials, rest_password};
 use proptest::prelude::*;
 

@@ -1,0 +1,102 @@
+//! The rules every state of the switchboard keeps, as code: the property
+//! tests call [`Switchboard::check_invariants`] after every step.
+
+use super::*;
+
+impl Switchboard {
+    /// Checks the switchboard's invariants; `Err` describes the first broken one.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut in_call = 0;
+        let mut remote = 0;
+        let mut in_room = Vec::new();
+        for (&id, c) in &self.conns {
+            match c.phase {
+                Phase::InRoom { room, peer } => {
+                    if c.closed {
+                        return Err(format!("{id} is closed but in a room"));
+                    }
+                    if self.queue.is_waiting(id) {
+                        return Err(format!("{id} is in a room and queued"));
+                    }
+                    in_room.push((id, room, peer));
+                }
+                Phase::Idle => {
+                    if self.queue.is_waiting(id) {
+                        return Err(format!("{id} is idle but queued"));
+                    }
+                    if self.joining.contains_key(&id) {
+                        return Err(format!("{id} is idle but its room join is pending"));
+                    }
+                }
+                Phase::Joining => {
+                    if self.queue.is_waiting(id) {
+                        return Err(format!("{id} is joining a room but queued"));
+                    }
+                    if !self.joining.contains_key(&id) {
+                        return Err(format!("{id} is joining a room it has no name for"));
+                    }
+                }
+                Phase::Searching => {
+                    if !self.queue.is_waiting(id) && !self.shared_waiting.contains_key(&id) {
+                        return Err(format!("{id} is searching but not queued"));
+                    }
+                    if c.closed {
+                        return Err(format!("{id} is closed but searching"));
+                    }
+                }
+                Phase::InCall { call, partner } => {
+                    in_call += 1;
+                    if partner == id {
+                        return Err(format!("{id} is in a call with itself"));
+                    }
+                    if self.queue.is_waiting(id) {
+                        return Err(format!("{id} is in a call and queued"));
+                    }
+                    if c.closed {
+                        return Err(format!("{id} is closed but in a call"));
+                    }
+                    if self.is_remote(partner) {
+                        remote += 1;
+                        in_call -= 1;
+                        continue;
+                    }
+                    let back = self.conns.get(&partner).map(|p| p.phase);
+                    if back != Some(Phase::InCall { call, partner: id }) {
+                        return Err(format!(
+                            "{id}'s partner {partner} is not in call {call} with it"
+                        ));
+                    }
+                }
+            }
+        }
+        for id in self.queue.waiting() {
+            if !self.conns.contains_key(&id) {
+                return Err(format!("{id} is queued but gone"));
+            }
+        }
+        for &id in self.shared_waiting.keys() {
+            if self.conns.get(&id).map(|c| c.phase) != Some(Phase::Searching) {
+                return Err(format!(
+                    "{id} waits in the shared queue but is not searching"
+                ));
+            }
+        }
+        if remote != self.remote_calls {
+            return Err(format!(
+                "{remote} people in calls with other nodes but {} such calls",
+                self.remote_calls
+            ));
+        }
+        if in_call != 2 * self.calls {
+            return Err(format!(
+                "{in_call} people in calls but {} calls",
+                self.calls
+            ));
+        }
+        // In backplane mode a room also lists members on other nodes.
+        if self.node.is_none() {
+            self.rooms.check(&in_room)?;
+        }
+        Ok(())
+    }
+}
