@@ -851,13 +851,15 @@ impl TurnServer {
             return;
         };
         let target = self.by_port.get(&peer.port()).copied();
-        match self.config.policy.check_addr(peer, target.is_some()) {
+        // `OwnRelay` only for a live relay port of ours: handed over in memory.
+        let in_memory = match self.config.policy.check_addr(peer, target.is_some()) {
             Verdict::Refused(_) => {
                 self.stats.refused_peers += 1;
                 return;
             }
-            Verdict::OwnRelay | Verdict::Allowed => {}
-        }
+            Verdict::OwnRelay => target,
+            Verdict::Allowed => None,
+        };
         let a = self
             .allocations
             .get_mut(&allocation)
@@ -871,9 +873,8 @@ impl TurnServer {
         }
         let own_port = a.relay_port;
         self.stats.to_peers += 1;
-        let own = self.config.policy.check_ip(peer.ip()) == Verdict::OwnRelay;
-        match (own, target, own_port) {
-            (true, Some(target), Some(port)) => {
+        match (in_memory, own_port) {
+            (Some(target), Some(port)) => {
                 self.stats.relay_to_relay += 1;
                 let from = SocketAddr::new(self.config.relay_ip, port);
                 self.handle_peer(now, target, from, data);
