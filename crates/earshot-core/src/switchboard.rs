@@ -333,6 +333,7 @@ impl Cooldowns {
         Some(until + COOLDOWN_SWEEP_SLACK)
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.until.len()
     }

@@ -13,6 +13,8 @@
 //! - [`stun`]: the embedded STUN server's UDP loop.
 //! - [`turn`]: the embedded TURN server's sockets (UDP, TCP, relays).
 //! - [`tls`]: HTTPS certificates (from files, or self-signed in memory).
+//! - `trim`: gives freed memory back to the system after many connections
+//!   have closed.
 //! - [`geo`], [`proxy`]: approximate country, and client addresses behind
 //!   trusted reverse proxies.
 //! - [`origin`]: which web pages may open `/ws` (the `Origin` check).
@@ -32,6 +34,7 @@ pub mod origin;
 pub mod proxy;
 pub mod stun;
 pub mod tls;
+mod trim;
 pub mod turn;
 mod ws;
 
@@ -180,6 +183,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         guards,
     );
     tracker.spawn(hub.clone().run_timer(shutdown.clone()));
+    tracker.spawn(trim::run(hub.clone(), shutdown.clone()));
     let pinger = Arc::new(ws::Pinger::new());
     tracker.spawn(pinger.clone().run(settings.ping_interval, shutdown.clone()));
     let app = Arc::new(App {
