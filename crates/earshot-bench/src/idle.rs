@@ -368,6 +368,7 @@ mod tests {
     #[test]
     fn median_is_the_middle_run() {
         let m = |rss| Memory {
+            anon: None,
             rss,
             pss: None,
             private: None,

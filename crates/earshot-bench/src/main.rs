@@ -226,8 +226,9 @@ struct SoakArgs {
     #[arg(long, default_value_t = 5000)]
     per_worker: usize,
     /// Seconds to wait, once the server is idle after a batch, before
-    /// reading its memory.
-    #[arg(long, default_value_t = 2.0)]
+    /// reading its memory (longer than the server's 5 s between looks at
+    /// whether to give freed memory back).
+    #[arg(long, default_value_t = 10.0)]
     settle: f64,
     /// Seconds one round (or connecting, or leaving, or going idle) may take.
     #[arg(long, default_value_t = 120.0)]
@@ -395,7 +396,10 @@ fn main() -> anyhow::Result<()> {
             config.validate()?;
             let results = soak::run(&config)?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&soak::to_json(&results))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&soak::to_json(&results))?
+                );
             } else {
                 print!("{}", soak::table(&results));
             }

@@ -10,6 +10,9 @@ use anyhow::{Context, bail};
 pub struct Memory {
     /// Resident set size (`VmRSS`).
     pub rss: u64,
+    /// The anonymous part of it (`RssAnon`: the heap, stacks), if reported;
+    /// the rest is mostly the binary's own pages.
+    pub anon: Option<u64>,
     /// Proportional set size, if `smaps_rollup` exists.
     pub pss: Option<u64>,
     /// `Private_Clean + Private_Dirty`, if `smaps_rollup` exists.
@@ -35,7 +38,12 @@ pub fn read(pid: u32) -> anyhow::Result<Memory> {
         }
         Err(_) => (None, None),
     };
-    Ok(Memory { rss, pss, private })
+    Ok(Memory {
+        rss,
+        anon: field_kib(&status, "RssAnon:"),
+        pss,
+        private,
+    })
 }
 
 /// CPU time the process has used so far, all threads, in nanoseconds (the

@@ -63,7 +63,7 @@ impl Config {
             "--batches must be at least 3 (growth is from the second to the last)"
         );
         ensure!(
-            self.clients >= 2 && self.clients % 2 == 0,
+            self.clients >= 2 && self.clients.is_multiple_of(2),
             "--clients must be even and at least 2"
         );
         ensure!(
@@ -143,13 +143,14 @@ pub fn run(config: &Config) -> anyhow::Result<Soak> {
             matches,
         };
         eprintln!(
-            "soak: batch {}/{}: {} clients, {} matches, {:.1} s, server RSS {}",
+            "soak: batch {}/{}: {} clients, {} matches, {:.1} s, server RSS {} (anonymous {})",
             b + 1,
             config.batches,
             config.clients,
             batch.matches,
             batch.took.as_secs_f64(),
             batch.memory.map_or("-".into(), |m| mib(m.rss)),
+            batch.memory.and_then(|m| m.anon).map_or("-".into(), mib),
         );
         batches.push(batch);
     }
@@ -272,8 +273,8 @@ fn wait_idle(addr: SocketAddrV4, limit: Duration) -> anyhow::Result<HashMap<Stri
 
 pub fn table(soak: &Soak) -> String {
     let mut out = String::from(
-        "| batch | clients | matches | time | server RSS | change from batch 2 |\n\
-         |---:|---:|---:|---:|---:|---:|\n",
+        "| batch | clients | matches | time | server RSS | change from batch 2 | anonymous RSS |\n\
+         |---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let second = soak.batches.get(1).and_then(|b| b.memory).map(|m| m.rss);
     for (i, b) in soak.batches.iter().enumerate() {
@@ -284,12 +285,13 @@ pub fn table(soak: &Soak) -> String {
             _ => "-".into(),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {:.1} s | {} | {change} |\n",
+            "| {} | {} | {} | {:.1} s | {} | {change} | {} |\n",
             i + 1,
             soak.clients,
             b.matches,
             b.took.as_secs_f64(),
             b.memory.map_or("-".into(), |m| mib(m.rss)),
+            b.memory.and_then(|m| m.anon).map_or("-".into(), mib),
         ));
     }
     match soak.growth_percent() {
@@ -312,6 +314,7 @@ pub fn to_json(soak: &Soak) -> serde_json::Value {
         "goal_percent": GOAL_PERCENT,
         "batches": soak.batches.iter().map(|b| serde_json::json!({
             "rss_bytes": b.memory.map(|m| m.rss),
+            "rss_anon_bytes": b.memory.and_then(|m| m.anon),
             "pss_bytes": b.memory.and_then(|m| m.pss),
             "private_bytes": b.memory.and_then(|m| m.private),
             "matches": b.matches,
@@ -465,6 +468,7 @@ mod tests {
         Batch {
             memory: Some(Memory {
                 rss,
+                anon: None,
                 pss: None,
                 private: None,
             }),
@@ -482,7 +486,10 @@ mod tests {
         assert_eq!(soak.growth_percent(), Some(1.0));
         let t = table(&soak);
         assert!(t.contains("+1.00 % (goal < 2 %: met)"), "{t}");
-        assert!(t.contains("| 3 | 10 | 15000 | 1.0 s | 0.00 MiB | +50.00 % |"), "{t}");
+        assert!(
+            t.contains("| 3 | 10 | 15000 | 1.0 s | 0.00 MiB | +50.00 % |"),
+            "{t}"
+        );
     }
 
     #[test]
