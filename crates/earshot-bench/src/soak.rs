@@ -107,6 +107,29 @@ impl Soak {
         let last = self.batches.last()?.memory?.rss as f64;
         Some((last - second) / second * 100.0)
     }
+
+    /// RSS change per batch from the second batch on, in bytes: the slope
+    /// of a least-squares line, which one batch's allocator luck moves less
+    /// than it moves the two ends.
+    pub fn trend_per_batch(&self) -> Option<f64> {
+        let points: Vec<(f64, f64)> = self
+            .batches
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, b)| Some((i as f64, b.memory?.rss as f64)))
+            .collect::<Option<_>>()?;
+        let n = points.len() as f64;
+        if n < 2.0 {
+            return None;
+        }
+        let (mx, my) = points
+            .iter()
+            .fold((0.0, 0.0), |(x, y), p| (x + p.0 / n, y + p.1 / n));
+        let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+        let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+        Some(sxy / sxx)
+    }
 }
 
 pub fn run(config: &Config) -> anyhow::Result<Soak> {
@@ -294,13 +317,15 @@ pub fn table(soak: &Soak) -> String {
             b.memory.and_then(|m| m.anon).map_or("-".into(), mib),
         ));
     }
-    match soak.growth_percent() {
-        Some(g) => out.push_str(&format!(
-            "\nRSS growth from batch 2 to batch {}: {g:+.2} % (goal < {GOAL_PERCENT} %: {})\n",
+    match (soak.growth_percent(), soak.trend_per_batch()) {
+        (Some(g), Some(trend)) => out.push_str(&format!(
+            "\nRSS growth from batch 2 to batch {}: {g:+.2} % (goal < {GOAL_PERCENT} %: {}); \
+             trend {:+.0} KiB per batch (least squares over batches 2 to {0})\n",
             soak.batches.len(),
             if g < GOAL_PERCENT { "met" } else { "not met" },
+            trend / 1024.0,
         )),
-        None => out.push_str("\nRSS not measured (no server process to read)\n"),
+        _ => out.push_str("\nRSS not measured (no server process to read)\n"),
     }
     out
 }
@@ -311,6 +336,7 @@ pub fn to_json(soak: &Soak) -> serde_json::Value {
         "clients_per_batch": soak.clients,
         "rounds_per_batch": ROUNDS,
         "growth_percent_from_batch_2": soak.growth_percent(),
+        "trend_bytes_per_batch": soak.trend_per_batch(),
         "goal_percent": GOAL_PERCENT,
         "batches": soak.batches.iter().map(|b| serde_json::json!({
             "rss_bytes": b.memory.map(|m| m.rss),
@@ -484,8 +510,13 @@ mod tests {
             batches: vec![batch(50), batch(100), batch(150), batch(101)],
         };
         assert_eq!(soak.growth_percent(), Some(1.0));
+        // 100, 150, 101 at batches 2, 3, 4: half a byte a batch.
+        assert_eq!(soak.trend_per_batch(), Some(0.5));
         let t = table(&soak);
-        assert!(t.contains("+1.00 % (goal < 2 %: met)"), "{t}");
+        assert!(
+            t.contains("+1.00 % (goal < 2 %: met); trend +0 KiB per batch"),
+            "{t}"
+        );
         assert!(
             t.contains("| 3 | 10 | 15000 | 1.0 s | 0.00 MiB | +50.00 % |"),
             "{t}"
