@@ -156,6 +156,17 @@ pub struct Args {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// A name this server's pages are served under over plain HTTP (behind
+    /// no TLS); repeatable. Over plain HTTP, /ws takes browsers' upgrades
+    /// only from pages under an IP address, localhost or a listed name, so
+    /// that DNS rebinding cannot make a stranger's page look like ours.
+    #[arg(
+        long = "public-host",
+        env = "EARSHOT_PUBLIC_HOST",
+        value_delimiter = ','
+    )]
+    pub public_hosts: Vec<String>,
+
     /// Which header trusted proxies write: x-forwarded-for or forwarded.
     #[arg(
         long,
@@ -506,6 +517,8 @@ impl TryFrom<&Args> for Settings {
             );
         settings.origins.allowed =
             crate::origin::parse_allowed(&args.allowed_origins).context("bad --allowed-origin")?;
+        settings.origins.public_hosts =
+            crate::origin::parse_public_hosts(&args.public_hosts).context("bad --public-host")?;
         if settings.key_rotation < Duration::from_secs(60) {
             bail!("--key-rotation must be at least a minute (0.017 hours)");
         }
@@ -672,6 +685,19 @@ mod tests {
         let d = parse(&[]).unwrap().core;
         assert_eq!(d.moderation.max_records, 1_000_000);
         assert!(d.moderation.trusted_after > Duration::ZERO);
+    }
+
+    #[test]
+    fn public_hosts_are_names_lower_cased() {
+        let s = parse(&["--public-host", "Chat.Example.org, b.example"]).unwrap();
+        assert_eq!(s.origins.public_hosts, ["chat.example.org", "b.example"]);
+        for bad in ["http://a.example", "a.example:80", "[::1]", "a b", ""] {
+            let err = parse(&["--public-host", bad]).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("--public-host"),
+                "{bad}: {err:#}"
+            );
+        }
     }
 
     #[test]

@@ -403,6 +403,15 @@ async fn websocket(
                  X-Forwarded-Proto (or Forwarded proto=) and trust it with --trusted-proxy"
             );
         }
+        if refusal == origin::Refusal::UnlistedName
+            && !app.warned_rebinding.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "refused a browser's WebSocket from a page on our own address under a host \
+                 name over plain HTTP (said once): serve HTTPS, or list the site's names \
+                 with --public-host"
+            );
+        }
         return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
     }
     // Behind a trusted reverse proxy, the client is who the proxy says.

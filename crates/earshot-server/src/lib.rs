@@ -74,6 +74,8 @@ pub struct App {
     refused_origins: std::sync::atomic::AtomicU64,
     /// Whether the operator was told of a refusal for a scheme mismatch.
     warned_scheme: std::sync::atomic::AtomicBool,
+    /// Whether the DNS rebinding refusal was explained to the operator.
+    warned_rebinding: std::sync::atomic::AtomicBool,
 }
 
 /// A started server.
@@ -167,6 +169,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         last_ice_servers: std::sync::Mutex::new(None),
         refused_origins: std::sync::atomic::AtomicU64::new(0),
         warned_scheme: std::sync::atomic::AtomicBool::new(false),
+        warned_rebinding: std::sync::atomic::AtomicBool::new(false),
     });
     match redis {
         // The backplane rotates the shared secret with the other nodes.

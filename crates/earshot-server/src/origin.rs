@@ -20,6 +20,12 @@
 //!   proxy only, the host and scheme it forwarded (see
 //!   [`TrustedProxies::forwarded_origin`]). A page cannot set any of those
 //!   headers on a WebSocket, so it cannot make itself look like us.
+//! - Over plain HTTP, our own origin counts only under a name that DNS
+//!   rebinding cannot give a stranger's page: an IP address, `localhost`,
+//!   or a name listed with `--public-host`. Otherwise a page on
+//!   `http://evil.example`, whose name the attacker later points at our
+//!   address, would send `Host` and `Origin` that agree. Over HTTPS (ours, or
+//!   a trusted proxy's) the certificate already names the site.
 //! - Nothing here logs, and a [`Refusal`] names only its kind: an origin is
 //!   client input, and would tell where someone came from.
 
@@ -171,6 +177,10 @@ pub enum Refusal {
     /// proxy that does not say so (no `X-Forwarded-Proto`), which the
     /// operator should hear about.
     OtherScheme,
+    /// Our own origin over plain HTTP, under a name that is neither an
+    /// address, `localhost` nor listed with `--public-host`: what a DNS
+    /// rebinding page looks like.
+    UnlistedName,
 }
 
 impl Refusal {
@@ -181,6 +191,7 @@ impl Refusal {
             Refusal::Malformed => "malformed origin",
             Refusal::Foreign => "foreign origin",
             Refusal::OtherScheme => "our host over another scheme",
+            Refusal::UnlistedName => "plain-HTTP host name not listed",
         }
     }
 }
@@ -190,6 +201,9 @@ impl Refusal {
 pub struct OriginPolicy {
     /// From `--allowed-origin`.
     pub allowed: Vec<Origin>,
+    /// From `--public-host`: names our pages are served under over plain
+    /// HTTP, lower-case.
+    pub public_hosts: Vec<String>,
 }
 
 /// What a request says about where the page came from and where it went.
@@ -224,13 +238,43 @@ impl OriginPolicy {
         let own = own_origin(request, proxies);
         match own {
             _ if self.allowed.contains(&origin) => Ok(()),
-            Some(own) if own == origin => Ok(()),
+            Some(own) if own == origin && !self.rebindable(&own) => Ok(()),
+            Some(own) if own == origin => Err(Refusal::UnlistedName),
             Some(own) if own.host == origin.host && own.scheme != origin.scheme => {
                 Err(Refusal::OtherScheme)
             }
             _ => Err(Refusal::Foreign),
         }
     }
+}
+
+impl OriginPolicy {
+    /// Whether a stranger's page could have been served under `own`'s name
+    /// by pointing that name at us: plain HTTP under a DNS name we were not
+    /// told is ours.
+    fn rebindable(&self, own: &Origin) -> bool {
+        let host = own.host.as_str();
+        own.scheme != "https"
+            && !host.starts_with('[')
+            && host.parse::<std::net::Ipv4Addr>().is_err()
+            && host != "localhost"
+            && !host.ends_with(".localhost")
+            && !self.public_hosts.iter().any(|h| h == host)
+    }
+}
+
+/// Checks `--public-host` values at start-up: host names, lower-cased.
+pub fn parse_public_hosts(values: &[String]) -> anyhow::Result<Vec<String>> {
+    values
+        .iter()
+        .map(|value| {
+            let value = value.trim();
+            match parse_host(value) {
+                Some(host) if !value.contains(':') && !value.starts_with('[') => Ok(host),
+                _ => bail!("{value:?}: a host name, without scheme or port"),
+            }
+        })
+        .collect()
 }
 
 /// The origin the page was served from, as far as the request tells: behind

@@ -113,7 +113,7 @@ async fn a_foreign_origin_is_refused_with_403_and_no_welcome() {
 
 #[tokio::test]
 async fn the_servers_own_origin_is_welcome() {
-    let s = server(|_| {}).await;
+    let s = server(|s| s.origins.public_hosts = vec!["chat.example.org".into()]).await;
     let addr = s.http_addr;
     let port = addr.port();
     let own = format!("http://127.0.0.1:{port}");
@@ -127,7 +127,7 @@ async fn the_servers_own_origin_is_welcome() {
         upgrade(addr, &[("origin", shouted.as_str())]).await,
         Outcome::Welcome
     );
-    // Whatever name the page was served under: the one in Host.
+    // Under a listed name (`--public-host`): the one in Host.
     let host = format!("Chat.Example.org:{port}");
     let origin = format!("http://chat.example.org:{port}");
     assert_eq!(
@@ -151,6 +151,57 @@ async fn the_servers_own_origin_is_welcome() {
         Outcome::Welcome
     );
     assert_eq!(metric(addr, "earshot_ws_refused_origin_total").await, 0);
+}
+
+/// DNS rebinding: a stranger's page on `http://evil.example:PORT` whose name
+/// then resolves to us sends `Host` and `Origin` that agree. Over plain HTTP
+/// only addresses, `localhost` and `--public-host` names count as ours.
+#[tokio::test]
+async fn over_plain_http_only_addresses_localhost_and_listed_names_are_ours() {
+    let s = server(|s| s.origins.public_hosts = vec!["chat.example.org".into()]).await;
+    let addr = s.http_addr;
+    let port = addr.port();
+    let own = |host: &str| {
+        let authority = format!("{host}:{port}");
+        let origin = format!("http://{}:{port}", host.to_ascii_lowercase());
+        (authority, origin)
+    };
+    for host in [
+        "evil.example",
+        "chat.example.org.evil.example",
+        "127.0.0.1.nip.io",
+    ] {
+        let (authority, origin) = own(host);
+        assert_eq!(
+            upgrade(addr, &[("host", &authority), ("origin", &origin)]).await,
+            refused(),
+            "{host}"
+        );
+    }
+    for host in [
+        "localhost",
+        "Earshot.localhost",
+        "127.0.0.1",
+        "[::1]",
+        "CHAT.example.org",
+    ] {
+        let (authority, origin) = own(host);
+        assert_eq!(
+            upgrade(addr, &[("host", &authority), ("origin", &origin)]).await,
+            Outcome::Welcome,
+            "{host}"
+        );
+    }
+    assert_eq!(metric(addr, "earshot_ws_refused_origin_total").await, 3);
+    // Without the flag, the name is refused too.
+    let s = server(|_| {}).await;
+    let port = s.http_addr.port();
+    let authority = format!("chat.example.org:{port}");
+    let origin = format!("http://chat.example.org:{port}");
+    assert_eq!(
+        upgrade(s.http_addr, &[("host", &authority), ("origin", &origin)]).await,
+        refused()
+    );
 }
 
 #[tokio::test]
