@@ -237,9 +237,10 @@ struct SoakArgs {
     #[arg(long, default_value_t = 5000)]
     per_worker: usize,
     /// Seconds to wait, once the server is idle after a batch, before
-    /// reading its memory (longer than the server's 5 s between looks at
-    /// whether to give freed memory back).
-    #[arg(long, default_value_t = 10.0)]
+    /// reading its memory (longer than two of the server's 5 s looks at
+    /// whether to give freed memory back: it waits for a look that finds
+    /// the crowd gone).
+    #[arg(long, default_value_t = 15.0)]
     settle: f64,
     /// Seconds one round (or connecting, or leaving, or going idle) may take.
     #[arg(long, default_value_t = 120.0)]
