@@ -60,6 +60,7 @@ mod reach;
 mod rooms;
 mod safety;
 mod strangers;
+mod words;
 
 use anyhow::{Result, ensure};
 use serde_json::json;
