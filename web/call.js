@@ -19,10 +19,10 @@
 // which perfect negotiation turns into a new offer; the transport policy
 // stays as it was.
 //
-// Safety words (safetywords.js): once connected, and again whenever a
-// negotiation settles, the Call computes the three words from the DTLS
-// fingerprints of its two descriptions and emits `safetywords` (detail:
-// words, changed = true when they differ from words already shown).
+// Safety words (wordsexchange.js): once `chat` opens, the Call runs the
+// commit-then-reveal exchange over it and emits `safetywords` (detail:
+// words, or null with a warning instead). A later negotiation that brings
+// other fingerprints turns the words into the warning `fingerprint_changed`.
 //
 // Locked rooms (PROTOCOL.md "Locked rooms") plug in two optional hooks:
 // `signDescription(sdp)` gives the `auth` for every outgoing description,
@@ -36,12 +36,13 @@
 // handleSignal(). Events: `connectionstate` (detail: state, everConnected),
 // `track` (detail: stream, track), `chatopen`, `chat` (detail: text),
 // `peerstate` (detail: muted), `refused` (detail: reason), `safetywords`
-// (detail: words, changed), `failed` (detail: reason = 'connection_failed' |
+// (detail: words, warning), `failed` (detail: reason = 'connection_failed' |
 // 'channel_closed' | 'timeout' | 'relay_unavailable').
 // Once close() has been called no event fires and nothing is sent.
 // SDP, candidates and chat text are never logged.
 
-import { safetyWords } from './safetywords.js';
+import { descriptionFingerprint } from './safetywords.js';
+import { WordsExchange, isExchangeMessage } from './wordsexchange.js';
 
 export const CHAT_LABEL = 'chat';
 // Besides `chat`, a room member tells the others whether its microphone is
@@ -83,8 +84,9 @@ export class Call extends EventTarget {
   #graceTimer = 0;
   #everConnected = false;
   #hideIp = false;
-  #words = null; // the safety words shown, or null
-  #wordsToken = 0;
+  #words = null; // the safety words, or null
+  #wordsWarning = null; // why there are none, once the exchange gave up
+  #exchange = null;
 
   /**
    * @param {object} o
@@ -150,8 +152,8 @@ export class Call extends EventTarget {
     pc.onconnectionstatechange = () => this.#onConnectionState();
     pc.onsignalingstatechange = () => {
       // A renegotiation (camera, ICE restart) could bring other
-      // fingerprints: check the words again once it settles.
-      if (!this.#closed && this.#everConnected && pc.signalingState === 'stable') this.#updateWords();
+      // fingerprints than the words were made from.
+      if (!this.#closed && pc.signalingState === 'stable') this.#checkFingerprints();
     };
     pc.ontrack = ({ track, streams }) => {
       if (this.#closed) return;
@@ -189,8 +191,11 @@ export class Call extends EventTarget {
     }
   }
 
-  /** The safety words (three strings) once connected, else null. */
+  /** The safety words (three strings) once the exchange is done, else null. */
   get safetyWords() { return this.#words ? [...this.#words] : null; }
+
+  /** Why there are no safety words (wordsexchange.js), or null. */
+  get safetyWarning() { return this.#wordsWarning; }
 
   /**
    * Use these ICE servers from now on (fresh TURN credentials), keeping the
@@ -250,6 +255,7 @@ export class Call extends EventTarget {
     this.#closed = true;
     clearTimeout(this.#connectTimer);
     clearTimeout(this.#graceTimer);
+    if (this.#exchange) this.#exchange.close();
     const ch = this.#channel;
     if (ch) {
       ch.onopen = ch.onmessage = ch.onclose = null;
@@ -385,13 +391,22 @@ export class Call extends EventTarget {
       return;
     }
     this.#channel = channel;
-    channel.onopen = () => { if (!this.#closed) this.#emit('chatopen', {}); };
+    channel.onopen = () => {
+      if (this.#closed) return;
+      this.#startWords();
+      this.#emit('chatopen', {});
+    };
     channel.onmessage = ({ data }) => {
       if (this.#closed || typeof data !== 'string' || data.length > MAX_CHAT_FRAME_CHARS) return;
       let msg;
       try {
         msg = JSON.parse(data);
       } catch {
+        return;
+      }
+      if (isExchangeMessage(msg)) {
+        const exchange = this.#wordsExchange();
+        if (exchange) exchange.handle(msg);
         return;
       }
       if (msg && msg.type === STATE_MESSAGE && typeof msg.muted === 'boolean') {
@@ -403,7 +418,13 @@ export class Call extends EventTarget {
       this.#emit('chat', { text: msg.text });
     };
     // A channel handed over by ondatachannel may be open already.
-    if (channel.readyState === 'open') queueMicrotask(() => { if (!this.#closed) this.#emit('chatopen', {}); });
+    if (channel.readyState === 'open') {
+      queueMicrotask(() => {
+        if (this.#closed) return;
+        this.#startWords();
+        this.#emit('chatopen', {});
+      });
+    }
     channel.onclose = () => {
       if (this.#closed) return;
       clearTimeout(this.#graceTimer);
@@ -417,31 +438,55 @@ export class Call extends EventTarget {
     if (state === 'connected') {
       this.#everConnected = true;
       clearTimeout(this.#connectTimer);
-      this.#updateWords();
     }
     this.#emit('connectionstate', { state, everConnected: this.#everConnected });
     if (state === 'failed') this.#fail('connection_failed');
   }
 
-  // Compute the safety words from the two descriptions now in use; emit
-  // them when they are new or differ from those shown.
-  async #updateWords() {
+  // The exchange of this connection, made from the descriptions in use when
+  // the channel opens (or its first message arrives); null without them.
+  #wordsExchange() {
+    if (this.#exchange) return this.#exchange;
     const pc = this.#pc;
     const local = pc.currentLocalDescription || pc.localDescription;
     const remote = pc.currentRemoteDescription || pc.remoteDescription;
-    if (!local || !remote) return;
-    const token = ++this.#wordsToken;
-    let words;
-    try {
-      words = await safetyWords(local.sdp, remote.sdp);
-    } catch {
-      words = null;
+    const localFp = descriptionFingerprint(local && local.sdp);
+    const remoteFp = descriptionFingerprint(remote && remote.sdp);
+    if (localFp === null || remoteFp === null) return null;
+    this.#exchange = new WordsExchange({
+      localFp,
+      remoteFp,
+      send: (msg) => this.chatOpen && this.#sendData(msg),
+      onOutcome: ({ words, warning }) => this.#setWords(words, warning),
+    });
+    return this.#exchange;
+  }
+
+  #startWords() {
+    const exchange = this.#wordsExchange();
+    if (exchange) exchange.start();
+    else this.#setWords(null, 'protocol');
+  }
+
+  #checkFingerprints() {
+    const exchange = this.#exchange;
+    if (!exchange) return;
+    const pc = this.#pc;
+    const local = pc.currentLocalDescription || pc.localDescription;
+    const remote = pc.currentRemoteDescription || pc.remoteDescription;
+    const now = [descriptionFingerprint(local && local.sdp), descriptionFingerprint(remote && remote.sdp)];
+    const [localFp, remoteFp] = exchange.fingerprints;
+    if (now[0] !== localFp || now[1] !== remoteFp) {
+      exchange.close();
+      this.#setWords(null, 'fingerprint_changed');
     }
-    if (this.#closed || token !== this.#wordsToken || !words) return;
-    const before = this.#words;
-    if (before && before.join(' ') === words.join(' ')) return;
-    this.#words = words;
-    this.#emit('safetywords', { words: [...words], changed: before !== null });
+  }
+
+  #setWords(words, warning) {
+    if (this.#closed || this.#wordsWarning) return;
+    this.#words = words ? [...words] : null;
+    this.#wordsWarning = words ? null : warning || 'protocol';
+    this.#emit('safetywords', { words: this.safetyWords, warning: this.#wordsWarning });
   }
 
   #fail(reason) {

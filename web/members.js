@@ -174,8 +174,8 @@ export class Members {
     room.session.lastHideIp = call.hideIp;
     call.addEventListener('safetywords', ({ detail }) => {
       if (!current() || !tile()) return;
-      tile().setSafetyWords(detail.words, detail.changed);
-      if (detail.changed) room.logEvent(`The safety words with ${guestName(peer)} changed. Read them to each other again.`);
+      tile().setSafetyWords(detail.words, detail.warning);
+      if (detail.warning) room.logEvent(`No safety words with ${guestName(peer)}: the safety check failed. Someone may be in the middle.`);
       room.render();
     });
     call.addEventListener('connectionstate', ({ detail }) => {

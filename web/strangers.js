@@ -47,7 +47,7 @@
 import { parseInterests } from './protocol.js';
 import { Call, MAX_CHAT_CHARS } from './call.js';
 import { MeterView } from './meter.js';
-import { BanNotice, formatWait } from './safety.js';
+import { BanNotice, SAFETY_WARNING, formatWait } from './safety.js';
 import { Session, setText } from './session.js';
 import { audioContext, callSupportProblem, insecurePageNote } from './media.js';
 import { countryCode, countryName, flagEmoji } from './country.js';
@@ -68,7 +68,9 @@ const findElements = () => ({
   partnerInterests: $('partner-interests'),
   sharedInterests: $('shared-interests'),
   safety: $('safety'),
+  safetyLine: $('safety-line'),
   safetyWords: $('safety-words'),
+  safetyWarning: $('safety-warning'),
   safetyNote: $('safety-note'),
   chatInput: $('chat-input'),
   remoteAudio: $('remote-audio'),
@@ -86,12 +88,11 @@ const s = {
   unstable: false,
   interests: [],
   chatHadFocus: false,
-  words: null, // the current call's safety words, once connected
-  wordsChanged: false, // they changed during the call
+  words: null, // the current call's safety words, once exchanged
+  wordsWarning: null, // or why there are none (wordsexchange.js)
 };
 
 const SAFETY_TEXT = 'Read these words to each other. If they differ, someone is in the middle: end the call.';
-const SAFETY_CHANGED_TEXT = 'The safety words changed during the call. Read them to each other again. If they differ, someone is in the middle: end the call.';
 
 let client;
 let session;
@@ -160,12 +161,19 @@ function render() {
   setText(el.sharedInterests, shared);
 
   const words = s.call && s.words ? s.words.join(' ') : '';
-  el.safety.hidden = !words;
+  const warning = s.call && !words ? s.wordsWarning : null;
+  el.safety.hidden = !words && !warning;
+  el.safetyLine.hidden = !words;
+  el.safetyNote.hidden = !words;
   setText(el.safetyWords, words);
   if (words) el.safetyWords.dataset.words = words;
   else delete el.safetyWords.dataset.words;
-  el.safety.dataset.changed = String(Boolean(words) && s.wordsChanged);
-  setText(el.safetyNote, s.wordsChanged ? SAFETY_CHANGED_TEXT : SAFETY_TEXT);
+  el.safety.dataset.warning = String(Boolean(warning));
+  el.safetyWarning.hidden = !warning;
+  setText(el.safetyWarning, warning ? SAFETY_WARNING : '');
+  if (warning) el.safetyWarning.dataset.reason = warning;
+  else delete el.safetyWarning.dataset.reason;
+  setText(el.safetyNote, SAFETY_TEXT);
 
   session.hideIp.render(s.call ? s.call.hideIp : null);
 
@@ -315,7 +323,7 @@ function beginCall(msg) {
   s.call = call;
   session.lastHideIp = call.hideIp;
   s.words = null;
-  s.wordsChanged = false;
+  s.wordsWarning = null;
   s.callInfo = {
     interests: Array.isArray(msg.interests) ? msg.interests.filter((i) => typeof i === 'string') : [],
     country: countryCode(msg.country),
@@ -339,7 +347,7 @@ function beginCall(msg) {
   call.addEventListener('safetywords', ({ detail }) => {
     if (s.call !== call) return;
     s.words = detail.words;
-    s.wordsChanged = s.wordsChanged || detail.changed;
+    s.wordsWarning = detail.warning;
     render();
   });
   call.addEventListener('chatopen', () => { if (s.call === call) render(); });
@@ -357,7 +365,7 @@ function closeCall() {
   s.call = null;
   s.callInfo = null;
   s.words = null;
-  s.wordsChanged = false;
+  s.wordsWarning = null;
   meterStranger.detach();
   el.remoteAudio.srcObject = null;
   session.chat.clear();

@@ -11,6 +11,7 @@
 import { MeterView } from './meter.js';
 import { audioContext } from './media.js';
 import { setText } from './session.js';
+import { SAFETY_WARNING } from './safety.js';
 
 /** How a room member is named: peer ids are all anyone knows of them. */
 export const guestName = (peer) => `Guest ${peer}`;
@@ -29,7 +30,7 @@ export class Tile {
     this.muted = false;
     this.videoTrack = null;
     this.words = null; // safety words of the connection, once connected
-    this.wordsChanged = false;
+    this.wordsWarning = null; // why there are no words (wordsexchange.js)
 
     const li = document.createElement('li');
     li.className = self ? 'tile tile-self' : 'tile';
@@ -82,6 +83,12 @@ export class Tile {
     this.safetyLine = safety;
     this.safetyLabel = safetyLabel;
     this.safetyWords = safetyWords;
+    const warning = document.createElement('p');
+    warning.className = 'tile-safety-warning safety-warning';
+    warning.setAttribute('data-testid', 'safety-warning');
+    warning.setAttribute('role', 'alert');
+    warning.hidden = true;
+    this.safetyWarning = warning;
 
     const refused = document.createElement('p');
     refused.className = 'tile-refused';
@@ -89,7 +96,7 @@ export class Tile {
     refused.hidden = true;
     this.refusedLine = refused;
 
-    li.append(video, head, state, safety, meterNode);
+    li.append(video, head, state, safety, warning, meterNode);
     if (!self) this.addPartnerControls(peer, onReport);
     li.append(refused);
     this.render();
@@ -158,9 +165,9 @@ export class Tile {
     this.render();
   }
 
-  setSafetyWords(words, changed) {
+  setSafetyWords(words, warning) {
     this.words = words;
-    this.wordsChanged = this.wordsChanged || Boolean(changed);
+    this.wordsWarning = words ? null : warning || null;
     this.render();
   }
 
@@ -250,8 +257,12 @@ export class Tile {
     setText(this.safetyWords, words);
     if (words) this.safetyWords.dataset.words = words;
     else delete this.safetyWords.dataset.words;
-    this.safetyLine.dataset.changed = String(this.wordsChanged);
-    setText(this.safetyLabel, this.wordsChanged ? 'Safety words (changed: read them again):' : 'Safety words:');
+    setText(this.safetyLabel, 'Safety words:');
+    const warning = !words && !gone && !this.self ? this.wordsWarning : null;
+    this.safetyWarning.hidden = !warning;
+    setText(this.safetyWarning, warning ? SAFETY_WARNING : '');
+    if (warning) this.safetyWarning.dataset.reason = warning;
+    else delete this.safetyWarning.dataset.reason;
     setText(this.refusedLine, this.refused || '');
     this.refusedLine.hidden = !this.refused;
     if (this.slider) this.slider.disabled = gone;

@@ -27,6 +27,8 @@
 //!   `ServerMsg`, decoded by `ServerMsg::from_json`), data-channel
 //!   messages both ways, proof of work.
 //! - [`roomcrypto`]: the locked-room passphrase maths (verifier, auth).
+//! - [`safetywords`]: the safety words and their commit-then-reveal
+//!   exchange over the data channel.
 //! - [`audio`]: tone and WAV sources, Opus, level and frequency measurement,
 //!   WAV reading and writing.
 //!
@@ -41,6 +43,7 @@ pub mod audio;
 mod conn;
 pub mod peer;
 pub mod roomcrypto;
+pub mod safetywords;
 pub mod wire;
 
 pub use conn::ConnStats;

@@ -135,6 +135,17 @@ pub enum PeerEvent {
         remote: Target,
         text: String,
     },
+    /// The safety words of the connection to this remote (PROTOCOL.md).
+    SafetyWords {
+        remote: Target,
+        words: Vec<String>,
+    },
+    /// No safety words with this remote: the exchange failed or never
+    /// finished (`mismatch`, `timeout`, `protocol`, `same_fingerprint`).
+    SafetyWarning {
+        remote: Target,
+        reason: &'static str,
+    },
     /// The connection to this remote ended (left, failed or closed).
     ConnectionClosed {
         remote: Target,
@@ -634,6 +645,14 @@ impl Driver {
             }),
             ConnEvent::ChatOpen => self.emit(PeerEvent::ChatOpen { remote }),
             ConnEvent::Chat(text) => self.emit(PeerEvent::Chat { remote, text }),
+            ConnEvent::SafetyWords(w) => self.emit(PeerEvent::SafetyWords {
+                remote,
+                words: w.iter().map(|s| s.to_string()).collect(),
+            }),
+            ConnEvent::SafetyWarning(w) => self.emit(PeerEvent::SafetyWarning {
+                remote,
+                reason: w.as_str(),
+            }),
             ConnEvent::Closed => {}
         }
     }

@@ -10,6 +10,7 @@
 //!   passphrase and lets the right one in; a member refuses a peer whose
 //!   DTLS fingerprint was tampered with; a room of six (and the time to hear
 //!   everyone); a full room says so, then lets the page in once a seat frees.
+//!   Every pair of the room of three shows the same safety words.
 //! - `safety`: the page talks to its own origin only and sets no cookie
 //!   (DevTools network events, resource timing, CSP violations); Report
 //!   ends a call at once for both; three reports from three addresses ban a
@@ -24,7 +25,11 @@
 //!   relayed and direct.
 //! - `firefox`: Firefox with Firefox and with Chromium: strangers in both
 //!   roles, a locked room of two Firefox and a Chromium, and "hide my IP"
-//!   relayed through the embedded TURN server.
+//!   relayed through the embedded TURN server; matching safety words.
+//! - `words`: safety words by commit-then-reveal: they match and are the
+//!   ones PROTOCOL.md gives for the call's fingerprints and nonces (and the
+//!   page's module gives its test vector); a suppressed exchange gives the
+//!   warning on both pages; a tampered reveal is caught.
 //!
 //! WebRTC tests only run in a loopback-only network namespace, so every ICE
 //! candidate and every packet stays on 127.0.0.1 (see `support::netns`);
@@ -40,8 +45,8 @@
 //! `data-testid` elements and read `window.earshot` (`pc`, the stranger
 //! call's `RTCPeerConnection`; `peers`, a room's) for stats; a script
 //! installed before the page's own records clicks, WebSockets, peer
-//! connections and the passphrase-derived values the page sends
-//! (`harness::INIT_JS`). Times to audio are measured inside the pages with
+//! connections, the passphrase-derived values and the safety-words messages
+//! the page sends (`harness::INIT_JS`). Times to audio are measured inside the pages with
 //! `Date.now()`, from a click to decoded audio with energy, so that WebDriver
 //! round trips do not count; they go to `$EARSHOT_E2E_REPORT`, which
 //! `scripts/test` prints.
@@ -60,6 +65,7 @@ mod reach;
 mod rooms;
 mod safety;
 mod strangers;
+mod words;
 
 use anyhow::{Result, ensure};
 use serde_json::json;

@@ -9,7 +9,11 @@
 //! inside: every click on a `data-testid` element, every WebSocket and how it
 //! closed, every `RTCPeerConnection` and the states it went through, and the
 //! `verifier` and `auth` values the page sent (so the log check can look for
-//! them). It only listens: nothing the page does is changed.
+//! them), and every safety-words message the page sent on a data channel
+//! (`window.__e2eWords.sent`). It only listens, unless a test sets
+//! `__e2eWords.drop` (safety-words messages are not sent) or
+//! `__e2eWords.tamperReveal` (the nonce of a `safety_reveal` is changed), as
+//! a server in the middle might.
 //!
 //! Every scenario ends with the privacy checks of [`Run::finish`].
 
@@ -740,6 +744,30 @@ const INIT_JS: &str = r#"
         } catch {}
       }
       return send.call(this, data);
+    };
+  }
+
+  const NativeDc = window.RTCDataChannel;
+  if (typeof NativeDc === 'function') {
+    const words = {sent: [], drop: false, tamperReveal: false, dropped: 0, tampered: 0};
+    Object.defineProperty(window, '__e2eWords', {value: words});
+    const dcSend = NativeDc.prototype.send;
+    NativeDc.prototype.send = function (data) {
+      let msg = null;
+      if (typeof data === 'string' && data.includes('"safety_')) {
+        try { msg = JSON.parse(data); } catch {}
+      }
+      if (msg && typeof msg.type === 'string' && msg.type.startsWith('safety_')) {
+        if (words.drop) { words.dropped += 1; return; }
+        if (words.tamperReveal && msg.type === 'safety_reveal' && typeof msg.nonce === 'string') {
+          msg.nonce = (msg.nonce[0] === '0' ? '1' : '0') + msg.nonce.slice(1);
+          data = JSON.stringify(msg);
+          words.tampered += 1;
+        }
+        mark('dc>' + msg.type);
+        if (words.sent.length < 500) words.sent.push({...msg, at: Date.now()});
+      }
+      return dcSend.call(this, data);
     };
   }
 
