@@ -11,7 +11,7 @@
 //! tests call it after every step.
 //!
 //! In backplane mode ([`Switchboard::set_node`]) the stranger queue is shared
-//! by several nodes: joining it, and reaching a partner on another node, are
+//! by several nodes (the one choice, made in `queue.rs`'s `Queue`): joining it, and reaching a partner on another node, are
 //! [`Output::Backplane`] requests, and what comes back is fed to
 //! [`Switchboard::handle_backplane`]. A partner may then live on another
 //! node: this switchboard holds only its own side of such a call, and any
@@ -27,6 +27,8 @@
 //! - `rooms.rs`: joining rooms, room signals, locks.
 //! - `moderation.rs`: reports and strikes (the rules are in
 //!   [`crate::moderation`]), and the abuse record behind proof of work.
+//! - `queue.rs`: the stranger queue, here or in the shared store: the one
+//!   place that knows whether this is one node or several.
 //! - `remote.rs`: backplane mode: requests to the shared store, its answers,
 //!   and calls and rooms that span nodes.
 //! - `invariants.rs`: [`Switchboard::check_invariants`].
@@ -34,6 +36,7 @@
 mod hello;
 mod invariants;
 mod moderation;
+mod queue;
 mod remote;
 mod rooms;
 mod strangers;
@@ -53,6 +56,7 @@ use crate::protocol::{
 use crate::ratelimit::{KeyedBuckets, TokenBucket};
 use crate::rooms::{RoomConfig, RoomId, Rooms};
 use crate::{ClientKey, ConnId, names};
+use queue::{Queue, SharedWait};
 
 /// Tunables, validated by the shell before they get here.
 #[derive(Debug, Clone)]
@@ -312,9 +316,6 @@ struct Conn {
     /// Connections this one reported: never matched with it again, even
     /// when both share a client key (one household behind one address).
     reported: Vec<ConnId>,
-    /// Backplane mode: the next queue join charges the client's shared
-    /// search allowance (it is the client's own search or skip).
-    charge_search: bool,
     /// When its current (or last) stranger call began.
     call_since: Instant,
 }
@@ -433,7 +434,9 @@ pub struct Switchboard {
     /// Boxed: the table keeps spare buckets, and an idle connection should
     /// not pay for a spare `Conn` or two (see BENCHMARKS.md).
     conns: HashMap<ConnId, Box<Conn>>,
-    queue: Matchmaker,
+    /// The stranger queue, here or shared: the one place that says whether
+    /// this switchboard is a node of several.
+    queue: Queue,
     cooldowns: Cooldowns,
     rooms: Rooms,
     moderation: Moderation,
@@ -449,20 +452,6 @@ pub struct Switchboard {
     next_call: CallId,
     /// Calls with both sides here.
     calls: usize,
-    /// Backplane mode: this node, whose number is in every id it makes.
-    node: Option<NodeId>,
-    /// Backplane mode: calls with the partner on another node.
-    remote_calls: usize,
-    /// Backplane mode: the client keys of partners on other nodes.
-    remote_keys: HashMap<ConnId, ClientKey>,
-    /// Backplane mode: who waits in the shared queue, and from when they
-    /// will talk to anyone.
-    shared_waiting: HashMap<ConnId, Instant>,
-    /// Backplane mode: interest waits ending, in time order.
-    fallbacks: BinaryHeap<Reverse<(Instant, ConnId)>>,
-    /// Backplane mode: the normalised room names of connections in
-    /// `Phase::Joining`.
-    joining: HashMap<ConnId, String>,
     /// The connection whose message is being handled, and its type: an
     /// error `reject` sends that connection meanwhile answers it (`re`).
     answering: Option<(ConnId, ClientMsgType)>,
@@ -489,10 +478,7 @@ impl Switchboard {
         let rooms = Rooms::with_max_keys(config.rooms.clone(), config.allowance_keys);
         let moderation = Moderation::new(config.moderation.clone());
         let clients = ClientBuckets::new(&config.per_client, config.allowance_keys);
-        let queue = Matchmaker::new(MatchConfig {
-            interest_wait: config.interest_wait,
-            scan_limit: config.scan_limit,
-        });
+        let queue = Queue::new(None, &config);
         Switchboard {
             config,
             conns: HashMap::new(),
@@ -508,12 +494,6 @@ impl Switchboard {
             hello_deadlines: BinaryHeap::new(),
             next_call: 1,
             calls: 0,
-            node: None,
-            remote_calls: 0,
-            remote_keys: HashMap::new(),
-            shared_waiting: HashMap::new(),
-            fallbacks: BinaryHeap::new(),
-            joining: HashMap::new(),
             answering: None,
             matches_total: 0,
             errors_total: 0,
@@ -562,8 +542,8 @@ impl Switchboard {
     pub fn stats(&self) -> Stats {
         Stats {
             connections: self.conns.len(),
-            waiting: self.queue.len() + self.shared_waiting.len(),
-            calls: self.calls + self.remote_calls,
+            waiting: self.queue.len(),
+            calls: self.calls + self.queue.remote_calls(),
             matches_total: self.matches_total,
             errors_total: self.errors_total,
             errors_by_code: self.errors_by_code,
@@ -605,7 +585,6 @@ impl Switchboard {
             ),
             hello_by: now + self.config.hello_timeout,
             reported: Vec::new(),
-            charge_search: false,
             call_since: now,
         };
         if self.conns.insert(id, Box::new(conn)).is_some() {
@@ -709,8 +688,7 @@ impl Switchboard {
                         if let Err(wait) = self.clients.searches.take(now, &key) {
                             return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
                         }
-                        conn.charge_search = self.node.is_some();
-                        self.search(now, id);
+                        self.search(now, id, true);
                     }
                     Err(code) => self.reject(now, id, code, None),
                 },
@@ -723,10 +701,7 @@ impl Switchboard {
                         return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
                     }
                     self.end_call(now, id, EndReason::PartnerSkipped);
-                    if let Some(c) = self.conns.get_mut(&id) {
-                        c.charge_search = self.node.is_some();
-                    }
-                    self.search(now, id);
+                    self.search(now, id, true);
                 }
                 Phase::Idle | Phase::Joining | Phase::Searching | Phase::InRoom { .. } => {
                     self.reject(now, id, ErrorCode::NotInCall, None)
@@ -771,33 +746,28 @@ impl Switchboard {
         }
         self.cooldowns.expire(now);
         let mut pairs = Vec::new();
-        let blocked = Blocker {
-            now,
-            cooldowns: &self.cooldowns,
-            moderation: &self.moderation,
-            conns: &self.conns,
-        };
-        self.queue.handle_timeout(now, &blocked, &mut pairs);
+        if let Queue::Local(queue) = &mut self.queue {
+            let blocked = Blocker {
+                now,
+                cooldowns: &self.cooldowns,
+                moderation: &self.moderation,
+                conns: &self.conns,
+            };
+            queue.handle_timeout(now, &blocked, &mut pairs);
+        }
         for p in pairs {
             self.start_call(now, p);
         }
-        while let Some(&Reverse((at, id))) = self.fallbacks.peek() {
-            if at > now {
-                break;
-            }
-            self.fallbacks.pop();
-            if self.shared_waiting.get(&id) == Some(&at) {
-                self.enqueue(now, id);
-            }
+        for id in self.queue.fallbacks_due(now) {
+            self.enqueue(now, id);
         }
     }
 
     /// When `handle_timeout` should next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let hello = self.hello_deadlines.peek().map(|&Reverse((at, _))| at);
-        let fallback = self.fallbacks.peek().map(|&Reverse((at, _))| at);
         let cooldown = self.cooldowns.poll_timeout();
-        [hello, self.queue.poll_timeout(), fallback, cooldown]
+        [hello, self.queue.poll_timeout(), cooldown]
             .into_iter()
             .flatten()
             .min()

@@ -32,7 +32,7 @@ impl Switchboard {
         {
             return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
         }
-        if self.node.is_some() {
+        if self.queue.is_shared() {
             if verifier.is_some()
                 && let Err(wait) = self.rooms.attempt(now, key)
             {
@@ -47,7 +47,7 @@ impl Switchboard {
                 attempts: self.config.rooms.room_attempts,
                 creations: self.config.per_client.room_creations,
             });
-            self.joining.insert(id, name);
+            self.queue.start_joining(id, name);
             if let Some(c) = self.conns.get_mut(&id) {
                 c.phase = Phase::Joining;
             }
@@ -127,13 +127,10 @@ impl Switchboard {
         };
         let locked = verifier.is_some();
         tracing::debug!(conn = %id, locked, "room lock changed");
-        if self.node.is_some() {
-            let key = self.room_key(room);
-            self.request(Request::RoomLock {
-                room: key,
-                verifier: verifier.clone(),
-            });
-        }
+        self.request(Request::RoomLock {
+            room: self.room_key(room),
+            verifier: verifier.clone(),
+        });
         for member in self.rooms.set_lock(room, verifier) {
             if self.is_remote(member) {
                 let key = self.room_key(room);
