@@ -29,7 +29,7 @@ use support::ws::{
 };
 
 fn node(cluster: &RedisCluster, extra: &[&str]) -> Server {
-    Server::node(&cluster.url(), extra)
+    Server::node(env!("CARGO_BIN_EXE_earshot"), &cluster.url(), extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

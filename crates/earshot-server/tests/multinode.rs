@@ -32,14 +32,18 @@ use support::ws::{
 };
 
 fn node(redis: &RedisServer) -> Server {
-    Server::node(&redis.url(), &[])
+    Server::node(env!("CARGO_BIN_EXE_earshot"), &redis.url(), &[])
 }
 
 /// A node on which every report weighs fully, whoever makes it: what is
 /// tested with it is how Redis pools strikes (and groups reporters by
 /// network), not how a node weighs them.
 fn unweighed_node(redis: &RedisServer) -> Server {
-    Server::node(&redis.url(), &["--test-unweighed-reports"])
+    Server::node(
+        env!("CARGO_BIN_EXE_earshot"),
+        &redis.url(),
+        &["--test-unweighed-reports"],
+    )
 }
 
 /// `a` waits on one node, `b` joins on another: they are matched, `b`

@@ -36,12 +36,12 @@ impl Server {
         Server::start_on(binary, "127.0.0.1:0", extra_args)
     }
 
-    /// An `earshot` node of several on the Redis at `redis_url`, without
+    /// `binary` as a node of several on the Redis at `redis_url`, without
     /// proof of work and logging at debug, plus `extra_args`.
-    pub fn node(redis_url: &str, extra_args: &[&str]) -> Server {
+    pub fn node(binary: &str, redis_url: &str, extra_args: &[&str]) -> Server {
         let mut args = vec!["--redis", redis_url, "--pow", "off", "--log", "debug"];
         args.extend_from_slice(extra_args);
-        Server::start(env!("CARGO_BIN_EXE_earshot"), &args).unwrap()
+        Server::start(binary, &args).unwrap()
     }
 
     /// Like [`Server::start`], with HTTP and the WebSocket on `listen`
