@@ -24,8 +24,8 @@ use serde_json::json;
 use support::redis::RedisCluster;
 use support::server::Server;
 use support::ws::{
-    client, client_when_ready, eventually, matched, meet_and_report, recv, recv_type, room_join,
-    search, search_when_banned, send, ws_from,
+    ban_by_three_networks, client, client_when_ready, eventually, matched, recv, recv_type,
+    room_join, search, search_when_banned, send, ws_from,
 };
 
 fn node(cluster: &RedisCluster, extra: &[&str]) -> Server {
@@ -191,18 +191,11 @@ async fn a_ban_made_on_one_node_of_a_cluster_holds_on_another() {
     let cluster = RedisCluster::start();
     let unweighed = ["--test-unweighed-reports"];
     let (na, nb) = (node(&cluster, &unweighed), node(&cluster, &unweighed));
-    let mut target = client("127.0.0.9", &nb).await;
-    search(&mut target).await;
-    // Reporters on three networks (/24s), on the other node.
-    for n in 2..=4 {
-        let next = meet_and_report(&mut target, &format!("127.0.{n}.2"), &na).await;
-        if n < 4 {
-            assert_eq!(next["type"], "searching", "{next}");
-        }
-    }
-    eventually("the ban is in Redis", || {
+    // Reporters on the other node.
+    let _target = ban_by_three_networks(&nb, &na, || {
         cluster.keys().iter().any(|k| k.ends_with(":ban"))
-    });
+    })
+    .await;
     search_when_banned("127.0.0.9", &nb).await;
 }
 

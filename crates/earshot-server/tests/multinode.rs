@@ -27,8 +27,8 @@ use serde_json::{Value, json};
 use support::redis::RedisServer;
 use support::server::Server;
 use support::ws::{
-    WAIT, Ws, client, client_when_ready, eventually, meet_and_report, recv, recv_type, room_join,
-    search, search_when_banned, send, ws_from,
+    WAIT, Ws, ban_by_three_networks, client, client_when_ready, eventually, meet_and_report, recv,
+    recv_type, room_join, search, search_when_banned, send, ws_from,
 };
 
 fn node(redis: &RedisServer) -> Server {
@@ -157,18 +157,10 @@ async fn a_ban_made_on_one_node_holds_on_another() {
     let redis = RedisServer::start();
     let (na, nb) = (unweighed_node(&redis), unweighed_node(&redis));
     // The same address has the same client key on every node.
-    let mut target = client("127.0.0.9", &nb).await;
-    search(&mut target).await;
-    // Reporters on three networks (/24s).
-    for n in 2..=4 {
-        let next = meet_and_report(&mut target, &format!("127.0.{n}.2"), &na).await;
-        if n < 4 {
-            assert_eq!(next["type"], "searching", "{next}");
-        }
-    }
-    eventually("the ban is in Redis", || {
+    let _target = ban_by_three_networks(&nb, &na, || {
         redis.keys().iter().any(|k| k.ends_with(":ban"))
-    });
+    })
+    .await;
     // On node B, which saw no report at all, the client may not search.
     let (mut again, banned) = search_when_banned("127.0.0.9", &nb).await;
     assert!(banned["retry_after_ms"].as_u64().unwrap() > 0);

@@ -139,6 +139,26 @@ pub async fn meet_and_report(target: &mut Ws, source: &str, server: &Server) -> 
     recv(target).await
 }
 
+/// The client at 127.0.0.9 searches on `home`; reporters from three
+/// networks (/24s) on `reporters` meet and report it, until `banned` (a
+/// look in the store) holds. The target's connection.
+pub async fn ban_by_three_networks(
+    home: &Server,
+    reporters: &Server,
+    banned: impl FnMut() -> bool,
+) -> Ws {
+    let mut target = client("127.0.0.9", home).await;
+    search(&mut target).await;
+    for n in 2..=4 {
+        let next = meet_and_report(&mut target, &format!("127.0.{n}.2"), reporters).await;
+        if n < 4 {
+            assert_eq!(next["type"], "searching", "{next}");
+        }
+    }
+    eventually("the ban is in the store", banned);
+    target
+}
+
 /// A new client from `source` on `server` searches and is refused as
 /// banned: the client and the error.
 pub async fn search_when_banned(source: &str, server: &Server) -> (Ws, Value) {
