@@ -530,6 +530,38 @@ impl Switchboard {
         }
     }
 
+    /// Asks the store to let `id` into the room `name`: its size, lock and
+    /// removals are shared by every node. A passphrase guess first draws on
+    /// this node's own allowance for the client.
+    pub(super) fn join_shared_room(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        key: ClientKey,
+        name: String,
+        verifier: Option<&Verifier>,
+    ) {
+        if verifier.is_some()
+            && let Err(wait) = self.rooms.attempt(now, key)
+        {
+            return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
+        }
+        self.request(Request::RoomJoin {
+            conn: id,
+            room: backplane::room_key(&name),
+            key,
+            verifier: verifier.cloned(),
+            max_size: self.rooms.max_size(),
+            attempts: self.config.rooms.room_attempts,
+            creations: self.config.per_client.room_creations,
+        });
+        self.queue.start_joining(id, name);
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.phase = Phase::Joining;
+        }
+    }
+
+    /// The store let `conn` into a room.
     pub(super) fn room_joined(
         &mut self,
         now: Instant,

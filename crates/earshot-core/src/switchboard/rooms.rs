@@ -33,25 +33,7 @@ impl Switchboard {
             return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
         }
         if self.queue.is_shared() {
-            if verifier.is_some()
-                && let Err(wait) = self.rooms.attempt(now, key)
-            {
-                return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
-            }
-            self.request(Request::RoomJoin {
-                conn: id,
-                room: backplane::room_key(&name),
-                key,
-                verifier: verifier.cloned(),
-                max_size: self.rooms.max_size(),
-                attempts: self.config.rooms.room_attempts,
-                creations: self.config.per_client.room_creations,
-            });
-            self.queue.start_joining(id, name);
-            if let Some(c) = self.conns.get_mut(&id) {
-                c.phase = Phase::Joining;
-            }
-            return;
+            return self.join_shared_room(now, id, key, name, verifier);
         }
         match self.rooms.join(now, &name, id, key, verifier) {
             Ok(joined) => {
