@@ -69,24 +69,8 @@ impl Switchboard {
                 }
             }
         }
-        match &self.queue {
-            Queue::Local(queue) => {
-                for id in queue.waiting() {
-                    if !self.conns.contains_key(&id) {
-                        return Err(format!("{id} is queued but gone"));
-                    }
-                }
-            }
-            Queue::Shared(shared) => {
-                for &id in shared.waiting.keys() {
-                    if self.conns.get(&id).map(|c| c.phase) != Some(Phase::Searching) {
-                        return Err(format!(
-                            "{id} waits in the shared queue but is not searching"
-                        ));
-                    }
-                }
-            }
-        }
+        self.queue
+            .check(|id| self.conns.get(&id).map(|c| c.phase))?;
         if remote != self.queue.remote_calls() {
             return Err(format!(
                 "{remote} people in calls with other nodes but {} such calls",

@@ -63,7 +63,7 @@ use crate::{ClientKey, ConnId, names};
 use config::{ClientBuckets, millis};
 pub use config::{ClientLimits, Config};
 use cooldowns::{Blocker, Cooldowns};
-use queue::{Queue, SharedWait};
+use queue::{Joined, Queue};
 
 /// What the shell knows about a new connection.
 #[derive(Debug, Clone, Default)]
@@ -559,20 +559,17 @@ impl Switchboard {
             }
         }
         self.cooldowns.expire(now);
-        let mut pairs = Vec::new();
-        if let Queue::Local(queue) = &mut self.queue {
-            let blocked = Blocker {
-                now,
-                cooldowns: &self.cooldowns,
-                moderation: &self.moderation,
-                conns: &self.conns,
-            };
-            queue.handle_timeout(now, &blocked, &mut pairs);
-        }
+        let blocked = Blocker {
+            now,
+            cooldowns: &self.cooldowns,
+            moderation: &self.moderation,
+            conns: &self.conns,
+        };
+        let (pairs, due) = self.queue.handle_timeout(now, &blocked);
         for p in pairs {
             self.start_call(now, p);
         }
-        for id in self.queue.fallbacks_due(now) {
+        for id in due {
             self.enqueue(now, id);
         }
     }

@@ -32,6 +32,8 @@ pub(super) struct Shared {
     pub(super) fallbacks: BinaryHeap<Reverse<(Instant, ConnId)>>,
     /// The normalised room names of connections in `Phase::Joining`.
     pub(super) joining: HashMap<ConnId, String>,
+    /// How long a waiter with interests holds out for a shared one.
+    interest_wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,16 @@ pub(super) struct SharedWait {
     /// The next join charges the client's shared search allowance (it is
     /// the client's own search or skip).
     pub(super) charge: bool,
+}
+
+/// What a join asks of the switchboard next.
+pub(super) enum Joined {
+    /// Paired here, at once.
+    Paired(Pairing),
+    /// Waiting here.
+    Waiting,
+    /// Waiting for the shared store: ask it (`Switchboard::enqueue`).
+    AskStore,
 }
 
 impl Queue {
@@ -57,6 +69,7 @@ impl Queue {
                 waiting: HashMap::new(),
                 fallbacks: BinaryHeap::new(),
                 joining: HashMap::new(),
+                interest_wait: config.interest_wait,
             }),
         }
     }
@@ -81,6 +94,63 @@ impl Queue {
             Queue::Shared(s) => Some(s),
             Queue::Local(_) => None,
         }
+    }
+
+    /// Puts `id` in the queue: here, pairing it at once if someone fits;
+    /// or as a waiter of the shared store, which an interest wait keeps to
+    /// tagged partners until it ends. `charge`: the client's own search or
+    /// skip, charged by the store to the client's search allowance.
+    pub(super) fn join(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        interests: Vec<String>,
+        charge: bool,
+        blocked: &Blocker<'_>,
+    ) -> Joined {
+        match self {
+            Queue::Local(m) => match m.join(now, id, interests, blocked) {
+                Some(p) => Joined::Paired(p),
+                None => Joined::Waiting,
+            },
+            Queue::Shared(s) => {
+                let open_at = if interests.is_empty() {
+                    now
+                } else {
+                    now + s.interest_wait
+                };
+                s.waiting.insert(id, SharedWait { open_at, charge });
+                if open_at > now {
+                    s.fallbacks.push(Reverse((open_at, id)));
+                }
+                Joined::AskStore
+            }
+        }
+    }
+
+    /// The queue's part of the switchboard's invariants, given each
+    /// connection's phase: everyone waiting here is a live connection;
+    /// everyone waiting in the shared store is searching.
+    pub(super) fn check(&self, phase: impl Fn(ConnId) -> Option<Phase>) -> Result<(), String> {
+        match self {
+            Queue::Local(m) => {
+                if let Some(id) = m.waiting().find(|&id| phase(id).is_none()) {
+                    return Err(format!("{id} is queued but gone"));
+                }
+            }
+            Queue::Shared(s) => {
+                if let Some(id) = s
+                    .waiting
+                    .keys()
+                    .find(|&&id| phase(id) != Some(Phase::Searching))
+                {
+                    return Err(format!(
+                        "{id} waits in the shared queue but is not searching"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether `id` is a connection of another node.
@@ -144,21 +214,30 @@ impl Queue {
         }
     }
 
-    /// The shared queue's waiters whose interest wait ended by `now`.
-    pub(super) fn fallbacks_due(&mut self, now: Instant) -> Vec<ConnId> {
-        let mut due = Vec::new();
-        if let Some(s) = self.shared_mut() {
-            while let Some(&Reverse((at, id))) = s.fallbacks.peek() {
-                if at > now {
-                    break;
-                }
-                s.fallbacks.pop();
-                if s.waiting.get(&id).map(|w| w.open_at) == Some(at) {
-                    due.push(id);
+    /// Runs what is due by `now`: here, pairings the ends of interest
+    /// waits and cooldowns allow; in the shared store, the waiters whose
+    /// interest wait ended, to be asked for again (`Switchboard::enqueue`).
+    pub(super) fn handle_timeout(
+        &mut self,
+        now: Instant,
+        blocked: &Blocker<'_>,
+    ) -> (Vec<Pairing>, Vec<ConnId>) {
+        let (mut pairs, mut due) = (Vec::new(), Vec::new());
+        match self {
+            Queue::Local(m) => m.handle_timeout(now, blocked, &mut pairs),
+            Queue::Shared(s) => {
+                while let Some(&Reverse((at, id))) = s.fallbacks.peek() {
+                    if at > now {
+                        break;
+                    }
+                    s.fallbacks.pop();
+                    if s.waiting.get(&id).map(|w| w.open_at) == Some(at) {
+                        due.push(id);
+                    }
                 }
             }
         }
-        due
+        (pairs, due)
     }
 
     /// `id` waits for the shared store to let it into the room `name`.

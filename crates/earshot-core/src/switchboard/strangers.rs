@@ -44,34 +44,16 @@ impl Switchboard {
                 interests: interests.clone(),
             },
         );
-        match &mut self.queue {
-            Queue::Local(queue) => {
-                let blocked = Blocker {
-                    now,
-                    cooldowns: &self.cooldowns,
-                    moderation: &self.moderation,
-                    conns: &self.conns,
-                };
-                if let Some(p) = queue.join(now, id, interests, &blocked) {
-                    self.start_call(now, p);
-                }
-            }
-            Queue::Shared(shared) => {
-                let open_at = if interests.is_empty() {
-                    now
-                } else {
-                    now + self.config.interest_wait
-                };
-                let wait = SharedWait {
-                    open_at,
-                    charge: own,
-                };
-                shared.waiting.insert(id, wait);
-                if open_at > now {
-                    shared.fallbacks.push(Reverse((open_at, id)));
-                }
-                self.enqueue(now, id);
-            }
+        let blocked = Blocker {
+            now,
+            cooldowns: &self.cooldowns,
+            moderation: &self.moderation,
+            conns: &self.conns,
+        };
+        match self.queue.join(now, id, interests, own, &blocked) {
+            Joined::Paired(p) => self.start_call(now, p),
+            Joined::Waiting => {}
+            Joined::AskStore => self.enqueue(now, id),
         }
     }
 
