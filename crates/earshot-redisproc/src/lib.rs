@@ -56,17 +56,9 @@ impl Process {
                 cmd.args(["--cluster-node-timeout", &t.as_millis().to_string()]);
             }
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let child = quiet(&mut cmd)
             .spawn()
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot start redis-server ({e}): is it installed?"),
-                )
-            })?;
+            .map_err(|e| cannot_run(e, "redis-server (package redis-server)"))?;
         let process = Process { child, port };
         wait_until("redis-server to start", || ping(port))?;
         Ok(process)
@@ -107,19 +99,15 @@ pub fn free_port() -> io::Result<u16> {
 /// replicas) and waits until every one says it is ok.
 pub fn create_cluster(ports: &[u16]) -> io::Result<()> {
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let status = Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["--cluster", "create"]).args(&addrs).args([
+        "--cluster-replicas",
+        "0",
+        "--cluster-yes",
+    ]);
+    let status = quiet(&mut cmd)
         .status()
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot run redis-cli ({e}): package redis-tools"),
-            )
-        })?;
+        .map_err(|e| cannot_run(e, "redis-cli (package redis-tools)"))?;
     if !status.success() {
         return Err(io::Error::other("redis-cli --cluster create failed"));
     }
@@ -133,6 +121,18 @@ pub fn wait_cluster_ok(ports: &[u16]) -> io::Result<()> {
             command(p, "CLUSTER INFO").is_ok_and(|info| info.contains("cluster_state:ok"))
         })
     })
+}
+
+/// `cmd` with no input and its output dropped: nobody reads it here.
+fn quiet(cmd: &mut Command) -> &mut Command {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+}
+
+/// `e` from starting `what`, naming the program and its package.
+fn cannot_run(e: io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot run {what}: {e}"))
 }
 
 /// Whether a server answers on `port`.
