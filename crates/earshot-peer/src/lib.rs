@@ -19,8 +19,9 @@
 //!
 //! Module map:
 //!
-//! - [`peer`]: the [`Peer`] handle and the task that drives the signalling
-//!   WebSocket, the UDP socket and the connections (start here).
+//! - [`peer`]: the [`Peer`] handle, and (in `peer/driver.rs`) the task that
+//!   drives the signalling WebSocket, the UDP socket and the connections
+//!   (start here).
 //! - `conn`: one WebRTC connection on str0m (sans-IO): negotiation, audio,
 //!   the data channel, per-connection stats.
 //! - [`wire`]: signalling messages out (frames in are the core's

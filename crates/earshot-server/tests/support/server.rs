@@ -36,6 +36,14 @@ impl Server {
         Server::start_on(binary, "127.0.0.1:0", extra_args)
     }
 
+    /// `binary` as a node of several on the Redis at `redis_url`, without
+    /// proof of work and logging at debug, plus `extra_args`.
+    pub fn node(binary: &str, redis_url: &str, extra_args: &[&str]) -> Server {
+        let mut args = vec!["--redis", redis_url, "--pow", "off", "--log", "debug"];
+        args.extend_from_slice(extra_args);
+        Server::start(binary, &args).unwrap()
+    }
+
     /// Like [`Server::start`], with HTTP and the WebSocket on `listen`
     /// (`127.0.0.1:PORT`, e.g. the port of a server that was just stopped);
     /// STUN still gets a fresh port.
