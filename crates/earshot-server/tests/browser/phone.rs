@@ -1,0 +1,1 @@
+//! Phones, as far as Chromium can show them.
