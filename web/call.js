@@ -511,7 +511,8 @@ export class Call extends EventTarget {
     } catch {
       return;
     }
-    if (this.#closed) return;
+    // A browser without these figures never counts as stalled.
+    if (this.#closed || received === 0) return;
     const now = performance.now();
     const connected = pc.connectionState === 'connected';
     if (received !== this.#received) {
