@@ -79,6 +79,45 @@ fn in_veth_network(address: &str) -> bool {
 }
 
 /// Inside the namespace of [`rerun_in_veth_namespace`]: the veth end `v0`
+/// loses its address `from` (in [`VETH_NETWORK`]), the default route and
+/// its link: the browsers there are left with loopback only, which they
+/// do not use for calls.
+pub fn cut_off(from: &str) -> Result<()> {
+    ensure!(
+        in_veth_namespace() && in_veth_network(from),
+        "cut_off only cuts the veth inside the test's own namespace"
+    );
+    let script = format!(
+        "set -e; ip addr del {from}/24 dev v0; ip route del default dev v0 || true; \
+         ip link set v0 down"
+    );
+    let status = Command::new("bash")
+        .args(["-c", &script])
+        .status()
+        .context("cannot run ip")?;
+    ensure!(status.success(), "cutting {from} off failed: {status}");
+    Ok(())
+}
+
+/// After [`cut_off`]: the veth end `v0` is up again with the address `to`
+/// (in [`VETH_NETWORK`]) and the default route through it.
+pub fn bring_back(to: &str) -> Result<()> {
+    ensure!(
+        in_veth_namespace() && in_veth_network(to),
+        "bring_back only sets the veth up inside the test's own namespace"
+    );
+    let script = format!(
+        "set -e; ip link set v0 up; ip addr add {to}/24 dev v0; ip route replace default dev v0"
+    );
+    let status = Command::new("bash")
+        .args(["-c", &script])
+        .status()
+        .context("cannot run ip")?;
+    ensure!(status.success(), "bringing {to} back failed: {status}");
+    Ok(())
+}
+
+/// Inside the namespace of [`rerun_in_veth_namespace`]: the veth end `v0`
 /// trades its address `from` for `to` (both in [`VETH_NETWORK`]), as a
 /// phone's does when it moves from Wi-Fi to mobile data, and the default
 /// route goes through it again.
