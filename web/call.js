@@ -532,16 +532,16 @@ export class Call extends EventTarget {
     this.#emit('connectionstate', { state: this.#pc.connectionState, everConnected: true, reconnecting: false });
   }
 
-  async #restart() {
+  async #restart(retry = false) {
     if (this.#closed || !this.#reconnecting) return;
     const pc = this.#pc;
-    this.#restartTimer = setTimeout(() => this.#restart(), RESTART_RETRY_MS);
+    this.#restartTimer = setTimeout(() => this.#restart(true), RESTART_RETRY_MS);
     // The polite side leaves it to the other side's offer when one came.
     if (this.#polite && this.#restartOfferSeen) {
       this.#restartOfferSeen = false;
       return;
     }
-    if (pc.signalingState === 'have-local-offer' && !this.#makingOffer) {
+    if (retry && pc.signalingState === 'have-local-offer' && !this.#makingOffer) {
       // An offer unanswered this long was lost (say with the signalling):
       // take it back so that restartIce() makes a new one.
       try {
