@@ -30,7 +30,8 @@
 //   members.js     the others in a room: the mesh, their tiles, reports
 //   tile.js        one tile per person in a room, and the list of them
 //   lock.js        a room's lock and passphrase
-//   media.js, meter.js, chat.js   microphone/camera words, level bars, chat log
+//   media.js, meter.js, chat.js   microphone/camera words, "Tap to hear",
+//                  level bars, chat log
 
 import { SignallingClient } from './protocol.js';
 import { startStrangers } from './strangers.js';

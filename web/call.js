@@ -8,7 +8,8 @@
 // tracks and creates `chat` at once, so it makes the first offer; the polite
 // side adds its tracks when that offer arrives, before answering, so one
 // round trip is enough. A camera track can be added and removed later
-// (setVideo); the renegotiation that follows is perfect negotiation too.
+// (setVideo); the renegotiation that follows is perfect negotiation too. A
+// new microphone track replaces one that ended (replaceAudioTrack).
 //
 // "Hide my IP" (`hideIp`): the connection is made with
 // `iceTransportPolicy: 'relay'`, so the browser gathers and offers relay
@@ -18,6 +19,19 @@
 // TURN credentials (`ice_servers`) to a running connection and restarts ICE,
 // which perfect negotiation turns into a new offer; the transport policy
 // stays as it was.
+//
+// Network changes: once connected, a connection that drops (`disconnected`
+// or `failed`: the address changed, Wi-Fi to mobile) is restarted with
+// restartIce() rather than ended, so the call comes back without a new
+// match or room join. The browser says `disconnected` only some five
+// seconds after packets stop, so the Call also watches what arrives
+// (getStats every WATCH_MS) and restarts as soon as nothing has come for
+// STALL_MS. The impolite side restarts at once, the polite side a little
+// later if no offer came (fewer offers crossing). Until packets flow again
+// the Call says `reconnecting`; it retries every few seconds (an offer
+// lost with the signalling is rolled back and made again) and gives up
+// RECONNECT_GIVE_UP_MS after the browser itself said `disconnected` or
+// `failed` ('connection_lost').
 //
 // Safety words (wordsexchange.js): once `chat` opens, the Call runs the
 // commit-then-reveal exchange over it and emits `safetywords` (detail:
@@ -37,7 +51,9 @@
 // `track` (detail: stream, track), `chatopen`, `chat` (detail: text),
 // `peerstate` (detail: muted), `refused` (detail: reason), `safetywords`
 // (detail: words, warning), `failed` (detail: reason = 'connection_failed' |
-// 'channel_closed' | 'timeout' | 'relay_unavailable').
+// 'channel_closed' | 'timeout' | 'relay_unavailable' | 'connection_lost').
+// `connectionstate` also carries `reconnecting` (true from a drop until the
+// connection is back).
 // Once close() has been called no event fires and nothing is sent.
 // SDP, candidates and chat text are never logged.
 
@@ -58,6 +74,15 @@ const MAX_CHAT_FRAME_CHARS = MAX_CHAT_CHARS * 6 + 64;
 // re-queued, rather than "the connection dropped".
 const CHANNEL_CLOSE_GRACE_MS = 2500;
 const CONNECT_TIMEOUT_MS = 45000;
+// After a drop: the polite side's wait for the other side's restart offer,
+// the time between attempts, and when to stop trying.
+const POLITE_RESTART_DELAY_MS = 1500;
+const RESTART_RETRY_MS = 5000;
+const RECONNECT_GIVE_UP_MS = 30000;
+// Audio arrives 50 times a second (silence too, when muted), so a second
+// and a half of nothing is a dead path, not a quiet partner.
+const WATCH_MS = 500;
+const STALL_MS = 1500;
 
 export class Call extends EventTarget {
   #pc;
@@ -67,6 +92,7 @@ export class Call extends EventTarget {
   #signDescription;
   #verifyDescription;
   #mediaStarted = false;
+  #audioSender = null;
   #video = null; // { track, stream } wanted on this connection, or null
   #videoTransceiver = null;
   #channel = null;
@@ -87,6 +113,13 @@ export class Call extends EventTarget {
   #words = null; // the safety words, or null
   #wordsWarning = null; // why there are none, once the exchange gave up
   #exchange = null;
+  #reconnecting = false;
+  #restartTimer = 0;
+  #giveUpTimer = 0;
+  #restartOfferSeen = false; // an offer came in since the drop
+  #watchTimer = 0;
+  #received = -1; // bytes received on every candidate pair, at the last look
+  #receivedAt = 0; // when that last grew (performance.now())
 
   /**
    * @param {object} o
@@ -182,6 +215,9 @@ export class Call extends EventTarget {
 
   get closed() { return this.#closed; }
 
+  /** Whether the connection dropped and is being restarted. */
+  get reconnecting() { return this.#reconnecting; }
+
   /** Whether this connection gathers relay candidates only ("hide my IP"). */
   get hideIp() {
     try {
@@ -249,6 +285,17 @@ export class Call extends EventTarget {
     if (this.#mediaStarted) this.#applyVideo();
   }
 
+  /**
+   * Send this microphone track from now on instead of the one that ended
+   * (replaceTrack: no renegotiation, the call goes on).
+   */
+  replaceAudioTrack(track) {
+    if (this.#closed || !this.#audioSender) return; // not sending yet: it takes the stream's track then
+    this.#audioSender.replaceTrack(track).catch((err) => {
+      if (!this.#closed) console.warn('earshot: could not replace the microphone:', errorName(err));
+    });
+  }
+
   /** Hang up locally. Idempotent; the local microphone is not stopped. */
   close() {
     if (this.#closed) return;
@@ -256,6 +303,8 @@ export class Call extends EventTarget {
     clearTimeout(this.#connectTimer);
     clearTimeout(this.#graceTimer);
     if (this.#exchange) this.#exchange.close();
+    clearInterval(this.#watchTimer);
+    this.#stopReconnecting();
     const ch = this.#channel;
     if (ch) {
       ch.onopen = ch.onmessage = ch.onclose = null;
@@ -309,6 +358,7 @@ export class Call extends EventTarget {
       const offerCollision = description.type === 'offer' && !readyForOffer;
       this.#ignoreOffer = !this.#polite && offerCollision;
       if (this.#ignoreOffer) return;
+      if (description.type === 'offer') this.#restartOfferSeen = true;
       this.#settingRemoteAnswerPending = description.type === 'answer';
       try {
         // On the polite side, an offer in have-local-offer rolls ours back
@@ -347,6 +397,7 @@ export class Call extends EventTarget {
     const track = this.#localStream ? this.#localStream.getAudioTracks()[0] : null;
     if (track) {
       const sender = this.#pc.addTrack(track, this.#localStream);
+      this.#audioSender = sender;
       const transceiver = this.#pc.getTransceivers().find((t) => t.sender === sender);
       preferOpus(transceiver);
     }
@@ -438,9 +489,96 @@ export class Call extends EventTarget {
     if (state === 'connected') {
       this.#everConnected = true;
       clearTimeout(this.#connectTimer);
+      this.#stopReconnecting();
+      this.#receivedAt = performance.now();
+      if (!this.#watchTimer) this.#watchTimer = setInterval(() => this.#watch(), WATCH_MS);
+    } else if ((state === 'disconnected' || state === 'failed') && this.#everConnected) {
+      this.#startReconnecting(state === 'failed');
     }
-    this.#emit('connectionstate', { state, everConnected: this.#everConnected });
-    if (state === 'failed') this.#fail('connection_failed');
+    this.#emit('connectionstate', { state, everConnected: this.#everConnected, reconnecting: this.#reconnecting });
+    if (state === 'failed' && !this.#everConnected) this.#fail('connection_failed');
+  }
+
+  // A connection that had worked dropped: restart ICE (now on the
+  // impolite side, or on `failed`; the polite side gives the other's
+  // offer a moment first) and keep trying. Only a drop the browser itself
+  // reports (not `stalled`) counts towards giving up.
+  #startReconnecting(failed, stalled = false) {
+    if (!stalled && !this.#giveUpTimer) {
+      this.#giveUpTimer = setTimeout(() => this.#fail('connection_lost'), RECONNECT_GIVE_UP_MS);
+    }
+    if (!this.#reconnecting) {
+      this.#reconnecting = true;
+      this.#restartOfferSeen = false;
+      clearTimeout(this.#restartTimer);
+      this.#restartTimer = setTimeout(() => this.#restart(), this.#polite && !failed ? POLITE_RESTART_DELAY_MS : 0);
+    } else if (failed && !this.#polite) {
+      clearTimeout(this.#restartTimer);
+      this.#restartTimer = setTimeout(() => this.#restart(), 0);
+    }
+  }
+
+  // The browser says `disconnected` some five seconds after packets stop:
+  // when nothing has arrived for STALL_MS on a `connected` connection,
+  // reconnect now; when packets flow again, that is over.
+  async #watch() {
+    const pc = this.#pc;
+    if (this.#closed) return;
+    let received = 0;
+    try {
+      const stats = await pc.getStats();
+      stats.forEach((r) => { if (r.type === 'candidate-pair') received += r.bytesReceived || 0; });
+    } catch {
+      return;
+    }
+    // A browser without these figures never counts as stalled.
+    if (this.#closed || received === 0) return;
+    const now = performance.now();
+    const connected = pc.connectionState === 'connected';
+    if (received !== this.#received) {
+      this.#received = received;
+      this.#receivedAt = now;
+      if (this.#reconnecting && connected) this.#reconnected();
+      return;
+    }
+    if (!this.#reconnecting && connected && now - this.#receivedAt >= STALL_MS) {
+      this.#startReconnecting(false, true);
+      this.#emit('connectionstate', { state: pc.connectionState, everConnected: true, reconnecting: true });
+    }
+  }
+
+  #reconnected() {
+    this.#stopReconnecting();
+    this.#emit('connectionstate', { state: this.#pc.connectionState, everConnected: true, reconnecting: false });
+  }
+
+  async #restart(retry = false) {
+    if (this.#closed || !this.#reconnecting) return;
+    const pc = this.#pc;
+    this.#restartTimer = setTimeout(() => this.#restart(true), RESTART_RETRY_MS);
+    // The polite side leaves it to the other side's offer when one came.
+    if (this.#polite && this.#restartOfferSeen) {
+      this.#restartOfferSeen = false;
+      return;
+    }
+    if (retry && pc.signalingState === 'have-local-offer' && !this.#makingOffer) {
+      // An offer unanswered this long was lost (say with the signalling):
+      // take it back so that restartIce() makes a new one.
+      try {
+        await pc.setLocalDescription({ type: 'rollback' });
+      } catch {
+        return; // an answer is being applied after all
+      }
+      if (this.#closed) return;
+    }
+    if (typeof pc.restartIce === 'function') pc.restartIce();
+  }
+
+  #stopReconnecting() {
+    this.#reconnecting = false;
+    clearTimeout(this.#restartTimer);
+    clearTimeout(this.#giveUpTimer);
+    this.#giveUpTimer = 0;
   }
 
   // The exchange of this connection, made from the descriptions in use when
@@ -493,6 +631,7 @@ export class Call extends EventTarget {
     if (this.#closed) return;
     clearTimeout(this.#connectTimer);
     clearTimeout(this.#graceTimer);
+    this.#stopReconnecting();
     this.#emit('failed', { reason });
   }
 

@@ -49,7 +49,7 @@ import { Call, MAX_CHAT_CHARS } from './call.js';
 import { MeterView } from './meter.js';
 import { BanNotice, SAFETY_WARNING, formatWait } from './safety.js';
 import { Session, setText } from './session.js';
-import { audioContext, callSupportProblem, insecurePageNote } from './media.js';
+import { audioContext, callSupportProblem, insecurePageNote, remoteAudio } from './media.js';
 import { countryCode, countryName, flagEmoji } from './country.js';
 
 const $ = (id) => document.getElementById(id);
@@ -116,7 +116,7 @@ function statusText(online, serverNote) {
     case 'connecting':
       return s.message || 'Connecting…';
     case 'connected': {
-      const base = s.unstable ? 'The connection is unstable. Trying to recover…' : (s.message || 'Connected — say hi');
+      const base = s.unstable ? RECONNECTING_TEXT : (s.message || 'Connected — say hi');
       return online ? base : `${base} (The call goes on. Reconnecting to the server…)`;
     }
     default: {
@@ -126,6 +126,8 @@ function statusText(online, serverNote) {
     }
   }
 }
+
+const RECONNECTING_TEXT = 'Reconnecting… The connection to the stranger dropped (did your network change?). The call comes back on its own.';
 
 const CONTROL_BUTTONS = () => [el.start, el.skip, el.end, session.muteButton, el.report];
 
@@ -330,18 +332,17 @@ function beginCall(msg) {
   };
   call.addEventListener('connectionstate', ({ detail }) => {
     if (s.call !== call) return;
-    if (detail.state === 'connected') {
+    if (detail.reconnecting) {
+      if (s.state === 'connected' && !s.unstable) { s.unstable = true; render(); }
+    } else if (detail.state === 'connected') {
       if (s.state === 'connecting') setState('connected');
       else if (s.unstable) { s.unstable = false; render(); }
-    } else if (detail.state === 'disconnected' && s.state === 'connected') {
-      s.unstable = true;
-      render();
     }
   });
   call.addEventListener('track', ({ detail }) => {
     if (s.call !== call) return;
     el.remoteAudio.srcObject = detail.stream;
-    el.remoteAudio.play().catch(() => { /* autoplay: the Start click allows it */ });
+    remoteAudio().play(el.remoteAudio);
     meterStranger.attach(audioContext(), detail.stream);
   });
   call.addEventListener('safetywords', ({ detail }) => {
@@ -367,6 +368,7 @@ function closeCall() {
   s.words = null;
   s.wordsWarning = null;
   meterStranger.detach();
+  remoteAudio().forget(el.remoteAudio);
   el.remoteAudio.srcObject = null;
   session.chat.clear();
 }
@@ -375,6 +377,7 @@ const FAILURE_TEXT = {
   connection_failed: 'The connection to the stranger failed. Press Start to try someone else.',
   channel_closed: 'The stranger left the call. Press Start to talk to someone else.',
   timeout: 'Could not connect to the stranger. Press Start to try again.',
+  connection_lost: 'The connection to the stranger dropped and could not be restored. Press Start to talk to someone else.',
   relay_unavailable: 'This browser could not use the server\'s relay, so the call was not made (your IP address stays hidden). Press Start to try again, or turn off "Hide my IP address".',
 };
 
@@ -566,6 +569,7 @@ export function startStrangers(signalling, safety) {
     onWelcome: () => { s.serverCall = null; },
     onIdle: () => { s.serverCall = null; },
     onMicEnded: () => endEverything('ended', 'Your microphone stopped (unplugged or access withdrawn). Press Start to try again.'),
+    onMicReplaced: (track) => { if (s.call) s.call.replaceAudioTrack(track); },
     onKey,
     sendChat,
   });

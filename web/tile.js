@@ -9,7 +9,7 @@
 // muted.
 
 import { MeterView } from './meter.js';
-import { audioContext } from './media.js';
+import { audioContext, remoteAudio } from './media.js';
 import { setText } from './session.js';
 import { SAFETY_WARNING } from './safety.js';
 
@@ -148,11 +148,12 @@ export class Tile {
   /** In the call: connected and neither refused nor failed nor reported. */
   get inCall() {
     return !this.refused && !this.failed && !this.reported
-      && (this.connection === 'connected' || this.connection === 'disconnected');
+      && ['connected', 'disconnected', 'reconnecting'].includes(this.connection);
   }
 
+  /** A connection state, or 'reconnecting' (call.js restarts a dropped one). */
   setConnection(state) {
-    if (state === 'connected' || state === 'disconnected' || state === 'connecting' || state === 'new') {
+    if (['connected', 'disconnected', 'reconnecting', 'connecting', 'new'].includes(state)) {
       this.connection = state;
     } else if (state === 'failed' || state === 'closed') {
       this.connection = state;
@@ -193,7 +194,7 @@ export class Tile {
     if (track.kind === 'audio' && this.audio) {
       const stream = new MediaStream([track]);
       this.audio.srcObject = stream;
-      this.audio.play().catch(() => { /* the Join click allows it */ });
+      remoteAudio().play(this.audio);
       this.meter.attach(audioContext(), stream);
     } else if (track.kind === 'video') {
       this.setVideoTrack(track);
@@ -218,7 +219,10 @@ export class Tile {
 
   detachMedia() {
     this.meter.detach();
-    if (this.audio) this.audio.srcObject = null;
+    if (this.audio) {
+      remoteAudio().forget(this.audio);
+      this.audio.srcObject = null;
+    }
     this.setVideoTrack(null);
   }
 
@@ -247,7 +251,7 @@ export class Tile {
     else if (this.failed) state = this.failed;
     else if (this.self) state = '';
     else if (this.connection === 'connected') state = 'Connected';
-    else if (this.connection === 'disconnected') state = 'Connection unstable…';
+    else if (this.connection === 'disconnected' || this.connection === 'reconnecting') state = 'Reconnecting…';
     else if (this.connection === 'failed' || this.connection === 'closed') state = 'Disconnected';
     else state = 'Connecting…';
     setText(this.stateLine, state);

@@ -23,6 +23,13 @@
 //!   side; safety words match, and change when a fingerprint is swapped;
 //!   fresh TURN credentials keep a relayed call going; the time to audio,
 //!   relayed and direct.
+//! - `roaming`: a call survives a network change: the browsers' address
+//!   changes mid-call and the call comes back by ICE restart, as strangers,
+//!   in a room and with "hide my IP" (and the time it takes).
+//! - `phone`: what phones need, shown in Chromium: "Tap to hear" when
+//!   `play()` is refused, a microphone that ends mid-call replaced without
+//!   a new call, the page hidden and shown again, the call controls on a
+//!   390×844 screen.
 //! - `firefox`: Firefox with Firefox and with Chromium: strangers in both
 //!   roles, a locked room of two Firefox and a Chromium, and "hide my IP"
 //!   relayed through the embedded TURN server; matching safety words.
@@ -61,7 +68,9 @@ mod support;
 
 mod firefox;
 mod multinode;
+mod phone;
 mod reach;
+mod roaming;
 mod rooms;
 mod safety;
 mod strangers;

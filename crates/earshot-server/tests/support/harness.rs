@@ -116,6 +116,10 @@ pub struct Setup {
     /// own (see `netns::rerun_in_veth_namespace`), where ICE candidates
     /// also carry `netns::VETH_ADDRESS`.
     pub firefox: Vec<&'static str>,
+    /// Runs alone in a namespace with a veth pair (as with Firefox), with
+    /// Chromium offering no loopback candidates: calls go over the veth
+    /// address, which the scenario may change (`netns::move_address`).
+    pub roaming: bool,
 }
 
 /// One scenario's world: its browsers, its servers (the current one last),
@@ -172,7 +176,7 @@ impl Run<'_> {
         if !should_run_with(test, firefox)? {
             return Ok(());
         }
-        if firefox && !netns::in_veth_namespace() {
+        if (firefox || setup.roaming) && !netns::in_veth_namespace() {
             // The browsers it starts there count against this process's
             // budget all the same.
             let _slots = BrowserSlots::reserve(names.len());
@@ -893,8 +897,11 @@ impl<'d> Browser<'d> {
                     if setup.firefox.contains(&name) {
                         scope.spawn(move || Browser::open_firefox(name, url))
                     } else {
-                        let log = setup.network_log;
-                        scope.spawn(move || Browser::open_with(driver, name, url, log))
+                        let (log, loopback) = (setup.network_log, !setup.roaming);
+                        scope.spawn(move || {
+                            let session = driver.session_opts(log, loopback)?;
+                            Browser::with_session(name, session, url)
+                        })
                     }
                 })
                 .collect();
