@@ -1,5 +1,7 @@
 //! The embedded TURN server's sockets: one UDP socket and one TCP listener
-//! on the same port for clients, and one UDP relay socket per allocation.
+//! on the same port for clients, optionally a TLS listener (`turns:`, for
+//! networks that let only TLS through), and one UDP relay socket per
+//! allocation.
 //!
 //! All decisions live in `earshot_core::turn`; one driver task owns the
 //! sans-IO [`TurnServer`] and the clock, and every other task only moves
@@ -11,7 +13,9 @@
 //! - Everything is bounded: TCP connections in all and per client (an IPv4
 //!   address or an IPv6 /64), frame sizes, queues, allocations (and so
 //!   relay sockets). A TCP connection that holds no allocation is closed
-//!   after `TCP_NO_ALLOCATION`.
+//!   after `TCP_NO_ALLOCATION`. TLS connections are TCP connections with a
+//!   handshake first: they count against the same caps, and a handshake
+//!   that does not finish within `TLS_HANDSHAKE` is cut off.
 //! - Nothing logged here names a client or a peer: counts and error kinds
 //!   only.
 //! - Relay sockets are bound on the listen IP, within `relay_ports`.
@@ -32,9 +36,10 @@ use earshot_core::turn::{
     AllocationId, Cidr, CredentialCheck, PeerPolicy, RelayUnavailable, Transport, TurnClient,
     TurnConfig, TurnOutput, TurnServer, TurnStats,
 };
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -119,10 +124,12 @@ pub struct TurnMetrics {
     pub rate_limited_answers: AtomicU64,
     pub over_bandwidth: AtomicU64,
     pub relay_to_relay: AtomicU64,
-    /// TCP connections refused at the per-client cap.
+    /// TCP (and TLS) connections refused at the per-client cap.
     pub tcp_refused: AtomicU64,
-    /// TCP connections closed for holding no allocation.
+    /// TCP (and TLS) connections closed for holding no allocation.
     pub tcp_idle_closed: AtomicU64,
+    /// TLS connections whose handshake failed or took too long.
+    pub tls_handshake_failed: AtomicU64,
 }
 
 impl TurnMetrics {
@@ -153,8 +160,12 @@ impl std::fmt::Debug for TurnSettings {
     }
 }
 
-/// Most TCP client connections at once; more wait in the accept queue.
+/// Most TCP client connections at once (TLS ones included); more wait in
+/// the accept queue.
 const MAX_TCP_CONNECTIONS: usize = 1024;
+/// A TLS client must finish its handshake within this time, so that a slow
+/// one cannot hold a connection slot (a real one needs a round trip or two).
+const TLS_HANDSHAKE: Duration = Duration::from_secs(5);
 /// A TCP connection that holds no allocation for this long is closed: a
 /// client allocates within a round trip of its first frame.
 const TCP_NO_ALLOCATION: Duration = Duration::from_secs(15);
@@ -181,9 +192,9 @@ const MAX_BIND_FAILURES: usize = 64;
 
 /// Bytes and news for the driver task.
 enum Event {
-    /// A frame from a TCP client.
+    /// A frame from a TCP or TLS client.
     Client {
-        from: SocketAddr,
+        from: TurnClient,
         data: Vec<u8>,
     },
     /// A datagram on a relay socket.
@@ -192,16 +203,16 @@ enum Event {
         from: SocketAddr,
         data: Vec<u8>,
     },
-    /// A TCP connection opened; `conn` tells it from a later connection
-    /// that happens to reuse its address.
+    /// A TCP or TLS connection opened; `conn` tells it from a later
+    /// connection that happens to reuse its address.
     TcpOpened {
         conn: u64,
-        addr: SocketAddr,
+        client: TurnClient,
         queue: mpsc::Sender<Vec<u8>>,
     },
     TcpClosed {
         conn: u64,
-        addr: SocketAddr,
+        client: TurnClient,
     },
 }
 
@@ -209,6 +220,8 @@ enum Event {
 pub struct TurnListener {
     udp: Arc<UdpSocket>,
     tcp: TcpListener,
+    /// `turns:`: its listener and the certificate it presents.
+    tls: Option<(TcpListener, TlsAcceptor)>,
     settings: TurnSettings,
     relay_ip: IpAddr,
     credential_check: Option<CredentialCheck>,
@@ -254,11 +267,26 @@ impl TurnListener {
         Ok(TurnListener {
             udp: Arc::new(udp),
             tcp,
+            tls: None,
             settings,
             relay_ip,
             credential_check: None,
             metrics: Arc::default(),
         })
+    }
+
+    /// Also serves TURN over TLS on `listen` (port 0 picks a free one),
+    /// presenting `acceptor`'s certificate.
+    pub async fn with_tls(
+        mut self,
+        listen: SocketAddr,
+        acceptor: TlsAcceptor,
+    ) -> anyhow::Result<TurnListener> {
+        let tcp = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen for TURN over TLS on tcp {listen}"))?;
+        self.tls = Some((tcp, acceptor));
+        Ok(self)
     }
 
     /// New allocations only for usernames `check` accepts (the signalling
@@ -278,6 +306,11 @@ impl TurnListener {
         self.udp.local_addr()
     }
 
+    /// The bound TLS address, if TURN over TLS is on.
+    pub fn tls_addr(&self) -> io::Result<Option<SocketAddr>> {
+        self.tls.as_ref().map(|(l, _)| l.local_addr()).transpose()
+    }
+
     /// Serves until `shutdown` is cancelled, then waits for its tasks.
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut nonce_key = [0u8; 32];
@@ -290,10 +323,18 @@ impl TurnListener {
         );
         let limits = &self.settings.limits;
         let listen = self.udp.local_addr()?;
+        let tls_listen = self.tls_addr()?;
         config.policy = PeerPolicy::new(self.relay_ip)
             .allow(limits.allow_peers.iter().copied())
             .deny(limits.deny_peers.iter().copied())
-            .own_services(limits.services.iter().copied().chain([listen]))
+            .own_services(
+                limits
+                    .services
+                    .iter()
+                    .copied()
+                    .chain([listen])
+                    .chain(tls_listen),
+            )
             .own_ip(self.relay_ip);
         // One relay socket per allocation: no more than there are ports.
         config.max_allocations = limits.max_allocations.min(self.settings.relay_ports.len());
@@ -303,17 +344,26 @@ impl TurnListener {
         config.credential_check = self.credential_check;
         let tracker = TaskTracker::new();
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
-        tracker.spawn(accept_tcp(
-            self.tcp,
-            TcpCaps {
-                per_client: limits.tcp_per_client,
-                open: Arc::default(),
-                metrics: self.metrics.clone(),
-            },
-            events_tx.clone(),
-            shutdown.clone(),
-            tracker.clone(),
-        ));
+        // TCP and TLS share the caps: both are streams from the same clients.
+        let caps = Arc::new(TcpCaps {
+            per_client: limits.tcp_per_client,
+            open: Arc::default(),
+            slots: Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS)),
+            metrics: self.metrics.clone(),
+            next_conn: AtomicU64::new(0),
+        });
+        let listeners = std::iter::once((self.tcp, None))
+            .chain(self.tls.map(|(tcp, acceptor)| (tcp, Some(acceptor))));
+        for (listener, tls) in listeners {
+            tracker.spawn(accept_tcp(
+                listener,
+                tls,
+                caps.clone(),
+                events_tx.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
         let driver = Driver {
             turn: TurnServer::new(config),
             udp: self.udp,
@@ -360,8 +410,8 @@ struct Driver {
     udp: Arc<UdpSocket>,
     listen_ip: IpAddr,
     relay_ports: RangeInclusive<u16>,
-    /// TCP clients by address.
-    tcp: HashMap<SocketAddr, TcpClient>,
+    /// TCP and TLS clients by transport and address.
+    tcp: HashMap<TurnClient, TcpClient>,
     relays: HashMap<AllocationId, Relay>,
     ports_in_use: HashSet<u16>,
     events_tx: mpsc::Sender<Event>,
@@ -425,10 +475,6 @@ impl Driver {
         let now = Instant::now();
         match event {
             Event::Client { from, data } => {
-                let from = TurnClient {
-                    transport: Transport::Tcp,
-                    addr: from,
-                };
                 self.turn.handle_client(now, unix_now(), from, &data);
             }
             Event::Peer {
@@ -436,21 +482,22 @@ impl Driver {
                 from,
                 data,
             } => self.turn.handle_peer(now, allocation, from, &data),
-            Event::TcpOpened { conn, addr, queue } => {
-                let client = TcpClient {
+            Event::TcpOpened {
+                conn,
+                client,
+                queue,
+            } => {
+                let state = TcpClient {
                     conn,
                     queue,
                     bare_since: Some(now),
                 };
-                self.tcp.insert(addr, client);
+                self.tcp.insert(client, state);
             }
-            Event::TcpClosed { conn, addr } => {
-                if self.tcp.get(&addr).is_some_and(|c| c.conn == conn) {
-                    self.tcp.remove(&addr);
-                    self.turn.client_closed(TurnClient {
-                        transport: Transport::Tcp,
-                        addr,
-                    });
+            Event::TcpClosed { conn, client } => {
+                if self.tcp.get(&client).is_some_and(|c| c.conn == conn) {
+                    self.tcp.remove(&client);
+                    self.turn.client_closed(client);
                 }
             }
         }
@@ -463,9 +510,9 @@ impl Driver {
                 TurnOutput::ToClient { client, data } => {
                     let sent = match client.transport {
                         Transport::Udp => self.udp.try_send_to(&data, client.addr).is_ok(),
-                        Transport::Tcp => self
+                        Transport::Tcp | Transport::Tls => self
                             .tcp
-                            .get(&client.addr)
+                            .get(&client)
                             .is_some_and(|c| c.queue.try_send(data).is_ok()),
                     };
                     if !sent {
@@ -510,24 +557,20 @@ impl Driver {
     fn sweep(&mut self, now: Instant) {
         let turn = &mut self.turn;
         let mut closed = Vec::new();
-        for (&addr, c) in &mut self.tcp {
-            let client = TurnClient {
-                transport: Transport::Tcp,
-                addr,
-            };
+        for (&client, c) in &mut self.tcp {
             if turn.has_allocation(client) {
                 c.bare_since = None;
             } else if let Some(since) = c.bare_since {
                 if now.saturating_duration_since(since) >= TCP_NO_ALLOCATION {
-                    closed.push(addr);
+                    closed.push(client);
                 }
             } else {
                 c.bare_since = Some(now);
             }
         }
-        for addr in closed {
+        for client in closed {
             // Dropping the queue ends the connection's writer, and so it.
-            self.tcp.remove(&addr);
+            self.tcp.remove(&client);
             self.metrics.tcp_idle_closed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("turn: tcp connection closed: no allocation");
         }
@@ -635,12 +678,16 @@ async fn read_relay(
     }
 }
 
-/// The per-client cap on TCP connections.
+/// The caps on TCP and TLS connections, per client and in all.
 struct TcpCaps {
     per_client: usize,
     /// Open connections by client (IPv4 address or IPv6 /64).
     open: Arc<Mutex<HashMap<u128, usize>>>,
+    /// `MAX_TCP_CONNECTIONS`.
+    slots: Arc<Semaphore>,
     metrics: Arc<TurnMetrics>,
+    /// Numbers connections of both listeners.
+    next_conn: AtomicU64,
 }
 
 impl TcpCaps {
@@ -681,19 +728,23 @@ impl Drop for TcpSlot {
 
 async fn accept_tcp(
     listener: TcpListener,
-    caps: TcpCaps,
+    tls: Option<TlsAcceptor>,
+    caps: Arc<TcpCaps>,
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
-    let mut next_conn = 0u64;
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
     loop {
         // Wait for a free slot before accepting: excess connections wait
         // in the kernel's backlog instead of costing memory here.
         let permit = tokio::select! {
             () = shutdown.cancelled() => return,
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            permit = caps.slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -701,17 +752,43 @@ async fn accept_tcp(
         };
         match accepted {
             Ok((stream, addr)) => {
-                // Over the cap: closed at once, before it costs anything.
+                // Over the cap: closed at once, before it costs anything
+                // (a TLS handshake included).
                 let Some(slot) = caps.admit(addr) else {
                     tracing::debug!("turn: tcp connection refused: client at its cap");
                     continue;
                 };
                 let events = events.clone();
                 let shutdown = shutdown.clone();
-                next_conn += 1;
-                let conn = next_conn;
+                let conn = caps.next_conn.fetch_add(1, Ordering::Relaxed);
+                let client = TurnClient { transport, addr };
+                let tls = tls.clone();
+                let metrics = caps.metrics.clone();
                 tracker.spawn(async move {
-                    serve_tcp(stream, conn, addr, events, shutdown).await;
+                    let _ = stream.set_nodelay(true);
+                    match tls {
+                        None => {
+                            let (reader, writer) = stream.into_split();
+                            serve_stream(reader, writer, conn, client, events, shutdown).await;
+                        }
+                        Some(acceptor) => {
+                            let handshake =
+                                tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream));
+                            let stream = tokio::select! {
+                                () = shutdown.cancelled() => return,
+                                done = handshake => match done {
+                                    Ok(Ok(stream)) => stream,
+                                    Ok(Err(_)) | Err(_) => {
+                                        metrics.tls_handshake_failed.fetch_add(1, Ordering::Relaxed);
+                                        tracing::debug!("turn: tls handshake failed or timed out");
+                                        return;
+                                    }
+                                },
+                            };
+                            let (reader, writer) = tokio::io::split(stream);
+                            serve_stream(reader, writer, conn, client, events, shutdown).await;
+                        }
+                    }
                     drop((permit, slot));
                 });
             }
@@ -724,19 +801,23 @@ async fn accept_tcp(
     }
 }
 
-/// One TCP client: frames in to the driver, frames out from its queue.
-async fn serve_tcp(
-    stream: TcpStream,
+/// One TCP or TLS client: frames in to the driver, frames out from its
+/// queue.
+async fn serve_stream(
+    reader: impl AsyncRead + Unpin,
+    writer: impl AsyncWrite + Unpin,
     conn: u64,
-    addr: SocketAddr,
+    client: TurnClient,
     events: mpsc::Sender<Event>,
     shutdown: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
     let (queue, outbound) = mpsc::channel(TCP_QUEUE);
     if events
-        .send(Event::TcpOpened { conn, addr, queue })
+        .send(Event::TcpOpened {
+            conn,
+            client,
+            queue,
+        })
         .await
         .is_err()
     {
@@ -746,14 +827,19 @@ async fn serve_tcp(
     // write that does not complete) ends the connection.
     tokio::select! {
         () = shutdown.cancelled() => return,
-        () = read_frames(reader, addr, &events) => {}
+        () = read_frames(reader, client, &events) => {}
         () = write_frames(writer, outbound) => {}
     }
-    let _ = events.send(Event::TcpClosed { conn, addr }).await;
+    let _ = events.send(Event::TcpClosed { conn, client }).await;
 }
 
-async fn read_frames(reader: OwnedReadHalf, addr: SocketAddr, events: &mpsc::Sender<Event>) {
+async fn read_frames(
+    mut reader: impl AsyncRead + Unpin,
+    client: TurnClient,
+    events: &mpsc::Sender<Event>,
+) {
     let mut buf: Vec<u8> = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 4096];
     let mut timeout = TCP_FIRST_FRAME;
     let mut first = true;
     loop {
@@ -776,53 +862,30 @@ async fn read_frames(reader: OwnedReadHalf, addr: SocketAddr, events: &mpsc::Sen
             timeout = TCP_IDLE;
             first = false;
             if events
-                .send(Event::Client { from: addr, data })
+                .send(Event::Client { from: client, data })
                 .await
                 .is_err()
             {
                 return;
             }
         }
-        match tokio::time::timeout(timeout, read_some(&reader, &mut buf)).await {
+        match tokio::time::timeout(timeout, reader.read(&mut chunk)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
-            Ok(Ok(_)) => {}
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
 }
 
-/// Appends what the socket has to `buf`; 0 at end of stream.
-async fn read_some(reader: &OwnedReadHalf, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        reader.readable().await?;
-        match reader.try_read(&mut chunk) {
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                return Ok(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-async fn write_frames(writer: OwnedWriteHalf, mut outbound: mpsc::Receiver<Vec<u8>>) {
+async fn write_frames(mut writer: impl AsyncWrite + Unpin, mut outbound: mpsc::Receiver<Vec<u8>>) {
     while let Some(frame) = outbound.recv().await {
-        match tokio::time::timeout(TCP_WRITE_TIMEOUT, write_all(&writer, &frame)).await {
+        // Flushed frame by frame: TLS holds records back until then.
+        let write = async {
+            writer.write_all(&frame).await?;
+            writer.flush().await
+        };
+        match tokio::time::timeout(TCP_WRITE_TIMEOUT, write).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => return,
         }
     }
-}
-
-async fn write_all(writer: &OwnedWriteHalf, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        writer.writable().await?;
-        match writer.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
