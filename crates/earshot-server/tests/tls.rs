@@ -1,5 +1,8 @@
 //! HTTPS: a self-signed certificate made at start, or PEM files; WebSocket
-//! signalling over TLS; a silent TLS connection is cut at the head deadline.
+//! signalling over TLS; a silent TLS connection is cut at the head deadline;
+//! the embedded TURN server over TLS with the same certificate.
+
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,4 +156,76 @@ async fn over_https_our_own_origin_is_https() {
     assert_eq!(upgrade(format!("https://LOCALHOST:{port}")).await, 101);
     assert_eq!(upgrade(format!("http://localhost:{port}")).await, 403);
     assert_eq!(upgrade("https://localhost".into()).await, 403);
+}
+
+/// With a certificate, the embedded TURN server also listens for TLS and
+/// presents that certificate: the welcome offers `turns:` last in the TURN
+/// entry, on the host the client used, with the same credentials, and a
+/// client that checks the certificate for that name allocates with them.
+#[tokio::test]
+async fn turn_over_tls_is_offered_last_and_allocates_with_the_same_credentials() {
+    use earshot_core::stun::codec::{Message as Stun, attr};
+    use earshot_server::config::{EmbeddedTurn, TurnSetup};
+    use support::turn_client;
+
+    let mut settings = Settings::for_tests("127.0.0.1:0".parse().unwrap());
+    settings.tls = TlsSetup::SelfSigned { names: vec![] };
+    settings.turn = TurnSetup {
+        embedded: Some(EmbeddedTurn {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls_listen: Some("127.0.0.1:0".parse().unwrap()),
+            public_ip: None,
+            relay_ports: 50_000..=50_100,
+            limits: Default::default(),
+        }),
+        urls: Vec::new(),
+        secret: b"a-test-secret-of-some-length".to_vec(),
+        unavailable: None,
+    };
+    let s = earshot_server::start(settings).await.unwrap();
+    let (turn, tls) = (s.turn_addr.unwrap(), s.turn_tls_addr.unwrap());
+    assert_ne!(turn.port(), tls.port());
+
+    let stream = connect(&s, "localhost").await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", stream)
+        .await
+        .unwrap();
+    ws.send(Message::text(r#"{"type":"hello","version":1}"#))
+        .await
+        .unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    let welcome: serde_json::Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    let servers = welcome["ice_servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2, "{servers:?}");
+    assert_eq!(
+        servers[1]["urls"],
+        serde_json::json!([
+            format!("turn:localhost:{}?transport=udp", turn.port()),
+            format!("turn:localhost:{}?transport=tcp", turn.port()),
+            format!("turns:localhost:{}?transport=tcp", tls.port()),
+        ])
+    );
+    let username = servers[1]["username"].as_str().unwrap().to_string();
+    let password = servers[1]["credential"].as_str().unwrap().to_string();
+
+    let certificate = s.tls.as_ref().unwrap().certificate.clone();
+    let conn = turn_client::Conn::open_tls(tls, "localhost", &certificate).await;
+    let mut client = turn_client::Client::on(conn, username, password);
+    let answer = client.allocate().await;
+    assert_eq!(turn_client::code(&answer), None);
+    let relayed = Stun::decode(&answer)
+        .unwrap()
+        .xor_address(attr::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    assert!((50_000..=50_100).contains(&relayed.port()));
+    // Not a certificate for another name.
+    let other = TcpStream::connect(tls).await.unwrap();
+    assert!(
+        turn_client::tls_connect(other, "elsewhere.example", &certificate)
+            .await
+            .is_err()
+    );
+    drop(ws);
+    s.shutdown().await;
 }
