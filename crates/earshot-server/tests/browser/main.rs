@@ -25,6 +25,8 @@
 //! - `firefox`: Firefox with Firefox and with Chromium: strangers in both
 //!   roles, a locked room of two Firefox and a Chromium, and "hide my IP"
 //!   relayed through the embedded TURN server.
+//! - `turns`: a Chromium call relayed over TURN over TLS only, the page
+//!   served over HTTPS with a certificate made for the test.
 //!
 //! WebRTC tests only run in a loopback-only network namespace, so every ICE
 //! candidate and every packet stays on 127.0.0.1 (see `support::netns`);
@@ -60,6 +62,7 @@ mod reach;
 mod rooms;
 mod safety;
 mod strangers;
+mod turns;
 
 use anyhow::{Result, ensure};
 use serde_json::json;

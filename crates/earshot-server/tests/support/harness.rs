@@ -107,6 +107,9 @@ pub struct Setup {
     /// Whether chromedriver keeps each browser's performance log, the
     /// DevTools network events that [`Browser::network_events`] reads.
     pub network_log: bool,
+    /// More flags for every Chromium of the run (say one that trusts a
+    /// test certificate).
+    pub chromium_args: Vec<String>,
     /// The browsers that are Firefox (by name); the others are Chromium.
     /// A scenario with any runs again, alone, in a network namespace of its
     /// own (see `netns::rerun_in_veth_namespace`), where ICE candidates
@@ -865,8 +868,11 @@ impl<'d> Browser<'d> {
                     if setup.firefox.contains(&name) {
                         scope.spawn(move || Browser::open_firefox(name, url))
                     } else {
-                        let log = setup.network_log;
-                        scope.spawn(move || Browser::open_with(driver, name, url, log))
+                        let (log, args) = (setup.network_log, &setup.chromium_args);
+                        scope.spawn(move || {
+                            let session = driver.session_with_args(log, args)?;
+                            Browser::with_session(name, session, url)
+                        })
                     }
                 })
                 .collect();

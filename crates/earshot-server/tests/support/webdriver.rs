@@ -202,8 +202,14 @@ impl ChromeDriver {
     /// `performance`): the DevTools `Network.*` and `Page.*` events of every
     /// page the session loads, read with [`Session::log`]`("performance")`.
     pub fn session_with(&self, network_log: bool) -> Result<Session<'_>> {
+        self.session_with_args(network_log, &[])
+    }
+
+    /// [`ChromeDriver::session_with`], with `extra` flags for Chromium.
+    pub fn session_with_args(&self, network_log: bool, extra: &[String]) -> Result<Session<'_>> {
         let profile = TempDir::new("earshot-chromium")?;
         let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|a| a.to_string()).collect();
+        args.extend_from_slice(extra);
         args.push(format!("--user-data-dir={}", profile.path().display()));
         let logging = if network_log {
             json!({"browser": "ALL", "performance": "ALL"})
