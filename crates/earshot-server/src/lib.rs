@@ -11,8 +11,9 @@
 //! - [`identity`]: client keys (HMAC of the address) and the `Pii` wrapper.
 //! - `listener`: TCP caps per client and a deadline for request heads.
 //! - [`stun`]: the embedded STUN server's UDP loop.
-//! - [`turn`]: the embedded TURN server's sockets (UDP, TCP, relays).
-//! - [`tls`]: HTTPS certificates (from files, or self-signed in memory).
+//! - [`turn`]: the embedded TURN server's sockets (UDP, TCP, TLS, relays).
+//! - [`tls`]: HTTPS certificates (from files, or self-signed in memory),
+//!   also presented by TURN over TLS.
 //! - [`geo`], [`proxy`]: approximate country, and client addresses behind
 //!   trusted reverse proxies.
 //! - [`origin`]: which web pages may open `/ws` (the `Origin` check).
