@@ -13,14 +13,23 @@
 //! and sets `iceTransportPolicy: 'relay'`, so the call can only be relayed
 //! over TLS; the test then asks each page's `getStats()` what its selected
 //! pair's local candidate is.
+//!
+//! Does Chromium check a TURN server's certificate at all? After the call,
+//! the page gathers candidates from two more TURN servers run in this
+//! process: one presenting the same certificate gives a TLS relay
+//! candidate, one presenting a certificate Chromium was not told to trust
+//! gives none, only an `icecandidateerror`. So it does, with the same trust
+//! as for pages (`--ignore-certificate-errors` would let both through).
 
 use crate::reach::{
     EMBEDDED_RELAY_PORTS, LOG_SHOWS_TURN, call_stats, embedded_turn, hang_up, meet, open_pages,
     register_turn_secrets,
 };
 use crate::support::TempDir;
-use crate::support::harness::{Run, check_call_audio};
+use crate::support::harness::{Browser, Run, check_call_audio};
 use anyhow::{Context, Result, bail, ensure};
+use earshot_server::tls::Tls;
+use earshot_server::turn::{TurnLimits, TurnListener, TurnSettings};
 use rcgen::PublicKeyData;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -31,7 +40,8 @@ use sha2::{Digest, Sha256};
 /// host of the page, after the UDP and TCP ones in the welcome), every
 /// local candidate is a relay candidate over TLS (`relayProtocol` `tls`)
 /// on the relay ports, and the selected pair's local candidate is one of
-/// them.
+/// them. Then A's page shows that Chromium checks TURN certificates (see
+/// the module docs).
 #[test]
 fn browser_relays_a_call_over_turns_only() -> Result<()> {
     let test = "browser_relays_a_call_over_turns_only";
@@ -57,7 +67,11 @@ fn browser_relays_a_call_over_turns_only() -> Result<()> {
     setup
         .chromium_args
         .push(format!("--ignore-certificate-errors-spki-list={spki}"));
-    Run::scenario_setup(test, &["A", "B"], 0, LOG_SHOWS_TURN, &setup, turns_scenario)
+    let trusted = Tls::from_pem_files(&cert, &key)?;
+    Run::scenario_setup(test, &["A", "B"], 0, LOG_SHOWS_TURN, &setup, |run| {
+        turns_scenario(run)?;
+        certificate_is_checked(&run.browsers[0], &trusted)
+    })
 }
 
 fn turns_scenario(run: &Run) -> Result<()> {
@@ -111,6 +125,76 @@ fn turns_scenario(run: &Run) -> Result<()> {
     run.chat(a, &[b], "hello over turns from A")?;
     hang_up(a, b)?;
     register_turn_secrets(run)
+}
+
+/// A page gathers relay candidates from an in-process TURN server over TLS
+/// presenting `trusted` (the certificate Chromium trusts), then from one
+/// presenting a certificate of its own: a TLS relay candidate from the
+/// first, none and an error from the second.
+fn certificate_is_checked(x: &Browser, trusted: &Tls) -> Result<()> {
+    let untrusted = Tls::self_signed(&["127.0.0.1".parse()?], &[])?;
+    let good = gather(x, trusted)?;
+    println!("turns: a TURN server with the trusted certificate: {good}");
+    ensure!(
+        good["candidates"].as_array().is_some_and(|c| c
+            .iter()
+            .any(|c| c["type"] == json!("relay") && c["relayProtocol"] == json!("tls"))),
+        "{}: no TLS relay candidate from a TURN server with the trusted certificate: {good}",
+        x.name
+    );
+    let bad = gather(x, &untrusted)?;
+    println!("turns: a TURN server with an untrusted certificate: {bad}");
+    ensure!(
+        bad["candidates"].as_array().is_some_and(Vec::is_empty)
+            && bad["errors"].as_array().is_some_and(|e| !e.is_empty()),
+        "{}: a TURN server with an untrusted certificate should give no candidate and an error: {bad}",
+        x.name
+    );
+    Ok(())
+}
+
+/// The candidates and candidate errors `x` gathers, relay only, from a TURN
+/// server run here over TLS with `tls`, on 127.0.0.1.
+fn gather(x: &Browser, tls: &Tls) -> Result<Value> {
+    const SECRET: &[u8] = b"turns certificate check";
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let listener = rt.block_on(async {
+        TurnListener::bind(TurnSettings {
+            listen: "127.0.0.1:0".parse()?,
+            public_ip: None,
+            relay_ports: 53000..=53099,
+            secret: SECRET.to_vec(),
+            realm: "earshot".into(),
+            limits: TurnLimits::default(),
+        })
+        .await?
+        .with_tls("127.0.0.1:0".parse()?, tls.turn_acceptor.clone())
+        .await
+    })?;
+    let addr = listener.tls_addr()?.context("no TLS listener")?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    rt.spawn(listener.serve(shutdown.clone()));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let (username, credential) = earshot_core::turn::rest_credentials(
+        SECRET,
+        std::time::Duration::from_secs(600),
+        now,
+        "check",
+    );
+    let url = format!("turns:127.0.0.1:{}?transport=tcp", addr.port());
+    let result = x.execute_async(GATHER_JS, json!([url, username, credential]));
+    shutdown.cancel();
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    let result = result?;
+    if let Some(error) = result["error"].as_str() {
+        bail!("{}: gathering failed: {error}", x.name);
+    }
+    Ok(result)
 }
 
 /// Every local candidate is a relay candidate over TLS on the relay
@@ -200,6 +284,27 @@ const TURNS_ONLY_JS: &str = r#"
     setConfiguration(config) { return super.setConfiguration(only(config)); }
   };
 })();
+"#;
+
+/// Gathers relay candidates from one TURN URL (arguments: URL, username,
+/// credential) until gathering completes or 15 s pass: their types and
+/// relay protocols, and the candidate errors.
+const GATHER_JS: &str = r#"
+const [url, username, credential, done] = arguments;
+const out = {candidates: [], errors: []};
+const pc = new RTCPeerConnection({iceServers: [{urls: url, username, credential}],
+                                  iceTransportPolicy: 'relay'});
+let finished = false;
+const finish = () => { if (!finished) { finished = true; pc.close(); done(out); } };
+pc.onicecandidate = e => {
+  if (e.candidate) out.candidates.push({type: e.candidate.type,
+                                        relayProtocol: e.candidate.relayProtocol ?? null});
+  else finish();
+};
+pc.onicecandidateerror = e => out.errors.push({code: e.errorCode, text: e.errorText});
+pc.createDataChannel('check');
+pc.setLocalDescription().catch(err => { finished = true; done({error: String(err)}); });
+setTimeout(finish, 15000);
 "#;
 
 /// The current call's ICE configuration, and the TURN URLs the page
