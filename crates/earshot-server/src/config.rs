@@ -325,10 +325,19 @@ pub struct EmbeddedTurn {
     /// UDP and TCP.
     pub listen: SocketAddr,
     /// TURN over TLS, with the HTTPS certificate.
-    pub tls_listen: Option<SocketAddr>,
+    pub tls_listen: Option<TurnTlsListen>,
     pub public_ip: Option<IpAddr>,
     pub relay_ports: RangeInclusive<u16>,
     pub limits: crate::turn::TurnLimits,
+}
+
+/// Where TURN over TLS listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TurnTlsListen {
+    /// A listener of its own.
+    Own(SocketAddr),
+    /// The HTTPS listener, which hands TURN connections over.
+    Https,
 }
 
 impl std::fmt::Debug for TurnSetup {
@@ -452,10 +461,11 @@ fn embedded_turn(args: &Args) -> anyhow::Result<(Option<EmbeddedTurn>, Option<&'
     ))
 }
 
-/// TURN over TLS: where asked, or on 5349 (RFC 8656's `turns` port) when
-/// there is a real certificate. A self-signed one is not on by default:
-/// browsers show no warning page for TURN, so they would just fail on it.
-fn turn_tls_listen(args: &Args, listen: SocketAddr) -> anyhow::Result<Option<SocketAddr>> {
+/// TURN over TLS: where asked (on the HTTPS port when that is `--listen`),
+/// or on 5349 (RFC 8656's `turns` port) when there is a real certificate.
+/// A self-signed one is not on by default: browsers show no warning page
+/// for TURN, so they would just fail on it.
+fn turn_tls_listen(args: &Args, listen: SocketAddr) -> anyhow::Result<Option<TurnTlsListen>> {
     if args.no_turn_tls {
         return Ok(None);
     }
@@ -467,9 +477,15 @@ fn turn_tls_listen(args: &Args, listen: SocketAddr) -> anyhow::Result<Option<Soc
             if tls.ip().is_unspecified() && args.turn_public_ip.is_none() {
                 bail!("--turn-tls-listen on all interfaces needs --turn-public-ip");
             }
-            Ok(Some(tls))
+            // Port 0 means a free port of its own, even if --listen says 0.
+            if tls == args.listen && tls.port() != 0 {
+                return Ok(Some(TurnTlsListen::Https));
+            }
+            Ok(Some(TurnTlsListen::Own(tls)))
         }
-        None if args.tls_cert.is_some() => Ok(Some(SocketAddr::new(listen.ip(), 5349))),
+        None if args.tls_cert.is_some() => {
+            Ok(Some(TurnTlsListen::Own(SocketAddr::new(listen.ip(), 5349))))
+        }
         None => Ok(None),
     }
 }
@@ -722,20 +738,26 @@ mod tests {
         let files = ["--tls-cert", "c.pem", "--tls-key", "k.pem"];
         assert_eq!(tls(&[]).unwrap(), None);
         assert_eq!(tls(&["--tls-self-signed"]).unwrap(), None);
-        assert_eq!(
-            tls(&files).unwrap(),
-            Some("127.0.0.1:5349".parse().unwrap())
-        );
+        let own = |a: &str| Some(TurnTlsListen::Own(a.parse().unwrap()));
+        assert_eq!(tls(&files).unwrap(), own("127.0.0.1:5349"));
         let mut off = files.to_vec();
         off.push("--no-turn-tls");
         assert_eq!(tls(&off).unwrap(), None);
         let mut at = files.to_vec();
         at.extend(["--turn-tls-listen", "127.0.0.1:443"]);
-        assert_eq!(tls(&at).unwrap(), Some("127.0.0.1:443".parse().unwrap()));
+        assert_eq!(tls(&at).unwrap(), own("127.0.0.1:443"));
         assert_eq!(
             tls(&["--tls-self-signed", "--turn-tls-listen", "127.0.0.1:0"]).unwrap(),
-            Some("127.0.0.1:0".parse().unwrap())
+            own("127.0.0.1:0")
         );
+        let mut shared = files.to_vec();
+        shared.extend([
+            "--listen",
+            "127.0.0.1:8443",
+            "--turn-tls-listen",
+            "127.0.0.1:8443",
+        ]);
+        assert_eq!(tls(&shared).unwrap(), Some(TurnTlsListen::Https));
         assert!(
             tls(&["--turn-tls-listen", "127.0.0.1:443"]).is_err(),
             "no certificate"

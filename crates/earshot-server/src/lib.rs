@@ -107,14 +107,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             Some(tls::Tls::self_signed(&[http_addr.ip()], names)?)
         }
     };
-    let turn_listener = bind_turn(&settings, http_addr, stun_addr, tls.as_ref()).await?;
+    let mut turn_listener = bind_turn(&settings, http_addr, stun_addr, tls.as_ref()).await?;
     let turn_addr = turn_listener
         .as_ref()
         .map(turn::TurnListener::local_addr)
         .transpose()?;
-    let turn_tls_addr = match &turn_listener {
-        Some(l) => l.tls_addr()?,
-        None => None,
+    let shares_https = settings.turn.embedded.as_ref().and_then(|t| t.tls_listen)
+        == Some(config::TurnTlsListen::Https)
+        && tls.is_some();
+    let (turn_tls_addr, handovers) = match &mut turn_listener {
+        Some(l) if shares_https => (Some(http_addr), Some(l.with_handover())),
+        Some(l) => (l.tls_addr()?, None),
+        None => (None, None),
     };
     if let Some(why) = settings.turn.unavailable {
         tracing::warn!("no embedded TURN server, so no \"hide my IP\": {why}");
@@ -150,7 +154,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         settings.proxies.clone(),
         tls.as_ref().map(|t| t.acceptor.clone()),
         guards,
-    );
+    )
+    .with_turn(handovers);
     tracker.spawn(hub.clone().run_timer(shutdown.clone()));
     let pinger = Arc::new(ws::Pinger::new());
     tracker.spawn(pinger.clone().run(settings.ping_interval, shutdown.clone()));
@@ -254,7 +259,7 @@ async fn bind_turn(
     .await
     .context("cannot start the embedded TURN server")?;
     let listener = match (t.tls_listen, tls) {
-        (Some(addr), Some(tls)) => listener
+        (Some(config::TurnTlsListen::Own(addr)), Some(tls)) => listener
             .with_tls(addr, tls.turn_acceptor.clone())
             .await
             .context("cannot start the embedded TURN server")?,

@@ -88,7 +88,8 @@ impl Tls {
             .with_single_cert(chain, key)
             .context("the certificate and key do not fit together")?;
         let mut https = turn.clone();
-        https.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // RFC 7443's TURN label too, for TURN over TLS on the HTTPS port.
+        https.alpn_protocols = vec![b"http/1.1".to_vec(), b"stun.turn".to_vec()];
         Ok(Tls {
             acceptor: TlsAcceptor::from(Arc::new(https)),
             turn_acceptor: TlsAcceptor::from(Arc::new(turn)),

@@ -216,12 +216,25 @@ enum Event {
     },
 }
 
+/// A TLS connection the HTTPS listener took, whose first bytes (`prefix`)
+/// were TURN: when TURN over TLS shares the HTTPS port.
+pub struct TlsHandover {
+    pub stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    pub addr: SocketAddr,
+    pub prefix: Vec<u8>,
+}
+
+/// Connections handed over at once before more are dropped.
+const HANDOVER_QUEUE: usize = 64;
+
 /// The bound sockets of a TURN server that is not serving yet.
 pub struct TurnListener {
     udp: Arc<UdpSocket>,
     tcp: TcpListener,
     /// `turns:`: its listener and the certificate it presents.
     tls: Option<(TcpListener, TlsAcceptor)>,
+    /// `turns:` on the HTTPS port: what the HTTPS listener hands over.
+    handover: Option<mpsc::Receiver<TlsHandover>>,
     settings: TurnSettings,
     relay_ip: IpAddr,
     credential_check: Option<CredentialCheck>,
@@ -268,6 +281,7 @@ impl TurnListener {
             udp: Arc::new(udp),
             tcp,
             tls: None,
+            handover: None,
             settings,
             relay_ip,
             credential_check: None,
@@ -287,6 +301,14 @@ impl TurnListener {
             .with_context(|| format!("cannot listen for TURN over TLS on tcp {listen}"))?;
         self.tls = Some((tcp, acceptor));
         Ok(self)
+    }
+
+    /// Also serves TURN over TLS on connections the HTTPS listener hands
+    /// over through the returned sender (see [`TlsHandover`]).
+    pub fn with_handover(&mut self) -> mpsc::Sender<TlsHandover> {
+        let (tx, rx) = mpsc::channel(HANDOVER_QUEUE);
+        self.handover = Some(rx);
+        tx
     }
 
     /// New allocations only for usernames `check` accepts (the signalling
@@ -352,6 +374,15 @@ impl TurnListener {
             metrics: self.metrics.clone(),
             next_conn: AtomicU64::new(0),
         });
+        if let Some(handover) = self.handover {
+            tracker.spawn(take_handovers(
+                handover,
+                caps.clone(),
+                events_tx.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
         let listeners = std::iter::once((self.tcp, None))
             .chain(self.tls.map(|(tcp, acceptor)| (tcp, Some(acceptor))));
         for (listener, tls) in listeners {
@@ -769,7 +800,8 @@ async fn accept_tcp(
                     match tls {
                         None => {
                             let (reader, writer) = stream.into_split();
-                            serve_stream(reader, writer, conn, client, events, shutdown).await;
+                            serve_stream(reader, writer, Vec::new(), conn, client, events, shutdown)
+                                .await;
                         }
                         Some(acceptor) => {
                             let handshake =
@@ -786,7 +818,8 @@ async fn accept_tcp(
                                 },
                             };
                             let (reader, writer) = tokio::io::split(stream);
-                            serve_stream(reader, writer, conn, client, events, shutdown).await;
+                            serve_stream(reader, writer, Vec::new(), conn, client, events, shutdown)
+                                .await;
                         }
                     }
                     drop((permit, slot));
@@ -801,11 +834,60 @@ async fn accept_tcp(
     }
 }
 
+/// Serves TLS connections the HTTPS listener hands over, under the same
+/// caps as the others (the HTTPS listener's own caps let them in first).
+async fn take_handovers(
+    mut handovers: mpsc::Receiver<TlsHandover>,
+    caps: Arc<TcpCaps>,
+    events: mpsc::Sender<Event>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let handover = tokio::select! {
+            () = shutdown.cancelled() => return,
+            handover = handovers.recv() => match handover {
+                Some(handover) => handover,
+                None => return,
+            },
+        };
+        let Ok(permit) = caps.slots.clone().try_acquire_owned() else {
+            tracing::debug!("turn: tls connection from https refused: no free slot");
+            continue;
+        };
+        let Some(slot) = caps.admit(handover.addr) else {
+            tracing::debug!("turn: tls connection from https refused: client at its cap");
+            continue;
+        };
+        let conn = caps.next_conn.fetch_add(1, Ordering::Relaxed);
+        let client = TurnClient {
+            transport: Transport::Tls,
+            addr: handover.addr,
+        };
+        let (events, shutdown) = (events.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let (reader, writer) = tokio::io::split(handover.stream);
+            serve_stream(
+                reader,
+                writer,
+                handover.prefix,
+                conn,
+                client,
+                events,
+                shutdown,
+            )
+            .await;
+            drop((permit, slot));
+        });
+    }
+}
+
 /// One TCP or TLS client: frames in to the driver, frames out from its
-/// queue.
+/// queue. `prefix`: what was read of it already.
 async fn serve_stream(
     reader: impl AsyncRead + Unpin,
     writer: impl AsyncWrite + Unpin,
+    prefix: Vec<u8>,
     conn: u64,
     client: TurnClient,
     events: mpsc::Sender<Event>,
@@ -827,7 +909,7 @@ async fn serve_stream(
     // write that does not complete) ends the connection.
     tokio::select! {
         () = shutdown.cancelled() => return,
-        () = read_frames(reader, client, &events) => {}
+        () = read_frames(reader, prefix, client, &events) => {}
         () = write_frames(writer, outbound) => {}
     }
     let _ = events.send(Event::TcpClosed { conn, client }).await;
@@ -835,10 +917,11 @@ async fn serve_stream(
 
 async fn read_frames(
     mut reader: impl AsyncRead + Unpin,
+    mut buf: Vec<u8>,
     client: TurnClient,
     events: &mpsc::Sender<Event>,
 ) {
-    let mut buf: Vec<u8> = Vec::with_capacity(2048);
+    buf.reserve(2048);
     let mut chunk = [0u8; 4096];
     let mut timeout = TCP_FIRST_FRAME;
     let mut first = true;

@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use earshot_server::config::TlsSetup;
+use earshot_server::config::{TlsSetup, TurnTlsListen};
 use earshot_server::{Running, Settings};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -164,6 +164,26 @@ async fn over_https_our_own_origin_is_https() {
 /// client that checks the certificate for that name allocates with them.
 #[tokio::test]
 async fn turn_over_tls_is_offered_last_and_allocates_with_the_same_credentials() {
+    let listen = TurnTlsListen::Own("127.0.0.1:0".parse().unwrap());
+    turns_is_offered_and_allocates(listen)
+        .await
+        .shutdown()
+        .await;
+}
+
+/// The same on the HTTPS port: a TLS connection that opens with a STUN
+/// message goes to TURN, one that opens with HTTP is served as before.
+#[tokio::test]
+async fn turn_over_tls_shares_the_https_port() {
+    let s = turns_is_offered_and_allocates(TurnTlsListen::Https).await;
+    assert_eq!(s.turn_tls_addr, Some(s.http_addr));
+    assert!(healthz(&s, "localhost").await.starts_with("HTTP/1.1 200"));
+    s.shutdown().await;
+}
+
+/// A server with TURN over TLS at `listen`: the welcome offers it, and its
+/// credentials allocate through it. The server, still running.
+async fn turns_is_offered_and_allocates(listen: TurnTlsListen) -> Running {
     use earshot_core::stun::codec::{Message as Stun, attr};
     use earshot_server::config::{EmbeddedTurn, TurnSetup};
     use support::turn_client;
@@ -173,7 +193,7 @@ async fn turn_over_tls_is_offered_last_and_allocates_with_the_same_credentials()
     settings.turn = TurnSetup {
         embedded: Some(EmbeddedTurn {
             listen: "127.0.0.1:0".parse().unwrap(),
-            tls_listen: Some("127.0.0.1:0".parse().unwrap()),
+            tls_listen: Some(listen),
             public_ip: None,
             relay_ports: 50_000..=50_100,
             limits: Default::default(),
@@ -185,6 +205,7 @@ async fn turn_over_tls_is_offered_last_and_allocates_with_the_same_credentials()
     let s = earshot_server::start(settings).await.unwrap();
     let (turn, tls) = (s.turn_addr.unwrap(), s.turn_tls_addr.unwrap());
     assert_ne!(turn.port(), tls.port());
+    assert_eq!(tls == s.http_addr, listen == TurnTlsListen::Https);
 
     let stream = connect(&s, "localhost").await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", stream)
@@ -226,6 +247,14 @@ async fn turn_over_tls_is_offered_last_and_allocates_with_the_same_credentials()
             .await
             .is_err()
     );
-    drop(ws);
-    s.shutdown().await;
+    // The signalling socket still works beside it.
+    ws.send(Message::text(r#"{"type":"refresh_ice"}"#))
+        .await
+        .unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    assert!(
+        reply.to_text().unwrap().contains("ice_servers"),
+        "{reply:?}"
+    );
+    s
 }

@@ -1,6 +1,7 @@
 //! TURN over TLS: a Chromium call relayed through the embedded server's
-//! `turns:` listener and nothing else, as on a network that lets only TLS
-//! through.
+//! `turns:` and nothing else, as on a network that lets only TLS through,
+//! on the HTTPS port itself (as on 443 in production, where the server
+//! tells TURN from HTTP by the first bytes).
 //!
 //! The server gets a certificate for `127.0.0.1` made here (rcgen), as PEM
 //! files (`--tls-cert`, `--tls-key`), so the page is served over HTTPS and
@@ -36,8 +37,9 @@ use sha2::{Digest, Sha256};
 
 /// Chromium with only the embedded server's `turns:` URL and relay-only
 /// ICE: A and B meet as strangers, hear each other and chat. On both
-/// pages, the peer connection was given nothing but `turns:` URLs (on the
-/// host of the page, after the UDP and TCP ones in the welcome), every
+/// pages, the peer connection was given nothing but the `turns:` URL on
+/// the page's own host and HTTPS port (after the UDP and TCP ones in the
+/// welcome), every
 /// local candidate is a relay candidate over TLS (`relayProtocol` `tls`)
 /// on the relay ports, and the selected pair's local candidate is one of
 /// them. Then A's page shows that Chromium checks TURN certificates (see
@@ -56,13 +58,15 @@ fn browser_relays_a_call_over_turns_only() -> Result<()> {
     std::fs::write(&key, made.signing_key.serialize_pem())?;
     let spki = base64(&Sha256::digest(made.signing_key.subject_public_key_info()));
     let mut setup = embedded_turn();
+    let listen = format!("127.0.0.1:{}", crate::support::free_port()?);
+    setup.listen = Some(listen.clone());
     setup.server_args.extend([
         "--tls-cert".into(),
         cert.display().to_string(),
         "--tls-key".into(),
         key.display().to_string(),
         "--turn-tls-listen".into(),
-        "127.0.0.1:0".into(),
+        listen,
     ]);
     setup
         .chromium_args
@@ -86,6 +90,11 @@ fn turns_scenario(run: &Run) -> Result<()> {
     open_pages(run)?;
     let url = run.server_url()?;
     ensure!(url.starts_with("https://127.0.0.1:"), "not HTTPS: {url}");
+    let https_port = url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap_or_default();
     meet(a, b)?;
     check_call_audio(&[a, b])?;
     for x in [a, b] {
@@ -103,8 +112,8 @@ fn turns_scenario(run: &Run) -> Result<()> {
                 && !urls.is_empty()
                 && urls
                     .iter()
-                    .all(|u| u.starts_with("turns:127.0.0.1:") && u.ends_with("?transport=tcp")),
-            "{}: the peer connection should have only turns: URLs and relay policy: {config}",
+                    .all(|u| **u == format!("turns:127.0.0.1:{https_port}?transport=tcp")),
+            "{}: the peer connection should have only turns: on the HTTPS port, relay policy: {config}",
             x.name
         );
         ensure!(

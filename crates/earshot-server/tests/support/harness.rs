@@ -107,6 +107,8 @@ pub struct Setup {
     /// Whether chromedriver keeps each browser's performance log, the
     /// DevTools network events that [`Browser::network_events`] reads.
     pub network_log: bool,
+    /// Where the first server listens for HTTP [default: `127.0.0.1:0`].
+    pub listen: Option<String>,
     /// More flags for every Chromium of the run (say one that trusts a
     /// test certificate).
     pub chromium_args: Vec<String>,
@@ -196,7 +198,8 @@ impl Run<'_> {
             .chain(setup.server_args.iter().cloned())
             .collect();
         let args: Vec<&str> = server_args.iter().map(String::as_str).collect();
-        let server = Server::start(&super::earshot_binary(), &args)?;
+        let listen = setup.listen.as_deref().unwrap_or("127.0.0.1:0");
+        let server = Server::start_on(&super::earshot_binary(), listen, &args)?;
         let driver = ChromeDriver::start()?;
         let browsers = Browser::open_all_with(&driver, names, at_home, &server.url, setup)
             .with_context(|| {
