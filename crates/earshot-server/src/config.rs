@@ -65,9 +65,9 @@ pub struct Args {
 
     /// TCP address of the embedded TURN server over TLS (turns:), for
     /// networks that let only TLS through; it presents the --tls-cert
-    /// certificate. 443 gets through most firewalls, but HTTPS may hold it
-    /// on the same IP [default with --tls-cert: port 5349 on the
-    /// --turn-listen host; off otherwise]. Port 0 picks a free port.
+    /// certificate. 443 gets through most firewalls: the same address as
+    /// --listen shares the HTTPS port [default with --tls-cert: port 5349
+    /// on the --turn-listen host; off otherwise]. Port 0 picks a free port.
     #[arg(long, env = "EARSHOT_TURN_TLS_LISTEN", conflicts_with = "no_turn")]
     pub turn_tls_listen: Option<SocketAddr>,
 

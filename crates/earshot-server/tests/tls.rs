@@ -258,3 +258,72 @@ async fn turns_is_offered_and_allocates(listen: TurnTlsListen) -> Running {
     );
     s
 }
+
+/// On the HTTPS port, TURN connections count against TURN's per-client cap
+/// once handed over: past it, a TURN client is closed, and pages are still
+/// served to the same address.
+#[tokio::test]
+async fn turn_on_the_https_port_keeps_the_per_client_cap() {
+    use earshot_core::stun::codec::{Class, Encoder, method};
+    use earshot_server::config::{EmbeddedTurn, TurnSetup};
+    use support::turn_client;
+
+    let mut settings = Settings::for_tests("127.0.0.1:0".parse().unwrap());
+    settings.tls = TlsSetup::SelfSigned { names: vec![] };
+    let limits = earshot_server::turn::TurnLimits {
+        tcp_per_client: 2,
+        ..Default::default()
+    };
+    settings.turn = TurnSetup {
+        embedded: Some(EmbeddedTurn {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls_listen: Some(TurnTlsListen::Https),
+            public_ip: None,
+            relay_ports: 50_000..=50_100,
+            limits,
+        }),
+        urls: Vec::new(),
+        secret: b"a-test-secret-of-some-length".to_vec(),
+        unavailable: None,
+    };
+    let s = earshot_server::start(settings).await.unwrap();
+    let certificate = s.tls.as_ref().unwrap().certificate.clone();
+    let binding = || {
+        let mut e = Encoder::new(method::BINDING, Class::Request, [7; 12]);
+        e.fingerprint();
+        e.finish()
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = turn_client::Conn::open_tls(s.http_addr, "localhost", &certificate).await;
+        conn.send(&binding()).await;
+        assert!(
+            conn.recv(Duration::from_secs(5)).await.is_some(),
+            "no answer"
+        );
+        held.push(conn);
+    }
+    let stream = TcpStream::connect(s.http_addr).await.unwrap();
+    let mut third = turn_client::tls_connect(stream, "localhost", &certificate)
+        .await
+        .unwrap();
+    third.write_all(&binding()).await.unwrap();
+    third.flush().await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a TURN connection over the cap was served: {read:?}"
+    );
+    assert!(healthz(&s, "localhost").await.starts_with("HTTP/1.1 200"));
+    let refused = s
+        .app
+        .turn_metrics
+        .as_ref()
+        .unwrap()
+        .tcp_refused
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(refused >= 1, "{refused}");
+    drop(held);
+    s.shutdown().await;
+}
