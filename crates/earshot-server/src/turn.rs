@@ -19,26 +19,29 @@
 //! - Nothing logged here names a client or a peer: counts and error kinds
 //!   only.
 //! - Relay sockets are bound on the listen IP, within `relay_ports`.
+//!
+//! `streams` holds the TCP and TLS side: the caps, the accept loops, the
+//! hand-over from the HTTPS listener (TURN over TLS on the HTTPS port) and
+//! the framing of one connection.
+
+mod streams;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use earshot_core::bytebudget::source_key;
-use earshot_core::turn::codec::{Frame, stream_frame};
 use earshot_core::turn::{
     AllocationId, Cidr, CredentialCheck, PeerPolicy, RelayUnavailable, Transport, TurnClient,
     TurnConfig, TurnOutput, TurnServer, TurnStats,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use streams::{TcpCaps, accept_tcp, take_handovers};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -160,28 +163,11 @@ impl std::fmt::Debug for TurnSettings {
     }
 }
 
-/// Most TCP client connections at once (TLS ones included); more wait in
-/// the accept queue.
-const MAX_TCP_CONNECTIONS: usize = 1024;
-/// A TLS client must finish its handshake within this time, so that a slow
-/// one cannot hold a connection slot (a real one needs a round trip or two).
-const TLS_HANDSHAKE: Duration = Duration::from_secs(5);
 /// A TCP connection that holds no allocation for this long is closed: a
 /// client allocates within a round trip of its first frame.
 const TCP_NO_ALLOCATION: Duration = Duration::from_secs(15);
 /// How often TCP connections are checked for that, and counters published.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// Frames queued for one TCP client before more are dropped.
-const TCP_QUEUE: usize = 64;
-/// A TCP client that does not take a frame within this time is cut off.
-const TCP_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A TCP connection must send its first frame within this time, and then
-/// something at least this often (a client refreshes its allocation well
-/// within the longest lifetime, 3600 s).
-const TCP_FIRST_FRAME: Duration = Duration::from_secs(10);
-const TCP_IDLE: Duration = Duration::from_secs(3660);
-/// The largest TCP frame: ChannelData with 65535 bytes and padding.
-const MAX_TCP_FRAME: usize = 4 + 0xFFFF + 3;
 /// Peer datagrams are read into buffers this big, one per relay socket;
 /// a bigger one is dropped. WebRTC packets stay under ~1500 bytes.
 const RELAY_BUFFER: usize = 4096;
@@ -304,7 +290,8 @@ impl TurnListener {
     }
 
     /// Also serves TURN over TLS on connections the HTTPS listener hands
-    /// over through the returned sender (see [`TlsHandover`]).
+    /// over through the returned sender (see [`TlsHandover`]): TURN over
+    /// TLS on the HTTPS port.
     pub fn with_handover(&mut self) -> mpsc::Sender<TlsHandover> {
         let (tx, rx) = mpsc::channel(HANDOVER_QUEUE);
         self.handover = Some(rx);
@@ -367,13 +354,7 @@ impl TurnListener {
         let tracker = TaskTracker::new();
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         // TCP and TLS share the caps: both are streams from the same clients.
-        let caps = Arc::new(TcpCaps {
-            per_client: limits.tcp_per_client,
-            open: Arc::default(),
-            slots: Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS)),
-            metrics: self.metrics.clone(),
-            next_conn: AtomicU64::new(0),
-        });
+        let caps = Arc::new(TcpCaps::new(limits.tcp_per_client, self.metrics.clone()));
         if let Some(handover) = self.handover {
             tracker.spawn(take_handovers(
                 handover,
@@ -705,270 +686,6 @@ async fn read_relay(
         tokio::select! {
             () = stop.cancelled() => return,
             sent = events.send(event) => if sent.is_err() { return },
-        }
-    }
-}
-
-/// The caps on TCP and TLS connections, per client and in all.
-struct TcpCaps {
-    per_client: usize,
-    /// Open connections by client (IPv4 address or IPv6 /64).
-    open: Arc<Mutex<HashMap<u128, usize>>>,
-    /// `MAX_TCP_CONNECTIONS`.
-    slots: Arc<Semaphore>,
-    metrics: Arc<TurnMetrics>,
-    /// Numbers connections of both listeners.
-    next_conn: AtomicU64,
-}
-
-impl TcpCaps {
-    /// Counts a connection from `addr` in, unless its client is at the cap.
-    fn admit(&self, addr: SocketAddr) -> Option<TcpSlot> {
-        let key = source_key(addr.ip());
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(key).or_insert(0);
-        if *n >= self.per_client {
-            self.metrics.tcp_refused.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        *n += 1;
-        Some(TcpSlot {
-            key,
-            open: self.open.clone(),
-        })
-    }
-}
-
-/// One admitted connection; dropping it counts it out.
-struct TcpSlot {
-    key: u128,
-    open: Arc<Mutex<HashMap<u128, usize>>>,
-}
-
-impl Drop for TcpSlot {
-    fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.key);
-            }
-        }
-    }
-}
-
-async fn accept_tcp(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    caps: Arc<TcpCaps>,
-    events: mpsc::Sender<Event>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    let transport = if tls.is_some() {
-        Transport::Tls
-    } else {
-        Transport::Tcp
-    };
-    loop {
-        // Wait for a free slot before accepting: excess connections wait
-        // in the kernel's backlog instead of costing memory here.
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => return,
-            permit = caps.slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, addr)) => {
-                // Over the cap: closed at once, before it costs anything
-                // (a TLS handshake included).
-                let Some(slot) = caps.admit(addr) else {
-                    tracing::debug!("turn: tcp connection refused: client at its cap");
-                    continue;
-                };
-                let events = events.clone();
-                let shutdown = shutdown.clone();
-                let conn = caps.next_conn.fetch_add(1, Ordering::Relaxed);
-                let client = TurnClient { transport, addr };
-                let tls = tls.clone();
-                let metrics = caps.metrics.clone();
-                tracker.spawn(async move {
-                    let _ = stream.set_nodelay(true);
-                    match tls {
-                        None => {
-                            let (reader, writer) = stream.into_split();
-                            serve_stream(reader, writer, Vec::new(), conn, client, events, shutdown)
-                                .await;
-                        }
-                        Some(acceptor) => {
-                            let handshake =
-                                tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream));
-                            let stream = tokio::select! {
-                                () = shutdown.cancelled() => return,
-                                done = handshake => match done {
-                                    Ok(Ok(stream)) => stream,
-                                    Ok(Err(_)) | Err(_) => {
-                                        metrics.tls_handshake_failed.fetch_add(1, Ordering::Relaxed);
-                                        tracing::debug!("turn: tls handshake failed or timed out");
-                                        return;
-                                    }
-                                },
-                            };
-                            let (reader, writer) = tokio::io::split(stream);
-                            serve_stream(reader, writer, Vec::new(), conn, client, events, shutdown)
-                                .await;
-                        }
-                    }
-                    drop((permit, slot));
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors, say: back off rather than spin.
-                tracing::debug!(kind = %e.kind(), "turn: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// Serves TLS connections the HTTPS listener hands over, under the same
-/// caps as the others (the HTTPS listener's own caps let them in first).
-async fn take_handovers(
-    mut handovers: mpsc::Receiver<TlsHandover>,
-    caps: Arc<TcpCaps>,
-    events: mpsc::Sender<Event>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    loop {
-        let handover = tokio::select! {
-            () = shutdown.cancelled() => return,
-            handover = handovers.recv() => match handover {
-                Some(handover) => handover,
-                None => return,
-            },
-        };
-        let Ok(permit) = caps.slots.clone().try_acquire_owned() else {
-            tracing::debug!("turn: tls connection from https refused: no free slot");
-            continue;
-        };
-        let Some(slot) = caps.admit(handover.addr) else {
-            tracing::debug!("turn: tls connection from https refused: client at its cap");
-            continue;
-        };
-        let conn = caps.next_conn.fetch_add(1, Ordering::Relaxed);
-        let client = TurnClient {
-            transport: Transport::Tls,
-            addr: handover.addr,
-        };
-        let (events, shutdown) = (events.clone(), shutdown.clone());
-        tracker.spawn(async move {
-            let (reader, writer) = tokio::io::split(handover.stream);
-            serve_stream(
-                reader,
-                writer,
-                handover.prefix,
-                conn,
-                client,
-                events,
-                shutdown,
-            )
-            .await;
-            drop((permit, slot));
-        });
-    }
-}
-
-/// One TCP or TLS client: frames in to the driver, frames out from its
-/// queue. `prefix`: what was read of it already.
-async fn serve_stream(
-    reader: impl AsyncRead + Unpin,
-    writer: impl AsyncWrite + Unpin,
-    prefix: Vec<u8>,
-    conn: u64,
-    client: TurnClient,
-    events: mpsc::Sender<Event>,
-    shutdown: CancellationToken,
-) {
-    let (queue, outbound) = mpsc::channel(TCP_QUEUE);
-    if events
-        .send(Event::TcpOpened {
-            conn,
-            client,
-            queue,
-        })
-        .await
-        .is_err()
-    {
-        return;
-    }
-    // Whichever half ends first (end of stream, a bad frame, a timeout, a
-    // write that does not complete) ends the connection.
-    tokio::select! {
-        () = shutdown.cancelled() => return,
-        () = read_frames(reader, prefix, client, &events) => {}
-        () = write_frames(writer, outbound) => {}
-    }
-    let _ = events.send(Event::TcpClosed { conn, client }).await;
-}
-
-async fn read_frames(
-    mut reader: impl AsyncRead + Unpin,
-    mut buf: Vec<u8>,
-    client: TurnClient,
-    events: &mpsc::Sender<Event>,
-) {
-    buf.reserve(2048);
-    let mut chunk = [0u8; 4096];
-    let mut timeout = TCP_FIRST_FRAME;
-    let mut first = true;
-    loop {
-        // Hand over every complete frame in the buffer.
-        loop {
-            // A client opens with a request: a stream starting with anything
-            // else (HTTP, say, which looks like ChannelData) is not TURN.
-            if first && buf.first().is_some_and(|b| b >> 6 != 0) {
-                return;
-            }
-            let len = match stream_frame(&buf) {
-                Frame::Incomplete => break,
-                Frame::Invalid => return,
-                Frame::Len(len) if len > MAX_TCP_FRAME => return,
-                Frame::Len(len) if len > buf.len() => break,
-                Frame::Len(len) => len,
-            };
-            let data = buf[..len].to_vec();
-            buf.drain(..len);
-            timeout = TCP_IDLE;
-            first = false;
-            if events
-                .send(Event::Client { from: client, data })
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        match tokio::time::timeout(timeout, reader.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-async fn write_frames(mut writer: impl AsyncWrite + Unpin, mut outbound: mpsc::Receiver<Vec<u8>>) {
-    while let Some(frame) = outbound.recv().await {
-        // Flushed frame by frame: TLS holds records back until then.
-        let write = async {
-            writer.write_all(&frame).await?;
-            writer.flush().await
-        };
-        match tokio::time::timeout(TCP_WRITE_TIMEOUT, write).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => return,
         }
     }
 }
