@@ -98,7 +98,7 @@ pub struct Args {
     pub turn_total_quota: usize,
 
     /// Most relay allocations one TURN credential holds, from any address
-    /// [default: 4 x (--room-size - 1)].
+    /// [default: 4 x (--room-size - 1), 6 x with TURN over TLS].
     #[arg(long, env = "EARSHOT_TURN_USER_QUOTA")]
     pub turn_user_quota: Option<usize>,
 
@@ -108,7 +108,7 @@ pub struct Args {
     pub turn_client_quota: Option<usize>,
 
     /// Most TURN-over-TCP connections (TLS ones included) one client holds
-    /// [default: 3 x --room-size].
+    /// [default: 3 x --room-size, twice that with TURN over TLS].
     #[arg(long, env = "EARSHOT_TURN_TCP_PER_CLIENT")]
     pub turn_tcp_per_client: Option<usize>,
 
@@ -430,7 +430,8 @@ fn embedded_turn(args: &Args) -> anyhow::Result<(Option<EmbeddedTurn>, Option<&'
             })
             .collect::<anyhow::Result<Vec<_>>>()
     };
-    let mut limits = crate::turn::TurnLimits::for_room_size(args.room_size);
+    let tls_listen = turn_tls_listen(args, listen)?;
+    let mut limits = crate::turn::TurnLimits::for_rooms(args.room_size, tls_listen.is_some());
     limits.allow_peers = cidrs("turn-allow-peer", &args.turn_allow_peers)?;
     limits.deny_peers = cidrs("turn-deny-peer", &args.turn_deny_peers)?;
     limits.services = vec![args.listen];
@@ -452,7 +453,7 @@ fn embedded_turn(args: &Args) -> anyhow::Result<(Option<EmbeddedTurn>, Option<&'
     Ok((
         Some(EmbeddedTurn {
             listen,
-            tls_listen: turn_tls_listen(args, listen)?,
+            tls_listen,
             public_ip: args.turn_public_ip,
             relay_ports: port_range(&args.turn_relay_ports)?,
             limits,
@@ -766,6 +767,15 @@ mod tests {
         let mut wild = files.to_vec();
         wild.extend(["--turn-tls-listen", "0.0.0.0:443"]);
         assert!(tls(&wild).is_err(), "needs a public IP");
+        // A third URL: room for its allocations and connections.
+        let limits = |args: &[&str]| {
+            let mut all = vec!["--turn-listen", "127.0.0.1:3479"];
+            all.extend_from_slice(args);
+            let l = parse(&all).unwrap().turn.embedded.unwrap().limits;
+            (l.per_credential, l.per_client, l.tcp_per_client)
+        };
+        assert_eq!(limits(&[]), (20, 60, 18));
+        assert_eq!(limits(&files), (30, 90, 36));
     }
 
     #[test]

@@ -93,7 +93,16 @@ impl TurnLimits {
     /// allocation per peer connection and TURN URL (UDP and TCP), and may
     /// hold twice that across an ICE restart or while a call is prepared.
     pub fn for_room_size(room_size: usize) -> TurnLimits {
-        let per_credential = 2 * 2 * room_size.saturating_sub(1).max(1);
+        TurnLimits::for_rooms(room_size, false)
+    }
+
+    /// [`TurnLimits::for_room_size`], `with_tls` counting a third URL
+    /// (`turns:`, a stream connection of its own): browsers allocate on
+    /// every URL they are given.
+    pub fn for_rooms(room_size: usize, with_tls: bool) -> TurnLimits {
+        let urls = if with_tls { 3 } else { 2 };
+        let streams = if with_tls { 2 } else { 1 };
+        let per_credential = 2 * urls * room_size.saturating_sub(1).max(1);
         TurnLimits {
             allow_peers: Vec::new(),
             deny_peers: Vec::new(),
@@ -103,8 +112,9 @@ impl TurnLimits {
             // A household of three, in full rooms.
             per_client: 3 * per_credential,
             max_bps: 4_000_000,
-            // One TCP connection per peer connection, for the household.
-            tcp_per_client: 3 * room_size.max(2),
+            // One TCP (and one TLS) connection per peer connection, for
+            // the household.
+            tcp_per_client: 3 * streams * room_size.max(2),
         }
     }
 }
