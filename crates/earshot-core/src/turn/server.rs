@@ -74,6 +74,9 @@ const KNOWN: [u16; 11] = [
 pub enum Transport {
     Udp,
     Tcp,
+    /// TLS over TCP: framed as TCP, but a 5-tuple of its own (another
+    /// server port), so one client address may hold both at once.
+    Tls,
 }
 
 /// A client's side of its 5-tuple. Over TCP the address names the
@@ -367,7 +370,7 @@ impl TurnServer {
             .filter(|&c| a.channel_peer(c, now) == Some(from));
         let out = match channel {
             Some(channel) => {
-                encode_channel_data(channel, data, a.client.transport == Transport::Tcp)
+                encode_channel_data(channel, data, a.client.transport != Transport::Udp)
             }
             None => {
                 a.indications += 1;

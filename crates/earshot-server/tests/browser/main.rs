@@ -33,6 +33,8 @@
 //! - `firefox`: Firefox with Firefox and with Chromium: strangers in both
 //!   roles, a locked room of two Firefox and a Chromium, and "hide my IP"
 //!   relayed through the embedded TURN server; matching safety words.
+//! - `turns`: a Chromium call relayed over TURN over TLS only, the page
+//!   served over HTTPS with a certificate made for the test.
 //! - `words`: safety words by commit-then-reveal: they match and are the
 //!   ones PROTOCOL.md gives for the call's fingerprints and nonces (and the
 //!   page's module gives its test vector); a suppressed exchange gives the
@@ -74,6 +76,7 @@ mod roaming;
 mod rooms;
 mod safety;
 mod strangers;
+mod turns;
 mod words;
 
 use anyhow::{Result, ensure};

@@ -111,6 +111,11 @@ pub struct Setup {
     /// Whether chromedriver keeps each browser's performance log, the
     /// DevTools network events that [`Browser::network_events`] reads.
     pub network_log: bool,
+    /// Where the first server listens for HTTP [default: `127.0.0.1:0`].
+    pub listen: Option<String>,
+    /// More flags for every Chromium of the run (say one that trusts a
+    /// test certificate).
+    pub chromium_args: Vec<String>,
     /// The browsers that are Firefox (by name); the others are Chromium.
     /// A scenario with any runs again, alone, in a network namespace of its
     /// own (see `netns::rerun_in_veth_namespace`), where ICE candidates
@@ -201,7 +206,8 @@ impl Run<'_> {
             .chain(setup.server_args.iter().cloned())
             .collect();
         let args: Vec<&str> = server_args.iter().map(String::as_str).collect();
-        let server = Server::start(&super::earshot_binary(), &args)?;
+        let listen = setup.listen.as_deref().unwrap_or("127.0.0.1:0");
+        let server = Server::start_on(&super::earshot_binary(), listen, &args)?;
         let driver = ChromeDriver::start()?;
         let browsers = Browser::open_all_with(&driver, names, at_home, &server.url, setup)
             .with_context(|| {
@@ -898,8 +904,9 @@ impl<'d> Browser<'d> {
                         scope.spawn(move || Browser::open_firefox(name, url))
                     } else {
                         let (log, loopback) = (setup.network_log, !setup.roaming);
+                        let args = &setup.chromium_args;
                         scope.spawn(move || {
-                            let session = driver.session_opts(log, loopback)?;
+                            let session = driver.session_opts(log, loopback, args)?;
                             Browser::with_session(name, session, url)
                         })
                     }

@@ -202,19 +202,26 @@ impl ChromeDriver {
     /// `performance`): the DevTools `Network.*` and `Page.*` events of every
     /// page the session loads, read with [`Session::log`]`("performance")`.
     pub fn session_with(&self, network_log: bool) -> Result<Session<'_>> {
-        self.session_opts(network_log, true)
+        self.session_opts(network_log, true, &[])
     }
 
-    /// [`ChromeDriver::session_with`]; without `loopback`, Chromium gets no
+    /// [`ChromeDriver::session_with`], with `extra` flags for Chromium;
+    /// without `loopback`, Chromium gets no
     /// `--allow-loopback-in-peer-connection`, so 127.0.0.1 is never one of
     /// its ICE candidates (STUN and TURN on loopback still work).
-    pub fn session_opts(&self, network_log: bool, loopback: bool) -> Result<Session<'_>> {
+    pub fn session_opts(
+        &self,
+        network_log: bool,
+        loopback: bool,
+        extra: &[String],
+    ) -> Result<Session<'_>> {
         let profile = TempDir::new("earshot-chromium")?;
         let mut args: Vec<String> = CHROMIUM_ARGS
             .iter()
             .filter(|a| loopback || **a != "--allow-loopback-in-peer-connection")
             .map(|a| a.to_string())
             .collect();
+        args.extend_from_slice(extra);
         args.push(format!("--user-data-dir={}", profile.path().display()));
         let logging = if network_log {
             json!({"browser": "ALL", "performance": "ALL"})
