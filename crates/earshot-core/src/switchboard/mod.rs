@@ -368,6 +368,19 @@ impl Cooldowns {
         }
     }
 
+    /// Forgets the pairs `keep` rejects a side of, and gives back spare room.
+    fn retain(&mut self, keep: impl Fn(ConnId) -> bool) {
+        self.until.retain(|&(a, b), _| keep(a) && keep(b));
+        let until = &self.until;
+        self.order.retain(|(t, key)| until.get(key) == Some(t));
+        if self.order.is_empty() {
+            *self = Cooldowns::default();
+        } else {
+            self.until.shrink_to_fit();
+            self.order.shrink_to_fit();
+        }
+    }
+
     /// When to forget the oldest pair: a little after its deadline, so that
     /// one wake-up forgets every pair due within [`COOLDOWN_SWEEP_SLACK`].
     fn poll_timeout(&self) -> Option<Instant> {
@@ -557,6 +570,29 @@ impl Switchboard {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// For a quiet moment after a crowd has left (the server calls it right
+    /// before asking malloc to trim): forgets the skip cooldowns of pairs
+    /// with a side gone, as ids are never reused, and shrinks the tables that
+    /// kept the capacity of the crowd's peak, so that their pages can go
+    /// back to the system. Changes nothing anyone can observe.
+    pub fn compact(&mut self) {
+        let (conns, remote) = (&self.conns, &self.remote_keys);
+        self.cooldowns
+            .retain(|id| conns.contains_key(&id) || remote.contains_key(&id));
+        self.hello_deadlines
+            .retain(|Reverse((_, id))| conns.contains_key(id));
+        self.hello_deadlines.shrink_to_fit();
+        self.conns.shrink_to_fit();
+        self.clients.open.shrink_to_fit();
+        self.abuse.shrink_to_fit();
+        self.remote_keys.shrink_to_fit();
+        self.shared_waiting.shrink_to_fit();
+        self.fallbacks.shrink_to_fit();
+        self.joining.shrink_to_fit();
+        self.out.shrink_to_fit();
+        self.queue.compact();
     }
 
     pub fn stats(&self) -> Stats {
@@ -952,5 +988,34 @@ mod tests {
             "the tables are given back"
         );
         assert_eq!(board.stats().connections, 0);
+    }
+
+    /// `compact` (before a trim) forgets cooldowns with a side gone at once,
+    /// keeps those of pairs still here, and leaves empty tables unallocated.
+    #[test]
+    fn compact_forgets_cooldowns_of_gone_connections_and_gives_back_tables() {
+        let mut board = Switchboard::new(Config::default());
+        let t0 = Instant::now();
+        let ids: Vec<ConnId> = (1..=4).map(ConnId).collect();
+        for &id in &ids {
+            board.connect(t0, id, ConnInfo::default());
+            board.handle_text(t0, id, r#"{"type":"hello","version":1}"#);
+            board.handle_text(t0, id, r#"{"type":"search"}"#);
+        }
+        assert_eq!(board.stats().calls, 2);
+        board.handle_text(t0, ids[0], r#"{"type":"skip"}"#);
+        board.handle_text(t0, ids[2], r#"{"type":"skip"}"#);
+        assert_eq!(board.cooldowns.len(), 2);
+        board.disconnect(t0, ids[0]);
+        board.compact();
+        assert_eq!(board.cooldowns.len(), 1, "the pair still here stays apart");
+        for &id in &ids[1..] {
+            board.disconnect(t0, id);
+        }
+        board.compact();
+        assert_eq!(board.cooldowns.len(), 0);
+        assert_eq!(board.cooldowns.order.capacity(), 0);
+        assert_eq!(board.conns.capacity(), 0);
+        assert_eq!(board.stats().waiting, 0);
     }
 }
