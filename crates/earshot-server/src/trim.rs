@@ -92,23 +92,24 @@ const MMAP_THRESHOLD: i32 = 128 * 1024;
 /// Sets malloc's options for a server whose crowds come and go; call first
 /// thing in `main`, before any thread starts.
 ///
-/// - One arena for all threads: with one per thread, what each tokio worker's
-///   arena kept after a crowd, and where long-lived chunks landed in it,
-///   varied from crowd to crowd, and a trim could not give it back.
-///   The server's state is behind one lock anyway, and small allocations go
+/// - One arena for all threads, unless `MALLOC_ARENA_MAX` says otherwise:
+///   each extra arena keeps its own leftovers after a crowd, and idle RSS
+///   was 0.2-0.3 MiB lower and flatter with one (BENCHMARKS.md, *Soak*). The
+///   server's state is behind one lock anyway, and small allocations go
 ///   through each thread's cache without the arena's lock.
 /// - A fixed mmap threshold. By default glibc raises it to the size of every
 ///   mapped block freed (up to 32 MiB), so after the first crowd, tables
-///   sized for it (hundreds of KiB) come from the heap, where they end up
-///   under newer chunks that pin them.
+///   sized for it (hundreds of KiB) come from the heap, where newer chunks
+///   pin their pages.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[expect(unsafe_code, reason = "mallopt is glibc's, with no Rust binding")]
 pub fn tune() {
+    // An operator's MALLOC_ARENA_MAX wins (glibc has read it already).
+    let one_arena = std::env::var_os("MALLOC_ARENA_MAX").is_none();
     // SAFETY: mallopt only sets glibc's allocator parameters, under its
-    // locks; before other threads start, nothing is even racing it.
+    // locks, and takes no pointers; called before other threads start.
     unsafe {
-        // An operator's MALLOC_ARENA_MAX wins (glibc has read it already).
-        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        if one_arena {
             libc::mallopt(libc::M_ARENA_MAX, 1);
         }
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
