@@ -219,6 +219,28 @@ impl Matchmaker {
     }
 
     /// Takes `id` out of the queue. Returns whether it was waiting.
+    /// Drops entries of people no longer waiting and gives back the spare
+    /// room a crowd left in the tables (see `Switchboard::compact`).
+    pub fn compact(&mut self) {
+        let waiting = &self.waiting;
+        self.open
+            .entries
+            .retain(|&(seq, id)| is_live(waiting, seq, id));
+        self.open.entries.shrink_to_fit();
+        for lane in self.tags.values_mut() {
+            lane.entries.retain(|&(seq, id)| is_live(waiting, seq, id));
+            lane.entries.shrink_to_fit();
+        }
+        self.fallbacks
+            .retain(|&(_, seq, id)| is_live(waiting, seq, id));
+        self.fallbacks.shrink_to_fit();
+        self.retries
+            .retain(|Reverse((_, seq, id))| is_live(waiting, *seq, *id));
+        self.retries.shrink_to_fit();
+        self.waiting.shrink_to_fit();
+        self.tags.shrink_to_fit();
+    }
+
     pub fn leave(&mut self, id: ConnId) -> bool {
         self.take(id).is_some()
     }
@@ -392,6 +414,30 @@ mod tests {
         assert!(m.is_empty());
         assert!(m.tags.is_empty(), "empty tag lanes are dropped");
         assert!(m.open.entries.len() <= 32);
+        m.compact();
+        assert_eq!(m.open.entries.capacity(), 0, "compact gives the rest back");
+        assert_eq!(m.fallbacks.capacity(), 0);
+        assert_eq!(m.retries.capacity(), 0);
+        assert_eq!(m.waiting.capacity(), 0);
+    }
+
+    #[test]
+    fn compact_keeps_whoever_still_waits() {
+        let now = Instant::now();
+        let mut m = Matchmaker::new(MatchConfig::default());
+        for i in 0..100 {
+            assert!(m.join(now, ConnId(i), tags(&["a"]), &never).is_some() == (i % 2 == 1));
+        }
+        assert!(m.join(now, ConnId(1000), Vec::new(), &never).is_none());
+        m.compact();
+        assert_eq!(m.len(), 1);
+        assert_eq!(
+            m.fallbacks.len(),
+            0,
+            "paired waiters' interest waits are gone"
+        );
+        let p = m.join(now, ConnId(1001), Vec::new(), &never).unwrap();
+        assert_eq!(p.waiting, ConnId(1000));
     }
 
     #[test]

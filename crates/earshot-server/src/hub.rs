@@ -305,6 +305,14 @@ impl Hub {
         });
     }
 
+    /// Gives back the spare room a crowd that has left made the tables grow
+    /// to (see [`Switchboard::compact`]), before malloc is asked to trim.
+    pub fn compact(&self) {
+        let mut state = self.lock();
+        state.board.compact();
+        state.outboxes.shrink_to_fit();
+    }
+
     pub fn stats(&self) -> earshot_core::switchboard::Stats {
         self.lock().board.stats()
     }

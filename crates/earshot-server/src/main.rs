@@ -10,6 +10,7 @@ use earshot_server::config::{Args, Settings};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
+    earshot_server::trim::tune();
     let args = Args::parse();
     let settings = Settings::try_from(&args)?;
     tracing_subscriber::fmt()

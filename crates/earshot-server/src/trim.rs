@@ -13,8 +13,12 @@
 //! [`MIN_DROP`]) and has stopped falling, asks malloc to release its free
 //! pages (`malloc_trim`), on a blocking thread. That happens at most once per [`CHECK_EVERY`], and
 //! only after many connections closed, so its cost (a walk over malloc's
-//! free lists) is spread over thousands of connections. Elsewhere than glibc
-//! it does nothing.
+//! free lists) is spread over thousands of connections. Right before, the
+//! hub shrinks the tables that kept the crowd's peak capacity
+//! ([`Hub::compact`]), so that their pages are free to give back.
+//!
+//! [`tune`] also sets two malloc options at start (see there). Elsewhere than
+//! glibc all of this does nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +59,13 @@ pub async fn run(hub: Arc<Hub>, shutdown: CancellationToken) {
         before = now;
         if due(peak, falling, now) {
             peak = now;
-            let trimmed = tokio::task::spawn_blocking(release).await.unwrap_or(false);
+            let hub = hub.clone();
+            let trimmed = tokio::task::spawn_blocking(move || {
+                hub.compact();
+                release()
+            })
+            .await
+            .unwrap_or(false);
             tracing::debug!(trimmed, "gave free memory back after connections closed");
         }
     }
@@ -74,6 +84,40 @@ fn release() -> bool {
 fn release() -> bool {
     false
 }
+
+/// Largest allocation malloc serves from its heaps; larger ones are mapped
+/// on their own and unmapped as soon as they are freed.
+const MMAP_THRESHOLD: i32 = 128 * 1024;
+
+/// Sets malloc's options for a server whose crowds come and go; call first
+/// thing in `main`, before any thread starts.
+///
+/// - One arena for all threads, unless `MALLOC_ARENA_MAX` says otherwise:
+///   each extra arena keeps its own leftovers after a crowd, and idle RSS
+///   was 0.2-0.3 MiB lower and flatter with one (BENCHMARKS.md, *Soak*). The
+///   server's state is behind one lock anyway, and small allocations go
+///   through each thread's cache without the arena's lock.
+/// - A fixed mmap threshold. By default glibc raises it to the size of every
+///   mapped block freed (up to 32 MiB), so after the first crowd, tables
+///   sized for it (hundreds of KiB) come from the heap, where newer chunks
+///   pin their pages.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[expect(unsafe_code, reason = "mallopt is glibc's, with no Rust binding")]
+pub fn tune() {
+    // An operator's MALLOC_ARENA_MAX wins (glibc has read it already).
+    let one_arena = std::env::var_os("MALLOC_ARENA_MAX").is_none();
+    // SAFETY: mallopt only sets glibc's allocator parameters, under its
+    // locks, and takes no pointers; called before other threads start.
+    unsafe {
+        if one_arena {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn tune() {}
 
 #[cfg(test)]
 mod tests {

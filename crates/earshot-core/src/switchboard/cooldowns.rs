@@ -60,6 +60,19 @@ impl Cooldowns {
         Some(until + COOLDOWN_SWEEP_SLACK)
     }
 
+    /// Forgets the pairs `keep` rejects a side of, and gives back spare room.
+    pub(super) fn retain(&mut self, keep: impl Fn(ConnId) -> bool) {
+        self.until.retain(|&(a, b), _| keep(a) && keep(b));
+        let until = &self.until;
+        self.order.retain(|(t, key)| until.get(key) == Some(t));
+        if self.order.is_empty() {
+            *self = Cooldowns::default();
+        } else {
+            self.until.shrink_to_fit();
+            self.order.shrink_to_fit();
+        }
+    }
+
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.until.len()
@@ -136,5 +149,34 @@ mod tests {
             "the tables are given back"
         );
         assert_eq!(board.stats().connections, 0);
+    }
+
+    /// `compact` (before a trim) forgets cooldowns with a side gone at once,
+    /// keeps those of pairs still here, and leaves empty tables unallocated.
+    #[test]
+    fn compact_forgets_cooldowns_of_gone_connections_and_gives_back_tables() {
+        let mut board = Switchboard::new(Config::default());
+        let t0 = Instant::now();
+        let ids: Vec<ConnId> = (1..=4).map(ConnId).collect();
+        for &id in &ids {
+            board.connect(t0, id, ConnInfo::default());
+            board.handle_text(t0, id, r#"{"type":"hello","version":1}"#);
+            board.handle_text(t0, id, r#"{"type":"search"}"#);
+        }
+        assert_eq!(board.stats().calls, 2);
+        board.handle_text(t0, ids[0], r#"{"type":"skip"}"#);
+        board.handle_text(t0, ids[2], r#"{"type":"skip"}"#);
+        assert_eq!(board.cooldowns.len(), 2);
+        board.disconnect(t0, ids[0]);
+        board.compact();
+        assert_eq!(board.cooldowns.len(), 1, "the pair still here stays apart");
+        for &id in &ids[1..] {
+            board.disconnect(t0, id);
+        }
+        board.compact();
+        assert_eq!(board.cooldowns.len(), 0);
+        assert_eq!(board.cooldowns.order.capacity(), 0);
+        assert_eq!(board.conns.capacity(), 0);
+        assert_eq!(board.stats().waiting, 0);
     }
 }

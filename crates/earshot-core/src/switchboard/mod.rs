@@ -353,6 +353,26 @@ impl Switchboard {
         &self.config
     }
 
+    /// For a quiet moment after a crowd has left (the server calls it right
+    /// before asking malloc to trim): forgets the skip cooldowns of pairs
+    /// with a side gone, as ids are never reused, and shrinks the tables that
+    /// kept the capacity of the crowd's peak, so that their pages can go
+    /// back to the system. Changes nothing anyone can observe.
+    pub fn compact(&mut self) {
+        let conns = &self.conns;
+        let queue = &self.queue;
+        self.cooldowns
+            .retain(|id| conns.contains_key(&id) || queue.knows_remote(id));
+        self.hello_deadlines
+            .retain(|Reverse((_, id))| conns.contains_key(id));
+        self.hello_deadlines.shrink_to_fit();
+        self.conns.shrink_to_fit();
+        self.clients.open.shrink_to_fit();
+        self.abuse.shrink_to_fit();
+        self.out.shrink_to_fit();
+        self.queue.compact();
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             connections: self.conns.len(),

@@ -74,6 +74,19 @@ impl Queue {
         }
     }
 
+    /// Gives back the room a crowd made the queue's tables grow to.
+    pub(super) fn compact(&mut self) {
+        match self {
+            Queue::Local(matchmaker) => matchmaker.compact(),
+            Queue::Shared(shared) => {
+                shared.remote_keys.shrink_to_fit();
+                shared.waiting.shrink_to_fit();
+                shared.fallbacks.shrink_to_fit();
+                shared.joining.shrink_to_fit();
+            }
+        }
+    }
+
     pub(super) fn node(&self) -> Option<NodeId> {
         self.shared().map(|s| s.node)
     }
@@ -156,6 +169,13 @@ impl Queue {
     /// Whether `id` is a connection of another node.
     pub(super) fn is_remote(&self, id: ConnId) -> bool {
         self.node().is_some_and(|n| backplane::node_of(id) != n)
+    }
+
+    /// Whether `id` is a partner or room member on another node that this
+    /// node still knows (backplane mode).
+    pub(super) fn knows_remote(&self, id: ConnId) -> bool {
+        self.shared()
+            .is_some_and(|s| s.remote_keys.contains_key(&id))
     }
 
     /// Whether `id` waits in this queue (here, or in the shared store).
