@@ -22,6 +22,9 @@
 //!   side; safety words match, and change when a fingerprint is swapped;
 //!   fresh TURN credentials keep a relayed call going; the time to audio,
 //!   relayed and direct.
+//! - `round_trips`: (ignored by default, a benchmark) the time to audio
+//!   with latency added in user space between the pages and both the server
+//!   and the relay, beside the in-page limit under the same latency.
 //! - `firefox`: Firefox with Firefox and with Chromium: strangers in both
 //!   roles, a locked room of two Firefox and a Chromium, and "hide my IP"
 //!   relayed through the embedded TURN server.
@@ -58,6 +61,7 @@ mod firefox;
 mod multinode;
 mod reach;
 mod rooms;
+mod round_trips;
 mod safety;
 mod strangers;
 
