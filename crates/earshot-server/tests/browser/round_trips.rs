@@ -112,6 +112,9 @@ fn scenario(run: &Run, turn_port: u16) -> Result<()> {
             packet.push(at("first audio packet").context("no first audio packet")?);
             audible.push(at("audio with energy").context("no audible audio")?);
             steps.push(got);
+            if steps.len() == ROUNDS {
+                report_timeline(delay, &[y, c])?;
+            }
             hang_up(y, c)?;
         }
         report_steps(delay, &steps);
@@ -162,6 +165,29 @@ fn call(y: &Browser, c: &Browser) -> Result<(Vec<(&'static str, f64)>, serde_jso
     }
     let config = y.execute(CONFIG_JS, json!([]))?;
     Ok((milestones(y, c, since)?, config))
+}
+
+/// Each page's timeline of the call Y started last (event types and
+/// states only), in milliseconds from Y's click.
+fn report_timeline(delay: u64, pages: &[&Browser]) -> Result<()> {
+    let since = pages[0].clicked_at("start")?;
+    for x in pages {
+        let line = x.execute("return window.__e2e.timeline", json!([]))?;
+        let events: Vec<String> = line
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some((e[0].as_f64()? - since, e[1].as_str()?.to_owned())))
+            .filter(|(t, _)| *t >= -100.0)
+            .map(|(t, name)| format!("{t:.0} {name}"))
+            .collect();
+        report(&format!(
+            "round trips, d = {delay} ms, {}'s timeline of the last call: {}",
+            x.name,
+            events.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// Y presses End; C searches again.
@@ -248,8 +274,18 @@ const RELAY_VIA_JS: &str = r#"
   };
   const Pc = window.RTCPeerConnection;
   if (typeof Pc !== 'function') return;
+  // Where ICE spends the time: the type of each candidate gathered and the
+  // gathering states, into the harness's timeline (never an address).
+  const mark = (event) => {
+    const line = window.__e2e && window.__e2e.timeline;
+    if (line && line.length < 5000) line.push([Date.now(), event]);
+  };
   window.RTCPeerConnection = class extends Pc {
-    constructor(config, ...rest) { super(rewrite(config), ...rest); }
+    constructor(config, ...rest) {
+      super(rewrite(config), ...rest);
+      this.addEventListener('icecandidate', (e) => mark('cand:' + (e.candidate ? e.candidate.type || '?' : 'end')));
+      this.addEventListener('icegatheringstatechange', () => mark('gather:' + this.iceGatheringState));
+    }
     setConfiguration(config) { return super.setConfiguration(rewrite(config)); }
   };
 })();
