@@ -46,6 +46,7 @@
 
 import { parseInterests } from './protocol.js';
 import { Call, MAX_CHAT_CHARS } from './call.js';
+import { Preparation } from './prepare.js';
 import { MeterView } from './meter.js';
 import { BanNotice, formatWait } from './safety.js';
 import { Session, setText } from './session.js';
@@ -97,6 +98,8 @@ let client;
 let session;
 let meterStranger;
 let ban;
+// The next call's peer connection, gathering while we search (prepare.js).
+const prepared = new Preparation();
 
 // ---------------------------------------------------------------- rendering
 
@@ -168,6 +171,7 @@ function render() {
   setText(el.safetyNote, s.wordsChanged ? SAFETY_CHANGED_TEXT : SAFETY_TEXT);
 
   session.hideIp.render(s.call ? s.call.hideIp : null);
+  keepPrepared();
 
   // A button that was just pressed may have become disabled; keep keyboard
   // users on the control that matters now instead of dropping them on <body>
@@ -177,6 +181,16 @@ function render() {
     s.chatHadFocus = false;
     if (document.activeElement === document.body || document.activeElement === null) el.chatInput.focus();
   }
+}
+
+/**
+ * While searching with the microphone open and the page visible, keep the
+ * next call's peer connection gathering; release it otherwise.
+ */
+function keepPrepared() {
+  if (s.state !== 'searching' || s.call || !session.localStream) prepared.release();
+  else if (document.hidden) prepared.pause();
+  else prepared.prepare(client.iceServers, session.hideIp.wanted);
 }
 
 function showInterestsError(message) {
@@ -305,6 +319,7 @@ function beginCall(msg) {
     polite: msg.polite,
     iceServers: client.iceServers,
     hideIp: session.hideIp.wanted,
+    pc: prepared.take(client.iceServers, session.hideIp.wanted),
     localStream: session.localStream,
     sendSignal: (payload) => {
       // Only while the server has us in this call: anything else would be
@@ -455,6 +470,7 @@ function onSignal({ detail }) {
  */
 function onIceServers({ detail }) {
   session.iceUpdated = 0;
+  keepPrepared(); // gathered with the old credentials: gather again
   if (!s.call || s.call.closed) return;
   const live = session.server === 'call' && s.serverCall === s.call.id;
   if (s.call.updateIceServers(detail.ice_servers, live)) session.iceUpdated = 1;
@@ -585,6 +601,7 @@ export function startStrangers(signalling, safety) {
     }
   });
   el.interests.addEventListener('input', () => showInterestsError(null));
+  document.addEventListener('visibilitychange', keepPrepared);
 
   if (!session.fatal) s.message = insecurePageNote();
   render();

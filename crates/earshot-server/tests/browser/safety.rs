@@ -664,11 +664,12 @@ fn report_scenario(run: &Run) -> Result<()> {
     Ok(())
 }
 
-/// The connection state of the page's last `RTCPeerConnection` (from
-/// `harness::INIT_JS`'s log).
+/// The connection state of the page's last `RTCPeerConnection` that was
+/// used for a call (from `harness::INIT_JS`'s log): one prepared while
+/// searching has never left `new`.
 fn last_pc_state(x: &Browser) -> Result<Value> {
     x.execute(
-        "const p = window.__e2ePcs || []; \
+        "const p = (window.__e2ePcs || []).filter(r => r.states.length > 1); \
          return p.length ? p[p.length - 1].pc.connectionState : null",
         json!([]),
     )
