@@ -15,11 +15,13 @@
 //   mesh.js        a room's RTCPeerConnections, one per member, roles and
 //                  fingerprint authentication; no DOM
 //   roomcrypto.js  PBKDF2 verifier and auth key, fingerprint HMAC; no DOM
-//   safetywords.js the three safety words of a connection and their 2048
-//                  words; no DOM
+//   safetywords.js the safety words' maths (fingerprints, commitment, KDF)
+//                  and their 2048 words; no DOM
+//   wordsexchange.js  the commit-then-reveal exchange of one connection's
+//                  safety words over its data channel; no DOM
 //   privacy.js     the "Hide my IP address" checkbox
 //   safety.js      consent screen, proof-of-work progress, report dialog,
-//                  ban notice
+//                  ban notice, the safety-words warning
 //   strangers.js   the stranger page (its state machine and DOM)
 //   country.js     the stranger's country: flag and name
 //   roomcard.js    the "Create a room" card on the home page
@@ -28,7 +30,8 @@
 //   members.js     the others in a room: the mesh, their tiles, reports
 //   tile.js        one tile per person in a room, and the list of them
 //   lock.js        a room's lock and passphrase
-//   media.js, meter.js, chat.js   microphone/camera words, level bars, chat log
+//   media.js, meter.js, chat.js   microphone/camera words, "Tap to hear",
+//                  level bars, chat log
 
 import { SignallingClient } from './protocol.js';
 import { startStrangers } from './strangers.js';

@@ -8,7 +8,8 @@
 // tracks and creates `chat` at once, so it makes the first offer; the polite
 // side adds its tracks when that offer arrives, before answering, so one
 // round trip is enough. A camera track can be added and removed later
-// (setVideo); the renegotiation that follows is perfect negotiation too.
+// (setVideo); the renegotiation that follows is perfect negotiation too. A
+// new microphone track replaces one that ended (replaceAudioTrack).
 //
 // "Hide my IP" (`hideIp`): the connection is made with
 // `iceTransportPolicy: 'relay'`, so the browser gathers and offers relay
@@ -19,10 +20,23 @@
 // which perfect negotiation turns into a new offer; the transport policy
 // stays as it was.
 //
-// Safety words (safetywords.js): once connected, and again whenever a
-// negotiation settles, the Call computes the three words from the DTLS
-// fingerprints of its two descriptions and emits `safetywords` (detail:
-// words, changed = true when they differ from words already shown).
+// Network changes: once connected, a connection that drops (`disconnected`
+// or `failed`: the address changed, Wi-Fi to mobile) is restarted with
+// restartIce() rather than ended, so the call comes back without a new
+// match or room join. The browser says `disconnected` only some five
+// seconds after packets stop, so the Call also watches what arrives
+// (getStats every WATCH_MS) and restarts as soon as nothing has come for
+// STALL_MS. The impolite side restarts at once, the polite side a little
+// later if no offer came (fewer offers crossing). Until packets flow again
+// the Call says `reconnecting`; it retries every few seconds (an offer
+// lost with the signalling is rolled back and made again) and gives up
+// RECONNECT_GIVE_UP_MS after the browser itself said `disconnected` or
+// `failed` ('connection_lost').
+//
+// Safety words (wordsexchange.js): once `chat` opens, the Call runs the
+// commit-then-reveal exchange over it and emits `safetywords` (detail:
+// words, or null with a warning instead). A later negotiation that brings
+// other fingerprints turns the words into the warning `fingerprint_changed`.
 //
 // Locked rooms (PROTOCOL.md "Locked rooms") plug in two optional hooks:
 // `signDescription(sdp)` gives the `auth` for every outgoing description,
@@ -36,12 +50,15 @@
 // handleSignal(). Events: `connectionstate` (detail: state, everConnected),
 // `track` (detail: stream, track), `chatopen`, `chat` (detail: text),
 // `peerstate` (detail: muted), `refused` (detail: reason), `safetywords`
-// (detail: words, changed), `failed` (detail: reason = 'connection_failed' |
-// 'channel_closed' | 'timeout' | 'relay_unavailable').
+// (detail: words, warning), `failed` (detail: reason = 'connection_failed' |
+// 'channel_closed' | 'timeout' | 'relay_unavailable' | 'connection_lost').
+// `connectionstate` also carries `reconnecting` (true from a drop until the
+// connection is back).
 // Once close() has been called no event fires and nothing is sent.
 // SDP, candidates and chat text are never logged.
 
-import { safetyWords } from './safetywords.js';
+import { descriptionFingerprint } from './safetywords.js';
+import { WordsExchange, isExchangeMessage } from './wordsexchange.js';
 
 export const CHAT_LABEL = 'chat';
 // Besides `chat`, a room member tells the others whether its microphone is
@@ -57,6 +74,15 @@ const MAX_CHAT_FRAME_CHARS = MAX_CHAT_CHARS * 6 + 64;
 // re-queued, rather than "the connection dropped".
 const CHANNEL_CLOSE_GRACE_MS = 2500;
 const CONNECT_TIMEOUT_MS = 45000;
+// After a drop: the polite side's wait for the other side's restart offer,
+// the time between attempts, and when to stop trying.
+const POLITE_RESTART_DELAY_MS = 1500;
+const RESTART_RETRY_MS = 5000;
+const RECONNECT_GIVE_UP_MS = 30000;
+// Audio arrives 50 times a second (silence too, when muted), so a second
+// and a half of nothing is a dead path, not a quiet partner.
+const WATCH_MS = 500;
+const STALL_MS = 1500;
 
 export class Call extends EventTarget {
   #pc;
@@ -66,6 +92,7 @@ export class Call extends EventTarget {
   #signDescription;
   #verifyDescription;
   #mediaStarted = false;
+  #audioSender = null;
   #video = null; // { track, stream } wanted on this connection, or null
   #videoTransceiver = null;
   #channel = null;
@@ -83,8 +110,16 @@ export class Call extends EventTarget {
   #graceTimer = 0;
   #everConnected = false;
   #hideIp = false;
-  #words = null; // the safety words shown, or null
-  #wordsToken = 0;
+  #words = null; // the safety words, or null
+  #wordsWarning = null; // why there are none, once the exchange gave up
+  #exchange = null;
+  #reconnecting = false;
+  #restartTimer = 0;
+  #giveUpTimer = 0;
+  #restartOfferSeen = false; // an offer came in since the drop
+  #watchTimer = 0;
+  #received = -1; // bytes received on every candidate pair, at the last look
+  #receivedAt = 0; // when that last grew (performance.now())
 
   /**
    * @param {object} o
@@ -152,8 +187,8 @@ export class Call extends EventTarget {
     pc.onconnectionstatechange = () => this.#onConnectionState();
     pc.onsignalingstatechange = () => {
       // A renegotiation (camera, ICE restart) could bring other
-      // fingerprints: check the words again once it settles.
-      if (!this.#closed && this.#everConnected && pc.signalingState === 'stable') this.#updateWords();
+      // fingerprints than the words were made from.
+      if (!this.#closed && pc.signalingState === 'stable') this.#checkFingerprints();
     };
     pc.ontrack = ({ track, streams }) => {
       if (this.#closed) return;
@@ -182,6 +217,9 @@ export class Call extends EventTarget {
 
   get closed() { return this.#closed; }
 
+  /** Whether the connection dropped and is being restarted. */
+  get reconnecting() { return this.#reconnecting; }
+
   /** Whether this connection gathers relay candidates only ("hide my IP"). */
   get hideIp() {
     try {
@@ -191,8 +229,11 @@ export class Call extends EventTarget {
     }
   }
 
-  /** The safety words (three strings) once connected, else null. */
+  /** The safety words (three strings) once the exchange is done, else null. */
   get safetyWords() { return this.#words ? [...this.#words] : null; }
+
+  /** Why there are no safety words (wordsexchange.js), or null. */
+  get safetyWarning() { return this.#wordsWarning; }
 
   /**
    * Use these ICE servers from now on (fresh TURN credentials), keeping the
@@ -246,12 +287,26 @@ export class Call extends EventTarget {
     if (this.#mediaStarted) this.#applyVideo();
   }
 
+  /**
+   * Send this microphone track from now on instead of the one that ended
+   * (replaceTrack: no renegotiation, the call goes on).
+   */
+  replaceAudioTrack(track) {
+    if (this.#closed || !this.#audioSender) return; // not sending yet: it takes the stream's track then
+    this.#audioSender.replaceTrack(track).catch((err) => {
+      if (!this.#closed) console.warn('earshot: could not replace the microphone:', errorName(err));
+    });
+  }
+
   /** Hang up locally. Idempotent; the local microphone is not stopped. */
   close() {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#connectTimer);
     clearTimeout(this.#graceTimer);
+    if (this.#exchange) this.#exchange.close();
+    clearInterval(this.#watchTimer);
+    this.#stopReconnecting();
     const ch = this.#channel;
     if (ch) {
       ch.onopen = ch.onmessage = ch.onclose = null;
@@ -305,6 +360,7 @@ export class Call extends EventTarget {
       const offerCollision = description.type === 'offer' && !readyForOffer;
       this.#ignoreOffer = !this.#polite && offerCollision;
       if (this.#ignoreOffer) return;
+      if (description.type === 'offer') this.#restartOfferSeen = true;
       this.#settingRemoteAnswerPending = description.type === 'answer';
       try {
         // On the polite side, an offer in have-local-offer rolls ours back
@@ -343,6 +399,7 @@ export class Call extends EventTarget {
     const track = this.#localStream ? this.#localStream.getAudioTracks()[0] : null;
     if (track) {
       const sender = this.#pc.addTrack(track, this.#localStream);
+      this.#audioSender = sender;
       const transceiver = this.#pc.getTransceivers().find((t) => t.sender === sender);
       preferOpus(transceiver);
     }
@@ -387,13 +444,22 @@ export class Call extends EventTarget {
       return;
     }
     this.#channel = channel;
-    channel.onopen = () => { if (!this.#closed) this.#emit('chatopen', {}); };
+    channel.onopen = () => {
+      if (this.#closed) return;
+      this.#startWords();
+      this.#emit('chatopen', {});
+    };
     channel.onmessage = ({ data }) => {
       if (this.#closed || typeof data !== 'string' || data.length > MAX_CHAT_FRAME_CHARS) return;
       let msg;
       try {
         msg = JSON.parse(data);
       } catch {
+        return;
+      }
+      if (isExchangeMessage(msg)) {
+        const exchange = this.#wordsExchange();
+        if (exchange) exchange.handle(msg);
         return;
       }
       if (msg && msg.type === STATE_MESSAGE && typeof msg.muted === 'boolean') {
@@ -405,7 +471,13 @@ export class Call extends EventTarget {
       this.#emit('chat', { text: msg.text });
     };
     // A channel handed over by ondatachannel may be open already.
-    if (channel.readyState === 'open') queueMicrotask(() => { if (!this.#closed) this.#emit('chatopen', {}); });
+    if (channel.readyState === 'open') {
+      queueMicrotask(() => {
+        if (this.#closed) return;
+        this.#startWords();
+        this.#emit('chatopen', {});
+      });
+    }
     channel.onclose = () => {
       if (this.#closed) return;
       clearTimeout(this.#graceTimer);
@@ -419,37 +491,149 @@ export class Call extends EventTarget {
     if (state === 'connected') {
       this.#everConnected = true;
       clearTimeout(this.#connectTimer);
-      this.#updateWords();
+      this.#stopReconnecting();
+      this.#receivedAt = performance.now();
+      if (!this.#watchTimer) this.#watchTimer = setInterval(() => this.#watch(), WATCH_MS);
+    } else if ((state === 'disconnected' || state === 'failed') && this.#everConnected) {
+      this.#startReconnecting(state === 'failed');
     }
-    this.#emit('connectionstate', { state, everConnected: this.#everConnected });
-    if (state === 'failed') this.#fail('connection_failed');
+    this.#emit('connectionstate', { state, everConnected: this.#everConnected, reconnecting: this.#reconnecting });
+    if (state === 'failed' && !this.#everConnected) this.#fail('connection_failed');
   }
 
-  // Compute the safety words from the two descriptions now in use; emit
-  // them when they are new or differ from those shown.
-  async #updateWords() {
+  // A connection that had worked dropped: restart ICE (now on the
+  // impolite side, or on `failed`; the polite side gives the other's
+  // offer a moment first) and keep trying. Only a drop the browser itself
+  // reports (not `stalled`) counts towards giving up.
+  #startReconnecting(failed, stalled = false) {
+    if (!stalled && !this.#giveUpTimer) {
+      this.#giveUpTimer = setTimeout(() => this.#fail('connection_lost'), RECONNECT_GIVE_UP_MS);
+    }
+    if (!this.#reconnecting) {
+      this.#reconnecting = true;
+      this.#restartOfferSeen = false;
+      clearTimeout(this.#restartTimer);
+      this.#restartTimer = setTimeout(() => this.#restart(), this.#polite && !failed ? POLITE_RESTART_DELAY_MS : 0);
+    } else if (failed && !this.#polite) {
+      clearTimeout(this.#restartTimer);
+      this.#restartTimer = setTimeout(() => this.#restart(), 0);
+    }
+  }
+
+  // The browser says `disconnected` some five seconds after packets stop:
+  // when nothing has arrived for STALL_MS on a `connected` connection,
+  // reconnect now; when packets flow again, that is over.
+  async #watch() {
+    const pc = this.#pc;
+    if (this.#closed) return;
+    let received = 0;
+    try {
+      const stats = await pc.getStats();
+      stats.forEach((r) => { if (r.type === 'candidate-pair') received += r.bytesReceived || 0; });
+    } catch {
+      return;
+    }
+    // A browser without these figures never counts as stalled.
+    if (this.#closed || received === 0) return;
+    const now = performance.now();
+    const connected = pc.connectionState === 'connected';
+    if (received !== this.#received) {
+      this.#received = received;
+      this.#receivedAt = now;
+      if (this.#reconnecting && connected) this.#reconnected();
+      return;
+    }
+    if (!this.#reconnecting && connected && now - this.#receivedAt >= STALL_MS) {
+      this.#startReconnecting(false, true);
+      this.#emit('connectionstate', { state: pc.connectionState, everConnected: true, reconnecting: true });
+    }
+  }
+
+  #reconnected() {
+    this.#stopReconnecting();
+    this.#emit('connectionstate', { state: this.#pc.connectionState, everConnected: true, reconnecting: false });
+  }
+
+  async #restart(retry = false) {
+    if (this.#closed || !this.#reconnecting) return;
+    const pc = this.#pc;
+    this.#restartTimer = setTimeout(() => this.#restart(true), RESTART_RETRY_MS);
+    // The polite side leaves it to the other side's offer when one came.
+    if (this.#polite && this.#restartOfferSeen) {
+      this.#restartOfferSeen = false;
+      return;
+    }
+    if (retry && pc.signalingState === 'have-local-offer' && !this.#makingOffer) {
+      // An offer unanswered this long was lost (say with the signalling):
+      // take it back so that restartIce() makes a new one.
+      try {
+        await pc.setLocalDescription({ type: 'rollback' });
+      } catch {
+        return; // an answer is being applied after all
+      }
+      if (this.#closed) return;
+    }
+    if (typeof pc.restartIce === 'function') pc.restartIce();
+  }
+
+  #stopReconnecting() {
+    this.#reconnecting = false;
+    clearTimeout(this.#restartTimer);
+    clearTimeout(this.#giveUpTimer);
+    this.#giveUpTimer = 0;
+  }
+
+  // The exchange of this connection, made from the descriptions in use when
+  // the channel opens (or its first message arrives); null without them.
+  #wordsExchange() {
+    if (this.#exchange) return this.#exchange;
     const pc = this.#pc;
     const local = pc.currentLocalDescription || pc.localDescription;
     const remote = pc.currentRemoteDescription || pc.remoteDescription;
-    if (!local || !remote) return;
-    const token = ++this.#wordsToken;
-    let words;
-    try {
-      words = await safetyWords(local.sdp, remote.sdp);
-    } catch {
-      words = null;
+    const localFp = descriptionFingerprint(local && local.sdp);
+    const remoteFp = descriptionFingerprint(remote && remote.sdp);
+    if (localFp === null || remoteFp === null) return null;
+    this.#exchange = new WordsExchange({
+      localFp,
+      remoteFp,
+      send: (msg) => this.chatOpen && this.#sendData(msg),
+      onOutcome: ({ words, warning }) => this.#setWords(words, warning),
+    });
+    return this.#exchange;
+  }
+
+  #startWords() {
+    const exchange = this.#wordsExchange();
+    if (exchange) exchange.start();
+    else this.#setWords(null, 'protocol');
+  }
+
+  #checkFingerprints() {
+    const exchange = this.#exchange;
+    if (!exchange) return;
+    const pc = this.#pc;
+    const local = pc.currentLocalDescription || pc.localDescription;
+    const remote = pc.currentRemoteDescription || pc.remoteDescription;
+    const now = [descriptionFingerprint(local && local.sdp), descriptionFingerprint(remote && remote.sdp)];
+    const [localFp, remoteFp] = exchange.fingerprints;
+    if (now[0] !== localFp || now[1] !== remoteFp) {
+      exchange.close();
+      this.#setWords(null, 'fingerprint_changed');
     }
-    if (this.#closed || token !== this.#wordsToken || !words) return;
-    const before = this.#words;
-    if (before && before.join(' ') === words.join(' ')) return;
-    this.#words = words;
-    this.#emit('safetywords', { words: [...words], changed: before !== null });
+  }
+
+  #setWords(words, warning) {
+    if (this.#closed || this.#wordsWarning) return;
+    this.#words = words ? [...words] : null;
+    this.#wordsWarning = words ? null : warning || 'protocol';
+    this.#emit('safetywords', { words: this.safetyWords, warning: this.#wordsWarning });
   }
 
   #fail(reason) {
     if (this.#closed) return;
     clearTimeout(this.#connectTimer);
     clearTimeout(this.#graceTimer);
+    this.#stopReconnecting();
     this.#emit('failed', { reason });
   }
 

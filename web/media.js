@@ -4,7 +4,8 @@
 //
 // Everything that turns a getUserMedia failure into words a person can act
 // on lives here, so both pages say the same thing. No state but the one
-// AudioContext the level meters share.
+// AudioContext the level meters share, and the "Tap to hear" button
+// (TapToHear) for browsers that refuse to play without a tap.
 
 export const MIC_CONSTRAINTS = Object.freeze({
   audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
@@ -95,4 +96,92 @@ export function audioContext() {
 /** Stop every track of a stream (null is fine). */
 export function stopStream(stream) {
   if (stream) for (const track of stream.getTracks()) track.stop();
+}
+
+/**
+ * Where a phone's browser handles a voice call as one (Safari's audio
+ * session): it then keeps the microphone and the loudspeaker routing of a
+ * call. Nothing where the API does not exist.
+ */
+export function useCallAudioSession() {
+  try {
+    if (navigator.audioSession && navigator.audioSession.type !== 'play-and-record') {
+      navigator.audioSession.type = 'play-and-record';
+    }
+  } catch { /* read-only or unsupported: the browser's default */ }
+}
+
+/**
+ * Plays the other side's audio. A browser that refuses to play outside a
+ * tap (Safari: NotAllowedError) gets the "Tap to hear" button, whose click
+ * plays every element it refused. One for the page (remoteAudio()).
+ */
+export class TapToHear {
+  #button;
+  #playing = new Set(); // every element asked to play, until forgotten
+  #waiting = new Set(); // those refused, until a tap
+
+  constructor(button) {
+    this.#button = button;
+    if (button) button.addEventListener('click', () => this.#tapped());
+    this.#render();
+  }
+
+  /** Whether the button is showing (some audio waits for a tap). */
+  get waiting() { return this.#waiting.size > 0; }
+
+  /** Play `media`; on a refusal, show the button. */
+  play(media) {
+    if (!media || !media.srcObject) return;
+    this.#playing.add(media);
+    let attempt;
+    try {
+      attempt = media.play();
+    } catch (err) {
+      attempt = Promise.reject(err);
+    }
+    if (!attempt || typeof attempt.then !== 'function') return;
+    attempt.then(() => {
+      if (this.#waiting.delete(media)) this.#render();
+    }, (err) => {
+      if (err && err.name === 'NotAllowedError' && this.#playing.has(media) && media.srcObject) {
+        this.#waiting.add(media);
+        this.#render();
+      }
+    });
+  }
+
+  /** Play again whatever a hidden page paused (it is visible again). */
+  resume() {
+    for (const media of [...this.#playing]) {
+      if (!media.isConnected || !media.srcObject) this.forget(media);
+      else if (media.paused) this.play(media);
+    }
+  }
+
+  /** `media` no longer needs playing (the call ended). */
+  forget(media) {
+    this.#playing.delete(media);
+    if (this.#waiting.delete(media)) this.#render();
+  }
+
+  #tapped() {
+    audioContext(); // the tap lets the meters' context run too
+    const medias = [...this.#waiting];
+    this.#waiting.clear();
+    this.#render();
+    for (const media of medias) this.play(media);
+  }
+
+  #render() {
+    if (this.#button) this.#button.hidden = this.#waiting.size === 0;
+  }
+}
+
+let tap = null;
+
+/** The page's TapToHear, on its `#tap-to-hear` button (made at first use). */
+export function remoteAudio() {
+  if (!tap) tap = new TapToHear(document.getElementById('tap-to-hear'));
+  return tap;
 }

@@ -137,6 +137,14 @@ export class Members {
     return this.mesh ? this.mesh.updateIceServers(iceServers, restart) : 0;
   }
 
+  /** A new microphone track (the old one ended): to everyone, and our level bar. */
+  replaceAudioTrack(track) {
+    if (this.mesh) this.mesh.replaceAudioTrack(track);
+    const self = this.tiles.get('self');
+    const stream = this.#room.session.localStream;
+    if (self && stream) self.meter.attach(audioContext(), stream);
+  }
+
   /** Our camera track (null: off) to everyone, and on our own tile. */
   setVideo(track, stream) {
     if (this.mesh) this.mesh.setVideo(track, stream);
@@ -174,13 +182,13 @@ export class Members {
     room.session.lastHideIp = call.hideIp;
     call.addEventListener('safetywords', ({ detail }) => {
       if (!current() || !tile()) return;
-      tile().setSafetyWords(detail.words, detail.changed);
-      if (detail.changed) room.logEvent(`The safety words with ${guestName(peer)} changed. Read them to each other again.`);
+      tile().setSafetyWords(detail.words, detail.warning);
+      if (detail.warning) room.logEvent(`No safety words with ${guestName(peer)}: the safety check failed. Someone may be in the middle.`);
       room.render();
     });
     call.addEventListener('connectionstate', ({ detail }) => {
       if (!current() || !tile()) return;
-      tile().setConnection(detail.state);
+      tile().setConnection(detail.reconnecting ? 'reconnecting' : detail.state);
       room.render();
     });
     call.addEventListener('track', ({ detail }) => {
@@ -208,9 +216,13 @@ export class Members {
       const t = tile();
       const text = detail.reason === 'timeout' ? 'Couldn\'t connect' : 'Connection lost';
       if (t) t.setFailed(text);
-      room.logEvent(detail.reason === 'timeout'
-        ? `Couldn't connect to ${guestName(peer)}.${room.lock.locked ? ' (In a locked room, this happens when one of you can\'t prove knowing the passphrase.)' : ''}`
-        : `The connection to ${guestName(peer)} was lost.`);
+      let line = `The connection to ${guestName(peer)} was lost.`;
+      if (detail.reason === 'timeout') {
+        line = `Couldn't connect to ${guestName(peer)}.${room.lock.locked ? ' (In a locked room, this happens when one of you can\'t prove knowing the passphrase.)' : ''}`;
+      } else if (detail.reason === 'connection_lost') {
+        line = `The connection to ${guestName(peer)} dropped and could not be restored.`;
+      }
+      room.logEvent(line);
       room.render();
     });
   }

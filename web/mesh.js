@@ -148,6 +148,11 @@ export class Mesh extends EventTarget {
     for (const [, call] of this.calls()) call.setVideo(track, stream);
   }
 
+  /** A new microphone track for every live connection (the old one ended). */
+  replaceAudioTrack(track) {
+    for (const [, call] of this.calls()) call.replaceAudioTrack(track);
+  }
+
   /**
    * Use fresh ICE servers on every live connection; with `restart`, restart
    * ICE on each. How many connections took them.

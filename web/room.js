@@ -497,6 +497,7 @@ export function startRoom(signalling, rawName, safety) {
     onRetry,
     onMute: (muted) => members.setMuted(muted),
     onMicEnded: () => leave('error', 'Your microphone stopped (unplugged or access withdrawn). Press Join room to come back.'),
+    onMicReplaced: (track) => members.replaceAudioTrack(track),
     sendChat: (text) => members.sendChat(text),
   });
   // What members.js and lock.js see of this page.

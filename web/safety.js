@@ -13,12 +13,20 @@
 // - The ban notice (`#ban-notice`, stranger page): after error `banned`, no
 //   matching for a while, with a countdown (BanNotice).
 // - formatWait(): "59 minutes", "45 seconds", for rate limits and bans.
+// - SAFETY_WARNING: the one line shown instead of safety words when the
+//   exchange that makes them (wordsexchange.js) failed or never finished.
 //
 // No storage, nothing logged.
 
 import { REPORT_REASONS } from './protocol.js';
 
 const $ = (id) => document.getElementById(id);
+
+/**
+ * Shown in place of the safety words, as plainly as words that differ: a
+ * server in the middle could simply block the exchange.
+ */
+export const SAFETY_WARNING = 'Safety check failed: no safety words. Someone may be in the middle: end the call.';
 
 /** A wait in plain words, rounded up: "1 second", "45 seconds", "59 minutes", "2 hours". */
 export function formatWait(ms) {

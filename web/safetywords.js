@@ -1,32 +1,26 @@
-// safetywords.js: the three safety words of a peer connection, and the
-// 2048 words they are drawn from.
+// safetywords.js: the maths of the three safety words of a peer connection,
+// and the 2048 words they are drawn from (PROTOCOL.md "Safety words").
 //
 // A server that wanted to listen in on a call would have to answer each
 // browser's DTLS handshake with a certificate of its own, so the two
 // browsers would no longer see the same pair of certificate fingerprints.
-// Both sides turn the pair they see into three words; read aloud, the words
-// match only if nobody sits in the middle.
+// The words come from both fingerprints and from a nonce of each side,
+// exchanged by commit-then-reveal (wordsexchange.js), so such a server
+// cannot search in advance for certificates that give both sides the same
+// words: it gets one guess per call.
 //
-// The words (safetyWords()), exactly:
+//   1. fingerprint string of a description (descriptionFingerprint): every
+//      `a=fingerprint:` value, prefix dropped, trimmed, lower-cased,
+//      duplicates dropped, sorted and joined with ",".
+//   2. commitment(nonce) = SHA-256(nonce), the 32 raw nonce bytes.
+//   3. deriveWords(): HKDF-SHA-256 with salt "earshot/v2/safety-words",
+//      IKM = committer's nonce || responder's nonce (32 bytes each), info =
+//      committer's fingerprint string + "\n" + responder's (UTF-8), 32 bytes
+//      out; bits 0-10, 11-21 and 22-32 (big-endian) index SAFETY_WORDS
+//      (2048 distinct lower-case words in code-unit order: 0 is "abacus",
+//      2047 "zoom").
 //
-//   1. For each of the two descriptions of the connection (our local one and
-//      the remote one), take every line that starts with `a=fingerprint:`,
-//      drop that prefix, trim white space and lower-case the value
-//      (`sha-256 ab:cd:...`), as PROTOCOL.md "Locked rooms" does. Browsers
-//      write the same value once per media section: duplicates are dropped.
-//      If a description still has more than one value, they are sorted by
-//      code unit and joined with ",". That is the description's string; a
-//      description without a fingerprint gives no words.
-//   2. Sort the two strings by code unit and join them with "\n".
-//   3. SHA-256 of that text as UTF-8 (WebCrypto).
-//   4. Read the digest as a big-endian bit string; bits 0-10, 11-21 and
-//      22-32 are three numbers from 0 to 2047, each the index of a word in
-//      SAFETY_WORDS (below: 2048 distinct lower-case words in code-unit
-//      order, so index 0 is "abacus" and 2047 "zoom").
-//   5. The words are shown in that order, separated by single spaces.
-//
-// Both sides see the same two descriptions (ours is the other side's remote
-// one), so both compute the same words. No DOM, no storage, nothing logged.
+// No DOM, no storage, nothing logged.
 
 export const SAFETY_WORD_COUNT = 3;
 const BITS_PER_WORD = 11;
@@ -210,17 +204,58 @@ export function wordsFromDigest(digest) {
   return words;
 }
 
+export const NONCE_BYTES = 32;
+const KDF_SALT = utf8.encode('earshot/v2/safety-words');
+
+function subtle() {
+  const s = globalThis.crypto && globalThis.crypto.subtle;
+  if (!s) throw new Error('no WebCrypto (not a secure page)');
+  return s;
+}
+
+/** Lower-case hex of bytes. */
+export function toHex(bytes) {
+  return [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** 32 bytes from 64 lower-case hex digits, or null. */
+export function nonceFromHex(text) {
+  if (typeof text !== 'string' || !/^[0-9a-f]{64}$/.test(text)) return null;
+  const out = new Uint8Array(NONCE_BYTES);
+  for (let i = 0; i < NONCE_BYTES; i += 1) out[i] = parseInt(text.slice(2 * i, 2 * i + 2), 16);
+  return out;
+}
+
+/** A fresh random nonce. */
+export function newNonce() {
+  return globalThis.crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
+}
+
+/** Whether fingerprint string `a` sorts before `b` by UTF-8 bytes. */
+export function fingerprintBefore(a, b) {
+  const x = utf8.encode(a);
+  const y = utf8.encode(b);
+  for (let i = 0; i < Math.min(x.length, y.length); i += 1) {
+    if (x[i] !== y[i]) return x[i] < y[i];
+  }
+  return x.length < y.length;
+}
+
+/** SHA-256 of the nonce bytes, as lower-case hex (step 2). */
+export async function commitment(nonce) {
+  return toHex(new Uint8Array(await subtle().digest('SHA-256', nonce)));
+}
+
 /**
- * The safety words of a connection whose two descriptions have these SDPs
- * (in either order), as an array of three words; null when either has no
- * fingerprint or the page has no WebCrypto (not a secure page).
+ * The three words (step 3) from the committer's and the responder's
+ * fingerprint strings and nonces, in that order.
  */
-export async function safetyWords(localSdp, remoteSdp) {
-  const local = descriptionFingerprint(localSdp);
-  const remote = descriptionFingerprint(remoteSdp);
-  const subtle = globalThis.crypto && globalThis.crypto.subtle;
-  if (local === null || remote === null || !subtle) return null;
-  const text = [local, remote].sort().join('\n');
-  const digest = await subtle.digest('SHA-256', utf8.encode(text));
-  return wordsFromDigest(digest);
+export async function deriveWords(committerFp, responderFp, committerNonce, responderNonce) {
+  const ikm = new Uint8Array(2 * NONCE_BYTES);
+  ikm.set(committerNonce, 0);
+  ikm.set(responderNonce, NONCE_BYTES);
+  const key = await subtle().importKey('raw', ikm, 'HKDF', false, ['deriveBits']);
+  const info = utf8.encode(`${committerFp}\n${responderFp}`);
+  const bits = await subtle().deriveBits({ name: 'HKDF', hash: 'SHA-256', salt: KDF_SALT, info }, key, 256);
+  return wordsFromDigest(bits);
 }

@@ -36,8 +36,13 @@
 //
 // Microphone. openMic() asks for it inside the click that wants it;
 // `localStream`, `micPending` and `muted` are the page's to read; the mute
-// button and the M key toggle mute; a track that ends (unplugged, access
-// withdrawn) calls the page's onMicEnded.
+// button and the M key toggle mute. A track that ends, or stays muted by
+// the system (a phone call, the page in the background), is replaced by a
+// new one in the same `localStream` and handed to the page's
+// onMicReplaced (which swaps it into its calls, with no new call); only
+// when the microphone cannot be had again does the page's onMicEnded run.
+// The page checks the track again whenever it becomes visible, and plays
+// the other side's audio again (media.js remoteAudio).
 //
 // Also here, because both pages have them: the chat view, the "Hide my IP
 // address" control and its words for each page, `lastHideIp` and
@@ -49,13 +54,17 @@
 import { ChatView } from './chat.js';
 import { HideIpControl } from './privacy.js';
 import { dialogOpen } from './safety.js';
-import { MIC_CONSTRAINTS, audioContext, micErrorMessage, stopStream } from './media.js';
+import {
+  MIC_CONSTRAINTS, audioContext, micErrorMessage, remoteAudio, stopStream, useCallAudioSession,
+} from './media.js';
 
 const $ = (id) => document.getElementById(id);
 
 const TOO_OLD = 'This browser is too old for Earshot. Try a current Firefox, Chrome, Edge or Safari.';
 const OUT_OF_DATE = 'This page is out of date. Please reload it.';
 const SERVER_FULL = 'The server is full. Trying again shortly…';
+// A system mute this long (not a blip) counts as a lost microphone.
+const MIC_MUTE_GRACE_MS = 1500;
 
 /** What the "Hide my IP address" note says on each page (privacy.js). */
 const HIDE_IP_TEXT = {
@@ -120,6 +129,7 @@ export class Session {
   #page;
   #retryTimer = 0;
   #retried = false; // the page called retryAfter() while handling an error
+  #micRecovering = false;
 
   /**
    * @param {import('./protocol.js').SignallingClient} client  not yet connected
@@ -128,7 +138,8 @@ export class Session {
    *   name ('strangers' | 'room'), primary (the Start or Join button),
    *   meter (a MeterView for your own voice, or null), render(),
    *   reconcile(), onError({code, re, answered, detail}), onMicEnded(),
-   *   sendChat(text) → whether it went out; and optionally onWelcome(),
+   *   sendChat(text) → whether it went out; and optionally onMicReplaced(track),
+   *   onWelcome(),
    *   onDisconnected(detail), onIdle(), onRetry(), onMute(muted),
    *   onKey(event) → true when it handled the key.
    */
@@ -163,6 +174,9 @@ export class Session {
       if (!page.primary.disabled) page.primary.focus();
     });
     document.addEventListener('keydown', (event) => this.#onKey(event));
+    document.addEventListener('visibilitychange', () => {
+      if (document.visibilityState === 'visible') this.#onVisible();
+    });
     if (typeof WebSocket !== 'function') this.fatal = TOO_OLD;
   }
 
@@ -267,6 +281,7 @@ export class Session {
    */
   async openMic(button, stillWanted) {
     audioContext();
+    useCallAudioSession();
     this.micPending = true;
     let stream;
     try {
@@ -291,14 +306,62 @@ export class Session {
   #setLocalStream(stream) {
     this.releaseMic();
     this.localStream = stream;
-    for (const track of stream.getAudioTracks()) {
-      track.enabled = !this.muted;
-      // Unplugged or revoked mid-session: say so instead of sending silence.
-      track.addEventListener('ended', () => {
-        if (this.localStream === stream) this.#page.onMicEnded();
-      });
-    }
+    for (const track of stream.getAudioTracks()) this.#watchTrack(stream, track);
     if (this.#page.meter) this.#page.meter.attach(audioContext(), stream);
+  }
+
+  #watchTrack(stream, track) {
+    track.enabled = !this.muted;
+    const current = () => this.localStream === stream && stream.getAudioTracks().includes(track);
+    // Unplugged, revoked, or taken by the system (a phone call): get it again.
+    track.addEventListener('ended', () => { if (current()) this.#recoverMic(); });
+    track.addEventListener('mute', () => {
+      setTimeout(() => {
+        if (current() && track.muted && document.visibilityState === 'visible') this.#recoverMic();
+      }, MIC_MUTE_GRACE_MS);
+    });
+  }
+
+  // The microphone track is gone: ask for it again and swap the new track
+  // into the same stream and the page's calls; say so only if that fails.
+  async #recoverMic() {
+    const stream = this.localStream;
+    if (!stream || this.#micRecovering) return;
+    this.#micRecovering = true;
+    let fresh = null;
+    try {
+      fresh = await navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS);
+    } catch {
+      fresh = null;
+    }
+    this.#micRecovering = false;
+    if (this.localStream !== stream) {
+      stopStream(fresh); // released meanwhile
+      return;
+    }
+    const track = fresh ? fresh.getAudioTracks()[0] : null;
+    if (!track) {
+      stopStream(fresh);
+      this.#page.onMicEnded();
+      return;
+    }
+    for (const old of stream.getAudioTracks()) {
+      stream.removeTrack(old);
+      old.stop();
+    }
+    stream.addTrack(track);
+    this.#watchTrack(stream, track);
+    if (this.#page.meter) this.#page.meter.attach(audioContext(), stream);
+    if (this.#page.onMicReplaced) this.#page.onMicReplaced(track);
+  }
+
+  // Back from the background: a phone may have taken the microphone and
+  // paused the audio meanwhile.
+  #onVisible() {
+    const track = this.localStream ? this.localStream.getAudioTracks()[0] : null;
+    if (this.localStream && (!track || track.readyState === 'ended' || track.muted)) this.#recoverMic();
+    audioContext();
+    remoteAudio().resume();
   }
 
   /** Stop the microphone (and unmute, for next time). */

@@ -48,9 +48,9 @@ import { parseInterests } from './protocol.js';
 import { Call, MAX_CHAT_CHARS } from './call.js';
 import { Preparation } from './prepare.js';
 import { MeterView } from './meter.js';
-import { BanNotice, formatWait } from './safety.js';
+import { BanNotice, SAFETY_WARNING, formatWait } from './safety.js';
 import { Session, setText } from './session.js';
-import { audioContext, callSupportProblem, insecurePageNote } from './media.js';
+import { audioContext, callSupportProblem, insecurePageNote, remoteAudio } from './media.js';
 import { countryCode, countryName, flagEmoji } from './country.js';
 
 const $ = (id) => document.getElementById(id);
@@ -69,7 +69,9 @@ const findElements = () => ({
   partnerInterests: $('partner-interests'),
   sharedInterests: $('shared-interests'),
   safety: $('safety'),
+  safetyLine: $('safety-line'),
   safetyWords: $('safety-words'),
+  safetyWarning: $('safety-warning'),
   safetyNote: $('safety-note'),
   chatInput: $('chat-input'),
   remoteAudio: $('remote-audio'),
@@ -87,12 +89,11 @@ const s = {
   unstable: false,
   interests: [],
   chatHadFocus: false,
-  words: null, // the current call's safety words, once connected
-  wordsChanged: false, // they changed during the call
+  words: null, // the current call's safety words, once exchanged
+  wordsWarning: null, // or why there are none (wordsexchange.js)
 };
 
 const SAFETY_TEXT = 'Read these words to each other. If they differ, someone is in the middle: end the call.';
-const SAFETY_CHANGED_TEXT = 'The safety words changed during the call. Read them to each other again. If they differ, someone is in the middle: end the call.';
 
 let client;
 let session;
@@ -118,7 +119,7 @@ function statusText(online, serverNote) {
     case 'connecting':
       return s.message || 'Connecting…';
     case 'connected': {
-      const base = s.unstable ? 'The connection is unstable. Trying to recover…' : (s.message || 'Connected — say hi');
+      const base = s.unstable ? RECONNECTING_TEXT : (s.message || 'Connected — say hi');
       return online ? base : `${base} (The call goes on. Reconnecting to the server…)`;
     }
     default: {
@@ -128,6 +129,8 @@ function statusText(online, serverNote) {
     }
   }
 }
+
+const RECONNECTING_TEXT = 'Reconnecting… The connection to the stranger dropped (did your network change?). The call comes back on its own.';
 
 const CONTROL_BUTTONS = () => [el.start, el.skip, el.end, session.muteButton, el.report];
 
@@ -163,12 +166,19 @@ function render() {
   setText(el.sharedInterests, shared);
 
   const words = s.call && s.words ? s.words.join(' ') : '';
-  el.safety.hidden = !words;
+  const warning = s.call && !words ? s.wordsWarning : null;
+  el.safety.hidden = !words && !warning;
+  el.safetyLine.hidden = !words;
+  el.safetyNote.hidden = !words;
   setText(el.safetyWords, words);
   if (words) el.safetyWords.dataset.words = words;
   else delete el.safetyWords.dataset.words;
-  el.safety.dataset.changed = String(Boolean(words) && s.wordsChanged);
-  setText(el.safetyNote, s.wordsChanged ? SAFETY_CHANGED_TEXT : SAFETY_TEXT);
+  el.safety.dataset.warning = String(Boolean(warning));
+  el.safetyWarning.hidden = !warning;
+  setText(el.safetyWarning, warning ? SAFETY_WARNING : '');
+  if (warning) el.safetyWarning.dataset.reason = warning;
+  else delete el.safetyWarning.dataset.reason;
+  setText(el.safetyNote, SAFETY_TEXT);
 
   session.hideIp.render(s.call ? s.call.hideIp : null);
   keepPrepared();
@@ -330,31 +340,30 @@ function beginCall(msg) {
   s.call = call;
   session.lastHideIp = call.hideIp;
   s.words = null;
-  s.wordsChanged = false;
+  s.wordsWarning = null;
   s.callInfo = {
     interests: Array.isArray(msg.interests) ? msg.interests.filter((i) => typeof i === 'string') : [],
     country: countryCode(msg.country),
   };
   call.addEventListener('connectionstate', ({ detail }) => {
     if (s.call !== call) return;
-    if (detail.state === 'connected') {
+    if (detail.reconnecting) {
+      if (s.state === 'connected' && !s.unstable) { s.unstable = true; render(); }
+    } else if (detail.state === 'connected') {
       if (s.state === 'connecting') setState('connected');
       else if (s.unstable) { s.unstable = false; render(); }
-    } else if (detail.state === 'disconnected' && s.state === 'connected') {
-      s.unstable = true;
-      render();
     }
   });
   call.addEventListener('track', ({ detail }) => {
     if (s.call !== call) return;
     el.remoteAudio.srcObject = detail.stream;
-    el.remoteAudio.play().catch(() => { /* autoplay: the Start click allows it */ });
+    remoteAudio().play(el.remoteAudio);
     meterStranger.attach(audioContext(), detail.stream);
   });
   call.addEventListener('safetywords', ({ detail }) => {
     if (s.call !== call) return;
     s.words = detail.words;
-    s.wordsChanged = s.wordsChanged || detail.changed;
+    s.wordsWarning = detail.warning;
     render();
   });
   call.addEventListener('chatopen', () => { if (s.call === call) render(); });
@@ -372,8 +381,9 @@ function closeCall() {
   s.call = null;
   s.callInfo = null;
   s.words = null;
-  s.wordsChanged = false;
+  s.wordsWarning = null;
   meterStranger.detach();
+  remoteAudio().forget(el.remoteAudio);
   el.remoteAudio.srcObject = null;
   session.chat.clear();
 }
@@ -382,6 +392,7 @@ const FAILURE_TEXT = {
   connection_failed: 'The connection to the stranger failed. Press Start to try someone else.',
   channel_closed: 'The stranger left the call. Press Start to talk to someone else.',
   timeout: 'Could not connect to the stranger. Press Start to try again.',
+  connection_lost: 'The connection to the stranger dropped and could not be restored. Press Start to talk to someone else.',
   relay_unavailable: 'This browser could not use the server\'s relay, so the call was not made (your IP address stays hidden). Press Start to try again, or turn off "Hide my IP address".',
 };
 
@@ -574,6 +585,7 @@ export function startStrangers(signalling, safety) {
     onWelcome: () => { s.serverCall = null; },
     onIdle: () => { s.serverCall = null; },
     onMicEnded: () => endEverything('ended', 'Your microphone stopped (unplugged or access withdrawn). Press Start to try again.'),
+    onMicReplaced: (track) => { if (s.call) s.call.replaceAudioTrack(track); },
     onKey,
     sendChat,
   });

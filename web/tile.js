@@ -9,8 +9,9 @@
 // muted.
 
 import { MeterView } from './meter.js';
-import { audioContext } from './media.js';
+import { audioContext, remoteAudio } from './media.js';
 import { setText } from './session.js';
+import { SAFETY_WARNING } from './safety.js';
 
 /** How a room member is named: peer ids are all anyone knows of them. */
 export const guestName = (peer) => `Guest ${peer}`;
@@ -29,7 +30,7 @@ export class Tile {
     this.muted = false;
     this.videoTrack = null;
     this.words = null; // safety words of the connection, once connected
-    this.wordsChanged = false;
+    this.wordsWarning = null; // why there are no words (wordsexchange.js)
 
     const li = document.createElement('li');
     li.className = self ? 'tile tile-self' : 'tile';
@@ -82,6 +83,12 @@ export class Tile {
     this.safetyLine = safety;
     this.safetyLabel = safetyLabel;
     this.safetyWords = safetyWords;
+    const warning = document.createElement('p');
+    warning.className = 'tile-safety-warning safety-warning';
+    warning.setAttribute('data-testid', 'safety-warning');
+    warning.setAttribute('role', 'alert');
+    warning.hidden = true;
+    this.safetyWarning = warning;
 
     const refused = document.createElement('p');
     refused.className = 'tile-refused';
@@ -89,7 +96,7 @@ export class Tile {
     refused.hidden = true;
     this.refusedLine = refused;
 
-    li.append(video, head, state, safety, meterNode);
+    li.append(video, head, state, safety, warning, meterNode);
     if (!self) this.addPartnerControls(peer, onReport);
     li.append(refused);
     this.render();
@@ -141,11 +148,12 @@ export class Tile {
   /** In the call: connected and neither refused nor failed nor reported. */
   get inCall() {
     return !this.refused && !this.failed && !this.reported
-      && (this.connection === 'connected' || this.connection === 'disconnected');
+      && ['connected', 'disconnected', 'reconnecting'].includes(this.connection);
   }
 
+  /** A connection state, or 'reconnecting' (call.js restarts a dropped one). */
   setConnection(state) {
-    if (state === 'connected' || state === 'disconnected' || state === 'connecting' || state === 'new') {
+    if (['connected', 'disconnected', 'reconnecting', 'connecting', 'new'].includes(state)) {
       this.connection = state;
     } else if (state === 'failed' || state === 'closed') {
       this.connection = state;
@@ -158,9 +166,9 @@ export class Tile {
     this.render();
   }
 
-  setSafetyWords(words, changed) {
+  setSafetyWords(words, warning) {
     this.words = words;
-    this.wordsChanged = this.wordsChanged || Boolean(changed);
+    this.wordsWarning = words ? null : warning || null;
     this.render();
   }
 
@@ -186,7 +194,7 @@ export class Tile {
     if (track.kind === 'audio' && this.audio) {
       const stream = new MediaStream([track]);
       this.audio.srcObject = stream;
-      this.audio.play().catch(() => { /* the Join click allows it */ });
+      remoteAudio().play(this.audio);
       this.meter.attach(audioContext(), stream);
     } else if (track.kind === 'video') {
       this.setVideoTrack(track);
@@ -211,7 +219,10 @@ export class Tile {
 
   detachMedia() {
     this.meter.detach();
-    if (this.audio) this.audio.srcObject = null;
+    if (this.audio) {
+      remoteAudio().forget(this.audio);
+      this.audio.srcObject = null;
+    }
     this.setVideoTrack(null);
   }
 
@@ -240,7 +251,7 @@ export class Tile {
     else if (this.failed) state = this.failed;
     else if (this.self) state = '';
     else if (this.connection === 'connected') state = 'Connected';
-    else if (this.connection === 'disconnected') state = 'Connection unstable…';
+    else if (this.connection === 'disconnected' || this.connection === 'reconnecting') state = 'Reconnecting…';
     else if (this.connection === 'failed' || this.connection === 'closed') state = 'Disconnected';
     else state = 'Connecting…';
     setText(this.stateLine, state);
@@ -250,8 +261,12 @@ export class Tile {
     setText(this.safetyWords, words);
     if (words) this.safetyWords.dataset.words = words;
     else delete this.safetyWords.dataset.words;
-    this.safetyLine.dataset.changed = String(this.wordsChanged);
-    setText(this.safetyLabel, this.wordsChanged ? 'Safety words (changed: read them again):' : 'Safety words:');
+    setText(this.safetyLabel, 'Safety words:');
+    const warning = !words && !gone && !this.self ? this.wordsWarning : null;
+    this.safetyWarning.hidden = !warning;
+    setText(this.safetyWarning, warning ? SAFETY_WARNING : '');
+    if (warning) this.safetyWarning.dataset.reason = warning;
+    else delete this.safetyWarning.dataset.reason;
     setText(this.refusedLine, this.refused || '');
     this.refusedLine.hidden = !this.refused;
     if (this.slider) this.slider.disabled = gone;

@@ -111,7 +111,10 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn main() {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web");
+    // Read when it runs, not when it was compiled: a build script compiled
+    // in another checkout (a copied target/) must still embed this web/.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let web = Path::new(&manifest).join("../../web");
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     println!("cargo::rerun-if-changed={}", web.display());
     let mut names: Vec<String> = std::fs::read_dir(&web)

@@ -339,6 +339,40 @@ impl Drop for Worker {
     }
 }
 
+/// Starts `subcommand` workers for `total` users, at most `per_worker`
+/// each, global indexes from `first`, each worker from a source address of
+/// its own and given `extra` flags.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_crowd(
+    subcommand: &str,
+    urls: &str,
+    total: usize,
+    per_worker: usize,
+    mut first: usize,
+    sources: &mut SourceAddrs,
+    extra: &[&str],
+    events: &Sender<Event>,
+) -> anyhow::Result<Vec<Worker>> {
+    let mut workers = Vec::new();
+    for (tag, count) in split(total, per_worker).into_iter().enumerate() {
+        let mut args = vec![
+            subcommand.to_string(),
+            "--urls".into(),
+            urls.to_string(),
+            "--count".into(),
+            count.to_string(),
+            "--first".into(),
+            first.to_string(),
+            "--source".into(),
+            sources.next()?.to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        workers.push(Worker::spawn(&args, count, tag, events.clone())?);
+        first += count;
+    }
+    Ok(workers)
+}
+
 /// A fresh event channel for one run's workers.
 pub fn events() -> (Sender<Event>, Receiver<Event>) {
     mpsc::channel()

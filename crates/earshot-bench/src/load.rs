@@ -1,5 +1,6 @@
-//! What the load workers (`match-worker`, `relay-worker`) share: their
-//! runtime, their command lines from stdin, opening many greeted sockets.
+//! What the load workers (`match-worker`, `soak-worker`, `relay-worker`)
+//! share: their runtime, their command lines from stdin, opening many
+//! greeted sockets, and a task per user that answers each step.
 
 use std::future::Future;
 use std::net::Ipv4Addr;
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::client::{self, Protocol, Ws};
@@ -95,4 +96,45 @@ impl Fanout {
 /// The PeerJS id of client `global` (also what a peer addresses it by).
 pub fn peer_id(global: usize) -> String {
     format!("c{global}")
+}
+
+/// Where a user task reports each step's outcome.
+pub type Done<T> = mpsc::UnboundedSender<Result<T, String>>;
+
+/// Opens `count` greeted sockets and runs `user(i, socket, steps, done)` as
+/// a task on each, then tells the parent `ready`. Returns where to post
+/// steps (starting at `initial`) and where the users answer.
+pub async fn start_users<S, T, Fut>(
+    fanout: &Arc<Fanout>,
+    count: usize,
+    initial: S,
+    mut user: impl FnMut(usize, Ws, watch::Receiver<S>, Done<T>) -> Fut,
+) -> anyhow::Result<(watch::Sender<S>, mpsc::UnboundedReceiver<Result<T, String>>)>
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let sockets = fanout.open_all(count).await?;
+    let (step_tx, step_rx) = watch::channel(initial);
+    let (done_tx, done) = mpsc::unbounded_channel();
+    for (i, ws) in sockets.into_iter().enumerate() {
+        tokio::spawn(user(i, ws, step_rx.clone(), done_tx.clone()));
+    }
+    say(&format!("ready {count}"));
+    Ok((step_tx, done))
+}
+
+/// One answer from each of `count` users, or the first error.
+pub async fn answers<T>(
+    done: &mut mpsc::UnboundedReceiver<Result<T, String>>,
+    count: usize,
+) -> anyhow::Result<Vec<T>> {
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        match done.recv().await {
+            Some(Ok(answer)) => out.push(answer),
+            Some(Err(e)) => bail!("{e}"),
+            None => bail!("every user ended"),
+        }
+    }
+    Ok(out)
 }

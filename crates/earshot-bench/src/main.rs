@@ -13,13 +13,14 @@
 //! - [`nodes`]: `earshot-bench nodes`, several nodes in memory, on one
 //!   Redis, on a Redis Cluster and behind a delayed link: matches per
 //!   second and what each costs the nodes and Redis; [`redisproc`]: those
-//!   Redis servers, their CPU time, the delaying proxy.
+//!   Redis servers (started by the `earshot-redisproc` crate, which the
+//!   server's tests share), their CPU time, the delaying proxy.
 //! - [`fleet`]: the processes of a run: the server under test and the
 //!   bench's worker processes (this binary re-run with a hidden subcommand,
 //!   each from its own 127.0.x.y).
 //! - [`worker`], [`load`]: the worker side (`idle-worker`; `match-worker`,
-//!   `relay-worker` and `soak-worker`); [`client`]: one client socket of
-//!   either server.
+//!   `relay-worker` and `soak-worker`, whose users are tasks started by
+//!   `load::start_users`); [`client`]: one client socket of either server.
 //! - [`peerjs`]: installing and starting PeerJS server for comparison.
 //! - [`hist`]: latency histograms; [`procmem`]: memory from `/proc`.
 //!
@@ -237,9 +238,10 @@ struct SoakArgs {
     #[arg(long, default_value_t = 5000)]
     per_worker: usize,
     /// Seconds to wait, once the server is idle after a batch, before
-    /// reading its memory (longer than the server's 5 s between looks at
-    /// whether to give freed memory back).
-    #[arg(long, default_value_t = 10.0)]
+    /// reading its memory (longer than two of the server's 5 s looks at
+    /// whether to give freed memory back: it waits for a look that finds
+    /// the crowd gone).
+    #[arg(long, default_value_t = 15.0)]
     settle: f64,
     /// Seconds one round (or connecting, or leaving, or going idle) may take.
     #[arg(long, default_value_t = 120.0)]

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{Protocol, Ws, msg_type, wall_ns};
-use crate::fleet::{Servers, SourceAddrs, Worker, collect, split, wait_ready};
-use crate::load::{Fanout, block_on, stdin_lines};
+use crate::fleet::{Servers, SourceAddrs, Worker, collect, spawn_crowd, wait_ready};
+use crate::load::{Done, Fanout, answers, block_on, start_users, stdin_lines};
 
 /// Flags the server is started with for load: each worker is one client
 /// address with thousands of users, which the per-client limits exist to stop.
@@ -246,27 +246,17 @@ fn measure(
         None => config.targets.join(","),
     };
     let (events_tx, events) = crate::fleet::events();
-    let counts = split(n, config.per_worker);
-    let mut workers = Vec::new();
-    let mut first = 0;
-    for (tag, count) in counts.into_iter().enumerate() {
-        let mut args = vec![
-            "match-worker".to_string(),
-            "--urls".into(),
-            urls.clone(),
-            "--count".into(),
-            count.to_string(),
-            "--first".into(),
-            first.to_string(),
-            "--source".into(),
-            sources.next()?.to_string(),
-        ];
-        if interests {
-            args.push("--interests".into());
-        }
-        workers.push(Worker::spawn(&args, count, tag, events_tx.clone())?);
-        first += count;
-    }
+    let extra: &[&str] = if interests { &["--interests"] } else { &[] };
+    let mut workers = spawn_crowd(
+        "match-worker",
+        &urls,
+        n,
+        config.per_worker,
+        0,
+        sources,
+        extra,
+        &events_tx,
+    )?;
     let connect_by = Instant::now() + Duration::from_secs(120);
     wait_ready(&events, &workers.iter().collect::<Vec<_>>(), connect_by)?;
 
@@ -451,15 +441,13 @@ enum Step {
 
 async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
     let fanout = Arc::new(config.fanout);
-    let sockets = fanout.open_all(config.count).await?;
-    let (step_tx, step_rx) = watch::channel(Step::Wait);
-    let (done_tx, mut done) = mpsc::unbounded_channel();
-    for (i, ws) in sockets.into_iter().enumerate() {
-        let search = search_message(config.interests.then(|| interests_of(fanout.first + i)));
-        tokio::spawn(user(ws, search, step_rx.clone(), done_tx.clone()));
-    }
-    drop(done_tx);
-    crate::worker::say(&format!("ready {}", config.count));
+    let (first, interests) = (fanout.first, config.interests);
+    let (step_tx, mut done) =
+        start_users(&fanout, config.count, Step::Wait, |i, ws, steps, done| {
+            let search = search_message(interests.then(|| interests_of(first + i)));
+            user(ws, search, steps, done)
+        })
+        .await?;
 
     let mut commands = stdin_lines();
     let mut number = 0;
@@ -471,18 +459,13 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
             other => bail!("unknown command `{other}`"),
         };
         step_tx.send_replace(step);
-        let mut first_sent = u64::MAX;
-        let mut times = Vec::with_capacity(config.count);
-        for _ in 0..config.count {
-            match done.recv().await {
-                Some(Ok((sent, matched))) => {
-                    first_sent = first_sent.min(sent);
-                    times.push(matched);
-                }
-                Some(Err(e)) => bail!("{e}"),
-                None => bail!("every user ended"),
-            }
-        }
+        let answers = answers(&mut done, config.count).await?;
+        let first_sent = answers
+            .iter()
+            .map(|&(sent, _)| sent)
+            .min()
+            .unwrap_or(u64::MAX);
+        let times: Vec<u64> = answers.iter().map(|&(_, matched)| matched).collect();
         let line = match step {
             Step::Go(_) => {
                 let times: Vec<String> = times.iter().map(u64::to_string).collect();
@@ -502,11 +485,9 @@ fn search_message(interests: Option<Vec<&str>>) -> String {
     }
 }
 
-type Done = mpsc::UnboundedSender<Result<(u64, u64), String>>;
-
 /// One user: on each `Go`, searches and reports (sent, matched) times; on
 /// each `Reset`, ends and reports once idle.
-async fn user(mut ws: Ws, search: String, mut step: watch::Receiver<Step>, done: Done) {
+async fn user(mut ws: Ws, search: String, mut step: watch::Receiver<Step>, done: Done<(u64, u64)>) {
     loop {
         if step.changed().await.is_err() {
             return;

@@ -1,49 +1,32 @@
 //! Redis for `earshot-bench nodes`: a plain `redis-server`, or a Redis
-//! Cluster of several primaries, on loopback ports (`--save "" --appendonly
-//! no`, in a temporary directory, killed on drop); the CPU time each has
-//! used (`INFO cpu`); and a delaying TCP proxy to put a network's round
-//! trip between the nodes and Redis.
+//! Cluster of several primaries, on loopback ports (started by
+//! `earshot-redisproc`, in a temporary directory, killed on drop); the CPU
+//! time each has used (`INFO cpu`); and a delaying TCP proxy to put a
+//! network's round trip between the nodes and Redis.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
-
-const START: Duration = Duration::from_secs(15);
+use anyhow::{Context, ensure};
+use earshot_redisproc::{ClusterNode, Process, command, free_port};
 
 /// One or more `redis-server` processes.
 pub struct Redis {
-    children: Vec<Child>,
+    // Before `dir`: the servers stop before their directory goes.
+    servers: Vec<Process>,
     pub ports: Vec<u16>,
     dir: PathBuf,
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.servers.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// A port that is free, with its cluster bus port (+10000) free too.
-fn free_port() -> anyhow::Result<u16> {
-    for _ in 0..200 {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let port = 20_000 + port % 30_000;
-        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && free(port + 10_000) {
-            return Ok(port);
-        }
-    }
-    bail!("no free loopback port")
 }
 
 impl Redis {
@@ -56,27 +39,7 @@ impl Redis {
     pub fn cluster(primaries: usize) -> anyhow::Result<Redis> {
         ensure!(primaries >= 3, "a Redis Cluster needs at least 3 primaries");
         let redis = Redis::start(primaries, true)?;
-        let addrs: Vec<String> = redis
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
-        let status = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("cannot run redis-cli (package redis-tools)")?;
-        ensure!(status.success(), "redis-cli --cluster create failed");
-        let deadline = Instant::now() + START;
-        while !redis.ports.iter().all(|&p| {
-            command(p, "CLUSTER INFO").is_ok_and(|info| info.contains("cluster_state:ok"))
-        }) {
-            ensure!(Instant::now() < deadline, "the cluster never became ok");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        earshot_redisproc::create_cluster(&redis.ports)?;
         Ok(redis)
     }
 
@@ -88,7 +51,7 @@ impl Redis {
         ));
         std::fs::create_dir_all(&dir)?;
         let mut redis = Redis {
-            children: Vec::new(),
+            servers: Vec::new(),
             ports: Vec::new(),
             dir,
         };
@@ -96,30 +59,9 @@ impl Redis {
             let port = free_port()?;
             let dir = redis.dir.join(i.to_string());
             std::fs::create_dir_all(&dir)?;
-            let mut cmd = Command::new("redis-server");
-            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(&dir);
-            if cluster {
-                cmd.args(["--cluster-enabled", "yes"])
-                    .args(["--cluster-config-file", "nodes.conf"]);
-            }
-            let child = cmd
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("cannot start redis-server (is it installed?)")?;
-            redis.children.push(child);
+            let node = cluster.then(ClusterNode::default);
+            redis.servers.push(Process::start(port, &dir, node)?);
             redis.ports.push(port);
-        }
-        let deadline = Instant::now() + START;
-        for &p in &redis.ports {
-            while command(p, "PING").is_err() {
-                ensure!(Instant::now() < deadline, "redis-server did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
         }
         Ok(redis)
     }
@@ -207,27 +149,6 @@ fn cpu_seconds(port: u16) -> anyhow::Result<f64> {
             .with_context(|| format!("no {name} in INFO cpu"))
     };
     Ok(field("used_cpu_sys")? + field("used_cpu_user")?)
-}
-
-/// Sends one inline command and reads a status or bulk reply as text.
-fn command(port: u16, line: &str) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("{line}\r\n").as_bytes())?;
-    let mut r = BufReader::new(s);
-    let mut head = String::new();
-    r.read_line(&mut head)?;
-    match head.as_bytes().first() {
-        Some(b'+') => Ok(head[1..].trim_end().to_owned()),
-        Some(b'$') => {
-            let n: usize = head[1..].trim_end().parse().context("bad bulk length")?;
-            let mut body = vec![0; n + 2];
-            r.read_exact(&mut body)?;
-            body.truncate(n);
-            Ok(String::from_utf8_lossy(&body).into_owned())
-        }
-        _ => bail!("Redis answered {head:?}"),
-    }
 }
 
 /// A TCP proxy on a loopback port that holds every chunk of bytes for

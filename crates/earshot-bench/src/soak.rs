@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{Protocol, Ws, msg_type};
-use crate::fleet::{Servers, SourceAddrs, Worker, collect, split, wait_ready};
-use crate::load::{Fanout, block_on, stdin_lines};
+use crate::fleet::{Servers, SourceAddrs, collect, spawn_crowd, wait_ready};
+use crate::load::{Done, Fanout, answers, block_on, start_users, stdin_lines};
 use crate::matching::{LOAD_FLAGS, interests_of};
 use crate::procmem::{self, Memory};
 
@@ -196,27 +196,17 @@ fn run_batch(
     batch: usize,
 ) -> anyhow::Result<()> {
     let (events_tx, events) = crate::fleet::events();
-    let mut workers = Vec::new();
     // Each batch's users are new people: new indexes, so new interests too.
-    let mut first = batch * config.clients;
-    for (tag, count) in split(config.clients, config.per_worker)
-        .into_iter()
-        .enumerate()
-    {
-        let args = vec![
-            "soak-worker".to_string(),
-            "--urls".into(),
-            url.to_string(),
-            "--count".into(),
-            count.to_string(),
-            "--first".into(),
-            first.to_string(),
-            "--source".into(),
-            sources.next()?.to_string(),
-        ];
-        workers.push(Worker::spawn(&args, count, tag, events_tx.clone())?);
-        first += count;
-    }
+    let mut workers = spawn_crowd(
+        "soak-worker",
+        url,
+        config.clients,
+        config.per_worker,
+        batch * config.clients,
+        sources,
+        &[],
+        &events_tx,
+    )?;
     let until = Instant::now() + config.round_timeout;
     wait_ready(&events, &workers.iter().collect::<Vec<_>>(), until)?;
     for round in 0..ROUNDS {
@@ -370,19 +360,17 @@ enum Step {
 
 async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
     let fanout = Arc::new(config.fanout);
-    let sockets = fanout.open_all(config.count).await?;
-    let (step_tx, step_rx) = watch::channel(Step::Wait);
-    let (done_tx, mut done) = mpsc::unbounded_channel();
-    for (i, ws) in sockets.into_iter().enumerate() {
-        let search = serde_json::json!({
-            "type": "search",
-            "interests": interests_of(fanout.first + i),
+    let first = fanout.first;
+    let (step_tx, mut done) =
+        start_users(&fanout, config.count, Step::Wait, |i, ws, steps, done| {
+            let search = serde_json::json!({
+                "type": "search",
+                "interests": interests_of(first + i),
+            })
+            .to_string();
+            user(ws, search, steps, done)
         })
-        .to_string();
-        tokio::spawn(user(ws, search, step_rx.clone(), done_tx.clone()));
-    }
-    drop(done_tx);
-    crate::worker::say(&format!("ready {}", config.count));
+        .await?;
 
     let mut commands = stdin_lines();
     let mut skips = 0;
@@ -397,24 +385,16 @@ async fn serve(config: WorkerConfig) -> anyhow::Result<()> {
             other => bail!("unknown command `{other}`"),
         };
         step_tx.send_replace(step);
-        for _ in 0..config.count {
-            match done.recv().await {
-                Some(Ok(())) => {}
-                Some(Err(e)) => bail!("{e}"),
-                None => bail!("every user ended"),
-            }
-        }
+        answers(&mut done, config.count).await?;
         crate::worker::say(&format!("{answer} {}", config.count));
     }
     Ok(())
 }
 
-type Done = mpsc::UnboundedSender<Result<(), String>>;
-
 /// One user. It reads its socket all along (a partner may skip it, and the
 /// server match it again, before this worker hears of the round), counting
 /// `matched` messages: round `k` is done for it at its `k`-th.
-async fn user(mut ws: Ws, search: String, mut step: watch::Receiver<Step>, done: Done) {
+async fn user(mut ws: Ws, search: String, mut step: watch::Receiver<Step>, done: Done<()>) {
     let mut matched = 0u32;
     // Whether the current call's `matched` said we are the polite side.
     let mut polite = true;

@@ -125,11 +125,9 @@ pub struct Waiter {
 
 /// What the switchboard asks of the backplane (`Output::Backplane`).
 ///
-/// Still `#[non_exhaustive]`, though only this workspace uses it: the Redis
-/// backplane's `execute` has a catch-all arm that would otherwise be
-/// unreachable, and that function is being rewritten on its own.
+/// Exhaustive on purpose: only this workspace matches it, and a new request
+/// must fail to compile where it is not yet carried out.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub enum Request {
     /// Pair `Waiter` with a compatible waiter atomically, or queue it.
     /// Answered with [`Event::Paired`], [`Event::Queued`], [`Event::Banned`]

@@ -16,9 +16,13 @@
 //!
 //! Module map:
 //!
-//! - [`switchboard`]: the state machine for connections and calls (start here).
-//! - [`protocol`]: the signalling messages and the decoder of client frames
-//!   (`PROTOCOL.md` describes the wire format).
+//! - [`switchboard`]: the state machine for connections and calls (start
+//!   here), one file a concern: strangers, rooms, moderation, hello; its
+//!   `queue.rs` makes the one choice between a single node and several
+//!   (`remote.rs`: what spans nodes).
+//! - [`protocol`]: the signalling messages (client, server, signals,
+//!   errors) and the decoder of client frames (`PROTOCOL.md` describes the
+//!   wire format).
 //! - [`matchmaker`]: the stranger queue with interest lanes.
 //! - [`backplane`]: requests and events when several nodes share a store.
 //! - [`bytebudget`]: byte buckets; per-source budgets that keep STUN and TURN
@@ -32,8 +36,9 @@
 //! - [`ratelimit`]: token buckets on a caller-supplied clock.
 //! - [`stun`]: STUN messages and attributes ([`stun::codec`], shared with
 //!   TURN) and an RFC 5389 Binding responder, for the embedded STUN server.
-//! - [`turn`]: the embedded TURN server (relays, REST credentials) and its
-//!   ChannelData framing.
+//! - [`turn`]: the embedded TURN server (requests, allocations and relaying
+//!   each in a file under `turn/server/`, REST credentials, the peer
+//!   policy) and its ChannelData framing.
 //!
 //! Nothing here logs an address, SDP, a candidate or chat text. The
 //! switchboard never sees an address (clients are opaque `ClientKey`s, HMACs

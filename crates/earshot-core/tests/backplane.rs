@@ -448,7 +448,13 @@ impl Cluster {
                     self.store.clients.entry(key).or_default().ban = Some(now + millis(length));
                 }
             }
-            _ => {}
+            // A connect within its allowance needs no answer; the model here
+            // has no rooms (their store rules: earshot-server's store_rules).
+            Request::Connect { .. }
+            | Request::RoomJoin { .. }
+            | Request::RoomLeave { .. }
+            | Request::RoomLock { .. }
+            | Request::RoomRemove { .. } => {}
         }
     }
 

@@ -7,7 +7,8 @@
 //! renegotiates by itself, so the only glare is an offer arriving at an
 //! impolite side that has one pending, which it ignores (perfect negotiation).
 //! ICE: one host candidate, the peer's own UDP socket, sent inside the SDP;
-//! the remote's trickled candidates are added as they come.
+//! the remote's trickled candidates are added as they come. Once `chat`
+//! opens, the safety-words exchange (`safetywords`) runs over it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -23,6 +24,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
 use crate::audio::{FRAME_SAMPLES, Receiver};
+use crate::safetywords::{self, Exchange, Outcome, Warning};
 use crate::wire::{self, ChannelMsg, Target};
 
 /// What a connection tells its owner.
@@ -34,6 +36,8 @@ pub(crate) enum ConnEvent {
     AudioStarted(Duration),
     ChatOpen,
     Chat(String),
+    SafetyWords([&'static str; 3]),
+    SafetyWarning(Warning),
     /// ICE gave up (or the DTLS/SCTP side closed): the connection is dead.
     Closed,
 }
@@ -59,6 +63,10 @@ pub struct ConnStats {
     pub decode_errors: u64,
     pub chats_received: u64,
     pub chats_sent: u64,
+    /// The safety words, space-separated, once the exchange gave them.
+    pub safety_words: Option<String>,
+    /// Why there are none, once the exchange failed.
+    pub safety_warning: Option<Warning>,
 }
 
 fn crypto() -> Arc<CryptoProvider> {
@@ -88,6 +96,10 @@ pub(crate) struct Conn {
     /// which can arrive before str0m has a working pair for it, is not
     /// dropped (it would only be resent a second later).
     remote_addrs: Vec<SocketAddr>,
+    /// The remote's latest description, for its fingerprint.
+    remote_sdp: Option<String>,
+    words: Option<Exchange>,
+    words_told: bool,
 }
 
 impl Conn {
@@ -125,6 +137,9 @@ impl Conn {
             timeout: now,
             dead: false,
             remote_addrs: Vec::new(),
+            remote_sdp: None,
+            words: None,
+            words_told: false,
         };
         let mut events = Vec::new();
         if !polite {
@@ -160,6 +175,9 @@ impl Conn {
         &mut self,
         d: &SessionDescription,
     ) -> anyhow::Result<Option<ConnEvent>> {
+        if d.kind == SdpType::Offer || d.kind == SdpType::Answer {
+            self.remote_sdp = Some(d.sdp.clone());
+        }
         for line in d.sdp.lines() {
             if let Some(c) = line.trim_end().strip_prefix("a=") {
                 self.remember(c);
@@ -229,6 +247,9 @@ impl Conn {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(x) = self.words.as_mut() {
+            x.handle_timeout(now);
+        }
         if now >= self.timeout && self.rtc.handle_input(Input::Timeout(now)).is_err() {
             self.dead = true;
         }
@@ -236,12 +257,16 @@ impl Conn {
 
     /// When [`Conn::handle_timeout`] wants to be called next.
     pub fn timeout(&self) -> Instant {
-        self.timeout
+        match self.words.as_ref().and_then(Exchange::deadline) {
+            Some(d) => d.min(self.timeout),
+            None => self.timeout,
+        }
     }
 
     /// Drains str0m: datagrams to send go to `transmit`, events are returned.
     pub fn poll(&mut self, mut transmit: impl FnMut(SocketAddr, &[u8])) -> Vec<ConnEvent> {
         let mut events = Vec::new();
+        self.tell_words(&mut events);
         loop {
             let out = match self.rtc.poll_output() {
                 Ok(o) => o,
@@ -293,9 +318,12 @@ impl Conn {
                 self.chat = Some(cid);
                 self.chat_open = true;
                 events.push(ConnEvent::ChatOpen);
+                self.start_words(now, events);
             }
             Event::ChannelData(d) if Some(d.id) == self.chat && !d.binary => {
-                if let Some(ChannelMsg::Chat(text)) = wire::decode_channel(&d.data) {
+                if wire::is_safety(&d.data) {
+                    self.on_words_msg(wire::decode_channel(&d.data), events);
+                } else if let Some(ChannelMsg::Chat(text)) = wire::decode_channel(&d.data) {
                     self.stats.chats_received += 1;
                     events.push(ConnEvent::Chat(text));
                 }
@@ -310,6 +338,78 @@ impl Conn {
             }
             _ => {}
         }
+    }
+
+    /// The exchange, made from the descriptions in use when the channel
+    /// opens (or its first message comes); `None` without both fingerprints.
+    fn exchange(&mut self) -> Option<&mut Exchange> {
+        if self.words.is_none() {
+            let local = self
+                .local_sdps
+                .last()
+                .and_then(|s| safetywords::description_fingerprint(s))?;
+            let remote = self
+                .remote_sdp
+                .as_deref()
+                .and_then(safetywords::description_fingerprint)?;
+            self.words = Some(Exchange::new(&local, &remote, safetywords::new_nonce()));
+        }
+        self.words.as_mut()
+    }
+
+    fn start_words(&mut self, now: Instant, events: &mut Vec<ConnEvent>) {
+        let out = match self.exchange() {
+            Some(x) => x.start(now),
+            None => {
+                self.tell(ConnEvent::SafetyWarning(Warning::Protocol), events);
+                return;
+            }
+        };
+        self.send_words(out);
+        self.tell_words(events);
+    }
+
+    fn on_words_msg(&mut self, msg: Option<ChannelMsg>, events: &mut Vec<ConnEvent>) {
+        let out = match (self.exchange(), msg) {
+            (Some(x), Some(m)) => x.handle(&m),
+            _ => {
+                self.tell(ConnEvent::SafetyWarning(Warning::Protocol), events);
+                return;
+            }
+        };
+        self.send_words(out);
+        self.tell_words(events);
+    }
+
+    fn send_words(&mut self, out: Vec<ChannelMsg>) {
+        for m in out {
+            if let Some(mut ch) = self.chat.and_then(|id| self.rtc.channel(id)) {
+                let _ = ch.write(false, wire::encode_channel(&m).as_bytes());
+            }
+        }
+    }
+
+    /// Reports the exchange's outcome, once.
+    fn tell_words(&mut self, events: &mut Vec<ConnEvent>) {
+        let ev = match self.words.as_ref().and_then(Exchange::outcome) {
+            Some(Outcome::Words(w)) => ConnEvent::SafetyWords(*w),
+            Some(Outcome::Warning(w)) => ConnEvent::SafetyWarning(*w),
+            None => return,
+        };
+        self.tell(ev, events);
+    }
+
+    fn tell(&mut self, ev: ConnEvent, events: &mut Vec<ConnEvent>) {
+        if self.words_told {
+            return;
+        }
+        self.words_told = true;
+        match &ev {
+            ConnEvent::SafetyWords(w) => self.stats.safety_words = Some(w.join(" ")),
+            ConnEvent::SafetyWarning(w) => self.stats.safety_warning = Some(*w),
+            _ => {}
+        }
+        events.push(ev);
     }
 
     /// Sends one Opus frame, once connected (earlier frames would be dropped).

@@ -19,14 +19,17 @@
 //!
 //! Module map:
 //!
-//! - [`peer`]: the [`Peer`] handle and the task that drives the signalling
-//!   WebSocket, the UDP socket and the connections (start here).
+//! - [`peer`]: the [`Peer`] handle, and (in `peer/driver.rs`) the task that
+//!   drives the signalling WebSocket, the UDP socket and the connections
+//!   (start here).
 //! - `conn`: one WebRTC connection on str0m (sans-IO): negotiation, audio,
 //!   the data channel, per-connection stats.
 //! - [`wire`]: signalling messages out (frames in are the core's
 //!   `ServerMsg`, decoded by `ServerMsg::from_json`), data-channel
 //!   messages both ways, proof of work.
 //! - [`roomcrypto`]: the locked-room passphrase maths (verifier, auth).
+//! - [`safetywords`]: the safety words and their commit-then-reveal
+//!   exchange over the data channel.
 //! - [`audio`]: tone and WAV sources, Opus, level and frequency measurement,
 //!   WAV reading and writing.
 //!
@@ -41,6 +44,7 @@ pub mod audio;
 mod conn;
 pub mod peer;
 pub mod roomcrypto;
+pub mod safetywords;
 pub mod wire;
 
 pub use conn::ConnStats;

@@ -118,7 +118,15 @@ pub fn solve(c: &Challenge) -> Option<PowSolution> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChannelMsg {
     Chat(String),
-    State { muted: bool },
+    State {
+        muted: bool,
+    },
+    /// Safety words (PROTOCOL.md): the committer's SHA-256 of its nonce.
+    SafetyCommit([u8; 32]),
+    /// The responder's nonce.
+    SafetyNonce([u8; 32]),
+    /// The committer's nonce, revealed.
+    SafetyReveal([u8; 32]),
 }
 
 #[derive(Deserialize)]
@@ -129,10 +137,16 @@ struct ChannelF {
     text: Option<String>,
     #[serde(default)]
     muted: Option<bool>,
+    #[serde(default)]
+    hash: Option<String>,
+    #[serde(default)]
+    nonce: Option<String>,
 }
 
 /// Decodes a data-channel message as the browser does; `None` for anything
-/// the protocol says to ignore (not JSON, unknown type, empty or over-long text).
+/// the protocol says to ignore (not JSON, unknown type, empty or over-long
+/// text), and for a safety-words message whose value is not 64 lower-case
+/// hex digits ([`is_safety`] tells those apart, for the warning).
 pub fn decode_channel(data: &[u8]) -> Option<ChannelMsg> {
     if data.len() > MAX_CHAT_CHARS * 6 + 64 {
         return None;
@@ -143,7 +157,43 @@ pub fn decode_channel(data: &[u8]) -> Option<ChannelMsg> {
             Some(ChannelMsg::Chat(text))
         }
         ("state", _, Some(muted)) => Some(ChannelMsg::State { muted }),
+        ("safety_commit", _, _) => Some(ChannelMsg::SafetyCommit(hex32(f.hash)?)),
+        ("safety_nonce", _, _) => Some(ChannelMsg::SafetyNonce(hex32(f.nonce)?)),
+        ("safety_reveal", _, _) => Some(ChannelMsg::SafetyReveal(hex32(f.nonce)?)),
         _ => None,
+    }
+}
+
+fn hex32(text: Option<String>) -> Option<[u8; 32]> {
+    hex::decode(&text?)
+}
+
+/// Whether this data-channel message has a safety-words `type` (well formed
+/// or not): a malformed one must end the exchange with the warning.
+pub fn is_safety(data: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Kind {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    data.len() <= 1024
+        && serde_json::from_slice::<Kind>(data).is_ok_and(|k| k.kind.starts_with("safety_"))
+}
+
+/// The data-channel text of a message.
+pub fn encode_channel(msg: &ChannelMsg) -> String {
+    match msg {
+        ChannelMsg::Chat(text) => encode_chat(text),
+        ChannelMsg::State { muted } => json!({"type": "state", "muted": muted}).to_string(),
+        ChannelMsg::SafetyCommit(h) => {
+            json!({"type": "safety_commit", "hash": hex::encode(h)}).to_string()
+        }
+        ChannelMsg::SafetyNonce(n) => {
+            json!({"type": "safety_nonce", "nonce": hex::encode(n)}).to_string()
+        }
+        ChannelMsg::SafetyReveal(n) => {
+            json!({"type": "safety_reveal", "nonce": hex::encode(n)}).to_string()
+        }
     }
 }
 
@@ -171,6 +221,24 @@ mod tests {
         let long = encode_chat(&"é".repeat(MAX_CHAT_CHARS + 1));
         assert_eq!(decode_channel(long.as_bytes()), None);
         assert_eq!(decode_channel(b"\xff\xfe"), None);
+    }
+
+    #[test]
+    fn safety_messages_round_trip() {
+        let n: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
+        for m in [
+            ChannelMsg::SafetyCommit(n),
+            ChannelMsg::SafetyNonce(n),
+            ChannelMsg::SafetyReveal(n),
+        ] {
+            let text = encode_channel(&m);
+            assert!(is_safety(text.as_bytes()));
+            assert_eq!(decode_channel(text.as_bytes()), Some(m));
+        }
+        let short = br#"{"type":"safety_nonce","nonce":"abcd"}"#;
+        assert!(is_safety(short));
+        assert_eq!(decode_channel(short), None);
+        assert!(!is_safety(encode_chat("safety_commit").as_bytes()));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! room (the passphrase `auth` checked both ways). Chromium must receive the
 //! peer's audio (`inbound-rtp` packets and `totalAudioEnergy` rising), the
 //! peer must hear Chromium's fake microphone, and chat goes both ways over
-//! the data channel. Gated like the browser tests: `EARSHOT_E2E=1` (as
+//! the data channel, and the page and the peer show the same safety words
+//! (commit-then-reveal, PROTOCOL.md). Gated like the browser tests: `EARSHOT_E2E=1` (as
 //! scripts/test sets, inside a loopback-only namespace) makes them run.
 
 mod common;
@@ -91,6 +92,49 @@ fn chat_both_ways(
     rt.block_on(chat_from(p, "the peer", remote, to_peer))
 }
 
+/// The safety words of the peer's connection to `remote`, once its
+/// exchange is done (an error if it gave the warning instead).
+async fn peer_words(p: &Peer, remote: Target) -> Result<String> {
+    let stats = stats_until(p, "the peer's safety words", |s| {
+        conn(s, remote).is_some_and(|c| c.safety_words.is_some() || c.safety_warning.is_some())
+    })
+    .await?;
+    let c = conn(&stats, remote).context("no connection")?;
+    ensure!(
+        c.safety_warning.is_none(),
+        "the peer warns instead of showing words: {:?}",
+        c.safety_warning
+    );
+    c.safety_words.clone().context("no words")
+}
+
+/// The page shows the same safety words as the peer, for the stranger or
+/// for room member `room_peer`, and no warning.
+fn same_words(b: &Browser, room_peer: Option<u32>, peer: &str) -> Result<()> {
+    let page = poll("the page's safety words", STEP, || {
+        let v = b.execute(
+            "const scope = arguments[0] == null ? document
+               : document.querySelector(`li[data-peer=\"${arguments[0]}\"]`);
+             const w = scope && scope.querySelector('[data-testid=\"safety-words\"]');
+             const warn = scope && scope.querySelector('[data-testid=\"safety-warning\"]');
+             if (warn && !warn.hidden && !warn.closest('[hidden]')) return {warning: warn.dataset.reason};
+             return w && w.dataset.words && !w.closest('[hidden]') ? {words: w.dataset.words} : null;",
+            serde_json::json!([room_peer]),
+        )?;
+        Ok(if v.is_null() {
+            Err("none yet".to_string())
+        } else {
+            Ok(v)
+        })
+    })?;
+    ensure!(
+        page["words"].as_str() == Some(peer),
+        "{}: the page shows {page}, the peer {peer:?}",
+        b.name
+    );
+    Ok(())
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -135,6 +179,9 @@ fn browser_and_peer_meet_as_strangers() -> Result<()> {
                 let stats = rt.block_on(peer_hears_page(&p, remote))?;
                 check_loopback_candidates("the peer", &stats)?;
                 chat_both_ways(run, &rt, a, &mut p, remote, round)?;
+                let words = rt.block_on(peer_words(&p, remote))?;
+                same_words(a, None, &words)?;
+                println!("round {round}: the page and the peer show {words:?}");
                 let c = conn(&stats, remote).context("no connection")?;
                 figures.push(format!(
                     "{} {} ms (connected after {} ms, rtt {:?} ms)",
@@ -257,6 +304,15 @@ fn browser_and_peers_in_a_locked_room() -> Result<()> {
                 "A refused someone: {snap}"
             );
             chat_both_ways(run, &rt, a, &mut p1, Target::Peer(a_id), 1)?;
+            for (p, id) in [(&p0, id0), (&p1, id1)] {
+                let words = rt.block_on(peer_words(p, Target::Peer(a_id)))?;
+                same_words(a, Some(id), &words)?;
+            }
+            let (w01, w10) = (
+                rt.block_on(peer_words(&p0, Target::Peer(id1)))?,
+                rt.block_on(peer_words(&p1, Target::Peer(id0)))?,
+            );
+            ensure!(w01 == w10, "the two peers show {w01:?} and {w10:?}");
             let figure = |s: &PeerStats| {
                 conn(s, Target::Peer(a_id))
                     .and_then(|c| c.first_audio_ms)

@@ -63,6 +63,18 @@ pub struct Args {
     #[arg(long, env = "EARSHOT_NO_TURN", conflicts_with = "turn_listen")]
     pub no_turn: bool,
 
+    /// TCP address of the embedded TURN server over TLS (turns:), for
+    /// networks that let only TLS through; it presents the --tls-cert
+    /// certificate. 443 gets through most firewalls: the same address as
+    /// --listen shares the HTTPS port [default with --tls-cert: port 5349
+    /// on the --turn-listen host; off otherwise]. Port 0 picks a free port.
+    #[arg(long, env = "EARSHOT_TURN_TLS_LISTEN", conflicts_with = "no_turn")]
+    pub turn_tls_listen: Option<SocketAddr>,
+
+    /// Run the embedded TURN server without TLS, even with --tls-cert.
+    #[arg(long, env = "EARSHOT_NO_TURN_TLS", conflicts_with = "turn_tls_listen")]
+    pub no_turn_tls: bool,
+
     /// A peer range (CIDR) the embedded TURN server relays to although it is
     /// private or special, e.g. 10.0.0.0/8 on a LAN; repeatable.
     #[arg(
@@ -86,7 +98,7 @@ pub struct Args {
     pub turn_total_quota: usize,
 
     /// Most relay allocations one TURN credential holds, from any address
-    /// [default: 4 x (--room-size - 1)].
+    /// [default: 4 x (--room-size - 1), 6 x with TURN over TLS].
     #[arg(long, env = "EARSHOT_TURN_USER_QUOTA")]
     pub turn_user_quota: Option<usize>,
 
@@ -95,8 +107,8 @@ pub struct Args {
     #[arg(long, env = "EARSHOT_TURN_CLIENT_QUOTA")]
     pub turn_client_quota: Option<usize>,
 
-    /// Most TURN-over-TCP connections one client holds [default: 3 x
-    /// --room-size].
+    /// Most TURN-over-TCP connections (TLS ones included) one client holds
+    /// [default: 3 x --room-size, twice that with TURN over TLS].
     #[arg(long, env = "EARSHOT_TURN_TCP_PER_CLIENT")]
     pub turn_tcp_per_client: Option<usize>,
 
@@ -321,10 +333,22 @@ pub struct TurnSetup {
 
 #[derive(Clone, Debug)]
 pub struct EmbeddedTurn {
+    /// UDP and TCP.
     pub listen: SocketAddr,
+    /// TURN over TLS, with the HTTPS certificate.
+    pub tls_listen: Option<TurnTlsListen>,
     pub public_ip: Option<IpAddr>,
     pub relay_ports: RangeInclusive<u16>,
     pub limits: crate::turn::TurnLimits,
+}
+
+/// Where TURN over TLS listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TurnTlsListen {
+    /// A listener of its own.
+    Own(SocketAddr),
+    /// The HTTPS listener, which hands TURN connections over.
+    Https,
 }
 
 impl std::fmt::Debug for TurnSetup {
@@ -417,7 +441,8 @@ fn embedded_turn(args: &Args) -> anyhow::Result<(Option<EmbeddedTurn>, Option<&'
             })
             .collect::<anyhow::Result<Vec<_>>>()
     };
-    let mut limits = crate::turn::TurnLimits::for_room_size(args.room_size);
+    let tls_listen = turn_tls_listen(args, listen)?;
+    let mut limits = crate::turn::TurnLimits::for_rooms(args.room_size, tls_listen.is_some());
     limits.allow_peers = cidrs("turn-allow-peer", &args.turn_allow_peers)?;
     limits.deny_peers = cidrs("turn-deny-peer", &args.turn_deny_peers)?;
     limits.services = vec![args.listen];
@@ -439,12 +464,42 @@ fn embedded_turn(args: &Args) -> anyhow::Result<(Option<EmbeddedTurn>, Option<&'
     Ok((
         Some(EmbeddedTurn {
             listen,
+            tls_listen,
             public_ip: args.turn_public_ip,
             relay_ports: port_range(&args.turn_relay_ports)?,
             limits,
         }),
         None,
     ))
+}
+
+/// TURN over TLS: where asked (on the HTTPS port when that is `--listen`),
+/// or on 5349 (RFC 8656's `turns` port) when there is a real certificate.
+/// A self-signed one is not on by default: browsers show no warning page
+/// for TURN, so they would just fail on it.
+fn turn_tls_listen(args: &Args, listen: SocketAddr) -> anyhow::Result<Option<TurnTlsListen>> {
+    if args.no_turn_tls {
+        return Ok(None);
+    }
+    match args.turn_tls_listen {
+        Some(tls) => {
+            if args.tls_cert.is_none() && !args.tls_self_signed {
+                bail!("--turn-tls-listen needs a certificate: --tls-cert (or --tls-self-signed)");
+            }
+            if tls.ip().is_unspecified() && args.turn_public_ip.is_none() {
+                bail!("--turn-tls-listen on all interfaces needs --turn-public-ip");
+            }
+            // Port 0 means a free port of its own, even if --listen says 0.
+            if tls == args.listen && tls.port() != 0 {
+                return Ok(Some(TurnTlsListen::Https));
+            }
+            Ok(Some(TurnTlsListen::Own(tls)))
+        }
+        None if args.tls_cert.is_some() => {
+            Ok(Some(TurnTlsListen::Own(SocketAddr::new(listen.ip(), 5349))))
+        }
+        None => Ok(None),
+    }
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -698,6 +753,55 @@ mod tests {
                 "{bad}: {err:#}"
             );
         }
+    }
+
+    #[test]
+    fn turn_over_tls_is_on_with_a_real_certificate_or_when_asked() {
+        let tls = |args: &[&str]| {
+            let mut all = vec!["--turn-listen", "127.0.0.1:3479"];
+            all.extend_from_slice(args);
+            parse(&all).map(|s| s.turn.embedded.unwrap().tls_listen)
+        };
+        let files = ["--tls-cert", "c.pem", "--tls-key", "k.pem"];
+        assert_eq!(tls(&[]).unwrap(), None);
+        assert_eq!(tls(&["--tls-self-signed"]).unwrap(), None);
+        let own = |a: &str| Some(TurnTlsListen::Own(a.parse().unwrap()));
+        assert_eq!(tls(&files).unwrap(), own("127.0.0.1:5349"));
+        let mut off = files.to_vec();
+        off.push("--no-turn-tls");
+        assert_eq!(tls(&off).unwrap(), None);
+        let mut at = files.to_vec();
+        at.extend(["--turn-tls-listen", "127.0.0.1:443"]);
+        assert_eq!(tls(&at).unwrap(), own("127.0.0.1:443"));
+        assert_eq!(
+            tls(&["--tls-self-signed", "--turn-tls-listen", "127.0.0.1:0"]).unwrap(),
+            own("127.0.0.1:0")
+        );
+        let mut shared = files.to_vec();
+        shared.extend([
+            "--listen",
+            "127.0.0.1:8443",
+            "--turn-tls-listen",
+            "127.0.0.1:8443",
+        ]);
+        assert_eq!(tls(&shared).unwrap(), Some(TurnTlsListen::Https));
+        assert!(
+            tls(&["--turn-tls-listen", "127.0.0.1:443"]).is_err(),
+            "no certificate"
+        );
+        assert!(parse(&["--no-turn", "--turn-tls-listen", "127.0.0.1:443"]).is_err());
+        let mut wild = files.to_vec();
+        wild.extend(["--turn-tls-listen", "0.0.0.0:443"]);
+        assert!(tls(&wild).is_err(), "needs a public IP");
+        // A third URL: room for its allocations and connections.
+        let limits = |args: &[&str]| {
+            let mut all = vec!["--turn-listen", "127.0.0.1:3479"];
+            all.extend_from_slice(args);
+            let l = parse(&all).unwrap().turn.embedded.unwrap().limits;
+            (l.per_credential, l.per_client, l.tcp_per_client)
+        };
+        assert_eq!(limits(&[]), (20, 60, 18));
+        assert_eq!(limits(&files), (30, 90, 36));
     }
 
     #[test]

@@ -361,14 +361,20 @@ fn turn_metrics(
         (
             "turn_tcp_refused_total",
             "counter",
-            "TURN TCP connections refused: the client was at its cap.",
+            "TURN TCP connections (TLS included) refused: the client was at its cap.",
             &t.tcp_refused,
         ),
         (
             "turn_tcp_idle_closed_total",
             "counter",
-            "TURN TCP connections closed for holding no allocation.",
+            "TURN TCP connections (TLS included) closed for holding no allocation.",
             &t.tcp_idle_closed,
+        ),
+        (
+            "turn_tls_handshake_failed_total",
+            "counter",
+            "TURN over TLS connections whose handshake failed or timed out.",
+            &t.tls_handshake_failed,
         ),
     ]
     .into_iter()
@@ -488,10 +494,15 @@ fn make_ice_servers(app: &App, host: Option<String>) -> Vec<IceServer> {
     if let Some(turn) = app.turn_addr {
         let h = host().unwrap_or_else(|| fallback(turn));
         let port = turn.port();
-        servers.push(entry(vec![
+        let mut urls = vec![
             format!("turn:{h}:{port}?transport=udp"),
             format!("turn:{h}:{port}?transport=tcp"),
-        ]));
+        ];
+        // Last: browsers try every URL, and TLS is the slowest way in.
+        if let Some(tls) = app.turn_tls_addr {
+            urls.push(format!("turns:{h}:{}?transport=tcp", tls.port()));
+        }
+        servers.push(entry(urls));
     }
     if !app.settings.turn.urls.is_empty() {
         servers.push(entry(app.settings.turn.urls.clone()));

@@ -11,8 +11,9 @@
 //! - [`identity`]: client keys (HMAC of the address) and the `Pii` wrapper.
 //! - `listener`: TCP caps per client and a deadline for request heads.
 //! - [`stun`]: the embedded STUN server's UDP loop.
-//! - [`turn`]: the embedded TURN server's sockets (UDP, TCP, relays).
-//! - [`tls`]: HTTPS certificates (from files, or self-signed in memory).
+//! - [`turn`]: the embedded TURN server's sockets (UDP, TCP, TLS, relays).
+//! - [`tls`]: HTTPS certificates (from files, or self-signed in memory),
+//!   also presented by TURN over TLS.
 //! - `trim`: gives freed memory back to the system after many connections
 //!   have closed.
 //! - [`geo`], [`proxy`]: approximate country, and client addresses behind
@@ -59,6 +60,8 @@ pub struct App {
     pub stun_addr: Option<SocketAddr>,
     /// The bound embedded TURN address (UDP and TCP), if it runs.
     pub turn_addr: Option<SocketAddr>,
+    /// The bound address of TURN over TLS, if it runs.
+    pub turn_tls_addr: Option<SocketAddr>,
     /// The embedded TURN server's counters, if it runs.
     pub turn_metrics: Option<Arc<turn::TurnMetrics>>,
     pub stun_metrics: Arc<stun::StunMetrics>,
@@ -86,6 +89,8 @@ pub struct Running {
     pub stun_addr: Option<SocketAddr>,
     /// Where the embedded TURN server listens, if enabled.
     pub turn_addr: Option<SocketAddr>,
+    /// Where it listens for TURN over TLS, if enabled.
+    pub turn_tls_addr: Option<SocketAddr>,
     /// The certificate served, when HTTPS is on.
     pub tls: Option<tls::Tls>,
     pub app: Arc<App>,
@@ -102,14 +107,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let tracker = TaskTracker::new();
     let stun_metrics = Arc::new(stun::StunMetrics::default());
     let stun_addr = bind_stun(&settings, &stun_metrics, &shutdown, &tracker).await?;
-    let turn_listener = bind_turn(&settings, http_addr, stun_addr).await?;
-    let turn_addr = turn_listener
-        .as_ref()
-        .map(turn::TurnListener::local_addr)
-        .transpose()?;
-    if let Some(why) = settings.turn.unavailable {
-        tracing::warn!("no embedded TURN server, so no \"hide my IP\": {why}");
-    }
     let tls = match &settings.tls {
         config::TlsSetup::None => None,
         config::TlsSetup::Files { cert, key } => Some(tls::Tls::from_pem_files(cert, key)?),
@@ -117,6 +114,22 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             Some(tls::Tls::self_signed(&[http_addr.ip()], names)?)
         }
     };
+    let mut turn_listener = bind_turn(&settings, http_addr, stun_addr, tls.as_ref()).await?;
+    let turn_addr = turn_listener
+        .as_ref()
+        .map(turn::TurnListener::local_addr)
+        .transpose()?;
+    let shares_https = settings.turn.embedded.as_ref().and_then(|t| t.tls_listen)
+        == Some(config::TurnTlsListen::Https)
+        && tls.is_some();
+    let (turn_tls_addr, handovers) = match &mut turn_listener {
+        Some(l) if shares_https => (Some(http_addr), Some(l.with_handover())),
+        Some(l) => (l.tls_addr()?, None),
+        None => (None, None),
+    };
+    if let Some(why) = settings.turn.unavailable {
+        tracing::warn!("no embedded TURN server, so no \"hide my IP\": {why}");
+    }
     let geo = match &settings.geoip_db {
         Some(path) => geo::Geo::from_maxmind(path)
             .with_context(|| format!("cannot read --geoip-db {}", path.display()))?,
@@ -148,7 +161,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         settings.proxies.clone(),
         tls.as_ref().map(|t| t.acceptor.clone()),
         guards,
-    );
+    )
+    .with_turn(handovers);
     tracker.spawn(hub.clone().run_timer(shutdown.clone()));
     tracker.spawn(trim::run(hub.clone(), shutdown.clone()));
     let pinger = Arc::new(ws::Pinger::new());
@@ -159,6 +173,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         hub,
         stun_addr,
         turn_addr,
+        turn_tls_addr,
         turn_metrics,
         stun_metrics: stun_metrics.clone(),
         keyer: keyer.clone(),
@@ -200,6 +215,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         http_addr,
         stun_addr,
         turn_addr,
+        turn_tls_addr,
         tls,
         app,
         server,
@@ -224,12 +240,14 @@ async fn bind_stun(
     Ok(Some(bound))
 }
 
-/// Binds the embedded TURN server's sockets, if it runs; it serves once
-/// the hub can tell it which credentials are live (`spawn_turn`).
+/// Binds the embedded TURN server's sockets, if it runs (TLS with the
+/// HTTPS certificate); it serves once the hub can tell it which
+/// credentials are live (`spawn_turn`).
 async fn bind_turn(
     settings: &Settings,
     http_addr: SocketAddr,
     stun_addr: Option<SocketAddr>,
+    tls: Option<&tls::Tls>,
 ) -> anyhow::Result<Option<turn::TurnListener>> {
     let Some(t) = &settings.turn.embedded else {
         return Ok(None);
@@ -249,6 +267,13 @@ async fn bind_turn(
     })
     .await
     .context("cannot start the embedded TURN server")?;
+    let listener = match (t.tls_listen, tls) {
+        (Some(config::TurnTlsListen::Own(addr)), Some(tls)) => listener
+            .with_tls(addr, tls.turn_acceptor.clone())
+            .await
+            .context("cannot start the embedded TURN server")?,
+        _ => listener,
+    };
     Ok(Some(listener))
 }
 

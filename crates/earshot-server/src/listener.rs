@@ -9,6 +9,9 @@
 //!
 //! - TLS, when configured: the handshake runs inside the connection's own
 //!   task (never in the accept loop), and the head deadline covers it too.
+//! - TURN over TLS on the HTTPS port, when configured: a TLS connection
+//!   whose first bytes are a STUN message (HTTP starts with a letter) is
+//!   handed to the TURN server, and HTTP sees it end.
 //!
 //! The peer's address is handed on only inside [`Pii`], as [`ClientAddr`].
 
@@ -30,6 +33,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::identity::{Keyer, Pii};
 use crate::proxy::TrustedProxies;
+use crate::turn::TlsHandover;
+
+type Handovers = tokio::sync::mpsc::Sender<TlsHandover>;
 
 /// The client's address, for deriving its key; never formatted.
 #[derive(Clone, Copy, Debug)]
@@ -61,11 +67,19 @@ pub struct GuardedListener {
     /// Their connections carry many clients: no per-client cap for them.
     proxies: TrustedProxies,
     tls: Option<TlsAcceptor>,
+    /// Where TURN over TLS goes, if it shares the HTTPS port.
+    turn: Option<Handovers>,
     guards: Guards,
     counts: Arc<Mutex<Counts>>,
 }
 
 impl GuardedListener {
+    /// Hands TLS connections that speak TURN to `turn`.
+    pub fn with_turn(mut self, turn: Option<Handovers>) -> GuardedListener {
+        self.turn = turn;
+        self
+    }
+
     pub fn new(
         inner: TcpListener,
         keyer: Arc<Keyer>,
@@ -78,6 +92,7 @@ impl GuardedListener {
             keyer,
             proxies,
             tls,
+            turn: None,
             guards,
             counts: Arc::default(),
         }
@@ -145,6 +160,11 @@ impl Listener for GuardedListener {
                 },
                 deadline: Some(Box::pin(tokio::time::sleep(self.guards.header_timeout))),
                 head: HeadScan::default(),
+                turn: self
+                    .turn
+                    .clone()
+                    .filter(|_| self.tls.is_some())
+                    .map(|t| (t, addr)),
                 _slot: Slot {
                     key,
                     counts: self.counts.clone(),
@@ -198,6 +218,9 @@ pub struct GuardedStream {
     /// Until the first request head is complete.
     deadline: Option<Pin<Box<Sleep>>>,
     head: HeadScan,
+    /// Until the first bytes are read: where to hand the connection if
+    /// they are TURN.
+    turn: Option<(Handovers, SocketAddr)>,
     _slot: Slot,
 }
 
@@ -263,6 +286,31 @@ impl AsyncRead for GuardedStream {
         let polled = on_stream!(self, cx, |s| Pin::new(s).poll_read(cx, buf));
         let this = &mut *self;
         match polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before && this.turn.is_some() => {
+                let (turn, addr) = this.turn.take().expect("checked above");
+                // A TURN client opens with a request: first byte 0 or 1.
+                if buf.filled()[before] >> 6 == 0 && matches!(this.io, Io::Tls(_)) {
+                    let Io::Tls(stream) = std::mem::replace(&mut this.io, Io::Failed) else {
+                        unreachable!("matched just above")
+                    };
+                    let prefix = buf.filled()[before..].to_vec();
+                    buf.set_filled(before);
+                    let handover = TlsHandover {
+                        stream: *stream,
+                        addr,
+                        prefix,
+                    };
+                    if turn.try_send(handover).is_err() {
+                        tracing::debug!("turn over https: hand-over queue full");
+                    }
+                    // HTTP sees the end of the stream.
+                    return Poll::Ready(Ok(()));
+                }
+                if this.deadline.is_some() && this.head.feed(&buf.filled()[before..]) {
+                    this.deadline = None;
+                }
+                Poll::Ready(Ok(()))
+            }
             Poll::Ready(Ok(())) => {
                 if this.deadline.is_some() && this.head.feed(&buf.filled()[before..]) {
                     this.deadline = None;

@@ -33,7 +33,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         None => "no embedded STUN".to_string(),
     };
     let turn = match (running.turn_addr, running.app.settings.turn.unavailable) {
-        (Some(addr), _) => format!("TURN on udp and tcp {addr}"),
+        (Some(addr), _) => match running.turn_tls_addr {
+            Some(tls) => format!("TURN on udp and tcp {addr}, and over tls on {tls}"),
+            None => format!("TURN on udp and tcp {addr}"),
+        },
         (None, Some(why)) => format!("no TURN, so no \"hide my IP\": {why}"),
         (None, None) => "no embedded TURN".to_string(),
     };

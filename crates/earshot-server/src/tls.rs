@@ -4,6 +4,8 @@
 //! at start (`--tls-self-signed`, for trying Earshot on a LAN), whose SHA-256
 //! fingerprint is printed so people can check the browser's warning page.
 //! Nothing is written to disk either way. rustls with the `ring` provider.
+//! The embedded TURN server's `turns:` listener presents the same
+//! certificate.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -16,10 +18,14 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 
-/// A ready TLS acceptor and the leaf certificate it presents.
+/// Ready TLS acceptors and the leaf certificate they present.
 #[derive(Clone)]
 pub struct Tls {
+    /// For HTTPS (ALPN `http/1.1`).
     pub acceptor: TlsAcceptor,
+    /// For TURN over TLS: no ALPN, so a client that offers RFC 7443's
+    /// `stun.turn`, or nothing, is served alike.
+    pub turn_acceptor: TlsAcceptor,
     /// DER of the certificate served (the first of the chain).
     pub certificate: Vec<u8>,
 }
@@ -75,15 +81,18 @@ impl Tls {
     ) -> anyhow::Result<Tls> {
         let certificate = chain[0].to_vec();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let turn = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .context("TLS protocol versions")?
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .context("the certificate and key do not fit together")?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut https = turn.clone();
+        // RFC 7443's TURN label too, for TURN over TLS on the HTTPS port.
+        https.alpn_protocols = vec![b"http/1.1".to_vec(), b"stun.turn".to_vec()];
         Ok(Tls {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            acceptor: TlsAcceptor::from(Arc::new(https)),
+            turn_acceptor: TlsAcceptor::from(Arc::new(turn)),
             certificate,
         })
     }

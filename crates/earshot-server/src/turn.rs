@@ -1,5 +1,7 @@
 //! The embedded TURN server's sockets: one UDP socket and one TCP listener
-//! on the same port for clients, and one UDP relay socket per allocation.
+//! on the same port for clients, optionally a TLS listener (`turns:`, for
+//! networks that let only TLS through), and one UDP relay socket per
+//! allocation.
 //!
 //! All decisions live in `earshot_core::turn`; one driver task owns the
 //! sans-IO [`TurnServer`] and the clock, and every other task only moves
@@ -11,30 +13,36 @@
 //! - Everything is bounded: TCP connections in all and per client (an IPv4
 //!   address or an IPv6 /64), frame sizes, queues, allocations (and so
 //!   relay sockets). A TCP connection that holds no allocation is closed
-//!   after `TCP_NO_ALLOCATION`.
+//!   after `TCP_NO_ALLOCATION`. TLS connections are TCP connections with a
+//!   handshake first: they count against the same caps, and a handshake
+//!   that does not finish within `TLS_HANDSHAKE` is cut off.
 //! - Nothing logged here names a client or a peer: counts and error kinds
 //!   only.
 //! - Relay sockets are bound on the listen IP, within `relay_ports`.
+//!
+//! `streams` holds the TCP and TLS side: the caps, the accept loops, the
+//! hand-over from the HTTPS listener (TURN over TLS on the HTTPS port) and
+//! the framing of one connection.
+
+mod streams;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use earshot_core::bytebudget::source_key;
-use earshot_core::turn::codec::{Frame, stream_frame};
 use earshot_core::turn::{
     AllocationId, Cidr, CredentialCheck, PeerPolicy, RelayUnavailable, Transport, TurnClient,
     TurnConfig, TurnOutput, TurnServer, TurnStats,
 };
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{Semaphore, mpsc};
+use streams::{TcpCaps, accept_tcp, take_handovers};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -85,7 +93,16 @@ impl TurnLimits {
     /// allocation per peer connection and TURN URL (UDP and TCP), and may
     /// hold twice that across an ICE restart or while a call is prepared.
     pub fn for_room_size(room_size: usize) -> TurnLimits {
-        let per_credential = 2 * 2 * room_size.saturating_sub(1).max(1);
+        TurnLimits::for_rooms(room_size, false)
+    }
+
+    /// [`TurnLimits::for_room_size`], `with_tls` counting a third URL
+    /// (`turns:`, a stream connection of its own): browsers allocate on
+    /// every URL they are given.
+    pub fn for_rooms(room_size: usize, with_tls: bool) -> TurnLimits {
+        let urls = if with_tls { 3 } else { 2 };
+        let streams = if with_tls { 2 } else { 1 };
+        let per_credential = 2 * urls * room_size.saturating_sub(1).max(1);
         TurnLimits {
             allow_peers: Vec::new(),
             deny_peers: Vec::new(),
@@ -95,8 +112,9 @@ impl TurnLimits {
             // A household of three, in full rooms.
             per_client: 3 * per_credential,
             max_bps: 4_000_000,
-            // One TCP connection per peer connection, for the household.
-            tcp_per_client: 3 * room_size.max(2),
+            // One TCP (and one TLS) connection per peer connection, for
+            // the household.
+            tcp_per_client: 3 * streams * room_size.max(2),
         }
     }
 }
@@ -119,10 +137,12 @@ pub struct TurnMetrics {
     pub rate_limited_answers: AtomicU64,
     pub over_bandwidth: AtomicU64,
     pub relay_to_relay: AtomicU64,
-    /// TCP connections refused at the per-client cap.
+    /// TCP (and TLS) connections refused at the per-client cap.
     pub tcp_refused: AtomicU64,
-    /// TCP connections closed for holding no allocation.
+    /// TCP (and TLS) connections closed for holding no allocation.
     pub tcp_idle_closed: AtomicU64,
+    /// TLS connections whose handshake failed or took too long.
+    pub tls_handshake_failed: AtomicU64,
 }
 
 impl TurnMetrics {
@@ -153,24 +173,11 @@ impl std::fmt::Debug for TurnSettings {
     }
 }
 
-/// Most TCP client connections at once; more wait in the accept queue.
-const MAX_TCP_CONNECTIONS: usize = 1024;
 /// A TCP connection that holds no allocation for this long is closed: a
 /// client allocates within a round trip of its first frame.
 const TCP_NO_ALLOCATION: Duration = Duration::from_secs(15);
 /// How often TCP connections are checked for that, and counters published.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-/// Frames queued for one TCP client before more are dropped.
-const TCP_QUEUE: usize = 64;
-/// A TCP client that does not take a frame within this time is cut off.
-const TCP_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A TCP connection must send its first frame within this time, and then
-/// something at least this often (a client refreshes its allocation well
-/// within the longest lifetime, 3600 s).
-const TCP_FIRST_FRAME: Duration = Duration::from_secs(10);
-const TCP_IDLE: Duration = Duration::from_secs(3660);
-/// The largest TCP frame: ChannelData with 65535 bytes and padding.
-const MAX_TCP_FRAME: usize = 4 + 0xFFFF + 3;
 /// Peer datagrams are read into buffers this big, one per relay socket;
 /// a bigger one is dropped. WebRTC packets stay under ~1500 bytes.
 const RELAY_BUFFER: usize = 4096;
@@ -181,9 +188,9 @@ const MAX_BIND_FAILURES: usize = 64;
 
 /// Bytes and news for the driver task.
 enum Event {
-    /// A frame from a TCP client.
+    /// A frame from a TCP or TLS client.
     Client {
-        from: SocketAddr,
+        from: TurnClient,
         data: Vec<u8>,
     },
     /// A datagram on a relay socket.
@@ -192,23 +199,38 @@ enum Event {
         from: SocketAddr,
         data: Vec<u8>,
     },
-    /// A TCP connection opened; `conn` tells it from a later connection
-    /// that happens to reuse its address.
+    /// A TCP or TLS connection opened; `conn` tells it from a later
+    /// connection that happens to reuse its address.
     TcpOpened {
         conn: u64,
-        addr: SocketAddr,
+        client: TurnClient,
         queue: mpsc::Sender<Vec<u8>>,
     },
     TcpClosed {
         conn: u64,
-        addr: SocketAddr,
+        client: TurnClient,
     },
 }
+
+/// A TLS connection the HTTPS listener took, whose first bytes (`prefix`)
+/// were TURN: when TURN over TLS shares the HTTPS port.
+pub struct TlsHandover {
+    pub stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    pub addr: SocketAddr,
+    pub prefix: Vec<u8>,
+}
+
+/// Connections handed over at once before more are dropped.
+const HANDOVER_QUEUE: usize = 64;
 
 /// The bound sockets of a TURN server that is not serving yet.
 pub struct TurnListener {
     udp: Arc<UdpSocket>,
     tcp: TcpListener,
+    /// `turns:`: its listener and the certificate it presents.
+    tls: Option<(TcpListener, TlsAcceptor)>,
+    /// `turns:` on the HTTPS port: what the HTTPS listener hands over.
+    handover: Option<mpsc::Receiver<TlsHandover>>,
     settings: TurnSettings,
     relay_ip: IpAddr,
     credential_check: Option<CredentialCheck>,
@@ -254,11 +276,36 @@ impl TurnListener {
         Ok(TurnListener {
             udp: Arc::new(udp),
             tcp,
+            tls: None,
+            handover: None,
             settings,
             relay_ip,
             credential_check: None,
             metrics: Arc::default(),
         })
+    }
+
+    /// Also serves TURN over TLS on `listen` (port 0 picks a free one),
+    /// presenting `acceptor`'s certificate.
+    pub async fn with_tls(
+        mut self,
+        listen: SocketAddr,
+        acceptor: TlsAcceptor,
+    ) -> anyhow::Result<TurnListener> {
+        let tcp = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen for TURN over TLS on tcp {listen}"))?;
+        self.tls = Some((tcp, acceptor));
+        Ok(self)
+    }
+
+    /// Also serves TURN over TLS on connections the HTTPS listener hands
+    /// over through the returned sender (see [`TlsHandover`]): TURN over
+    /// TLS on the HTTPS port.
+    pub fn with_handover(&mut self) -> mpsc::Sender<TlsHandover> {
+        let (tx, rx) = mpsc::channel(HANDOVER_QUEUE);
+        self.handover = Some(rx);
+        tx
     }
 
     /// New allocations only for usernames `check` accepts (the signalling
@@ -278,6 +325,11 @@ impl TurnListener {
         self.udp.local_addr()
     }
 
+    /// The bound TLS address, if TURN over TLS is on.
+    pub fn tls_addr(&self) -> io::Result<Option<SocketAddr>> {
+        self.tls.as_ref().map(|(l, _)| l.local_addr()).transpose()
+    }
+
     /// Serves until `shutdown` is cancelled, then waits for its tasks.
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut nonce_key = [0u8; 32];
@@ -290,10 +342,18 @@ impl TurnListener {
         );
         let limits = &self.settings.limits;
         let listen = self.udp.local_addr()?;
+        let tls_listen = self.tls_addr()?;
         config.policy = PeerPolicy::new(self.relay_ip)
             .allow(limits.allow_peers.iter().copied())
             .deny(limits.deny_peers.iter().copied())
-            .own_services(limits.services.iter().copied().chain([listen]))
+            .own_services(
+                limits
+                    .services
+                    .iter()
+                    .copied()
+                    .chain([listen])
+                    .chain(tls_listen),
+            )
             .own_ip(self.relay_ip);
         // One relay socket per allocation: no more than there are ports.
         config.max_allocations = limits.max_allocations.min(self.settings.relay_ports.len());
@@ -303,17 +363,29 @@ impl TurnListener {
         config.credential_check = self.credential_check;
         let tracker = TaskTracker::new();
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
-        tracker.spawn(accept_tcp(
-            self.tcp,
-            TcpCaps {
-                per_client: limits.tcp_per_client,
-                open: Arc::default(),
-                metrics: self.metrics.clone(),
-            },
-            events_tx.clone(),
-            shutdown.clone(),
-            tracker.clone(),
-        ));
+        // TCP and TLS share the caps: both are streams from the same clients.
+        let caps = Arc::new(TcpCaps::new(limits.tcp_per_client, self.metrics.clone()));
+        if let Some(handover) = self.handover {
+            tracker.spawn(take_handovers(
+                handover,
+                caps.clone(),
+                events_tx.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        let listeners = std::iter::once((self.tcp, None))
+            .chain(self.tls.map(|(tcp, acceptor)| (tcp, Some(acceptor))));
+        for (listener, tls) in listeners {
+            tracker.spawn(accept_tcp(
+                listener,
+                tls,
+                caps.clone(),
+                events_tx.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
         let driver = Driver {
             turn: TurnServer::new(config),
             udp: self.udp,
@@ -360,8 +432,8 @@ struct Driver {
     udp: Arc<UdpSocket>,
     listen_ip: IpAddr,
     relay_ports: RangeInclusive<u16>,
-    /// TCP clients by address.
-    tcp: HashMap<SocketAddr, TcpClient>,
+    /// TCP and TLS clients by transport and address.
+    tcp: HashMap<TurnClient, TcpClient>,
     relays: HashMap<AllocationId, Relay>,
     ports_in_use: HashSet<u16>,
     events_tx: mpsc::Sender<Event>,
@@ -425,10 +497,6 @@ impl Driver {
         let now = Instant::now();
         match event {
             Event::Client { from, data } => {
-                let from = TurnClient {
-                    transport: Transport::Tcp,
-                    addr: from,
-                };
                 self.turn.handle_client(now, unix_now(), from, &data);
             }
             Event::Peer {
@@ -436,21 +504,22 @@ impl Driver {
                 from,
                 data,
             } => self.turn.handle_peer(now, allocation, from, &data),
-            Event::TcpOpened { conn, addr, queue } => {
-                let client = TcpClient {
+            Event::TcpOpened {
+                conn,
+                client,
+                queue,
+            } => {
+                let state = TcpClient {
                     conn,
                     queue,
                     bare_since: Some(now),
                 };
-                self.tcp.insert(addr, client);
+                self.tcp.insert(client, state);
             }
-            Event::TcpClosed { conn, addr } => {
-                if self.tcp.get(&addr).is_some_and(|c| c.conn == conn) {
-                    self.tcp.remove(&addr);
-                    self.turn.client_closed(TurnClient {
-                        transport: Transport::Tcp,
-                        addr,
-                    });
+            Event::TcpClosed { conn, client } => {
+                if self.tcp.get(&client).is_some_and(|c| c.conn == conn) {
+                    self.tcp.remove(&client);
+                    self.turn.client_closed(client);
                 }
             }
         }
@@ -463,9 +532,9 @@ impl Driver {
                 TurnOutput::ToClient { client, data } => {
                     let sent = match client.transport {
                         Transport::Udp => self.udp.try_send_to(&data, client.addr).is_ok(),
-                        Transport::Tcp => self
+                        Transport::Tcp | Transport::Tls => self
                             .tcp
-                            .get(&client.addr)
+                            .get(&client)
                             .is_some_and(|c| c.queue.try_send(data).is_ok()),
                     };
                     if !sent {
@@ -510,24 +579,20 @@ impl Driver {
     fn sweep(&mut self, now: Instant) {
         let turn = &mut self.turn;
         let mut closed = Vec::new();
-        for (&addr, c) in &mut self.tcp {
-            let client = TurnClient {
-                transport: Transport::Tcp,
-                addr,
-            };
+        for (&client, c) in &mut self.tcp {
             if turn.has_allocation(client) {
                 c.bare_since = None;
             } else if let Some(since) = c.bare_since {
                 if now.saturating_duration_since(since) >= TCP_NO_ALLOCATION {
-                    closed.push(addr);
+                    closed.push(client);
                 }
             } else {
                 c.bare_since = Some(now);
             }
         }
-        for addr in closed {
+        for client in closed {
             // Dropping the queue ends the connection's writer, and so it.
-            self.tcp.remove(&addr);
+            self.tcp.remove(&client);
             self.metrics.tcp_idle_closed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("turn: tcp connection closed: no allocation");
         }
@@ -633,196 +698,4 @@ async fn read_relay(
             sent = events.send(event) => if sent.is_err() { return },
         }
     }
-}
-
-/// The per-client cap on TCP connections.
-struct TcpCaps {
-    per_client: usize,
-    /// Open connections by client (IPv4 address or IPv6 /64).
-    open: Arc<Mutex<HashMap<u128, usize>>>,
-    metrics: Arc<TurnMetrics>,
-}
-
-impl TcpCaps {
-    /// Counts a connection from `addr` in, unless its client is at the cap.
-    fn admit(&self, addr: SocketAddr) -> Option<TcpSlot> {
-        let key = source_key(addr.ip());
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(key).or_insert(0);
-        if *n >= self.per_client {
-            self.metrics.tcp_refused.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        *n += 1;
-        Some(TcpSlot {
-            key,
-            open: self.open.clone(),
-        })
-    }
-}
-
-/// One admitted connection; dropping it counts it out.
-struct TcpSlot {
-    key: u128,
-    open: Arc<Mutex<HashMap<u128, usize>>>,
-}
-
-impl Drop for TcpSlot {
-    fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.key);
-            }
-        }
-    }
-}
-
-async fn accept_tcp(
-    listener: TcpListener,
-    caps: TcpCaps,
-    events: mpsc::Sender<Event>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
-    let mut next_conn = 0u64;
-    loop {
-        // Wait for a free slot before accepting: excess connections wait
-        // in the kernel's backlog instead of costing memory here.
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => return,
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, addr)) => {
-                // Over the cap: closed at once, before it costs anything.
-                let Some(slot) = caps.admit(addr) else {
-                    tracing::debug!("turn: tcp connection refused: client at its cap");
-                    continue;
-                };
-                let events = events.clone();
-                let shutdown = shutdown.clone();
-                next_conn += 1;
-                let conn = next_conn;
-                tracker.spawn(async move {
-                    serve_tcp(stream, conn, addr, events, shutdown).await;
-                    drop((permit, slot));
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors, say: back off rather than spin.
-                tracing::debug!(kind = %e.kind(), "turn: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// One TCP client: frames in to the driver, frames out from its queue.
-async fn serve_tcp(
-    stream: TcpStream,
-    conn: u64,
-    addr: SocketAddr,
-    events: mpsc::Sender<Event>,
-    shutdown: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
-    let (queue, outbound) = mpsc::channel(TCP_QUEUE);
-    if events
-        .send(Event::TcpOpened { conn, addr, queue })
-        .await
-        .is_err()
-    {
-        return;
-    }
-    // Whichever half ends first (end of stream, a bad frame, a timeout, a
-    // write that does not complete) ends the connection.
-    tokio::select! {
-        () = shutdown.cancelled() => return,
-        () = read_frames(reader, addr, &events) => {}
-        () = write_frames(writer, outbound) => {}
-    }
-    let _ = events.send(Event::TcpClosed { conn, addr }).await;
-}
-
-async fn read_frames(reader: OwnedReadHalf, addr: SocketAddr, events: &mpsc::Sender<Event>) {
-    let mut buf: Vec<u8> = Vec::with_capacity(2048);
-    let mut timeout = TCP_FIRST_FRAME;
-    let mut first = true;
-    loop {
-        // Hand over every complete frame in the buffer.
-        loop {
-            // A client opens with a request: a stream starting with anything
-            // else (HTTP, say, which looks like ChannelData) is not TURN.
-            if first && buf.first().is_some_and(|b| b >> 6 != 0) {
-                return;
-            }
-            let len = match stream_frame(&buf) {
-                Frame::Incomplete => break,
-                Frame::Invalid => return,
-                Frame::Len(len) if len > MAX_TCP_FRAME => return,
-                Frame::Len(len) if len > buf.len() => break,
-                Frame::Len(len) => len,
-            };
-            let data = buf[..len].to_vec();
-            buf.drain(..len);
-            timeout = TCP_IDLE;
-            first = false;
-            if events
-                .send(Event::Client { from: addr, data })
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        match tokio::time::timeout(timeout, read_some(&reader, &mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
-/// Appends what the socket has to `buf`; 0 at end of stream.
-async fn read_some(reader: &OwnedReadHalf, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        reader.readable().await?;
-        match reader.try_read(&mut chunk) {
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                return Ok(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-async fn write_frames(writer: OwnedWriteHalf, mut outbound: mpsc::Receiver<Vec<u8>>) {
-    while let Some(frame) = outbound.recv().await {
-        match tokio::time::timeout(TCP_WRITE_TIMEOUT, write_all(&writer, &frame)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => return,
-        }
-    }
-}
-
-async fn write_all(writer: &OwnedWriteHalf, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        writer.writable().await?;
-        match writer.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

@@ -24,24 +24,12 @@ use serde_json::json;
 use support::redis::RedisCluster;
 use support::server::Server;
 use support::ws::{
-    Ws, client, client_when_ready, eventually, recv, recv_type, search, send, ws_from,
+    ban_by_three_networks, client, client_when_ready, eventually, matched, recv, recv_type,
+    room_join, search, search_when_banned, send, ws_from,
 };
 
 fn node(cluster: &RedisCluster, extra: &[&str]) -> Server {
-    let url = cluster.url();
-    let mut args = vec!["--redis", &url, "--pow", "off", "--log", "debug"];
-    args.extend_from_slice(extra);
-    Server::start(env!("CARGO_BIN_EXE_earshot"), &args).unwrap()
-}
-
-/// `a` and `b` are matched (either may be the joiner): the call id, and
-/// which of them makes the offer.
-async fn matched(a: &mut Ws, b: &mut Ws) -> (u64, bool) {
-    let ma = recv_type(a, "matched").await;
-    let mb = recv_type(b, "matched").await;
-    assert_eq!(ma["call"], mb["call"]);
-    assert_ne!(ma["polite"], mb["polite"]);
-    (ma["call"].as_u64().unwrap(), ma["polite"] == false)
+    Server::node(env!("CARGO_BIN_EXE_earshot"), &cluster.url(), extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,15 +120,6 @@ async fn strangers_on_a_cluster_meet_across_nodes_and_lanes_and_signal() {
 
 const ROOM: &str = "quiet-otters-juggle-softly";
 
-async fn join(ws: &mut Ws, room: &str, verifier: Option<&str>) -> serde_json::Value {
-    let mut msg = json!({"type": "room_join", "room": room});
-    if let Some(v) = verifier {
-        msg["verifier"] = json!(v);
-    }
-    send(ws, msg).await;
-    recv(ws).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_on_a_cluster_spans_nodes_and_locks() {
     let cluster = RedisCluster::start();
@@ -152,10 +131,10 @@ async fn a_room_on_a_cluster_spans_nodes_and_locks() {
     let mut p1 = client("127.0.0.2", &nodes[0]).await;
     let mut p2 = client("127.0.0.3", &nodes[1]).await;
     let mut p3 = client("127.0.0.4", &nodes[2]).await;
-    assert_eq!(join(&mut p1, ROOM, None).await["peer"], 1);
-    assert_eq!(join(&mut p2, ROOM, None).await["peers"], json!([1]));
+    assert_eq!(room_join(&mut p1, ROOM, None).await["peer"], 1);
+    assert_eq!(room_join(&mut p2, ROOM, None).await["peers"], json!([1]));
     assert_eq!(recv_type(&mut p1, "peer_joined").await["peer"], 2);
-    assert_eq!(join(&mut p3, ROOM, None).await["peers"], json!([1, 2]));
+    assert_eq!(room_join(&mut p3, ROOM, None).await["peers"], json!([1, 2]));
     for ws in [&mut p1, &mut p2] {
         assert_eq!(recv_type(ws, "peer_joined").await["peer"], 3);
     }
@@ -176,14 +155,14 @@ async fn a_room_on_a_cluster_spans_nodes_and_locks() {
     }
     let mut p4 = client("127.0.0.5", &nodes[0]).await;
     assert_eq!(
-        join(&mut p4, ROOM, None).await["code"],
+        room_join(&mut p4, ROOM, None).await["code"],
         "passphrase_required"
     );
     assert_eq!(
-        join(&mut p4, ROOM, Some(&wrong)).await["code"],
+        room_join(&mut p4, ROOM, Some(&wrong)).await["code"],
         "wrong_passphrase"
     );
-    let j4 = join(&mut p4, ROOM, Some(&right)).await;
+    let j4 = room_join(&mut p4, ROOM, Some(&right)).await;
     assert_eq!(
         (j4["peer"].as_u64(), j4["locked"].as_bool()),
         (Some(4), Some(true)),
@@ -194,7 +173,7 @@ async fn a_room_on_a_cluster_spans_nodes_and_locks() {
     'guess: for n in 10..14 {
         let mut guesser = client(&format!("127.0.0.{n}"), &nodes[n % 2 + 1]).await;
         for _ in 0..5 {
-            match join(&mut guesser, ROOM, Some(&wrong)).await["code"].as_str() {
+            match room_join(&mut guesser, ROOM, Some(&wrong)).await["code"].as_str() {
                 Some("wrong_passphrase") => {}
                 Some("rate_limited") => {
                     limited = true;
@@ -212,32 +191,12 @@ async fn a_ban_made_on_one_node_of_a_cluster_holds_on_another() {
     let cluster = RedisCluster::start();
     let unweighed = ["--test-unweighed-reports"];
     let (na, nb) = (node(&cluster, &unweighed), node(&cluster, &unweighed));
-    let mut target = client("127.0.0.9", &nb).await;
-    search(&mut target).await;
-    // Reporters on three networks (/24s), on the other node.
-    for n in 2..=4 {
-        let mut reporter = client(&format!("127.0.{n}.2"), &na).await;
-        search(&mut reporter).await;
-        recv_type(&mut reporter, "matched").await;
-        recv_type(&mut target, "matched").await;
-        send(&mut reporter, json!({"type": "report"})).await;
-        recv_type(&mut reporter, "idle").await;
-        recv_type(&mut target, "call_ended").await;
-        let next = recv(&mut target).await;
-        if n < 4 {
-            assert_eq!(next["type"], "searching", "{next}");
-        }
-    }
-    eventually("the ban is in Redis", || {
+    // Reporters on the other node.
+    let _target = ban_by_three_networks(&nb, &na, || {
         cluster.keys().iter().any(|k| k.ends_with(":ban"))
-    });
-    let mut again = client("127.0.0.9", &nb).await;
-    send(&mut again, json!({"type": "search"})).await;
-    let mut banned = recv(&mut again).await;
-    if banned["type"] == "searching" {
-        banned = recv(&mut again).await;
-    }
-    assert_eq!(banned["code"], "banned", "{banned}");
+    })
+    .await;
+    search_when_banned("127.0.0.9", &nb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,7 +230,10 @@ async fn a_killed_primary_closes_connections_and_nothing_from_before_survives() 
     .await;
     recv_type(&mut waiting, "searching").await;
     let mut member = client("127.0.0.6", &na).await;
-    assert_eq!(join(&mut member, &room, None).await["type"], "room_joined");
+    assert_eq!(
+        room_join(&mut member, &room, None).await["type"],
+        "room_joined"
+    );
     eventually("the waiter waits", || cluster.queue().len() == 1);
     // A quiet node queues it in the meeting lane; let any move settle.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -316,7 +278,7 @@ async fn a_killed_primary_closes_connections_and_nothing_from_before_survives() 
     let mut x = client_when_ready("127.0.0.7", &nb).await;
     search(&mut x).await;
     let mut y = client_when_ready("127.0.0.8", &na).await;
-    let j = join(&mut y, &room, None).await;
+    let j = room_join(&mut y, &room, None).await;
     assert_eq!(j["peers"], json!([]), "no ghost in the room: {j}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     // And the two find each other once y searches instead.

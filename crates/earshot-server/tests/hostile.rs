@@ -1,6 +1,6 @@
 //! Hostile clients against the real `earshot` binary's STUN and TURN, as an
 //! attacker would try them: relaying into the operator's network, taking
-//! the whole relay with one credential, filling TURN over TCP, and
+//! the whole relay with one credential, filling TURN over TCP and TLS, and
 //! reflecting floods at a forged source.
 //!
 //! Each test runs in a network namespace of its own (it re-runs itself
@@ -573,6 +573,107 @@ fn idle_tcp_connections_from_one_client_do_not_lock_others_out() {
                 started.elapsed()
             );
             assert!(metric_reaches(&server, "turn_tcp_idle_closed_total", 1).await >= 1);
+        },
+    );
+}
+
+/// TURN over TLS on a port of its own, with a certificate: 1024 stalled
+/// handshakes from one address leave 8 open (`--turn-tcp-per-client`
+/// covers TLS too), someone else completes a handshake and is answered at
+/// once, and the stalled ones are cut off after 5 s (not the 10 s a TCP
+/// client gets for its first frame).
+#[test]
+fn stalled_tls_handshakes_from_one_client_do_not_lock_others_out() {
+    in_namespace(
+        "stalled_tls_handshakes_from_one_client_do_not_lock_others_out",
+        || async {
+            let dir = support::TempDir::new("earshot-hostile-tls").unwrap();
+            let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            std::fs::write(&cert, made.cert.pem()).unwrap();
+            std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+            let (cert, key) = (cert.display().to_string(), key.display().to_string());
+            let server = start(
+                PUBLIC_V4,
+                &[
+                    "--turn-tcp-per-client",
+                    "8",
+                    "--tls-cert",
+                    &cert,
+                    "--tls-key",
+                    &key,
+                    "--turn-tls-listen",
+                    "0.0.0.0:0",
+                ],
+            );
+            // "... and over tls on 0.0.0.0:PORT)" in the start-up line (kept
+            // just after the URL in it was seen).
+            let mut output = server.output();
+            for _ in 0..100 {
+                if output.contains("over tls on ") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                output = server.output();
+            }
+            let port: u16 = output
+                .split("over tls on ")
+                .nth(1)
+                .and_then(|rest| rest.split(')').next())
+                .and_then(|addr| addr.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("no TLS port in the start-up line:\n{output}"));
+            let target = SocketAddr::from(([127, 0, 0, 1], port));
+            let started = Instant::now();
+            let mut stalled = Vec::new();
+            for _ in 0..1024 {
+                if let Ok(stream) = TcpStream::connect(target).await {
+                    stalled.push(stream);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut open = Vec::new();
+            for mut stream in stalled {
+                let mut byte = [0u8; 1];
+                let read = tokio::time::timeout(Duration::from_millis(20), stream.read(&mut byte));
+                if read.await.is_err() {
+                    open.push(stream);
+                }
+            }
+            assert_eq!(open.len(), 8, "stalled handshakes left open");
+            // Someone else is served over TLS at once.
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            let tls = support::turn_client::tls_connect(
+                socket.connect(target).await.unwrap(),
+                "127.0.0.1",
+                made.cert.der(),
+            )
+            .await
+            .expect("a TLS handshake from another address");
+            let mut other = Conn::Tls(Box::new(tls), Vec::new());
+            let mut e = Encoder::new(method::BINDING, Class::Request, [9; 12]);
+            e.fingerprint();
+            other.send(&e.finish()).await;
+            assert!(
+                other.recv(Duration::from_secs(5)).await.is_some(),
+                "no answer"
+            );
+            // The stalled ones are cut off at 5 s.
+            for stream in &mut open {
+                let mut byte = [0u8; 1];
+                let left = Duration::from_secs(8).saturating_sub(started.elapsed());
+                let read = tokio::time::timeout(left, stream.read(&mut byte)).await;
+                assert!(
+                    matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+                    "still open: {read:?}"
+                );
+            }
+            assert!(
+                started.elapsed() >= Duration::from_secs(4),
+                "{:?}",
+                started.elapsed()
+            );
         },
     );
 }

@@ -27,34 +27,23 @@ use serde_json::{Value, json};
 use support::redis::RedisServer;
 use support::server::Server;
 use support::ws::{
-    WAIT, Ws, client, client_when_ready, eventually, recv, recv_type, search, send, ws_from,
+    WAIT, Ws, ban_by_three_networks, client, client_when_ready, eventually, meet_and_report, recv,
+    recv_type, room_join, search, search_when_banned, send, ws_from,
 };
 
 fn node(redis: &RedisServer) -> Server {
-    Server::start(
-        env!("CARGO_BIN_EXE_earshot"),
-        &["--redis", &redis.url(), "--pow", "off", "--log", "debug"],
-    )
-    .unwrap()
+    Server::node(env!("CARGO_BIN_EXE_earshot"), &redis.url(), &[])
 }
 
 /// A node on which every report weighs fully, whoever makes it: what is
 /// tested with it is how Redis pools strikes (and groups reporters by
 /// network), not how a node weighs them.
 fn unweighed_node(redis: &RedisServer) -> Server {
-    Server::start(
+    Server::node(
         env!("CARGO_BIN_EXE_earshot"),
-        &[
-            "--redis",
-            &redis.url(),
-            "--pow",
-            "off",
-            "--log",
-            "debug",
-            "--test-unweighed-reports",
-        ],
+        &redis.url(),
+        &["--test-unweighed-reports"],
     )
-    .unwrap()
 }
 
 /// `a` waits on one node, `b` joins on another: they are matched, `b`
@@ -168,36 +157,12 @@ async fn a_ban_made_on_one_node_holds_on_another() {
     let redis = RedisServer::start();
     let (na, nb) = (unweighed_node(&redis), unweighed_node(&redis));
     // The same address has the same client key on every node.
-    let mut target = client("127.0.0.9", &nb).await;
-    search(&mut target).await;
-    // Reporters on three networks (/24s).
-    for n in 2..=4 {
-        let mut reporter = client(&format!("127.0.{n}.2"), &na).await;
-        search(&mut reporter).await;
-        recv_type(&mut reporter, "matched").await;
-        recv_type(&mut target, "matched").await;
-        send(&mut reporter, json!({"type": "report", "reason": "spam"})).await;
-        recv_type(&mut reporter, "idle").await;
-        assert_eq!(
-            recv_type(&mut target, "call_ended").await["reason"],
-            "partner_ended"
-        );
-        let next = recv(&mut target).await;
-        if n < 4 {
-            assert_eq!(next["type"], "searching", "{next}");
-        }
-    }
-    eventually("the ban is in Redis", || {
+    let _target = ban_by_three_networks(&nb, &na, || {
         redis.keys().iter().any(|k| k.ends_with(":ban"))
-    });
+    })
+    .await;
     // On node B, which saw no report at all, the client may not search.
-    let mut again = client("127.0.0.9", &nb).await;
-    send(&mut again, json!({"type": "search"})).await;
-    let mut banned = recv(&mut again).await;
-    if banned["type"] == "searching" {
-        banned = recv(&mut again).await;
-    }
-    assert_eq!(banned["code"], "banned", "{banned}");
+    let (mut again, banned) = search_when_banned("127.0.0.9", &nb).await;
     assert!(banned["retry_after_ms"].as_u64().unwrap() > 0);
     recv_type(&mut again, "idle").await;
     // Someone else on node B still gets matched, with a waiter on node A.
@@ -222,14 +187,7 @@ async fn three_reporters_on_three_nodes_ban_a_client_everywhere() {
             !redis.keys().iter().any(|k| k.ends_with(":ban")),
             "banned after {n} reports"
         );
-        let mut reporter = client(&format!("127.0.{}.2", n + 2), server).await;
-        search(&mut reporter).await;
-        recv_type(&mut reporter, "matched").await;
-        recv_type(&mut target, "matched").await;
-        send(&mut reporter, json!({"type": "report"})).await;
-        recv_type(&mut reporter, "idle").await;
-        recv_type(&mut target, "call_ended").await;
-        let next = recv(&mut target).await;
+        let next = meet_and_report(&mut target, &format!("127.0.{}.2", n + 2), server).await;
         if n < 2 {
             assert_eq!(next["type"], "searching", "{next}");
             eventually("the target waits again", || redis.queue().len() == 1);
@@ -249,13 +207,7 @@ async fn three_reporters_on_three_nodes_ban_a_client_everywhere() {
     let ttl: i64 = redis::cmd("PTTL").arg(&strikes[0]).query(&mut c).unwrap();
     assert!(ttl > 0 && ttl <= 24 * 3600 * 1000, "{ttl}");
     for server in &nodes {
-        let mut again = client("127.0.0.9", server).await;
-        send(&mut again, json!({"type": "search"})).await;
-        let mut banned = recv(&mut again).await;
-        if banned["type"] == "searching" {
-            banned = recv(&mut again).await;
-        }
-        assert_eq!(banned["code"], "banned", "{banned}");
+        search_when_banned("127.0.0.9", server).await;
     }
 }
 
@@ -271,14 +223,7 @@ async fn report_on_each_node(
     search(&mut target).await;
     eventually("the target waits", || redis.queue().len() == 1);
     for (n, source) in sources.iter().enumerate() {
-        let mut reporter = client(source, &nodes[n % nodes.len()]).await;
-        search(&mut reporter).await;
-        recv_type(&mut reporter, "matched").await;
-        recv_type(&mut target, "matched").await;
-        send(&mut reporter, json!({"type": "report"})).await;
-        recv_type(&mut reporter, "idle").await;
-        recv_type(&mut target, "call_ended").await;
-        let next = recv(&mut target).await;
+        let next = meet_and_report(&mut target, source, &nodes[n % nodes.len()]).await;
         assert_eq!(next["type"], "searching", "not banned: {next}");
         eventually("the target waits again", || redis.queue().len() == 1);
     }
@@ -582,12 +527,7 @@ async fn a_redis_restart_closes_connections_and_nodes_recover_clean() {
 const ROOM: &str = "quiet-otters-juggle-softly";
 
 async fn join(ws: &mut Ws, verifier: Option<&str>) -> Value {
-    let mut msg = json!({"type": "room_join", "room": ROOM});
-    if let Some(v) = verifier {
-        msg["verifier"] = json!(v);
-    }
-    send(ws, msg).await;
-    recv(ws).await
+    room_join(ws, ROOM, verifier).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -401,6 +401,7 @@ async fn turn_credentials_are_minted_per_welcome_and_refreshed() {
         s.turn = TurnSetup {
             embedded: Some(EmbeddedTurn {
                 listen: "127.0.0.1:0".parse().unwrap(),
+                tls_listen: None,
                 public_ip: None,
                 relay_ports: 50_000..=50_100,
                 limits: Default::default(),

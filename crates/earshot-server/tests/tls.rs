@@ -1,10 +1,13 @@
 //! HTTPS: a self-signed certificate made at start, or PEM files; WebSocket
-//! signalling over TLS; a silent TLS connection is cut at the head deadline.
+//! signalling over TLS; a silent TLS connection is cut at the head deadline;
+//! the embedded TURN server over TLS with the same certificate.
+
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use earshot_server::config::TlsSetup;
+use earshot_server::config::{TlsSetup, TurnTlsListen};
 use earshot_server::{Running, Settings};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -153,4 +156,174 @@ async fn over_https_our_own_origin_is_https() {
     assert_eq!(upgrade(format!("https://LOCALHOST:{port}")).await, 101);
     assert_eq!(upgrade(format!("http://localhost:{port}")).await, 403);
     assert_eq!(upgrade("https://localhost".into()).await, 403);
+}
+
+/// With a certificate, the embedded TURN server also listens for TLS and
+/// presents that certificate: the welcome offers `turns:` last in the TURN
+/// entry, on the host the client used, with the same credentials, and a
+/// client that checks the certificate for that name allocates with them.
+#[tokio::test]
+async fn turn_over_tls_is_offered_last_and_allocates_with_the_same_credentials() {
+    let listen = TurnTlsListen::Own("127.0.0.1:0".parse().unwrap());
+    turns_is_offered_and_allocates(listen)
+        .await
+        .shutdown()
+        .await;
+}
+
+/// The same on the HTTPS port: a TLS connection that opens with a STUN
+/// message goes to TURN, one that opens with HTTP is served as before.
+#[tokio::test]
+async fn turn_over_tls_shares_the_https_port() {
+    let s = turns_is_offered_and_allocates(TurnTlsListen::Https).await;
+    assert_eq!(s.turn_tls_addr, Some(s.http_addr));
+    assert!(healthz(&s, "localhost").await.starts_with("HTTP/1.1 200"));
+    s.shutdown().await;
+}
+
+/// A server with TURN over TLS at `listen`: the welcome offers it, and its
+/// credentials allocate through it. The server, still running.
+async fn turns_is_offered_and_allocates(listen: TurnTlsListen) -> Running {
+    use earshot_core::stun::codec::{Message as Stun, attr};
+    use earshot_server::config::{EmbeddedTurn, TurnSetup};
+    use support::turn_client;
+
+    let mut settings = Settings::for_tests("127.0.0.1:0".parse().unwrap());
+    settings.tls = TlsSetup::SelfSigned { names: vec![] };
+    settings.turn = TurnSetup {
+        embedded: Some(EmbeddedTurn {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls_listen: Some(listen),
+            public_ip: None,
+            relay_ports: 50_000..=50_100,
+            limits: Default::default(),
+        }),
+        urls: Vec::new(),
+        secret: b"a-test-secret-of-some-length".to_vec(),
+        unavailable: None,
+    };
+    let s = earshot_server::start(settings).await.unwrap();
+    let (turn, tls) = (s.turn_addr.unwrap(), s.turn_tls_addr.unwrap());
+    assert_ne!(turn.port(), tls.port());
+    assert_eq!(tls == s.http_addr, listen == TurnTlsListen::Https);
+
+    let stream = connect(&s, "localhost").await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws", stream)
+        .await
+        .unwrap();
+    ws.send(Message::text(r#"{"type":"hello","version":1}"#))
+        .await
+        .unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    let welcome: serde_json::Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    let servers = welcome["ice_servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2, "{servers:?}");
+    assert_eq!(
+        servers[1]["urls"],
+        serde_json::json!([
+            format!("turn:localhost:{}?transport=udp", turn.port()),
+            format!("turn:localhost:{}?transport=tcp", turn.port()),
+            format!("turns:localhost:{}?transport=tcp", tls.port()),
+        ])
+    );
+    let username = servers[1]["username"].as_str().unwrap().to_string();
+    let password = servers[1]["credential"].as_str().unwrap().to_string();
+
+    let certificate = s.tls.as_ref().unwrap().certificate.clone();
+    let conn = turn_client::Conn::open_tls(tls, "localhost", &certificate).await;
+    let mut client = turn_client::Client::on(conn, username, password);
+    let answer = client.allocate().await;
+    assert_eq!(turn_client::code(&answer), None);
+    let relayed = Stun::decode(&answer)
+        .unwrap()
+        .xor_address(attr::XOR_RELAYED_ADDRESS)
+        .unwrap()
+        .unwrap();
+    assert!((50_000..=50_100).contains(&relayed.port()));
+    // Not a certificate for another name.
+    let other = TcpStream::connect(tls).await.unwrap();
+    assert!(
+        turn_client::tls_connect(other, "elsewhere.example", &certificate)
+            .await
+            .is_err()
+    );
+    // The signalling socket still works beside it.
+    ws.send(Message::text(r#"{"type":"refresh_ice"}"#))
+        .await
+        .unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    assert!(
+        reply.to_text().unwrap().contains("ice_servers"),
+        "{reply:?}"
+    );
+    s
+}
+
+/// On the HTTPS port, TURN connections count against TURN's per-client cap
+/// once handed over: past it, a TURN client is closed, and pages are still
+/// served to the same address.
+#[tokio::test]
+async fn turn_on_the_https_port_keeps_the_per_client_cap() {
+    use earshot_core::stun::codec::{Class, Encoder, method};
+    use earshot_server::config::{EmbeddedTurn, TurnSetup};
+    use support::turn_client;
+
+    let mut settings = Settings::for_tests("127.0.0.1:0".parse().unwrap());
+    settings.tls = TlsSetup::SelfSigned { names: vec![] };
+    let limits = earshot_server::turn::TurnLimits {
+        tcp_per_client: 2,
+        ..Default::default()
+    };
+    settings.turn = TurnSetup {
+        embedded: Some(EmbeddedTurn {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls_listen: Some(TurnTlsListen::Https),
+            public_ip: None,
+            relay_ports: 50_000..=50_100,
+            limits,
+        }),
+        urls: Vec::new(),
+        secret: b"a-test-secret-of-some-length".to_vec(),
+        unavailable: None,
+    };
+    let s = earshot_server::start(settings).await.unwrap();
+    let certificate = s.tls.as_ref().unwrap().certificate.clone();
+    let binding = || {
+        let mut e = Encoder::new(method::BINDING, Class::Request, [7; 12]);
+        e.fingerprint();
+        e.finish()
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = turn_client::Conn::open_tls(s.http_addr, "localhost", &certificate).await;
+        conn.send(&binding()).await;
+        assert!(
+            conn.recv(Duration::from_secs(5)).await.is_some(),
+            "no answer"
+        );
+        held.push(conn);
+    }
+    let stream = TcpStream::connect(s.http_addr).await.unwrap();
+    let mut third = turn_client::tls_connect(stream, "localhost", &certificate)
+        .await
+        .unwrap();
+    third.write_all(&binding()).await.unwrap();
+    third.flush().await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a TURN connection over the cap was served: {read:?}"
+    );
+    assert!(healthz(&s, "localhost").await.starts_with("HTTP/1.1 200"));
+    let refused = s
+        .app
+        .turn_metrics
+        .as_ref()
+        .unwrap()
+        .tcp_refused
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(refused >= 1, "{refused}");
+    drop(held);
+    s.shutdown().await;
 }

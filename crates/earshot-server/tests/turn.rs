@@ -1,5 +1,6 @@
 //! The embedded TURN server over real sockets on 127.0.0.1: a small client
-//! of our own (built on `earshot_core::stun::codec`) over UDP and TCP, and
+//! of our own (built on `earshot_core::stun::codec`) over UDP, TCP and TLS,
+//! and
 //! coturn's `turnutils_uclient` with `turnutils_peer`, implementations we
 //! did not write.
 //!
@@ -9,13 +10,15 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use earshot_core::stun::codec::{Class, Encoder, Message, attr, method};
 use earshot_core::turn::codec::{decode_channel_data, encode_channel_data};
 use earshot_core::turn::rest_credentials;
+use earshot_server::tls::Tls;
 use earshot_server::turn::{TurnLimits, TurnListener, TurnSettings};
-use support::turn_client::{Client, code};
+use support::turn_client::{Client, Conn, code};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::process::Command;
@@ -28,30 +31,49 @@ const REALM: &str = "earshot.test";
 const ANSWER_WAIT: Duration = support::turn_client::ANSWER_WAIT;
 const SILENCE_WAIT: Duration = Duration::from_millis(300);
 
-/// A TURN server on 127.0.0.1 that stops when dropped.
+/// A TURN server on 127.0.0.1 (UDP and TCP, and TLS with a self-signed
+/// certificate for 127.0.0.1) that stops when dropped.
 struct Turn {
     addr: SocketAddr,
+    tls_addr: SocketAddr,
+    /// The DER certificate the TLS listener presents.
+    certificate: Vec<u8>,
+    metrics: std::sync::Arc<earshot_server::turn::TurnMetrics>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Turn {
     async fn start() -> Turn {
+        Turn::start_with(TurnLimits::default()).await
+    }
+
+    async fn start_with(limits: TurnLimits) -> Turn {
         let listener = TurnListener::bind(TurnSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             public_ip: None,
             relay_ports: TurnSettings::DEFAULT_RELAY_PORTS,
             secret: SECRET.to_vec(),
             realm: REALM.into(),
-            limits: TurnLimits::default(),
+            limits,
         })
         .await
         .unwrap();
+        let tls = Tls::self_signed(&["127.0.0.1".parse().unwrap()], &[]).unwrap();
+        let listener = listener
+            .with_tls("127.0.0.1:0".parse().unwrap(), tls.turn_acceptor.clone())
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
+        let tls_addr = listener.tls_addr().unwrap().unwrap();
+        let metrics = listener.metrics();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(listener.serve(shutdown.clone()));
         Turn {
             addr,
+            tls_addr,
+            certificate: tls.certificate,
+            metrics,
             shutdown,
             task: Some(task),
         }
@@ -96,12 +118,32 @@ async fn peer_recv(peer: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketA
     Some((buf[..n].to_vec(), from))
 }
 
+/// How a client reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Via {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Via {
+    async fn client(self, turn: &Turn, username: String, password: String) -> Client {
+        let conn = match self {
+            Via::Udp => Conn::open(false, turn.addr).await,
+            Via::Tcp => Conn::open(true, turn.addr).await,
+            Via::Tls => Conn::open_tls(turn.tls_addr, "127.0.0.1", &turn.certificate).await,
+        };
+        Client::on(conn, username, password)
+    }
+}
+
 /// Allocate, then relay both ways with Send/Data indications and with a
 /// channel; nothing passes before a permission.
-async fn relay_round_trips(tcp: bool) {
+async fn relay_round_trips(via: Via) {
     let turn = Turn::start().await;
+    let tcp = via != Via::Udp;
     let (username, password) = credentials();
-    let mut client = Client::new(tcp, turn.addr, username, password).await;
+    let mut client = via.client(&turn, username, password).await;
     let answer = client.allocate().await;
     let m = Message::decode(&answer).unwrap();
     assert_eq!(
@@ -161,7 +203,7 @@ async fn relay_round_trips(tcp: bool) {
     assert_eq!(m.xor_address(attr::XOR_PEER_ADDRESS), Ok(Some(peer_addr)));
     assert_eq!(m.get(attr::DATA), Some(&b"pong"[..]));
 
-    // A channel: ChannelData both ways (padded over TCP).
+    // A channel: ChannelData both ways (padded over TCP and TLS).
     let answer = client
         .request(method::CHANNEL_BIND, |e| {
             e.add(attr::CHANNEL_NUMBER, &[0x40, 0x00, 0, 0])
@@ -209,12 +251,187 @@ async fn relay_round_trips(tcp: bool) {
 
 #[tokio::test]
 async fn relays_both_ways_over_udp() {
-    relay_round_trips(false).await;
+    relay_round_trips(Via::Udp).await;
 }
 
 #[tokio::test]
 async fn relays_both_ways_over_tcp() {
-    relay_round_trips(true).await;
+    relay_round_trips(Via::Tcp).await;
+}
+
+#[tokio::test]
+async fn relays_both_ways_over_tls() {
+    relay_round_trips(Via::Tls).await;
+}
+
+/// One client address may hold a TCP and a TLS connection at once (the
+/// kernel can give both the same source port, to two server ports): each
+/// is a 5-tuple of its own, with its own allocation.
+#[tokio::test]
+async fn tcp_and_tls_from_one_source_port_are_two_clients() {
+    let turn = Turn::start().await;
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let connect_from = |to: SocketAddr| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(local).unwrap();
+        socket.connect(to).await.unwrap()
+    };
+    let tcp = connect_from(turn.addr).await;
+    let tls = connect_from(turn.tls_addr).await;
+    let tls = support::turn_client::tls_connect(tls, "127.0.0.1", &turn.certificate)
+        .await
+        .unwrap();
+    let mut relays = Vec::new();
+    for conn in [
+        Conn::Tcp(tcp, Vec::new()),
+        Conn::Tls(Box::new(tls), Vec::new()),
+    ] {
+        let (username, password) = credentials();
+        let mut client = Client::on(conn, username, password);
+        let answer = client.allocate().await;
+        assert_eq!(code(&answer), None);
+        let m = Message::decode(&answer).unwrap();
+        assert_eq!(
+            m.xor_address(attr::XOR_MAPPED_ADDRESS),
+            Ok(Some(local)),
+            "both come from the same address"
+        );
+        relays.push((
+            client,
+            m.xor_address(attr::XOR_RELAYED_ADDRESS).unwrap().unwrap(),
+        ));
+    }
+    assert_ne!(relays[0].1, relays[1].1, "two allocations");
+    // Each gets what its own relay receives, on its own connection.
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    for (client, _) in &mut relays {
+        let answer = client
+            .request(method::CREATE_PERMISSION, |e| {
+                e.xor_address(attr::XOR_PEER_ADDRESS, peer_addr);
+            })
+            .await;
+        assert_eq!(code(&answer), None);
+    }
+    for (i, (_, relayed)) in relays.iter().enumerate() {
+        peer.send_to(&[i as u8; 8], relayed).await.unwrap();
+    }
+    for (i, (client, _)) in relays.iter_mut().enumerate() {
+        let bytes = client.next(ANSWER_WAIT).await.expect("no Data indication");
+        let m = Message::decode(&bytes).unwrap();
+        assert_eq!(m.get(attr::DATA), Some(&[i as u8; 8][..]));
+    }
+    turn.stop().await;
+}
+
+/// A stream from `local` (any 127/8 address) to `to`.
+async fn tcp_from(local: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(local.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Whether the server has closed `stream` (end of stream or an error)
+/// within `wait`.
+async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(wait, stream.read(&mut byte)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// TLS connections count against the per-client cap on TCP connections,
+/// and a handshake that is silent, or trickles in a byte at a time, is cut
+/// off after 5 s (sooner than the 10 s a TCP client gets for its first
+/// frame), so such clients cannot hold slots; meanwhile someone else is
+/// served over TLS at once.
+#[tokio::test]
+async fn slow_tls_handshakes_are_cut_off_and_count_against_the_per_client_cap() {
+    let limits = TurnLimits {
+        tcp_per_client: 4,
+        ..TurnLimits::default()
+    };
+    let turn = Turn::start_with(limits).await;
+    let started = std::time::Instant::now();
+    // The cap: two silent TCP connections, two stalled TLS handshakes.
+    let mut tcp = vec![
+        tcp_from("127.0.0.1", turn.addr).await,
+        tcp_from("127.0.0.1", turn.addr).await,
+    ];
+    let silent = tcp_from("127.0.0.1", turn.tls_addr).await;
+    let mut trickle = tcp_from("127.0.0.1", turn.tls_addr).await;
+    // The start of a ClientHello, a byte every 200 ms.
+    let trickling = tokio::spawn(async move {
+        for byte in [0x16, 0x03, 0x01, 0x02, 0x00].iter().cycle().take(100) {
+            if trickle.write_all(&[*byte]).await.is_err() {
+                return Some(trickle);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A fifth, TLS or TCP, is closed at once.
+    for to in [turn.tls_addr, turn.addr] {
+        let mut over = tcp_from("127.0.0.1", to).await;
+        assert!(
+            closed_within(&mut over, SILENCE_WAIT).await,
+            "a connection over the cap was kept"
+        );
+    }
+    assert!(turn.metrics.tcp_refused.load(Ordering::Relaxed) >= 2);
+    // Another client is served over TLS meanwhile.
+    let other = tcp_from("127.0.0.2", turn.tls_addr).await;
+    let other = support::turn_client::tls_connect(other, "127.0.0.1", &turn.certificate)
+        .await
+        .unwrap();
+    let (username, password) = credentials();
+    let mut other = Client::on(Conn::Tls(Box::new(other), Vec::new()), username, password);
+    assert_eq!(code(&other.allocate().await), None);
+
+    // The stalled handshakes are cut off at 5 s.
+    let mut silent = silent;
+    assert!(closed_within(&mut silent, Duration::from_secs(8)).await);
+    let trickle = tokio::time::timeout(Duration::from_secs(8), trickling)
+        .await
+        .expect("the trickled handshake was not cut off")
+        .unwrap();
+    assert!(trickle.is_some(), "the trickled handshake was not cut off");
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_secs(4)..Duration::from_secs(8)).contains(&took),
+        "{took:?}"
+    );
+    assert!(turn.metrics.tls_handshake_failed.load(Ordering::Relaxed) >= 2);
+    // Their slots are free again: a TLS client from the same address is
+    // served while the TCP ones still wait out their first-frame time.
+    let again = support::turn_client::tls_connect(
+        tcp_from("127.0.0.1", turn.tls_addr).await,
+        "127.0.0.1",
+        &turn.certificate,
+    )
+    .await
+    .unwrap();
+    let (username, password) = credentials();
+    let mut again = Client::on(Conn::Tls(Box::new(again), Vec::new()), username, password);
+    assert_eq!(code(&again.allocate().await), None);
+    for stream in &mut tcp {
+        assert!(closed_within(stream, Duration::from_secs(10)).await);
+    }
+    turn.stop().await;
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test]
@@ -286,7 +503,7 @@ impl std::io::Write for Capture {
     }
 }
 
-/// The whole relay scenario, over UDP and TCP, at TRACE level: the log
+/// The whole relay scenario, over UDP, TCP and TLS, at TRACE level: the log
 /// must say something, and nothing that names a client, a peer, a relay
 /// address or a credential.
 #[test]
@@ -306,8 +523,9 @@ fn relaying_at_trace_level_logs_no_address_or_credential() {
         .build()
         .unwrap();
     rt.block_on(async {
-        relay_round_trips(false).await;
-        relay_round_trips(true).await;
+        relay_round_trips(Via::Udp).await;
+        relay_round_trips(Via::Tcp).await;
+        relay_round_trips(Via::Tls).await;
     });
     drop(rt);
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
@@ -380,6 +598,12 @@ async fn uclient(test: &str, flags: &[&str]) {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let messages = 20;
+    // -S: TLS, on the TLS port.
+    let port = if flags.contains(&"-S") {
+        turn.tls_addr.port()
+    } else {
+        turn.addr.port()
+    };
     let mut args: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
     args.extend(
         [
@@ -389,7 +613,7 @@ async fn uclient(test: &str, flags: &[&str]) {
             "-l",
             "120",
             "-p",
-            &turn.addr.port().to_string(),
+            &port.to_string(),
             "-e",
             "127.0.0.1",
             "-r",
@@ -479,6 +703,17 @@ async fn coturn_uclient_relays_over_tcp() {
     uclient(
         "coturn_uclient_relays_over_tcp",
         &["-t", "-u", &user, "-w", &pass],
+    )
+    .await;
+}
+
+/// coturn's client over TLS (it does not check the certificate).
+#[tokio::test]
+async fn coturn_uclient_relays_over_tls() {
+    let (user, pass) = credentials();
+    uclient(
+        "coturn_uclient_relays_over_tls",
+        &["-t", "-S", "-u", &user, "-w", &pass],
     )
     .await;
 }

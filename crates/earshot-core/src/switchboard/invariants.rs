@@ -24,7 +24,7 @@ impl Switchboard {
                     if self.queue.is_waiting(id) {
                         return Err(format!("{id} is idle but queued"));
                     }
-                    if self.joining.contains_key(&id) {
+                    if self.queue.is_joining(id) {
                         return Err(format!("{id} is idle but its room join is pending"));
                     }
                 }
@@ -32,12 +32,12 @@ impl Switchboard {
                     if self.queue.is_waiting(id) {
                         return Err(format!("{id} is joining a room but queued"));
                     }
-                    if !self.joining.contains_key(&id) {
+                    if !self.queue.is_joining(id) {
                         return Err(format!("{id} is joining a room it has no name for"));
                     }
                 }
                 Phase::Searching => {
-                    if !self.queue.is_waiting(id) && !self.shared_waiting.contains_key(&id) {
+                    if !self.queue.is_waiting(id) {
                         return Err(format!("{id} is searching but not queued"));
                     }
                     if c.closed {
@@ -69,22 +69,12 @@ impl Switchboard {
                 }
             }
         }
-        for id in self.queue.waiting() {
-            if !self.conns.contains_key(&id) {
-                return Err(format!("{id} is queued but gone"));
-            }
-        }
-        for &id in self.shared_waiting.keys() {
-            if self.conns.get(&id).map(|c| c.phase) != Some(Phase::Searching) {
-                return Err(format!(
-                    "{id} waits in the shared queue but is not searching"
-                ));
-            }
-        }
-        if remote != self.remote_calls {
+        self.queue
+            .check(|id| self.conns.get(&id).map(|c| c.phase))?;
+        if remote != self.queue.remote_calls() {
             return Err(format!(
                 "{remote} people in calls with other nodes but {} such calls",
-                self.remote_calls
+                self.queue.remote_calls()
             ));
         }
         if in_call != 2 * self.calls {
@@ -94,7 +84,7 @@ impl Switchboard {
             ));
         }
         // In backplane mode a room also lists members on other nodes.
-        if self.node.is_none() {
+        if !self.queue.is_shared() {
             self.rooms.check(&in_room)?;
         }
         Ok(())

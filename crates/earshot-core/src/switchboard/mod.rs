@@ -11,7 +11,7 @@
 //! tests call it after every step.
 //!
 //! In backplane mode ([`Switchboard::set_node`]) the stranger queue is shared
-//! by several nodes: joining it, and reaching a partner on another node, are
+//! by several nodes (the one choice, made in `queue.rs`'s `Queue`): joining it, and reaching a partner on another node, are
 //! [`Output::Backplane`] requests, and what comes back is fed to
 //! [`Switchboard::handle_backplane`]. A partner may then live on another
 //! node: this switchboard holds only its own side of such a call, and any
@@ -22,18 +22,25 @@
 //!
 //! - `mod.rs` (here): state, connect and disconnect, the dispatch of client
 //!   messages, timers, and send, reject and close.
+//! - `config.rs`: tunables and per-client allowances.
+//! - `cooldowns.rs`: who may not be paired (skips, bans, reports).
 //! - `hello.rs`: the greeting and proof of work.
 //! - `strangers.rs`: searching, pairing, call signals, skip, end, leave.
 //! - `rooms.rs`: joining rooms, room signals, locks.
 //! - `moderation.rs`: reports and strikes (the rules are in
 //!   [`crate::moderation`]), and the abuse record behind proof of work.
+//! - `queue.rs`: the stranger queue, here or in the shared store: the one
+//!   place that knows whether this is one node or several.
 //! - `remote.rs`: backplane mode: requests to the shared store, its answers,
 //!   and calls and rooms that span nodes.
 //! - `invariants.rs`: [`Switchboard::check_invariants`].
 
+mod config;
+mod cooldowns;
 mod hello;
 mod invariants;
 mod moderation;
+mod queue;
 mod remote;
 mod rooms;
 mod strangers;
@@ -53,134 +60,10 @@ use crate::protocol::{
 use crate::ratelimit::{KeyedBuckets, TokenBucket};
 use crate::rooms::{RoomConfig, RoomId, Rooms};
 use crate::{ClientKey, ConnId, names};
-
-/// Tunables, validated by the shell before they get here.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub max_message_bytes: usize,
-    pub max_interests: usize,
-    pub max_interest_chars: usize,
-    /// How long someone with interests waits for a shared one.
-    pub interest_wait: Duration,
-    /// How long two people who skipped each other are kept apart.
-    pub rematch_cooldown: Duration,
-    pub messages_per_second: u32,
-    pub message_burst: u32,
-    /// Errors a connection may cause within `error_window` before it is closed.
-    pub error_budget: u32,
-    pub error_window: Duration,
-    /// How long a new connection has to send `hello`.
-    pub hello_timeout: Duration,
-    /// How many live waiters one queue scan examines.
-    pub scan_limit: usize,
-    pub rooms: RoomConfig,
-    pub moderation: ModConfig,
-    pub per_client: ClientLimits,
-    pub pow: PowConfig,
-    /// How long minted TURN credentials last (see `set_turn_credentials`).
-    pub turn_credential_ttl: Duration,
-    /// Whether clients start with "hide my IP" on when TURN is offered.
-    pub hide_ip_default: bool,
-    /// Most client keys each per-client allowance table remembers (about
-    /// 100 bytes each); past it, new keys share one allowance. The same cap
-    /// holds for the keys remembered for recent abuse.
-    pub allowance_keys: usize,
-}
-
-/// Limits per client key, that is for all of one client's connections
-/// together: a burst, then one per interval.
-#[derive(Debug, Clone)]
-pub struct ClientLimits {
-    /// Connections open at once.
-    pub connections: usize,
-    pub connects: (u32, Duration),
-    /// Joining the stranger queue: `search` and `skip`.
-    pub searches: (u32, Duration),
-    pub reports: (u32, Duration),
-    /// Joining a room that does not exist yet.
-    pub room_creations: (u32, Duration),
-}
-
-impl Default for ClientLimits {
-    fn default() -> Self {
-        ClientLimits {
-            connections: 20,
-            connects: (30, Duration::from_secs(2)),
-            searches: (30, Duration::from_secs(2)),
-            reports: (10, Duration::from_secs(120)),
-            room_creations: (10, Duration::from_secs(30)),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct ClientBuckets {
-    connects: KeyedBuckets<ClientKey>,
-    searches: KeyedBuckets<ClientKey>,
-    reports: KeyedBuckets<ClientKey>,
-    room_creations: KeyedBuckets<ClientKey>,
-    /// Open connections per key.
-    open: HashMap<ClientKey, usize>,
-}
-
-impl ClientBuckets {
-    fn new(l: &ClientLimits, max_keys: usize) -> ClientBuckets {
-        let b =
-            |(burst, every): (u32, Duration)| KeyedBuckets::with_max_keys(every, burst, max_keys);
-        ClientBuckets {
-            connects: b(l.connects),
-            searches: b(l.searches),
-            reports: b(l.reports),
-            room_creations: b(l.room_creations),
-            open: HashMap::new(),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            max_message_bytes: 16 * 1024,
-            max_interests: 5,
-            max_interest_chars: 24,
-            interest_wait: Duration::from_secs(5),
-            rematch_cooldown: Duration::from_secs(30),
-            messages_per_second: 20,
-            message_burst: 60,
-            error_budget: 20,
-            error_window: Duration::from_secs(10),
-            hello_timeout: Duration::from_secs(10),
-            scan_limit: 64,
-            rooms: RoomConfig::default(),
-            moderation: ModConfig::default(),
-            per_client: ClientLimits::default(),
-            pow: PowConfig::default(),
-            turn_credential_ttl: Duration::from_secs(6 * 3600),
-            hide_ip_default: true,
-            allowance_keys: crate::ratelimit::DEFAULT_MAX_KEYS,
-        }
-    }
-}
-
-impl Config {
-    fn limits(&self) -> Limits {
-        Limits {
-            max_message_bytes: self.max_message_bytes,
-            max_interests: self.max_interests,
-            max_interest_chars: self.max_interest_chars,
-            interest_wait_ms: millis(self.interest_wait),
-            rematch_cooldown_ms: millis(self.rematch_cooldown),
-            messages_per_second: self.messages_per_second,
-            message_burst: self.message_burst,
-            max_room_size: self.rooms.max_size,
-            ice_credential_ttl_ms: millis(self.turn_credential_ttl),
-        }
-    }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+use config::{ClientBuckets, millis};
+pub use config::{ClientLimits, Config};
+use cooldowns::{Blocker, Cooldowns};
+use queue::{Joined, Queue};
 
 /// What the shell knows about a new connection.
 #[derive(Debug, Clone, Default)]
@@ -312,77 +195,9 @@ struct Conn {
     /// Connections this one reported: never matched with it again, even
     /// when both share a client key (one household behind one address).
     reported: Vec<ConnId>,
-    /// Backplane mode: the next queue join charges the client's shared
-    /// search allowance (it is the client's own search or skip).
-    charge_search: bool,
     /// When its current (or last) stranger call began.
     call_since: Instant,
 }
-
-/// Pairs that skipped each other, kept apart until a deadline.
-///
-/// A pair is forgotten once its deadline has passed, by the timer
-/// ([`Cooldowns::poll_timeout`]), not only when a later skip happens to come
-/// by: otherwise an idle server would keep the pairs of connections long
-/// gone (see `earshot-bench soak`).
-#[derive(Debug, Default)]
-struct Cooldowns {
-    until: HashMap<(ConnId, ConnId), Instant>,
-    /// Deadlines in insertion order; the cooldown is constant, so also in time order.
-    order: VecDeque<(Instant, (ConnId, ConnId))>,
-}
-
-impl Cooldowns {
-    fn key(a: ConnId, b: ConnId) -> (ConnId, ConnId) {
-        (a.min(b), a.max(b))
-    }
-
-    fn add(&mut self, now: Instant, a: ConnId, b: ConnId, d: Duration) {
-        self.expire(now);
-        let until = now + d;
-        self.until.insert(Self::key(a, b), until);
-        self.order.push_back((until, Self::key(a, b)));
-    }
-
-    fn blocked_until(&self, now: Instant, a: ConnId, b: ConnId) -> Option<Instant> {
-        self.until
-            .get(&Self::key(a, b))
-            .copied()
-            .filter(|&until| until > now)
-    }
-
-    fn expire(&mut self, now: Instant) {
-        while let Some(&(until, key)) = self.order.front() {
-            if until > now {
-                break;
-            }
-            self.order.pop_front();
-            if self.until.get(&key) == Some(&until) {
-                self.until.remove(&key);
-            }
-        }
-        if self.order.is_empty() && self.order.capacity() > 0 {
-            // All forgotten: give back what a burst of skips made the tables
-            // grow to.
-            *self = Cooldowns::default();
-        }
-    }
-
-    /// When to forget the oldest pair: a little after its deadline, so that
-    /// one wake-up forgets every pair due within [`COOLDOWN_SWEEP_SLACK`].
-    fn poll_timeout(&self) -> Option<Instant> {
-        let &(until, _) = self.order.front()?;
-        Some(until + COOLDOWN_SWEEP_SLACK)
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.until.len()
-    }
-}
-
-/// How late an ended cooldown may be forgotten (see [`Cooldowns`]).
-const COOLDOWN_SWEEP_SLACK: Duration = Duration::from_secs(1);
 
 /// Where random numbers come from: the shell's CSPRNG, or a fixed sequence in tests.
 pub struct Entropy(Box<dyn FnMut() -> u64 + Send>);
@@ -433,7 +248,9 @@ pub struct Switchboard {
     /// Boxed: the table keeps spare buckets, and an idle connection should
     /// not pay for a spare `Conn` or two (see BENCHMARKS.md).
     conns: HashMap<ConnId, Box<Conn>>,
-    queue: Matchmaker,
+    /// The stranger queue, here or shared: the one place that says whether
+    /// this switchboard is a node of several.
+    queue: Queue,
     cooldowns: Cooldowns,
     rooms: Rooms,
     moderation: Moderation,
@@ -449,20 +266,6 @@ pub struct Switchboard {
     next_call: CallId,
     /// Calls with both sides here.
     calls: usize,
-    /// Backplane mode: this node, whose number is in every id it makes.
-    node: Option<NodeId>,
-    /// Backplane mode: calls with the partner on another node.
-    remote_calls: usize,
-    /// Backplane mode: the client keys of partners on other nodes.
-    remote_keys: HashMap<ConnId, ClientKey>,
-    /// Backplane mode: who waits in the shared queue, and from when they
-    /// will talk to anyone.
-    shared_waiting: HashMap<ConnId, Instant>,
-    /// Backplane mode: interest waits ending, in time order.
-    fallbacks: BinaryHeap<Reverse<(Instant, ConnId)>>,
-    /// Backplane mode: the normalised room names of connections in
-    /// `Phase::Joining`.
-    joining: HashMap<ConnId, String>,
     /// The connection whose message is being handled, and its type: an
     /// error `reject` sends that connection meanwhile answers it (`re`).
     answering: Option<(ConnId, ClientMsgType)>,
@@ -489,10 +292,7 @@ impl Switchboard {
         let rooms = Rooms::with_max_keys(config.rooms.clone(), config.allowance_keys);
         let moderation = Moderation::new(config.moderation.clone());
         let clients = ClientBuckets::new(&config.per_client, config.allowance_keys);
-        let queue = Matchmaker::new(MatchConfig {
-            interest_wait: config.interest_wait,
-            scan_limit: config.scan_limit,
-        });
+        let queue = Queue::new(None, &config);
         Switchboard {
             config,
             conns: HashMap::new(),
@@ -508,12 +308,6 @@ impl Switchboard {
             hello_deadlines: BinaryHeap::new(),
             next_call: 1,
             calls: 0,
-            node: None,
-            remote_calls: 0,
-            remote_keys: HashMap::new(),
-            shared_waiting: HashMap::new(),
-            fallbacks: BinaryHeap::new(),
-            joining: HashMap::new(),
             answering: None,
             matches_total: 0,
             errors_total: 0,
@@ -562,8 +356,8 @@ impl Switchboard {
     pub fn stats(&self) -> Stats {
         Stats {
             connections: self.conns.len(),
-            waiting: self.queue.len() + self.shared_waiting.len(),
-            calls: self.calls + self.remote_calls,
+            waiting: self.queue.len(),
+            calls: self.calls + self.queue.remote_calls(),
             matches_total: self.matches_total,
             errors_total: self.errors_total,
             errors_by_code: self.errors_by_code,
@@ -605,7 +399,6 @@ impl Switchboard {
             ),
             hello_by: now + self.config.hello_timeout,
             reported: Vec::new(),
-            charge_search: false,
             call_since: now,
         };
         if self.conns.insert(id, Box::new(conn)).is_some() {
@@ -709,8 +502,7 @@ impl Switchboard {
                         if let Err(wait) = self.clients.searches.take(now, &key) {
                             return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
                         }
-                        conn.charge_search = self.node.is_some();
-                        self.search(now, id);
+                        self.search(now, id, true);
                     }
                     Err(code) => self.reject(now, id, code, None),
                 },
@@ -723,10 +515,7 @@ impl Switchboard {
                         return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
                     }
                     self.end_call(now, id, EndReason::PartnerSkipped);
-                    if let Some(c) = self.conns.get_mut(&id) {
-                        c.charge_search = self.node.is_some();
-                    }
-                    self.search(now, id);
+                    self.search(now, id, true);
                 }
                 Phase::Idle | Phase::Joining | Phase::Searching | Phase::InRoom { .. } => {
                     self.reject(now, id, ErrorCode::NotInCall, None)
@@ -770,34 +559,26 @@ impl Switchboard {
             }
         }
         self.cooldowns.expire(now);
-        let mut pairs = Vec::new();
         let blocked = Blocker {
             now,
             cooldowns: &self.cooldowns,
             moderation: &self.moderation,
             conns: &self.conns,
         };
-        self.queue.handle_timeout(now, &blocked, &mut pairs);
+        let (pairs, due) = self.queue.handle_timeout(now, &blocked);
         for p in pairs {
             self.start_call(now, p);
         }
-        while let Some(&Reverse((at, id))) = self.fallbacks.peek() {
-            if at > now {
-                break;
-            }
-            self.fallbacks.pop();
-            if self.shared_waiting.get(&id) == Some(&at) {
-                self.enqueue(now, id);
-            }
+        for id in due {
+            self.enqueue(now, id);
         }
     }
 
     /// When `handle_timeout` should next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let hello = self.hello_deadlines.peek().map(|&Reverse((at, _))| at);
-        let fallback = self.fallbacks.peek().map(|&Reverse((at, _))| at);
         let cooldown = self.cooldowns.poll_timeout();
-        [hello, self.queue.poll_timeout(), fallback, cooldown]
+        [hello, self.queue.poll_timeout(), cooldown]
             .into_iter()
             .flatten()
             .min()
@@ -879,78 +660,8 @@ impl Switchboard {
     }
 }
 
-/// Who may not be paired: people who just skipped each other (until the
-/// cooldown ends) and clients one of whom reported the other.
-struct Blocker<'a> {
-    now: Instant,
-    cooldowns: &'a Cooldowns,
-    moderation: &'a Moderation,
-    conns: &'a HashMap<ConnId, Box<Conn>>,
-}
-
-impl crate::matchmaker::Blocked for Blocker<'_> {
-    fn blocked_until(&self, a: ConnId, b: ConnId) -> Option<Instant> {
-        if let Some(until) = self.cooldowns.blocked_until(self.now, a, b) {
-            return Some(until);
-        }
-        let (ca, cb) = (self.conns.get(&a)?, self.conns.get(&b)?);
-        // A client banned while one of its connections was already waiting.
-        let banned = [ca.info.key, cb.info.key]
-            .into_iter()
-            .filter_map(|k| self.moderation.banned_until(self.now, k))
-            .max();
-        if banned.is_some() {
-            return banned;
-        }
-        let reported = ca.reported.contains(&b)
-            || cb.reported.contains(&a)
-            || self.moderation.blocked(ca.info.key, cb.info.key);
-        // A report blocks for as long as keys live; look again in an hour.
-        reported.then(|| self.now + Duration::from_secs(3600))
-    }
-}
-
 /// Refill rate giving `budget` errors per `window`, at least one per window.
 fn budget_rate(budget: u32, window: Duration) -> u32 {
     let secs = window.as_secs().max(1);
     u32::try_from(u64::from(budget).div_ceil(secs)).unwrap_or(u32::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Regression (found with `earshot-bench soak`): the cooldown of a skip
-    /// outlived both connections on an idle server, until another skip
-    /// happened to come by.
-    #[test]
-    fn cooldowns_of_gone_connections_are_forgotten_on_an_idle_server() {
-        let config = Config::default();
-        let cooldown = config.rematch_cooldown;
-        let mut board = Switchboard::new(config);
-        let t0 = Instant::now();
-        let (a, b) = (ConnId(1), ConnId(2));
-        for id in [a, b] {
-            board.connect(t0, id, ConnInfo::default());
-            board.handle_text(t0, id, r#"{"type":"hello","version":1}"#);
-            board.handle_text(t0, id, r#"{"type":"search"}"#);
-        }
-        assert_eq!(board.stats().calls, 1);
-        board.handle_text(t0, a, r#"{"type":"skip"}"#);
-        assert_eq!(board.cooldowns.len(), 1);
-        board.disconnect(t0, a);
-        board.disconnect(t0, b);
-        // The shell's timer: run whatever the switchboard asks for.
-        while let Some(at) = board.poll_timeout() {
-            assert!(at <= t0 + cooldown + COOLDOWN_SWEEP_SLACK, "{at:?}");
-            board.handle_timeout(at);
-        }
-        assert_eq!(board.cooldowns.len(), 0);
-        assert_eq!(
-            board.cooldowns.order.capacity(),
-            0,
-            "the tables are given back"
-        );
-        assert_eq!(board.stats().connections, 0);
-    }
 }

@@ -17,7 +17,7 @@ impl Switchboard {
         self.conns
             .get(&id)
             .map(|c| c.info.key)
-            .or_else(|| self.remote_keys.get(&id).copied())
+            .or_else(|| self.queue.remote_key(id))
             .unwrap_or_default()
     }
 
@@ -51,7 +51,7 @@ impl Switchboard {
                 .map(backplane::room_tag),
         };
         let reason = reason.map_or("none", ReportReason::as_str);
-        if self.node.is_some() {
+        if self.queue.is_shared() {
             // The store counts strikes from every node and bans.
             if let Some(w) = self.moderation.weigh(now, &who, theirs) {
                 tracing::debug!(reason, weight = w.weight, "report recorded");
@@ -134,12 +134,10 @@ impl Switchboard {
                 c.phase = Phase::Idle;
             }
             let store_key = self.room_key(room);
-            if self.node.is_some() {
-                self.request(Request::RoomRemove {
-                    room: store_key.clone(),
-                    key,
-                });
-            }
+            self.request(Request::RoomRemove {
+                room: store_key.clone(),
+                key,
+            });
             let others = self.rooms.remove(room, target, key);
             self.announce_left(room, store_key, target, others, true);
             self.reject(now, target_conn, ErrorCode::Removed, None);

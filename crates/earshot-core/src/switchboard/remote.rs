@@ -9,11 +9,11 @@ impl Switchboard {
     /// connection is open: connection ids must carry the node number.
     pub fn set_node(&mut self, node: Option<NodeId>) {
         debug_assert!(self.conns.is_empty(), "set_node with connections open");
-        self.node = node;
+        self.queue = Queue::new(node, &self.config);
     }
 
     pub fn node(&self) -> Option<NodeId> {
-        self.node
+        self.queue.node()
     }
 
     /// `id`'s call and partner, if it is in a call.
@@ -61,15 +61,20 @@ impl Switchboard {
     /// Backplane mode: who waits in the shared queue (the shell keeps their
     /// entries alive).
     pub fn shared_waiters(&self) -> Vec<ConnId> {
-        self.shared_waiting.keys().copied().collect()
+        self.queue
+            .shared()
+            .map(|s| s.waiting.keys().copied().collect())
+            .unwrap_or_default()
     }
 
     /// The nodes this one's calls reach: the shell watches their heartbeats
     /// and reports a dead one as [`Event::NodeDown`].
     pub fn remote_nodes(&self) -> Vec<NodeId> {
         let mut nodes: Vec<NodeId> = self
-            .remote_keys
-            .keys()
+            .queue
+            .shared()
+            .into_iter()
+            .flat_map(|s| s.remote_keys.keys())
             .map(|&id| backplane::node_of(id))
             .collect();
         nodes.sort_unstable();
@@ -78,11 +83,12 @@ impl Switchboard {
     }
 
     pub(super) fn is_remote(&self, id: ConnId) -> bool {
-        self.node.is_some_and(|n| backplane::node_of(id) != n)
+        self.queue.is_remote(id)
     }
 
+    /// Asks the shared store; with the queue here there is none to ask.
     pub(super) fn request(&mut self, r: Request) {
-        if self.node.is_some() {
+        if self.queue.is_shared() {
             self.out.push_back(Output::Backplane(r));
         }
     }
@@ -93,17 +99,19 @@ impl Switchboard {
 
     /// Asks the shared queue to pair `id` or keep it waiting.
     pub(super) fn enqueue(&mut self, now: Instant, id: ConnId) {
-        let (Some(c), Some(&open_at)) = (self.conns.get_mut(&id), self.shared_waiting.get(&id))
-        else {
+        let Some(shared) = self.queue.shared_mut() else {
+            return;
+        };
+        let (Some(c), Some(wait)) = (self.conns.get(&id), shared.waiting.get_mut(&id)) else {
             return;
         };
         // Charged once, for the search or skip the client made.
-        let limit = std::mem::take(&mut c.charge_search).then_some(self.config.per_client.searches);
+        let limit = std::mem::take(&mut wait.charge).then_some(self.config.per_client.searches);
         let waiter = Waiter {
             conn: id,
             key: c.info.key,
             interests: c.interests.clone(),
-            open: open_at <= now,
+            open: wait.open_at <= now,
             interest_wait: self.config.interest_wait,
             country: c.info.country,
             limit,
@@ -116,14 +124,14 @@ impl Switchboard {
     pub(super) fn requeue(&mut self, now: Instant, id: ConnId) {
         if self.is_remote(id) {
             self.publish(Remote::Requeue { to: id });
-        } else if self.shared_waiting.contains_key(&id) {
+        } else if self.queue.is_waiting(id) {
             self.enqueue(now, id);
         }
     }
 
     /// An answer from the backplane, or a message from another node.
     pub fn handle_backplane(&mut self, now: Instant, event: Event) {
-        if self.node.is_none() {
+        if !self.queue.is_shared() {
             return;
         }
         match event {
@@ -145,7 +153,7 @@ impl Switchboard {
                 locked,
             } => self.room_joined(now, conn, room, peer, others, locked),
             Event::RoomRefused { conn, code, retry } => {
-                if self.joining.remove(&conn).is_some() {
+                if self.queue.take_joining(conn).is_some() {
                     if let Some(c) = self.conns.get_mut(&conn) {
                         c.phase = Phase::Idle;
                     }
@@ -183,7 +191,7 @@ impl Switchboard {
                 for (room, peer) in members {
                     let store_key = self.room_key(room);
                     if let Some(conn) = self.rooms.member(room, peer) {
-                        self.remote_keys.remove(&conn);
+                        self.queue.forget_remote(conn);
                     }
                     let others = self.rooms.leave(room, peer);
                     // The store is told once, by whoever sees it first.
@@ -206,7 +214,7 @@ impl Switchboard {
         code: ErrorCode,
         retry: Duration,
     ) {
-        if self.shared_waiting.remove(&conn).is_some() {
+        if self.queue.leave(conn) {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.phase = Phase::Idle;
             }
@@ -216,14 +224,14 @@ impl Switchboard {
     }
 
     pub(super) fn paired(&mut self, now: Instant, conn: ConnId, partner: Partner) {
-        if !self.shared_waiting.contains_key(&conn) {
+        if !self.queue.is_waiting(conn) {
             // Left the queue while the join ran: the waiter goes back.
             return self.requeue(now, partner.conn);
         }
         if !self.is_remote(partner.conn) {
-            if partner.conn != conn && self.shared_waiting.contains_key(&partner.conn) {
-                self.shared_waiting.remove(&conn);
-                self.shared_waiting.remove(&partner.conn);
+            if partner.conn != conn && self.queue.is_waiting(partner.conn) {
+                self.queue.leave(conn);
+                self.queue.leave(partner.conn);
                 let pairing = Pairing {
                     waiting: partner.conn,
                     joining: conn,
@@ -234,7 +242,7 @@ impl Switchboard {
             // The waiter left meanwhile: try again.
             return self.enqueue(now, conn);
         }
-        self.shared_waiting.remove(&conn);
+        self.queue.leave(conn);
         let call = self.new_call();
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -245,8 +253,7 @@ impl Switchboard {
         };
         c.call_since = now;
         let (key, country) = (c.info.key, c.info.country);
-        self.remote_calls += 1;
-        self.remote_keys.insert(partner.conn, partner.key);
+        self.remote_call_began(partner.conn, partner.key);
         self.moderation.matched(now, key);
         tracing::debug!(call, "matched across nodes");
         // Recorded before the waiter's node hears of the call, so any end
@@ -328,7 +335,7 @@ impl Switchboard {
         shared: Vec<String>,
         country: Option<Country>,
     ) {
-        let waiting = self.shared_waiting.contains_key(&to);
+        let waiting = self.queue.is_waiting(to);
         if !waiting || !self.is_remote(from) {
             // Gone or busy since: the joiner's call ends at once.
             return self.publish(Remote::Ended {
@@ -338,7 +345,7 @@ impl Switchboard {
                 reason: EndReason::PartnerLeft,
             });
         }
-        self.shared_waiting.remove(&to);
+        self.queue.leave(to);
         // A late fallback join may have queued it again.
         self.request(Request::Dequeue { conn: to });
         let Some(c) = self.conns.get_mut(&to) else {
@@ -350,8 +357,7 @@ impl Switchboard {
         };
         c.call_since = now;
         let own = c.info.key;
-        self.remote_calls += 1;
-        self.remote_keys.insert(from, key);
+        self.remote_call_began(from, key);
         self.moderation.matched(now, own);
         tracing::debug!(call, "matched across nodes");
         self.send(
@@ -378,7 +384,7 @@ impl Switchboard {
                     let locked = self.rooms.is_locked(r);
                     self.rooms
                         .mirror(now, &name, &[(member.peer, member.conn)], locked);
-                    self.remote_keys.insert(member.conn, member.key);
+                    self.queue.note_remote(member.conn, member.key);
                     self.send(to, ServerMsg::PeerJoined { peer: member.peer });
                 }
             }
@@ -387,7 +393,7 @@ impl Switchboard {
                     if let Some(conn) = self.rooms.member(r, peer)
                         && self.is_remote(conn)
                     {
-                        self.remote_keys.remove(&conn);
+                        self.queue.forget_remote(conn);
                         self.rooms.leave(r, peer);
                     }
                     self.send(to, ServerMsg::PeerLeft { peer });
@@ -446,17 +452,32 @@ impl Switchboard {
         if let Some(c) = self.conns.get_mut(&to) {
             c.phase = Phase::Idle;
         }
-        self.remote_calls -= 1;
-        self.remote_keys.remove(&from);
+        self.remote_call_ended(from);
         self.request(Request::CallEnd { call });
         tracing::debug!(call, reason = ?reason, "call with another node ended");
         self.send(to, ServerMsg::CallEnded { call, reason });
-        self.search(now, to);
+        self.search(now, to, false);
+    }
+
+    /// A call began with `partner`, of `key`, on another node.
+    fn remote_call_began(&mut self, partner: ConnId, key: ClientKey) {
+        if let Some(s) = self.queue.shared_mut() {
+            s.remote_calls += 1;
+            s.remote_keys.insert(partner, key);
+        }
+    }
+
+    /// The call with `partner`, on another node, is over.
+    pub(super) fn remote_call_ended(&mut self, partner: ConnId) {
+        if let Some(s) = self.queue.shared_mut() {
+            s.remote_calls -= 1;
+            s.remote_keys.remove(&partner);
+        }
     }
 
     /// The store's name for a room (backplane mode; empty otherwise).
     pub(super) fn room_key(&self, room: RoomId) -> String {
-        match (self.node, self.rooms.name(room)) {
+        match (self.queue.node(), self.rooms.name(room)) {
             (Some(_), Some(name)) => backplane::room_key(name),
             _ => String::new(),
         }
@@ -473,7 +494,7 @@ impl Switchboard {
         others: Vec<(PeerId, ConnId)>,
         store: bool,
     ) {
-        if self.node.is_some() && store {
+        if store {
             self.request(Request::RoomLeave {
                 room: store_key.clone(),
                 peer,
@@ -494,19 +515,53 @@ impl Switchboard {
                 self.send(other, ServerMsg::PeerLeft { peer });
             }
         }
-        if self.node.is_some() && !local {
+        // (With the queue here, `Rooms::leave` has already dropped a room
+        // with no members left.)
+        if !local {
             for (_, _, conn) in self
                 .rooms
                 .all_members()
                 .filter(|m| m.0 == room)
                 .collect::<Vec<_>>()
             {
-                self.remote_keys.remove(&conn);
+                self.queue.forget_remote(conn);
             }
             self.rooms.forget(room);
         }
     }
 
+    /// Asks the store to let `id` into the room `name`: its size, lock and
+    /// removals are shared by every node. A passphrase guess first draws on
+    /// this node's own allowance for the client.
+    pub(super) fn join_shared_room(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        key: ClientKey,
+        name: String,
+        verifier: Option<&Verifier>,
+    ) {
+        if verifier.is_some()
+            && let Err(wait) = self.rooms.attempt(now, key)
+        {
+            return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
+        }
+        self.request(Request::RoomJoin {
+            conn: id,
+            room: backplane::room_key(&name),
+            key,
+            verifier: verifier.cloned(),
+            max_size: self.rooms.max_size(),
+            attempts: self.config.rooms.room_attempts,
+            creations: self.config.per_client.room_creations,
+        });
+        self.queue.start_joining(id, name);
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.phase = Phase::Joining;
+        }
+    }
+
+    /// The store let `conn` into a room.
     pub(super) fn room_joined(
         &mut self,
         now: Instant,
@@ -516,7 +571,7 @@ impl Switchboard {
         others: Vec<Member>,
         locked: bool,
     ) {
-        let Some(name) = self.joining.remove(&conn) else {
+        let Some(name) = self.queue.take_joining(conn) else {
             // Gone or ended while the store let it in: take it out again.
             return self.request(Request::RoomLeave {
                 room: store_key,
@@ -534,7 +589,7 @@ impl Switchboard {
         let me = Member { peer, conn, key };
         for m in &others {
             if self.is_remote(m.conn) {
-                self.remote_keys.insert(m.conn, m.key);
+                self.queue.note_remote(m.conn, m.key);
                 self.publish(Remote::PeerJoined {
                     to: m.conn,
                     room: store_key.clone(),

@@ -32,26 +32,8 @@ impl Switchboard {
         {
             return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
         }
-        if self.node.is_some() {
-            if verifier.is_some()
-                && let Err(wait) = self.rooms.attempt(now, key)
-            {
-                return self.reject(now, id, ErrorCode::RateLimited, Some(wait));
-            }
-            self.request(Request::RoomJoin {
-                conn: id,
-                room: backplane::room_key(&name),
-                key,
-                verifier: verifier.cloned(),
-                max_size: self.rooms.max_size(),
-                attempts: self.config.rooms.room_attempts,
-                creations: self.config.per_client.room_creations,
-            });
-            self.joining.insert(id, name);
-            if let Some(c) = self.conns.get_mut(&id) {
-                c.phase = Phase::Joining;
-            }
-            return;
+        if self.queue.is_shared() {
+            return self.join_shared_room(now, id, key, name, verifier);
         }
         match self.rooms.join(now, &name, id, key, verifier) {
             Ok(joined) => {
@@ -127,13 +109,10 @@ impl Switchboard {
         };
         let locked = verifier.is_some();
         tracing::debug!(conn = %id, locked, "room lock changed");
-        if self.node.is_some() {
-            let key = self.room_key(room);
-            self.request(Request::RoomLock {
-                room: key,
-                verifier: verifier.clone(),
-            });
-        }
+        self.request(Request::RoomLock {
+            room: self.room_key(room),
+            verifier: verifier.clone(),
+        });
         for member in self.rooms.set_lock(room, verifier) {
             if self.is_remote(member) {
                 let key = self.room_key(room);

@@ -24,7 +24,9 @@ impl Switchboard {
     }
 
     /// Puts an idle connection in the queue and pairs it if someone fits.
-    pub(super) fn search(&mut self, now: Instant, id: ConnId) {
+    /// `own`: the client's own search or skip, which a shared queue charges
+    /// to the client's search allowance (being put back after a call is free).
+    pub(super) fn search(&mut self, now: Instant, id: ConnId, own: bool) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -42,34 +44,23 @@ impl Switchboard {
                 interests: interests.clone(),
             },
         );
-        if self.node.is_some() {
-            let open_at = if interests.is_empty() {
-                now
-            } else {
-                now + self.config.interest_wait
-            };
-            self.shared_waiting.insert(id, open_at);
-            if open_at > now {
-                self.fallbacks.push(Reverse((open_at, id)));
-            }
-            return self.enqueue(now, id);
-        }
         let blocked = Blocker {
             now,
             cooldowns: &self.cooldowns,
             moderation: &self.moderation,
             conns: &self.conns,
         };
-        let pairing = self.queue.join(now, id, interests, &blocked);
-        if let Some(p) = pairing {
-            self.start_call(now, p);
+        match self.queue.join(now, id, interests, own, &blocked) {
+            Joined::Paired(p) => self.start_call(now, p),
+            Joined::Waiting => {}
+            Joined::AskStore => self.enqueue(now, id),
         }
     }
 
     pub(super) fn new_call(&mut self) -> CallId {
         let n = self.next_call;
         self.next_call += 1;
-        match self.node {
+        match self.queue.node() {
             Some(node) => backplane::call_id(node, n),
             None => n,
         }
@@ -127,8 +118,7 @@ impl Switchboard {
         self.note_call_ended(now, id, partner);
         let keys = (self.key(id), self.key(partner));
         if self.is_remote(partner) {
-            self.remote_calls -= 1;
-            self.remote_keys.remove(&partner);
+            self.remote_call_ended(partner);
             if let Some(c) = self.conns.get_mut(&id) {
                 c.phase = Phase::Idle;
             }
@@ -171,7 +161,7 @@ impl Switchboard {
             });
         }
         self.send(partner, ServerMsg::CallEnded { call, reason });
-        self.search(now, partner);
+        self.search(now, partner, false);
     }
 
     /// `id`'s stranger call with `partner` is ending: a call held long
@@ -190,8 +180,7 @@ impl Switchboard {
         match self.conns.get(&id).map(|c| c.phase) {
             Some(Phase::InCall { .. }) => self.end_call(now, id, reason),
             Some(Phase::Searching) => {
-                self.queue.leave(id);
-                if self.shared_waiting.remove(&id).is_some() {
+                if self.queue.leave(id) {
                     self.request(Request::Dequeue { conn: id });
                 }
                 if let Some(c) = self.conns.get_mut(&id) {
@@ -207,7 +196,7 @@ impl Switchboard {
                 self.announce_left(room, store_key, peer, others, true);
             }
             Some(Phase::Joining) => {
-                self.joining.remove(&id);
+                self.queue.take_joining(id);
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.phase = Phase::Idle;
                 }

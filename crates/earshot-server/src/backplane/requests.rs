@@ -245,10 +245,6 @@ impl Redis {
             Request::RoomLeave { room, peer } => self.room_leave(room, peer),
             Request::RoomLock { room, verifier } => self.room_lock(room, verifier),
             Request::RoomRemove { room, key } => self.room_remove(room, key),
-            other => {
-                tracing::warn!(?other, "backplane request not supported");
-                Job::Steps(Box::pin(async {}))
-            }
         }
     }
 

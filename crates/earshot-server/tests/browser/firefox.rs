@@ -16,8 +16,8 @@ use crate::reach::{
     received_this_call, register_turn_secrets, set_hide_ip,
 };
 use crate::rooms::{
-    LOCKED_LOG_SHOWS, PASSPHRASE, check_room_audio, enter_passphrase, join_alone, join_and_hear,
-    lock, open_room, wait_chat_open, wait_count,
+    LOCKED_LOG_SHOWS, PASSPHRASE, check_room_audio, check_room_words, enter_passphrase, join_alone,
+    join_and_hear, lock, open_room, wait_chat_open, wait_count,
 };
 use crate::strangers::meet_and_chat;
 use crate::support::harness::{Browser, Run, STEP, Setup, check_call_audio, wait_for};
@@ -33,7 +33,8 @@ const LOG_SHOWS: &[&str] = &["matched"];
 /// offering then F1; then F1 with Chromium C, C offering then F1. Each call
 /// has audio with energy both ways, kept flowing over a second on a
 /// connected pair of in-namespace candidates, and chat both ways; the
-/// offering page is the one whose local description is the offer. Both
+/// offering page is the one whose local description is the offer; both show
+/// the same safety words, the ones PROTOCOL.md gives for the call. Both
 /// hang up between calls. Ends with the privacy checks of `Run::finish`.
 #[test]
 fn browser_firefox_strangers_with_firefox_and_chromium() -> Result<()> {
@@ -52,8 +53,9 @@ fn browser_firefox_strangers_with_firefox_and_chromium() -> Result<()> {
             for (first, second) in [(f1, f2), (f2, f1), (f1, c), (c, f1)] {
                 let time = meet_and_chat(run, first, second)?;
                 check_offerer(second, first)?;
+                let words = check_safety_words(first, second)?;
                 println!(
-                    "{} then {}: {} offered, time to audio {time:.0} ms",
+                    "{} then {}: {} offered, time to audio {time:.0} ms, safety words {words:?}",
                     first.name, second.name, second.name
                 );
                 hang_up(first, second)?;
@@ -68,7 +70,8 @@ fn browser_firefox_strangers_with_firefox_and_chromium() -> Result<()> {
 /// for the passphrase to check newcomers with it, enters it. F2 opens the
 /// link, is asked for the passphrase, enters it and hears both (F2 offers
 /// to both). A full mesh with audio every way, chat from F2 and from C to
-/// the two others; F2 leaves, then C, and F1 is alone. Ends with the
+/// the two others, and every pair shows the same safety words; F2 leaves,
+/// then C, and F1 is alone. Ends with the
 /// privacy checks of `Run::finish`, the passphrase and room name among
 /// the secrets.
 #[test]
@@ -109,6 +112,7 @@ fn browser_firefox_locked_room_with_chromium() -> Result<()> {
             let (t, detail) = f2.time_to_hear_all("passphrase-submit", STEP)?;
             println!("F2 heard F1 and C {t:.0} ms after submitting the passphrase ({detail})");
             check_room_audio(&[f1, f2, c])?;
+            check_room_words(&[f1, f2, c])?;
             for (x, others) in [(f2, [f1, c]), (c, [f1, f2])] {
                 wait_chat_open(x, 2)?;
                 run.chat(x, &others, &format!("{} to the locked room", x.name))?;

@@ -10,6 +10,7 @@
 //!   passphrase and lets the right one in; a member refuses a peer whose
 //!   DTLS fingerprint was tampered with; a room of six (and the time to hear
 //!   everyone); a full room says so, then lets the page in once a seat frees.
+//!   Every pair of the room of three shows the same safety words.
 //! - `safety`: the page talks to its own origin only and sets no cookie
 //!   (DevTools network events, resource timing, CSP violations); Report
 //!   ends a call at once for both; three reports from three addresses ban a
@@ -22,12 +23,25 @@
 //!   side; safety words match, and change when a fingerprint is swapped;
 //!   fresh TURN credentials keep a relayed call going; the time to audio,
 //!   relayed and direct.
+//! - `roaming`: a call survives a network change: the browsers' address
+//!   changes mid-call and the call comes back by ICE restart, as strangers,
+//!   in a room and with "hide my IP" (and the time it takes).
+//! - `phone`: what phones need, shown in Chromium: "Tap to hear" when
+//!   `play()` is refused, a microphone that ends mid-call replaced without
+//!   a new call, the page hidden and shown again, the call controls on a
+//!   390×844 screen.
 //! - `round_trips`: (ignored by default, a benchmark) the time to audio
 //!   with latency added in user space between the pages and both the server
 //!   and the relay, beside the in-page limit under the same latency.
 //! - `firefox`: Firefox with Firefox and with Chromium: strangers in both
 //!   roles, a locked room of two Firefox and a Chromium, and "hide my IP"
-//!   relayed through the embedded TURN server.
+//!   relayed through the embedded TURN server; matching safety words.
+//! - `turns`: a Chromium call relayed over TURN over TLS only, the page
+//!   served over HTTPS with a certificate made for the test.
+//! - `words`: safety words by commit-then-reveal: they match and are the
+//!   ones PROTOCOL.md gives for the call's fingerprints and nonces (and the
+//!   page's module gives its test vector); a suppressed exchange gives the
+//!   warning on both pages; a tampered reveal is caught.
 //!
 //! WebRTC tests only run in a loopback-only network namespace, so every ICE
 //! candidate and every packet stays on 127.0.0.1 (see `support::netns`);
@@ -43,8 +57,8 @@
 //! `data-testid` elements and read `window.earshot` (`pc`, the stranger
 //! call's `RTCPeerConnection`; `peers`, a room's) for stats; a script
 //! installed before the page's own records clicks, WebSockets, peer
-//! connections and the passphrase-derived values the page sends
-//! (`harness::INIT_JS`). Times to audio are measured inside the pages with
+//! connections, the passphrase-derived values and the safety-words messages
+//! the page sends (`harness::INIT_JS`). Times to audio are measured inside the pages with
 //! `Date.now()`, from a click to decoded audio with energy, so that WebDriver
 //! round trips do not count; they go to `$EARSHOT_E2E_REPORT`, which
 //! `scripts/test` prints.
@@ -59,11 +73,15 @@ mod support;
 
 mod firefox;
 mod multinode;
+mod phone;
 mod reach;
+mod roaming;
 mod rooms;
 mod round_trips;
 mod safety;
 mod strangers;
+mod turns;
+mod words;
 
 use anyhow::{Result, ensure};
 use serde_json::json;

@@ -26,6 +26,7 @@ use crate::support::harness::{
 };
 use crate::support::{TempDir, free_port};
 use anyhow::{Context, Result, bail, ensure};
+use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::ops::RangeInclusive;
@@ -1207,7 +1208,7 @@ fn check_relay_stats(stats: &Value, relay_ports: &RangeInclusive<u16>) -> Result
 }
 
 /// The safety words a page shows (`data-words` of `safety-words`), if any.
-fn safety_words(x: &Browser) -> Result<Option<String>> {
+pub(crate) fn safety_words(x: &Browser) -> Result<Option<String>> {
     let v = x.execute(
         "const w = document.querySelector('[data-testid=\"safety-words\"]');
          return w && w.dataset.words && !w.closest('[hidden]') ? w.dataset.words : null;",
@@ -1216,10 +1217,12 @@ fn safety_words(x: &Browser) -> Result<Option<String>> {
     Ok(v.as_str().map(String::from))
 }
 
-/// Both pages show the same three words from the list, the ones
-/// PROTOCOL.md "Safety words" gives for the two fingerprints of the call,
-/// and each page has the other's own fingerprint as its remote one. The
-/// words.
+/// Both pages show the same three words from the list, each page has the
+/// other's own fingerprint as its remote one, and the words are the ones
+/// PROTOCOL.md "Safety words" gives for those fingerprints and the nonces
+/// the two pages sent each other (`harness::INIT_JS` records them): the
+/// page whose fingerprint sorts first committed, and its reveal matches its
+/// commitment. The words.
 pub(crate) fn check_safety_words(a: &Browser, b: &Browser) -> Result<Vec<String>> {
     let list = word_list()?;
     let shown = poll("safety words on both pages", STEP, || {
@@ -1249,17 +1252,54 @@ pub(crate) fn check_safety_words(a: &Browser, b: &Browser) -> Result<Vec<String>
         fingerprint(&db["local"]),
         fingerprint(&db["remote"])
     );
-    let expected = reference_words(&a_local, &a_remote, &list);
+    let (committer, responder, fp_c, fp_r) = if a_local.as_bytes() < a_remote.as_bytes() {
+        (a, b, a_local, a_remote)
+    } else {
+        (b, a, a_remote, a_local)
+    };
+    let hash = last_sent(committer, "safety_commit", "hash")?;
+    let nonce_c = last_sent(committer, "safety_reveal", "nonce")?;
+    let nonce_r = last_sent(responder, "safety_nonce", "nonce")?;
+    ensure!(
+        Sha256::digest(nonce_c)[..] == hash[..],
+        "{}'s reveal does not match its commitment",
+        committer.name
+    );
+    let expected = reference_words(&fp_c, &fp_r, &nonce_c, &nonce_r, &list);
     ensure!(
         words == expected,
-        "the pages show {words:?}, PROTOCOL.md gives {expected:?} for these fingerprints"
+        "the pages show {words:?}, PROTOCOL.md gives {expected:?} for these fingerprints and nonces"
     );
     Ok(words)
 }
 
+/// The `field` (64 hex digits) of the last `kind` safety-words message the
+/// page sent.
+pub(crate) fn last_sent(x: &Browser, kind: &str, field: &str) -> Result<[u8; 32]> {
+    let v = x.execute(
+        "const m = window.__e2eWords.sent.filter(m => m.type === arguments[0]);
+         return m.length ? m[m.length - 1][arguments[1]] : null;",
+        json!([kind, field]),
+    )?;
+    let text = v
+        .as_str()
+        .with_context(|| format!("{}: sent no {kind}", x.name))?;
+    ensure!(
+        text.len() == 64,
+        "{}: {kind}.{field} is not 64 hex digits: {text}",
+        x.name
+    );
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+            .with_context(|| format!("{}: {kind}.{field} is not hex: {text}", x.name))?;
+    }
+    Ok(out)
+}
+
 /// The 2048 words of `web/safetywords.js`; checks the reference
 /// implementation against PROTOCOL.md's test vector first.
-fn word_list() -> Result<Vec<&'static str>> {
+pub(crate) fn word_list() -> Result<Vec<&'static str>> {
     const SOURCE: &str = include_str!("../../../../web/safetywords.js");
     let start = SOURCE
         .find("const LIST = `")
@@ -1272,21 +1312,45 @@ fn word_list() -> Result<Vec<&'static str>> {
         "web/safetywords.js lists {} words",
         list.len()
     );
-    let vector = reference_words("sha-256 ab:cd:ef", "sha-256 01:23:45", &list);
+    let (nc, nr) = vector_nonces();
+    let vector = reference_words("sha-256 01:23:45", "sha-256 ab:cd:ef", &nc, &nr, &list);
     ensure!(
-        vector == ["ridge", "season", "sunbeam"],
+        vector == VECTOR_WORDS,
         "the reference implementation gives {vector:?} for PROTOCOL.md's test vector"
     );
     Ok(list)
 }
 
-/// PROTOCOL.md "Safety words", steps 2 and 3, over two descriptions'
-/// fingerprint strings (step 1, [`fingerprint`]).
-fn reference_words(x: &str, y: &str, list: &[&str]) -> Vec<String> {
-    let mut two = [x, y];
-    two.sort();
-    let digest = Sha256::digest(two.join("\n").as_bytes());
-    let bits = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+/// PROTOCOL.md's test vector: the nonces (bytes 0..32 and 32..64) and the
+/// words they give with committer `sha-256 01:23:45`, responder
+/// `sha-256 ab:cd:ef`.
+pub(crate) fn vector_nonces() -> ([u8; 32], [u8; 32]) {
+    (
+        std::array::from_fn(|i| i as u8),
+        std::array::from_fn(|i| 32 + i as u8),
+    )
+}
+pub(crate) const VECTOR_WORDS: [&str; 3] = ["fizz", "shelter", "fix"];
+
+/// PROTOCOL.md "Safety words": HKDF-SHA-256 over the committer's and
+/// responder's fingerprint strings and nonces, then three 11-bit indices.
+fn reference_words(
+    fp_c: &str,
+    fp_r: &str,
+    nonce_c: &[u8; 32],
+    nonce_r: &[u8; 32],
+    list: &[&str],
+) -> Vec<String> {
+    type HmacSha256 = Hmac<Sha256>;
+    let mut extract = HmacSha256::new_from_slice(b"earshot/v2/safety-words").expect("any key");
+    extract.update(nonce_c);
+    extract.update(nonce_r);
+    let prk = extract.finalize().into_bytes();
+    let mut expand = HmacSha256::new_from_slice(&prk).expect("any key");
+    expand.update(format!("{fp_c}\n{fp_r}").as_bytes());
+    expand.update(&[1]);
+    let okm = expand.finalize().into_bytes();
+    let bits = u64::from_be_bytes(okm[..8].try_into().expect("8 bytes"));
     (0..3)
         .map(|i| list[((bits >> (64 - 11 * (i + 1))) & 0x7ff) as usize].to_string())
         .collect()

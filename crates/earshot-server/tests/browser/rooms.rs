@@ -258,6 +258,7 @@ fn room_of_three_scenario(run: &Run, times: &mut Vec<f64>) -> Result<()> {
     times.push(join_and_hear(c, 2, STEP)?);
     wait_count(&[a, b, c], 3, STEP)?;
     check_room_audio(&[a, b, c])?;
+    check_room_words(&[a, b, c])?;
     let relayed = run.metric("turn_relay_to_relay_total")?;
     ensure!(
         relayed > 0,
@@ -679,6 +680,78 @@ fn mesh_ids(browsers: &[&Browser]) -> Result<Vec<u64>> {
         describe()
     );
     Ok(ids)
+}
+
+/// In the full mesh of `browsers`, each pair shows the same safety words on
+/// the tile of the other (each connection has its own exchange, so the three
+/// pairs' words differ), and no tile shows the warning.
+pub(crate) fn check_room_words(browsers: &[&Browser]) -> Result<()> {
+    let ids = mesh_ids(browsers)?;
+    let tiles = |x: &Browser| -> Result<Value> {
+        x.execute(
+            "const out = {};
+             for (const li of document.querySelectorAll('li[data-peer]')) {
+               const w = li.querySelector('[data-testid=\"safety-words\"]');
+               const warn = li.querySelector('[data-testid=\"safety-warning\"]');
+               out[li.dataset.peer] = {words: w && !w.closest('[hidden]') ? w.dataset.words || null : null,
+                                       warning: warn && !warn.hidden ? warn.dataset.reason || 'shown' : null};
+             }
+             return out;",
+            json!([]),
+        )
+    };
+    let shown = poll("safety words on every tile", STEP, || {
+        let all = browsers
+            .iter()
+            .map(|x| tiles(x))
+            .collect::<Result<Vec<_>>>()?;
+        let ready = browsers.iter().enumerate().all(|(i, _)| {
+            ids.iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .all(|(_, id)| all[i][id.to_string()]["words"].is_string())
+        });
+        let warned = all.iter().any(|t| {
+            t.as_object()
+                .is_some_and(|o| o.values().any(|v| !v["warning"].is_null()))
+        });
+        Ok(if ready || warned {
+            Ok(all)
+        } else {
+            Err(format!("{all:?}"))
+        })
+    })?;
+    let mut pairs = BTreeSet::new();
+    for i in 0..browsers.len() {
+        for j in i + 1..browsers.len() {
+            let mine = &shown[i][ids[j].to_string()];
+            let theirs = &shown[j][ids[i].to_string()];
+            ensure!(
+                mine["warning"].is_null() && theirs["warning"].is_null(),
+                "{} and {}: a safety warning: {mine} / {theirs}",
+                browsers[i].name,
+                browsers[j].name
+            );
+            ensure!(
+                mine["words"].is_string() && mine["words"] == theirs["words"],
+                "{} shows {} for {}, who shows {} for {}",
+                browsers[i].name,
+                mine["words"],
+                browsers[j].name,
+                theirs["words"],
+                browsers[i].name
+            );
+            pairs.insert(mine["words"].to_string());
+        }
+    }
+    let n = browsers.len() * (browsers.len() - 1) / 2;
+    ensure!(
+        pairs.len() == n,
+        "{n} pairs share only {} sets of words: {pairs:?}",
+        pairs.len()
+    );
+    println!("room safety words, one set per pair: {pairs:?}");
+    Ok(())
 }
 
 /// The pages of `browsers` form a full mesh (see [`mesh_ids`]) and, over a

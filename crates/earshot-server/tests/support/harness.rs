@@ -9,7 +9,11 @@
 //! inside: every click on a `data-testid` element, every WebSocket and how it
 //! closed, every `RTCPeerConnection` and the states it went through, and the
 //! `verifier` and `auth` values the page sent (so the log check can look for
-//! them). It only listens: nothing the page does is changed.
+//! them), and every safety-words message the page sent on a data channel
+//! (`window.__e2eWords.sent`). It only listens, unless a test sets
+//! `__e2eWords.drop` (safety-words messages are not sent) or
+//! `__e2eWords.tamperReveal` (the nonce of a `safety_reveal` is changed), as
+//! a server in the middle might.
 //!
 //! Every scenario ends with the privacy checks of [`Run::finish`].
 
@@ -107,11 +111,20 @@ pub struct Setup {
     /// Whether chromedriver keeps each browser's performance log, the
     /// DevTools network events that [`Browser::network_events`] reads.
     pub network_log: bool,
+    /// Where the first server listens for HTTP [default: `127.0.0.1:0`].
+    pub listen: Option<String>,
+    /// More flags for every Chromium of the run (say one that trusts a
+    /// test certificate).
+    pub chromium_args: Vec<String>,
     /// The browsers that are Firefox (by name); the others are Chromium.
     /// A scenario with any runs again, alone, in a network namespace of its
     /// own (see `netns::rerun_in_veth_namespace`), where ICE candidates
     /// also carry `netns::VETH_ADDRESS`.
     pub firefox: Vec<&'static str>,
+    /// Runs alone in a namespace with a veth pair (as with Firefox), with
+    /// Chromium offering no loopback candidates: calls go over the veth
+    /// address, which the scenario may change (`netns::move_address`).
+    pub roaming: bool,
 }
 
 /// One scenario's world: its browsers, its servers (the current one last),
@@ -168,7 +181,7 @@ impl Run<'_> {
         if !should_run_with(test, firefox)? {
             return Ok(());
         }
-        if firefox && !netns::in_veth_namespace() {
+        if (firefox || setup.roaming) && !netns::in_veth_namespace() {
             // The browsers it starts there count against this process's
             // budget all the same.
             let _slots = BrowserSlots::reserve(names.len());
@@ -193,7 +206,8 @@ impl Run<'_> {
             .chain(setup.server_args.iter().cloned())
             .collect();
         let args: Vec<&str> = server_args.iter().map(String::as_str).collect();
-        let server = Server::start(&super::earshot_binary(), &args)?;
+        let listen = setup.listen.as_deref().unwrap_or("127.0.0.1:0");
+        let server = Server::start_on(&super::earshot_binary(), listen, &args)?;
         let driver = ChromeDriver::start()?;
         let browsers = Browser::open_all_with(&driver, names, at_home, &server.url, setup)
             .with_context(|| {
@@ -743,6 +757,30 @@ const INIT_JS: &str = r#"
     };
   }
 
+  const NativeDc = window.RTCDataChannel;
+  if (typeof NativeDc === 'function') {
+    const words = {sent: [], drop: false, tamperReveal: false, dropped: 0, tampered: 0};
+    Object.defineProperty(window, '__e2eWords', {value: words});
+    const dcSend = NativeDc.prototype.send;
+    NativeDc.prototype.send = function (data) {
+      let msg = null;
+      if (typeof data === 'string' && data.includes('"safety_')) {
+        try { msg = JSON.parse(data); } catch {}
+      }
+      if (msg && typeof msg.type === 'string' && msg.type.startsWith('safety_')) {
+        if (words.drop) { words.dropped += 1; return; }
+        if (words.tamperReveal && msg.type === 'safety_reveal' && typeof msg.nonce === 'string') {
+          msg.nonce = (msg.nonce[0] === '0' ? '1' : '0') + msg.nonce.slice(1);
+          data = JSON.stringify(msg);
+          words.tampered += 1;
+        }
+        mark('dc>' + msg.type);
+        if (words.sent.length < 500) words.sent.push({...msg, at: Date.now()});
+      }
+      return dcSend.call(this, data);
+    };
+  }
+
   const NativePc = window.RTCPeerConnection;
   if (typeof NativePc === 'function') {
     const pcs = [];
@@ -865,8 +903,12 @@ impl<'d> Browser<'d> {
                     if setup.firefox.contains(&name) {
                         scope.spawn(move || Browser::open_firefox(name, url))
                     } else {
-                        let log = setup.network_log;
-                        scope.spawn(move || Browser::open_with(driver, name, url, log))
+                        let (log, loopback) = (setup.network_log, !setup.roaming);
+                        let args = &setup.chromium_args;
+                        scope.spawn(move || {
+                            let session = driver.session_opts(log, loopback, args)?;
+                            Browser::with_session(name, session, url)
+                        })
                     }
                 })
                 .collect();

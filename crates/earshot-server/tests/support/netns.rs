@@ -61,9 +61,81 @@ pub fn inside_addresses() -> &'static [&'static str] {
 }
 
 /// Whether `address` (of an ICE candidate, say) is one of this namespace's
-/// own: loopback, or one of [`inside_addresses`].
+/// own: loopback, one of [`inside_addresses`], or inside the namespace of
+/// [`rerun_in_veth_namespace`] any address of [`VETH_NETWORK`] (a test
+/// there may move the veth end to another, see [`move_address`]).
 pub fn is_inside(address: &str) -> bool {
-    address == "127.0.0.1" || address == "::1" || inside_addresses().contains(&address)
+    address == "127.0.0.1"
+        || address == "::1"
+        || inside_addresses().contains(&address)
+        || (in_veth_namespace() && in_veth_network(address))
+}
+
+/// Whether `address` is an IPv4 address of [`VETH_NETWORK`].
+fn in_veth_network(address: &str) -> bool {
+    address
+        .parse::<std::net::Ipv4Addr>()
+        .is_ok_and(|a| a.octets()[..3] == [10, 99, 0])
+}
+
+/// Inside the namespace of [`rerun_in_veth_namespace`]: the veth end `v0`
+/// loses its address `from` (in [`VETH_NETWORK`]), the default route and
+/// its link: the browsers there are left with loopback only, which they
+/// do not use for calls.
+pub fn cut_off(from: &str) -> Result<()> {
+    ensure!(
+        in_veth_namespace() && in_veth_network(from),
+        "cut_off only cuts the veth inside the test's own namespace"
+    );
+    let script = format!(
+        "set -e; ip addr del {from}/24 dev v0; ip route del default dev v0 || true; \
+         ip link set v0 down"
+    );
+    let status = Command::new("bash")
+        .args(["-c", &script])
+        .status()
+        .context("cannot run ip")?;
+    ensure!(status.success(), "cutting {from} off failed: {status}");
+    Ok(())
+}
+
+/// After [`cut_off`]: the veth end `v0` is up again with the address `to`
+/// (in [`VETH_NETWORK`]) and the default route through it.
+pub fn bring_back(to: &str) -> Result<()> {
+    ensure!(
+        in_veth_namespace() && in_veth_network(to),
+        "bring_back only sets the veth up inside the test's own namespace"
+    );
+    let script = format!(
+        "set -e; ip link set v0 up; ip addr add {to}/24 dev v0; ip route replace default dev v0"
+    );
+    let status = Command::new("bash")
+        .args(["-c", &script])
+        .status()
+        .context("cannot run ip")?;
+    ensure!(status.success(), "bringing {to} back failed: {status}");
+    Ok(())
+}
+
+/// Inside the namespace of [`rerun_in_veth_namespace`]: the veth end `v0`
+/// trades its address `from` for `to` (both in [`VETH_NETWORK`]), as a
+/// phone's does when it moves from Wi-Fi to mobile data, and the default
+/// route goes through it again.
+pub fn move_address(from: &str, to: &str) -> Result<()> {
+    ensure!(
+        in_veth_namespace() && in_veth_network(from) && in_veth_network(to),
+        "move_address only moves veth addresses inside the test's own namespace"
+    );
+    let script = format!(
+        "set -e; ip addr del {from}/24 dev v0; ip addr add {to}/24 dev v0; \
+         ip route replace default dev v0"
+    );
+    let status = Command::new("bash")
+        .args(["-c", &script])
+        .status()
+        .context("cannot run ip")?;
+    ensure!(status.success(), "moving {from} to {to} failed: {status}");
+    Ok(())
 }
 
 /// `unshare -n`: what follows runs in a new network namespace, and, for a
@@ -134,7 +206,7 @@ pub fn gate() -> Result<Gate> {
     let others = non_loopback_addresses().map(|addrs| {
         addrs
             .into_iter()
-            .filter(|a| !inside_addresses().contains(&a.as_str()))
+            .filter(|a| !is_inside(a))
             .collect::<Vec<_>>()
     });
     match others {

@@ -1,17 +1,17 @@
-//! A real `redis-server` on a loopback port for the multi-node tests: it
-//! runs with `--save "" --appendonly no` in a temporary directory, so it
-//! writes nothing, and is killed (SIGKILL) on drop. Also a few looks at
-//! what the Earshot nodes keep in it.
+//! A real `redis-server` on a loopback port for the multi-node tests, and
+//! a Redis Cluster of three primaries, started by `earshot-redisproc` (the
+//! same as `earshot-bench nodes` uses): `--save "" --appendonly no` in a
+//! temporary directory, so it writes nothing, and killed (SIGKILL) on drop.
+//! Also a few looks at what the Earshot nodes keep in it.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How long redis-server may take to answer after starting.
-const STARTUP: Duration = Duration::from_secs(15);
+use earshot_redisproc::{ClusterNode, Process, ping};
 
 /// A `redis-server` on a loopback port, killed on drop.
 pub struct RedisServer {
-    child: Child,
+    // Before `_dir`: the server stops before its directory goes.
+    process: Process,
     pub port: u16,
     _dir: super::TempDir,
 }
@@ -23,32 +23,18 @@ impl RedisServer {
 
     pub fn start_on(port: u16) -> RedisServer {
         let dir = super::TempDir::new("earshot-redis").unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let process = Process::start(port, dir.path(), None)
             .expect("redis-server is installed (scripts/test installs it)");
-        let server = RedisServer {
-            child,
+        RedisServer {
+            process,
             port,
             _dir: dir,
-        };
-        let deadline = Instant::now() + STARTUP;
-        while server.conn().is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
         }
-        server
     }
 
     /// The process id, to freeze Redis (SIGSTOP) in a test.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     pub fn url(&self) -> String {
@@ -126,73 +112,33 @@ pub fn lanes(c: &mut redis::Connection) -> u16 {
         .unwrap_or(1)
 }
 
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A Redis Cluster of three primaries (no replicas) on loopback ports, each
 /// `redis-server` in its own temporary directory (`--save "" --appendonly
 /// no`: its `nodes.conf` is all it writes), killed on drop. A primary can
 /// be killed and started again on its port with its identity and slots,
 /// and nothing else: its data is gone, as after a crash.
 pub struct RedisCluster {
-    nodes: Vec<Option<Child>>,
+    // Before `dirs`: the servers stop before their directories go.
+    nodes: Vec<Option<Process>>,
     pub ports: Vec<u16>,
     dirs: Vec<super::TempDir>,
 }
 
-/// A port whose cluster bus port (+10000) is a valid port too, both free a
-/// moment ago.
-fn cluster_port() -> u16 {
-    use std::net::TcpListener;
-    for _ in 0..200 {
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let port = 20_000 + port % 30_000;
-        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && free(port + 10_000) {
-            return port;
-        }
-    }
-    panic!("no free port pair for a cluster node");
-}
+/// Find a dead primary within a second or two.
+const NODE: ClusterNode = ClusterNode {
+    node_timeout: Some(Duration::from_secs(1)),
+};
 
-fn cluster_node(port: u16, dir: &std::path::Path) -> Child {
-    Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .args([
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-        ])
-        // Find a dead primary within a second or two.
-        .args(["--cluster-node-timeout", "1000"])
-        .arg("--dir")
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+fn cluster_node(port: u16, dir: &std::path::Path) -> Process {
+    Process::start(port, dir, Some(NODE))
         .expect("redis-server is installed (scripts/test installs it)")
-}
-
-fn ping(port: u16) -> bool {
-    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-        .and_then(|c| c.get_connection())
-        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-        .is_ok()
 }
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let ports: Vec<u16> = (0..3).map(|_| cluster_port()).collect();
+        let ports: Vec<u16> = (0..3)
+            .map(|_| earshot_redisproc::free_port().unwrap())
+            .collect();
         let dirs: Vec<super::TempDir> = (0..3)
             .map(|_| super::TempDir::new("earshot-cluster").unwrap())
             .collect();
@@ -202,45 +148,14 @@ impl RedisCluster {
             .map(|(&p, d)| Some(cluster_node(p, d.path())))
             .collect();
         let cluster = RedisCluster { nodes, ports, dirs };
-        let deadline = Instant::now() + STARTUP;
-        while !cluster.ports.iter().all(|&p| ping(p)) {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let addrs: Vec<String> = cluster
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
-        let status = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("redis-cli is installed");
-        assert!(status.success(), "redis-cli --cluster create failed");
-        cluster.wait_ok();
+        earshot_redisproc::create_cluster(&cluster.ports)
+            .expect("redis-cli is installed and makes the cluster");
         cluster
     }
 
     /// Waits (bounded) until every primary says the cluster is ok.
     pub fn wait_ok(&self) {
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            let ok = self.ports.iter().all(|&p| {
-                redis::Client::open(format!("redis://127.0.0.1:{p}/"))
-                    .and_then(|c| c.get_connection())
-                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c))
-                    .is_ok_and(|info| info.contains("cluster_state:ok"))
-            });
-            if ok {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the cluster never became ok");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        earshot_redisproc::wait_cluster_ok(&self.ports).expect("the cluster becomes ok");
     }
 
     /// A URL of one primary: nodes find the others from it.
@@ -296,24 +211,13 @@ impl RedisCluster {
 
     /// Kills primary `i` (SIGKILL).
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.nodes[i] = None;
     }
 
     /// Starts primary `i` again, on its port, with its identity and slots
     /// and no data, and waits until the cluster is ok.
     pub fn restart(&mut self, i: usize) {
         self.nodes[i] = Some(cluster_node(self.ports[i], self.dirs[i].path()));
-        let deadline = Instant::now() + STARTUP;
-        while !ping(self.ports[i]) {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start again"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
         self.wait_ok();
     }
 
@@ -341,13 +245,5 @@ impl RedisCluster {
             .flat_map(|i| lane(&mut self.conn_for(&format!("earshot:2:{{q{i}}}")), i))
             .map(|e| e.split('|').next().unwrap().to_owned())
             .collect()
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for i in 0..self.nodes.len() {
-            self.kill(i);
-        }
     }
 }

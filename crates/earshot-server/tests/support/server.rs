@@ -21,7 +21,8 @@ const STARTUP: Duration = Duration::from_secs(20);
 
 pub struct Server {
     child: Child,
-    /// `http://127.0.0.1:PORT/`, as the server announced it.
+    /// `http://127.0.0.1:PORT/` (or `https://` with a certificate), as the
+    /// server announced it.
     pub url: String,
     output: Arc<Mutex<Vec<String>>>,
     /// The threads draining stdout and stderr; they end when the pipes close.
@@ -34,6 +35,14 @@ impl Server {
     /// waits for the URL on its stdout.
     pub fn start(binary: &str, extra_args: &[&str]) -> Result<Server> {
         Server::start_on(binary, "127.0.0.1:0", extra_args)
+    }
+
+    /// `binary` as a node of several on the Redis at `redis_url`, without
+    /// proof of work and logging at debug, plus `extra_args`.
+    pub fn node(binary: &str, redis_url: &str, extra_args: &[&str]) -> Server {
+        let mut args = vec!["--redis", redis_url, "--pow", "off", "--log", "debug"];
+        args.extend_from_slice(extra_args);
+        Server::start(binary, &args).unwrap()
     }
 
     /// Like [`Server::start`], with HTTP and the WebSocket on `listen`
@@ -253,14 +262,16 @@ fn drain(
     })
 }
 
-/// `http://127.0.0.1:PORT/` out of a line such as
+/// `http://127.0.0.1:PORT/` (or `https://`) out of a line such as
 /// `earshot listening on http://127.0.0.1:41234/`.
 fn find_url(line: &str) -> Option<String> {
-    let start = line.find("http://127.0.0.1:")?;
-    let rest = &line[start + "http://127.0.0.1:".len()..];
+    let (start, scheme) = ["http", "https"]
+        .into_iter()
+        .find_map(|s| Some((line.find(&format!("{s}://127.0.0.1:"))?, s)))?;
+    let rest = &line[start + format!("{scheme}://127.0.0.1:").len()..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     let port: u16 = digits.parse().ok()?;
-    (port != 0).then(|| format!("http://127.0.0.1:{port}/"))
+    (port != 0).then(|| format!("{scheme}://127.0.0.1:{port}/"))
 }
 
 #[test]

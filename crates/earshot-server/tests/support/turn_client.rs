@@ -1,9 +1,10 @@
-//! A small TURN client built on `earshot_core::stun::codec`, over UDP or
-//! TCP, from any address of this namespace: for the TURN tests and the
+//! A small TURN client built on `earshot_core::stun::codec`, over UDP, TCP
+//! or TLS, from any address of this namespace: for the TURN tests and the
 //! hostile-client suite.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use earshot_core::stun::codec::{Class, Encoder, Message, attr, method};
@@ -11,6 +12,10 @@ use earshot_core::turn::codec::{Frame, stream_frame};
 use earshot_core::turn::long_term_key;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 /// How long to wait for an answer that should come.
 pub const ANSWER_WAIT: Duration = Duration::from_secs(5);
@@ -19,6 +24,29 @@ pub const ANSWER_WAIT: Duration = Duration::from_secs(5);
 pub enum Conn {
     Udp(UdpSocket, SocketAddr),
     Tcp(TcpStream, Vec<u8>),
+    Tls(Box<TlsStream<TcpStream>>, Vec<u8>),
+}
+
+/// A TLS client that trusts exactly `certificate` (DER), for `name`.
+pub async fn tls_connect(
+    tcp: TcpStream,
+    name: &str,
+    certificate: &[u8],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(certificate.to_vec()))
+        .map_err(std::io::Error::other)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(name.to_string()).map_err(std::io::Error::other)?;
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
 }
 
 impl Conn {
@@ -46,12 +74,23 @@ impl Conn {
         }
     }
 
+    /// TURN over TLS to `server`, checking its certificate for `name`.
+    pub async fn open_tls(server: SocketAddr, name: &str, certificate: &[u8]) -> Conn {
+        let tcp = TcpStream::connect(server).await.unwrap();
+        let tls = tls_connect(tcp, name, certificate).await.unwrap();
+        Conn::Tls(Box::new(tls), Vec::new())
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         match self {
             Conn::Udp(socket, server) => {
                 socket.send_to(bytes, *server).await.unwrap();
             }
             Conn::Tcp(stream, _) => stream.write_all(bytes).await.unwrap(),
+            Conn::Tls(stream, _) => {
+                stream.write_all(bytes).await.unwrap();
+                stream.flush().await.unwrap();
+            }
         }
     }
 
@@ -66,26 +105,32 @@ impl Conn {
                     buf.truncate(n);
                     buf
                 }
-                Conn::Tcp(stream, buf) => loop {
-                    if let Frame::Len(n) = stream_frame(buf)
-                        && buf.len() >= n
-                    {
-                        return buf.drain(..n).collect();
-                    }
-                    assert_ne!(
-                        stream_frame(buf),
-                        Frame::Invalid,
-                        "the server broke the framing"
-                    );
-                    let mut chunk = [0; 4096];
-                    let n = stream.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "the server closed the connection");
-                    buf.extend_from_slice(&chunk[..n]);
-                },
+                Conn::Tcp(stream, buf) => next_frame(stream, buf).await,
+                Conn::Tls(stream, buf) => next_frame(stream, buf).await,
             }
         })
         .await
         .ok()
+    }
+}
+
+/// The next frame of a stream, read into `buf` as far as needed.
+async fn next_frame(stream: &mut (impl AsyncReadExt + Unpin), buf: &mut Vec<u8>) -> Vec<u8> {
+    loop {
+        if let Frame::Len(n) = stream_frame(buf)
+            && buf.len() >= n
+        {
+            return buf.drain(..n).collect();
+        }
+        assert_ne!(
+            stream_frame(buf),
+            Frame::Invalid,
+            "the server broke the framing"
+        );
+        let mut chunk = [0; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

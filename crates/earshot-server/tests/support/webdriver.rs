@@ -202,8 +202,26 @@ impl ChromeDriver {
     /// `performance`): the DevTools `Network.*` and `Page.*` events of every
     /// page the session loads, read with [`Session::log`]`("performance")`.
     pub fn session_with(&self, network_log: bool) -> Result<Session<'_>> {
+        self.session_opts(network_log, true, &[])
+    }
+
+    /// [`ChromeDriver::session_with`], with `extra` flags for Chromium;
+    /// without `loopback`, Chromium gets no
+    /// `--allow-loopback-in-peer-connection`, so 127.0.0.1 is never one of
+    /// its ICE candidates (STUN and TURN on loopback still work).
+    pub fn session_opts(
+        &self,
+        network_log: bool,
+        loopback: bool,
+        extra: &[String],
+    ) -> Result<Session<'_>> {
         let profile = TempDir::new("earshot-chromium")?;
-        let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|a| a.to_string()).collect();
+        let mut args: Vec<String> = CHROMIUM_ARGS
+            .iter()
+            .filter(|a| loopback || **a != "--allow-loopback-in-peer-connection")
+            .map(|a| a.to_string())
+            .collect();
+        args.extend_from_slice(extra);
         args.push(format!("--user-data-dir={}", profile.path().display()));
         let logging = if network_log {
             json!({"browser": "ALL", "performance": "ALL"})
@@ -410,6 +428,13 @@ impl<'d> Session<'d> {
             json!({ "source": source }),
         )?;
         Ok(())
+    }
+
+    /// A PNG of the current page's viewport.
+    pub fn screenshot(&self) -> Result<Vec<u8>> {
+        let value = self.cmd("GET", "/screenshot", None)?;
+        let text = value.as_str().context("the screenshot is not a string")?;
+        base64_decode(text).context("the screenshot is not base64")
     }
 
     /// Every cookie the browser holds for the current page, `HttpOnly` ones
@@ -648,4 +673,39 @@ fn dechunk(mut data: &[u8]) -> Result<Option<Vec<u8>>> {
         out.extend_from_slice(&data[..size]);
         data = &data[size + 2..];
     }
+}
+
+/// Standard base64 (with padding, as WebDriver sends screenshots).
+fn base64_decode(text: &str) -> Result<Vec<u8>> {
+    let value = |c: u8| -> Result<u32> {
+        Ok(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => bail!("not a base64 character: {c:?}"),
+        } as u32)
+    };
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+        .collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Ok(out)
+}
+
+#[test]
+fn decodes_base64() {
+    assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+    assert_eq!(base64_decode("aGk=").unwrap(), b"hi");
+    assert_eq!(base64_decode("YWJj").unwrap(), b"abc");
 }

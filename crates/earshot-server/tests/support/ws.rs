@@ -104,3 +104,70 @@ pub fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Asks to join `room` (with a locked room's `verifier`): the answer.
+pub async fn room_join(ws: &mut Ws, room: &str, verifier: Option<&str>) -> Value {
+    let mut msg = json!({"type": "room_join", "room": room});
+    if let Some(v) = verifier {
+        msg["verifier"] = json!(v);
+    }
+    send(ws, msg).await;
+    recv(ws).await
+}
+
+/// `a` and `b` are matched (either may be the joiner): the call id, and
+/// whether `a` makes the offer.
+pub async fn matched(a: &mut Ws, b: &mut Ws) -> (u64, bool) {
+    let ma = recv_type(a, "matched").await;
+    let mb = recv_type(b, "matched").await;
+    assert_eq!(ma["call"], mb["call"]);
+    assert_ne!(ma["polite"], mb["polite"]);
+    (ma["call"].as_u64().unwrap(), ma["polite"] == false)
+}
+
+/// A reporter from `source` on `server` meets `target` (searching) and
+/// reports it; the target hears an ordinary end. The target's next message.
+pub async fn meet_and_report(target: &mut Ws, source: &str, server: &Server) -> Value {
+    let mut reporter = client(source, server).await;
+    search(&mut reporter).await;
+    recv_type(&mut reporter, "matched").await;
+    recv_type(target, "matched").await;
+    send(&mut reporter, json!({"type": "report", "reason": "spam"})).await;
+    recv_type(&mut reporter, "idle").await;
+    let ended = recv_type(target, "call_ended").await;
+    assert_eq!(ended["reason"], "partner_ended", "{ended}");
+    recv(target).await
+}
+
+/// The client at 127.0.0.9 searches on `home`; reporters from three
+/// networks (/24s) on `reporters` meet and report it, until `banned` (a
+/// look in the store) holds. The target's connection.
+pub async fn ban_by_three_networks(
+    home: &Server,
+    reporters: &Server,
+    banned: impl FnMut() -> bool,
+) -> Ws {
+    let mut target = client("127.0.0.9", home).await;
+    search(&mut target).await;
+    for n in 2..=4 {
+        let next = meet_and_report(&mut target, &format!("127.0.{n}.2"), reporters).await;
+        if n < 4 {
+            assert_eq!(next["type"], "searching", "{next}");
+        }
+    }
+    eventually("the ban is in the store", banned);
+    target
+}
+
+/// A new client from `source` on `server` searches and is refused as
+/// banned: the client and the error.
+pub async fn search_when_banned(source: &str, server: &Server) -> (Ws, Value) {
+    let mut ws = client(source, server).await;
+    send(&mut ws, json!({"type": "search"})).await;
+    let mut banned = recv(&mut ws).await;
+    if banned["type"] == "searching" {
+        banned = recv(&mut ws).await;
+    }
+    assert_eq!(banned["code"], "banned", "{banned}");
+    (ws, banned)
+}
