@@ -132,12 +132,10 @@ export class Call extends EventTarget {
    * @param {(sdp: string) => Promise<string|null>} [o.signDescription]
    * @param {(sdp: string, auth: unknown) => Promise<string|null>} [o.verifyDescription]
    * @param {boolean} [o.hideIp]  relay candidates only ("hide my IP")
-   * @param {RTCPeerConnection} [o.pc]  made for these iceServers and hideIp
-   *   while searching (prepare.js), untouched since; else the Call makes one
    */
   constructor({
     id, polite, iceServers, localStream, sendSignal, video = null, signDescription = null,
-    verifyDescription = null, hideIp = false, pc: prepared = null,
+    verifyDescription = null, hideIp = false,
   }) {
     super();
     this.id = id;
@@ -152,7 +150,7 @@ export class Call extends EventTarget {
     this.#hideIp = Boolean(hideIp);
     let relayFailed = false;
     try {
-      this.#pc = prepared || new RTCPeerConnection({ iceServers: servers, iceTransportPolicy: this.#hideIp ? 'relay' : 'all' });
+      this.#pc = new RTCPeerConnection({ iceServers: servers, iceTransportPolicy: this.#hideIp ? 'relay' : 'all' });
     } catch {
       if (this.#hideIp) {
         // Never fall back to a direct connection when the user asked to

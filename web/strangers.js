@@ -46,7 +46,6 @@
 
 import { parseInterests } from './protocol.js';
 import { Call, MAX_CHAT_CHARS } from './call.js';
-import { Preparation } from './prepare.js';
 import { MeterView } from './meter.js';
 import { BanNotice, SAFETY_WARNING, formatWait } from './safety.js';
 import { Session, setText } from './session.js';
@@ -99,8 +98,6 @@ let client;
 let session;
 let meterStranger;
 let ban;
-// The next call's peer connection, gathering while we search (prepare.js).
-const prepared = new Preparation();
 
 // ---------------------------------------------------------------- rendering
 
@@ -181,7 +178,6 @@ function render() {
   setText(el.safetyNote, SAFETY_TEXT);
 
   session.hideIp.render(s.call ? s.call.hideIp : null);
-  keepPrepared();
 
   // A button that was just pressed may have become disabled; keep keyboard
   // users on the control that matters now instead of dropping them on <body>
@@ -191,16 +187,6 @@ function render() {
     s.chatHadFocus = false;
     if (document.activeElement === document.body || document.activeElement === null) el.chatInput.focus();
   }
-}
-
-/**
- * While searching with the microphone open and the page visible, keep the
- * next call's peer connection gathering; release it otherwise.
- */
-function keepPrepared() {
-  if (s.state !== 'searching' || s.call || !session.localStream) prepared.release();
-  else if (document.hidden) prepared.pause();
-  else prepared.prepare(client.iceServers, session.hideIp.wanted);
 }
 
 function showInterestsError(message) {
@@ -329,7 +315,6 @@ function beginCall(msg) {
     polite: msg.polite,
     iceServers: client.iceServers,
     hideIp: session.hideIp.wanted,
-    pc: prepared.take(client.iceServers, session.hideIp.wanted),
     localStream: session.localStream,
     sendSignal: (payload) => {
       // Only while the server has us in this call: anything else would be
@@ -481,7 +466,6 @@ function onSignal({ detail }) {
  */
 function onIceServers({ detail }) {
   session.iceUpdated = 0;
-  keepPrepared(); // gathered with the old credentials: gather again
   if (!s.call || s.call.closed) return;
   const live = session.server === 'call' && s.serverCall === s.call.id;
   if (s.call.updateIceServers(detail.ice_servers, live)) session.iceUpdated = 1;
@@ -613,7 +597,6 @@ export function startStrangers(signalling, safety) {
     }
   });
   el.interests.addEventListener('input', () => showInterestsError(null));
-  document.addEventListener('visibilitychange', keepPrepared);
 
   if (!session.fatal) s.message = insecurePageNote();
   render();

@@ -1385,11 +1385,10 @@ fn descriptions(x: &Browser) -> Result<Value> {
     Ok(v)
 }
 
-/// The last peer connection the page used for a call (one prepared while
-/// searching has never left `new`): its states (`harness::INIT_JS`).
+/// The last peer connection the page made: its states (`harness::INIT_JS`).
 fn last_pc(x: &Browser) -> Result<Value> {
     x.execute(
-        "const p = (window.__e2ePcs || []).filter(r => r.states.length > 1);
+        "const p = window.__e2ePcs || [];
          const r = p[p.length - 1];
          return r ? {states: r.states, now: r.pc.connectionState} : {states: []};",
         json!([]),
@@ -1629,10 +1628,9 @@ a.timer = setInterval(() => {
 "#;
 
 /// The descriptions, signalling state and ICE configuration of the current
-/// peer connection, or once it has none of the last one the page used for
-/// a call (one prepared while searching has never left `new`).
+/// peer connection, or of the last one the page made once it has none.
 const DESCRIPTIONS_JS: &str = r#"
-const pcs = (window.__e2ePcs || []).filter(r => r.states.length > 1);
+const pcs = window.__e2ePcs || [];
 const pc = (window.earshot && window.earshot.pc) || (pcs.length ? pcs[pcs.length - 1].pc : null);
 if (!pc) return null;
 const sdp = d => d ? d.sdp : null;
