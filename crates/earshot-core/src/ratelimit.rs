@@ -3,7 +3,8 @@
 //! A bucket earns one token every `interval` and holds at most `burst`. The
 //! level is kept in nanoseconds of earned time, so the arithmetic is exact
 //! and deterministic: the same sequence of `now`s always gives the same
-//! answers.
+//! answers. Nanoseconds fit in a `u64` for 584 years: every connection holds
+//! two buckets, so their size is part of what an idle socket costs.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -13,10 +14,10 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     /// Nanoseconds of refill time banked at `last`; a token costs `interval`.
-    level: u128,
+    level: u64,
     last: Instant,
-    interval: u128,
-    capacity: u128,
+    interval: u64,
+    capacity: u64,
 }
 
 impl TokenBucket {
@@ -32,8 +33,13 @@ impl TokenBucket {
 
     /// A full bucket earning one token per `interval`, holding `burst`.
     pub fn every(now: Instant, interval: Duration, burst: u32) -> TokenBucket {
-        let interval = interval.as_nanos().max(1);
-        let capacity = interval * u128::from(burst.max(1));
+        let burst = u64::from(burst.max(1));
+        // Capped so that the full burst fits: a cap this high is years a
+        // token, as good as "never" for a bucket that never refills.
+        let interval = u64::try_from(interval.as_nanos())
+            .unwrap_or(u64::MAX)
+            .clamp(1, u64::MAX / burst);
+        let capacity = interval * burst;
         TokenBucket {
             level: capacity,
             last: now,
@@ -44,7 +50,7 @@ impl TokenBucket {
 
     fn refill(&mut self, now: Instant) {
         // A clock that goes backwards earns nothing rather than panicking.
-        let elapsed = now.saturating_duration_since(self.last).as_nanos();
+        let elapsed = nanos(now.saturating_duration_since(self.last));
         self.level = self.level.saturating_add(elapsed).min(self.capacity);
         self.last = self.last.max(now);
     }
@@ -56,20 +62,23 @@ impl TokenBucket {
             self.level -= self.interval;
             Ok(())
         } else {
-            let missing = self.interval - self.level;
-            Err(u64::try_from(missing).map_or(Duration::MAX, Duration::from_nanos))
+            Err(Duration::from_nanos(self.interval - self.level))
         }
     }
 
     /// Whether the bucket is back to its full burst: it then remembers nothing.
     pub fn is_full(&self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_nanos();
+        let elapsed = nanos(now.saturating_duration_since(self.last));
         self.level.saturating_add(elapsed) >= self.capacity
     }
 }
 
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Keys a [`KeyedBuckets`] remembers at most unless told otherwise: about
-/// 100 MB at most (an entry is a 16-byte key and a 64-byte bucket, in a
+/// 64 MB at most (an entry is a 16-byte key and a 40-byte bucket, in a
 /// hash table at up to 7/8 load).
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -387,7 +387,7 @@ async fn websocket(
     ConnectInfo(ClientAddr(peer)): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
     uri: Uri,
-    upgrade: WebSocketUpgrade,
+    upgrade: ws::Upgrade,
 ) -> Response {
     // Before anything is made for this client (key, country, TURN
     // credentials): only our own pages, and non-browsers, get a socket.
@@ -433,14 +433,7 @@ async fn websocket(
         previous_network,
     };
     let permit = app.connections.clone().try_acquire_owned().ok();
-    ws::configure(upgrade, app.settings.max_frame_bytes)
-        .on_upgrade(move |socket| {
-            // The socket gets a task of its own, so that this upgrade future
-            // and everything it captured are freed at once.
-            ws::spawn(socket, app, info, permit);
-            std::future::ready(())
-        })
-        .into_response()
+    upgrade.accept(app, info, permit)
 }
 
 /// The ICE servers for a client: our STUN (and TURN) on the host name the

@@ -7,9 +7,9 @@
 //! a slow reader, which is disconnected at once (its partner is told) rather
 //! than allowed to hold up anyone else.
 //!
-//! Outboxes are plain `VecDeque`s owned by the hub plus a `Notify` to wake the
-//! connection task: an empty one allocates nothing, which matters because
-//! almost every signalling socket is idle (see BENCHMARKS.md).
+//! Outboxes are plain `VecDeque`s owned by the hub plus the waker of the
+//! connection task waiting on it: an empty one allocates nothing, which
+//! matters because almost every signalling socket is idle (see BENCHMARKS.md).
 //!
 //! With `--redis` the switchboard runs in backplane mode: connection ids
 //! carry this node's number, `Output::Backplane` requests go to the
@@ -20,40 +20,60 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
-use axum::extract::ws::Utf8Bytes;
 use earshot_core::backplane::{self, Event, NodeId, Request};
 use earshot_core::{CloseReason, ConnId, ConnInfo, Output, Switchboard};
-use tokio::sync::Notify;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 /// What a connection task is asked to do.
 #[derive(Debug)]
 pub enum Outbound {
-    Text(Utf8Bytes),
+    Text(String),
     Close(CloseReason),
 }
 
 /// Messages waiting for one connection's task.
 struct Outbox {
     items: VecDeque<Outbound>,
-    wake: Arc<Notify>,
+    /// The task waiting in [`Hub::poll_outbox`], if it is.
+    waker: Option<Waker>,
+    /// Time for the task to ping its client (and check it is still there).
+    ping: bool,
+    /// The connection's place under `--max-connections`, held here rather
+    /// than in its task: the task's size is what every idle socket costs.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Outbox {
+    fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
 }
 
 struct State {
     board: Switchboard,
-    outboxes: HashMap<ConnId, Outbox>,
+    /// Boxed: a hash table keeps spare buckets (up to twice as many as
+    /// entries), and a spare bucket of a box costs 8 bytes, not an outbox.
+    outboxes: HashMap<ConnId, Box<Outbox>>,
     /// Most messages an outbox holds before its reader counts as slow.
     outbox_len: usize,
     /// Where backplane requests go, in backplane mode.
     requests: Option<UnboundedSender<Request>>,
+    /// Shutting down: every connection, even one opened now, is closed.
+    closing: bool,
 }
 
 /// What a connection task finds in its outbox.
 pub enum Pop {
     Item(Outbound),
+    /// Nothing queued, and a ping is due.
+    Ping,
     Empty,
     /// The hub dropped this connection (a slow reader): stop without a close frame.
     Gone,
@@ -109,6 +129,9 @@ impl TurnTags {
     }
 }
 
+/// How many groups [`Hub::run_pinger`] pings in turn.
+const PING_GROUPS: u64 = 16;
+
 /// The shell's clock. Tokio's, so that tests with paused time drive the core too.
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -138,6 +161,7 @@ impl Hub {
                 outboxes: HashMap::new(),
                 outbox_len,
                 requests: backplane.map(|(_, tx)| tx),
+                closing: false,
             }),
             timer: Notify::new(),
             next_id: AtomicU64::new(1),
@@ -168,20 +192,27 @@ impl Hub {
         }
     }
 
-    /// Registers a new connection. The `Notify` is signalled whenever its
-    /// outbox may have something to `pop`.
-    pub fn connect(&self, info: ConnInfo) -> (ConnId, Arc<Notify>) {
+    /// Registers a new connection; its task waits in [`Hub::poll_outbox`].
+    pub fn connect(&self, info: ConnInfo, permit: OwnedSemaphorePermit) -> ConnId {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         let id = match self.node {
             Some(node) => backplane::conn_id(node, n),
             None => ConnId(n),
         };
-        let wake = Arc::new(Notify::new());
-        let outbox = Outbox {
+        let mut outbox = Outbox {
             items: VecDeque::new(),
-            wake: wake.clone(),
+            waker: None,
+            ping: false,
+            _permit: permit,
         };
-        self.lock().outboxes.insert(id, outbox);
+        let mut state = self.lock();
+        if state.closing {
+            outbox
+                .items
+                .push_back(Outbound::Close(CloseReason::ServerRestart));
+        }
+        state.outboxes.insert(id, Box::new(outbox));
+        drop(state);
         let available = self.available.load(Ordering::Relaxed);
         self.step(|board, now| {
             board.connect(now, id, info);
@@ -189,7 +220,23 @@ impl Hub {
                 board.close(now, id, CloseReason::BackplaneLost);
             }
         });
-        (id, wake)
+        id
+    }
+
+    /// Ready once `id` has something to [`Hub::pop`] (or is gone).
+    pub fn poll_outbox(&self, id: ConnId, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        let Some(outbox) = state.outboxes.get_mut(&id) else {
+            return Poll::Ready(());
+        };
+        if !outbox.items.is_empty() || outbox.ping {
+            return Poll::Ready(());
+        }
+        match &mut outbox.waker {
+            Some(waker) => waker.clone_from(cx.waker()),
+            None => outbox.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// Takes the next message for `id`.
@@ -203,7 +250,44 @@ impl Hub {
             // Give the memory back: most sockets go idle again right away.
             outbox.items = VecDeque::new();
         }
-        item.map_or(Pop::Empty, Pop::Item)
+        match item {
+            Some(item) => Pop::Item(item),
+            None if std::mem::take(&mut outbox.ping) => Pop::Ping,
+            None => Pop::Empty,
+        }
+    }
+
+    /// Pings every connection once per `every`, in [`PING_GROUPS`] groups
+    /// spread over the interval; at shutdown, closes every connection with
+    /// 1012 (peer connections outlive signalling: clients keep their calls
+    /// and reconnect).
+    pub async fn run_pinger(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let step = (every / PING_GROUPS as u32).max(Duration::from_millis(1));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for group in (0..PING_GROUPS).cycle() {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    let mut state = self.lock();
+                    for (id, outbox) in &mut state.outboxes {
+                        if id.0 % PING_GROUPS == group {
+                            outbox.ping = true;
+                            outbox.wake();
+                        }
+                    }
+                }
+            }
+        }
+        let mut state = self.lock();
+        state.closing = true;
+        for outbox in state.outboxes.values_mut() {
+            outbox.items.clear();
+            outbox
+                .items
+                .push_back(Outbound::Close(CloseReason::ServerRestart));
+            outbox.wake();
+        }
     }
 
     pub fn text(&self, id: ConnId, text: &str) {
@@ -348,16 +432,14 @@ impl State {
                         // A slow reader: removing its outbox ends its task
                         // without a close frame, as PROTOCOL.md says.
                         tracing::debug!(conn = %id, "outbox full; dropping a slow reader");
-                        if let Some(outbox) = self.outboxes.remove(&id) {
-                            outbox.wake.notify_one();
+                        if let Some(mut outbox) = self.outboxes.remove(&id) {
+                            outbox.wake();
                         }
                         self.board.disconnect(now, id);
                         continue;
                     }
-                    outbox
-                        .items
-                        .push_back(Outbound::Text(Utf8Bytes::from(msg.to_json())));
-                    outbox.wake.notify_one();
+                    outbox.items.push_back(Outbound::Text(msg.to_json()));
+                    outbox.wake();
                 }
                 Output::Backplane(request) => {
                     if let Some(tx) = &self.requests {
@@ -370,7 +452,7 @@ impl State {
                         // Nothing queued behind a close matters any more.
                         outbox.items.clear();
                         outbox.items.push_back(Outbound::Close(reason));
-                        outbox.wake.notify_one();
+                        outbox.wake();
                     }
                 }
             }

@@ -70,7 +70,6 @@ pub struct App {
     connections: Arc<Semaphore>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
-    pinger: Arc<ws::Pinger>,
     /// See `http::ice_servers`: the `Host` it was made for, and the list.
     last_ice_servers: http::LastIceServers,
     /// Browser upgrades to `/ws` refused for their `Origin`.
@@ -165,8 +164,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     .with_turn(handovers);
     tracker.spawn(hub.clone().run_timer(shutdown.clone()));
     tracker.spawn(trim::run(hub.clone(), shutdown.clone()));
-    let pinger = Arc::new(ws::Pinger::new());
-    tracker.spawn(pinger.clone().run(settings.ping_interval, shutdown.clone()));
+    tracker.spawn(
+        hub.clone()
+            .run_pinger(settings.ping_interval, shutdown.clone()),
+    );
     let app = Arc::new(App {
         connections: Arc::new(Semaphore::new(settings.max_connections)),
         settings,
@@ -180,7 +181,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         geo,
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
-        pinger,
         last_ice_servers: std::sync::Mutex::new(None),
         refused_origins: std::sync::atomic::AtomicU64::new(0),
         warned_scheme: std::sync::atomic::AtomicBool::new(false),

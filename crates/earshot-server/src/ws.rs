@@ -1,95 +1,157 @@
-//! One task per signalling WebSocket: frames in to the hub, the hub's
-//! messages out, pings, the idle timeout and the close handshake.
+//! One task per signalling WebSocket: the upgrade, frames in to the hub, the
+//! hub's messages out, pings, the idle timeout and the close handshake.
 //!
 //! Bounds: frames over `max_frame_bytes` close the socket (1009); a write
 //! that takes longer than `write_timeout` drops it; a socket silent for
 //! `idle_timeout` is closed (1001). The task never logs the peer's address:
 //! it never even learns it.
+//!
+//! tungstenite reads frames; the task writes its own (server frames are a
+//! header and the payload, unmasked). tungstenite would format every frame
+//! into a buffer that keeps the capacity of the largest batch it has sent, a
+//! few hundred bytes on every idle socket; ours lives only while a batch is
+//! written. tungstenite still writes its own answers (a pong, the reply to a
+//! client's close), so the task flushes those before each write of its own.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use earshot_core::{CloseReason, ConnId, ConnInfo};
-use futures_util::SinkExt;
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, timeout};
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::App;
 use crate::hub::{Outbound, Pop};
 
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
 /// Frames queued together are written with one syscall up to this size (see
-/// `drain`). tungstenite's buffer grows only as far as a batch needs (and
-/// keeps that capacity, as it kept the largest single frame's before).
+/// `drain`).
 const WRITE_BATCH_BYTES: usize = 16 * 1024;
 
-/// Applies the per-socket buffer limits: signalling sockets are mostly idle,
-/// so buffers start small and only grow for the rare large SDP.
-pub fn configure(upgrade: WebSocketUpgrade, max_frame_bytes: usize) -> WebSocketUpgrade {
-    upgrade
-        .read_buffer_size(256)
-        .write_buffer_size(WRITE_BATCH_BYTES)
-        .max_write_buffer_size(max_frame_bytes * 4)
-        .max_message_size(max_frame_bytes)
-        .max_frame_size(max_frame_bytes)
+/// tungstenite's read buffer: its initial size, and the most one read takes.
+/// Small, since it stays allocated while the socket idles; a large SDP gets
+/// its whole frame reserved once its header is read. 248 rather than 256:
+/// with malloc's 8-byte header that is a 256-byte chunk, not 272, and a
+/// trickled candidate (about 240 bytes framed) still takes one read.
+const READ_BUFFER_BYTES: usize = 248;
+
+/// A `/ws` upgrade request (HTTP/1.1, RFC 6455 section 4.2.1), checked.
+pub struct Upgrade {
+    key: HeaderValue,
+    on_upgrade: OnUpgrade,
 }
 
-/// How many groups [`Pinger`] wakes in turn.
-const PING_GROUPS: u64 = 16;
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = Response;
 
-/// One timer for every socket's pings and idle checks. A timer of its own
-/// would cost each idle socket a boxed `Sleep` and its wheel entry; instead
-/// sockets wait in one of [`PING_GROUPS`] groups, and one task wakes a group
-/// every `ping_interval / PING_GROUPS`, so pings are spread over the interval.
-pub struct Pinger {
-    groups: [Notify; PING_GROUPS as usize],
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Upgrade, Response> {
+        let refuse = |status: StatusCode, why: &'static str| (status, why).into_response();
+        if parts.method != Method::GET {
+            return Err(refuse(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"));
+        }
+        let headers = &parts.headers;
+        if !has_token(headers, header::CONNECTION, "upgrade")
+            || !has_token(headers, header::UPGRADE, "websocket")
+        {
+            return Err(refuse(
+                StatusCode::UPGRADE_REQUIRED,
+                "a WebSocket upgrade only\n",
+            ));
+        }
+        if headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(HeaderValue::as_bytes)
+            != Some(b"13")
+        {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "WebSocket version 13 only\n",
+            ));
+        }
+        let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+            return Err(refuse(StatusCode::BAD_REQUEST, "no Sec-WebSocket-Key\n"));
+        };
+        let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+            return Err(refuse(StatusCode::UPGRADE_REQUIRED, "not upgradable\n"));
+        };
+        Ok(Upgrade { key, on_upgrade })
+    }
 }
 
-impl Pinger {
-    pub fn new() -> Pinger {
-        Pinger {
-            groups: std::array::from_fn(|_| Notify::new()),
-        }
-    }
+/// Whether a comma-separated header lists `token` (any case).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
 
-    fn group(&self, id: ConnId) -> &Notify {
-        // Lossless: the remainder is below PING_GROUPS.
-        &self.groups[(id.0 % PING_GROUPS) as usize]
-    }
-
-    /// Wakes the groups in turn until shutdown: each socket once per `every`.
-    pub async fn run(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
-        let step = (every / PING_GROUPS as u32).max(Duration::from_millis(1));
-        let mut tick = tokio::time::interval_at(Instant::now() + step, step);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for group in self.groups.iter().cycle() {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => group.notify_waiters(),
-            }
-        }
+impl Upgrade {
+    /// Answers 101 and, once hyper hands the connection over, spawns its task.
+    pub fn accept(
+        self,
+        app: Arc<App>,
+        info: ConnInfo,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Response {
+        let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        let on_upgrade = self.on_upgrade;
+        app.tracker.clone().spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let config = WebSocketConfig::default()
+                .read_buffer_size(READ_BUFFER_BYTES)
+                .max_message_size(Some(app.settings.max_frame_bytes))
+                .max_frame_size(Some(app.settings.max_frame_bytes));
+            let socket = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            // The socket gets a task of its own, so that this one and
+            // everything it captured are freed at once.
+            spawn(socket, app, info, permit);
+        });
+        (
+            StatusCode::SWITCHING_PROTOCOLS,
+            [
+                (header::CONNECTION, HeaderValue::from_static("upgrade")),
+                (header::UPGRADE, HeaderValue::from_static("websocket")),
+            ],
+            [(header::SEC_WEBSOCKET_ACCEPT, accept)],
+        )
+            .into_response()
     }
 }
 
 /// Serves one upgraded socket until it closes, the hub drops it, or shutdown.
 ///
-/// Spawned as its own task rather than awaited inside axum's upgrade future,
-/// and written so that the task holds the socket once and nothing it no
-/// longer needs: an idle socket's whole cost is this task (see BENCHMARKS.md).
-pub fn spawn(
-    socket: WebSocket,
-    app: Arc<App>,
-    info: ConnInfo,
-    permit: Option<OwnedSemaphorePermit>,
-) {
+/// Spawned as its own task, and written so that the task holds the socket
+/// once and nothing it no longer needs: an idle socket's whole cost is this
+/// task (see BENCHMARKS.md).
+fn spawn(socket: Socket, app: Arc<App>, info: ConnInfo, permit: Option<OwnedSemaphorePermit>) {
     let tracker = app.tracker.clone();
     match permit {
         Some(permit) => {
-            let (id, wake) = app.hub.connect(info);
-            let span = tracing::debug_span!("conn", conn = %id);
-            tracker.spawn(connection(socket, app, id, wake, permit).instrument(span));
+            let id = app.hub.connect(info, permit);
+            tracker.spawn(connection(socket, app, id));
         }
         None => {
             let limit = app.settings.write_timeout;
@@ -105,92 +167,151 @@ pub fn spawn(
     clippy::manual_async_fn,
     reason = "an async fn would keep a second copy of its arguments in the task"
 )]
-fn connection(
-    mut socket: WebSocket,
-    app: Arc<App>,
-    id: ConnId,
-    wake: Arc<Notify>,
-    permit: OwnedSemaphorePermit,
-) -> impl Future<Output = ()> + Send {
+fn connection(mut socket: Socket, app: Arc<App>, id: ConnId) -> impl Future<Output = ()> + Send {
     async move {
-        tracing::debug!("connected");
-        let socket = &mut socket;
-        let settings = &app.settings;
+        // The id is in each event rather than in a span: a span would be
+        // carried by every idle task.
+        tracing::debug!(conn = %id, "connected");
         let mut last_heard = Instant::now();
         let end = loop {
-            tokio::select! {
-                // Shutdown first, then our own output before reading more, so
-                // a client's replies never pile up behind its own requests.
-                biased;
-                () = app.shutdown.cancelled() => {
-                    // Peer connections outlive signalling: clients keep their
-                    // calls and reconnect.
-                    send_close(socket, CloseReason::ServerRestart, Duration::from_secs(1)).await;
-                    break "server shutting down";
+            // Everything but the socket reaches the task through its outbox
+            // (messages, pings, shutdown): one waker in the hub instead of a
+            // future per source in every idle task, and one plain `poll`
+            // function rather than `select!`, whose machinery every idle
+            // task would carry too.
+            let step = std::future::poll_fn(|cx| {
+                // Our own output before reading more, so a client's replies
+                // never pile up behind its own requests.
+                if app.hub.poll_outbox(id, cx).is_ready() {
+                    return Poll::Ready(Step::Drain);
                 }
-                () = wake.notified() => match drain(&app, id, socket).await {
-                    Ok(()) => {}
-                    Err(why) => break why,
-                },
-                frame = socket.recv() => {
-                    last_heard = Instant::now();
-                    match frame {
-                        Some(Ok(Message::Text(text))) => app.hub.text(id, text.as_str()),
-                        Some(Ok(Message::Binary(_))) => app.hub.binary(id),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        Some(Ok(Message::Close(_))) | None => break "client closed",
-                        Some(Err(e)) => {
-                            if is_too_big(&e) {
-                                app.hub.close(id, CloseReason::MessageTooBig);
-                                send_close(socket, CloseReason::MessageTooBig, settings.write_timeout).await;
-                                break "frame too big";
-                            }
-                            break "read error";
-                        }
+                read(&app, id, &mut socket, &mut last_heard, cx).map(Step::Read)
+            });
+            match step.await {
+                Step::Drain => {
+                    // Boxed, as the writes below are: the rarely-running
+                    // futures must not size every idle task.
+                    if let Err(why) = Box::pin(drain(&app, id, &mut socket, last_heard)).await {
+                        break why;
                     }
                 }
-                () = app.pinger.group(id).notified() => {
-                    if last_heard.elapsed() >= settings.idle_timeout {
-                        app.hub.close(id, CloseReason::IdleTimeout);
-                        send_close(socket, CloseReason::IdleTimeout, settings.write_timeout).await;
-                        break "idle timeout";
-                    }
-                    if !write(socket, Message::Ping(Default::default()), settings.write_timeout).await {
-                        break "ping failed";
-                    }
-                }
+                Step::Read(Some(why)) => break why,
+                Step::Read(None) => {}
             }
         };
         app.hub.disconnect(id);
-        drop(permit);
-        tracing::debug!(why = end, "disconnected");
+        tracing::debug!(conn = %id, why = end, "disconnected");
     }
+}
+
+/// What woke a connection's task.
+enum Step {
+    /// Its outbox has something.
+    Drain,
+    /// It read a frame; `Some` says why the connection ends.
+    Read(Option<&'static str>),
+}
+
+/// Reads one frame and hands it to the hub; `Some` says why the
+/// connection ends. A plain function, so that no frame is ever part of the
+/// task's state.
+fn read(
+    app: &App,
+    id: ConnId,
+    socket: &mut Socket,
+    last_heard: &mut Instant,
+    cx: &mut Context<'_>,
+) -> Poll<Option<&'static str>> {
+    let Poll::Ready(frame) = socket.poll_next_unpin(cx) else {
+        return Poll::Pending;
+    };
+    *last_heard = Instant::now();
+    Poll::Ready(match frame {
+        Some(Ok(Message::Text(text))) => {
+            app.hub.text(id, text.as_str());
+            None
+        }
+        Some(Ok(Message::Binary(_))) => {
+            app.hub.binary(id);
+            None
+        }
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => None,
+        Some(Ok(Message::Close(_))) | None => Some("client closed"),
+        // The close comes back through the outbox.
+        Some(Err(tungstenite::Error::Capacity(_))) => {
+            app.hub.close(id, CloseReason::MessageTooBig);
+            None
+        }
+        Some(Err(_)) => Some("read error"),
+    })
+}
+
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+
+/// Appends one unfragmented, unmasked server frame (RFC 6455 section 5.2).
+fn frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    out.push(0x80 | opcode);
+    // Lossless: each arm's range fits its width.
+    match payload.len() {
+        n @ 0..=125 => out.push(n as u8),
+        n @ 126..=0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
 }
 
 /// Sends everything in the outbox; `Err` says why the connection must end.
 /// Messages queued together (`searching` and `matched`, trickled candidates)
-/// are buffered and flushed once: on loopback, sending is most of the cost.
-async fn drain(app: &App, id: ConnId, socket: &mut WebSocket) -> Result<(), &'static str> {
+/// go out in one write: on loopback, sending is most of the cost.
+async fn drain(
+    app: &App,
+    id: ConnId,
+    socket: &mut Socket,
+    last_heard: Instant,
+) -> Result<(), &'static str> {
     let limit = app.settings.write_timeout;
-    let mut unflushed = false;
+    let mut batch = Vec::new();
     loop {
         match app.hub.pop(id) {
-            Pop::Empty if !unflushed => return Ok(()),
+            Pop::Ping if last_heard.elapsed() >= app.settings.idle_timeout => {
+                // Tells the partner; the close comes back through the outbox.
+                app.hub.close(id, CloseReason::IdleTimeout);
+            }
+            Pop::Ping => frame(&mut batch, OP_PING, b""),
+            Pop::Empty if batch.is_empty() => return Ok(()),
             Pop::Empty => {
-                if !matches!(Box::pin(timeout(limit, socket.flush())).await, Ok(Ok(()))) {
-                    return Err("write failed or timed out");
-                }
-                return Ok(());
+                return match write(socket, batch, limit).await {
+                    true => Ok(()),
+                    false => Err("write failed or timed out"),
+                };
             }
             Pop::Gone => return Err("dropped as a slow reader"),
             Pop::Item(Outbound::Text(text)) => {
-                let feed = Box::pin(timeout(limit, socket.feed(Message::Text(text))));
-                if !matches!(feed.await, Ok(Ok(()))) {
+                frame(&mut batch, OP_TEXT, text.as_bytes());
+                if batch.len() >= WRITE_BATCH_BYTES
+                    && !write(socket, std::mem::take(&mut batch), limit).await
+                {
                     return Err("write failed or timed out");
                 }
-                unflushed = true;
             }
             Pop::Item(Outbound::Close(reason)) => {
+                if !batch.is_empty() {
+                    write(socket, batch, limit).await;
+                }
+                let limit = match reason {
+                    // Peer connections outlive signalling: clients keep
+                    // their calls and reconnect; shutdown does not wait long.
+                    CloseReason::ServerRestart => limit.min(Duration::from_secs(1)),
+                    _ => limit,
+                };
                 send_close(socket, reason, limit).await;
                 return Err(reason.reason());
             }
@@ -198,29 +319,39 @@ async fn drain(app: &App, id: ConnId, socket: &mut WebSocket) -> Result<(), &'st
     }
 }
 
-/// Boxed so that the rarely-running write does not size every idle task's future.
-async fn write(socket: &mut WebSocket, msg: Message, limit: Duration) -> bool {
-    matches!(Box::pin(timeout(limit, socket.send(msg))).await, Ok(Ok(())))
+/// Writes whole frames after anything tungstenite has queued (a pong), so
+/// that frames never interleave.
+async fn write(socket: &mut Socket, frames: Vec<u8>, limit: Duration) -> bool {
+    let write = async move {
+        socket.flush().await.ok()?;
+        let io = socket.get_mut();
+        io.write_all(&frames).await.ok()?;
+        io.flush().await.ok()
+    };
+    matches!(timeout(limit, write).await, Ok(Some(())))
 }
 
 /// Starts the closing handshake and reads until the client answers it (or
 /// `limit` passes), so that unread input does not turn the close into a reset
-/// that would hide the reason from the client.
-async fn send_close(socket: &mut WebSocket, reason: CloseReason, limit: Duration) -> bool {
-    // Boxed, like `write`, to keep idle tasks small.
-    Box::pin(close_handshake(socket, reason, limit)).await
+/// that would hide the reason from the client. Boxed to keep idle tasks small.
+fn send_close(
+    socket: &mut Socket,
+    reason: CloseReason,
+    limit: Duration,
+) -> Pin<Box<impl Future<Output = bool> + Send + '_>> {
+    Box::pin(close_handshake(socket, reason, limit))
 }
 
-async fn close_handshake(socket: &mut WebSocket, reason: CloseReason, limit: Duration) -> bool {
-    let frame = CloseFrame {
-        code: reason.code(),
-        reason: reason.reason().into(),
-    };
-    if !write(socket, Message::Close(Some(frame)), limit).await {
+async fn close_handshake(socket: &mut Socket, reason: CloseReason, limit: Duration) -> bool {
+    let mut payload = reason.code().to_be_bytes().to_vec();
+    payload.extend_from_slice(reason.reason().as_bytes());
+    let mut close = Vec::new();
+    frame(&mut close, OP_CLOSE, &payload);
+    if !write(socket, close, limit).await {
         return false;
     }
     let drain = async {
-        while let Some(Ok(msg)) = socket.recv().await {
+        while let Some(Ok(msg)) = socket.next().await {
             if matches!(msg, Message::Close(_)) {
                 break;
             }
@@ -231,14 +362,23 @@ async fn close_handshake(socket: &mut WebSocket, reason: CloseReason, limit: Dur
         .is_ok()
 }
 
-/// Whether a read error is tungstenite refusing an oversized frame or message.
-fn is_too_big(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
-            return true;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_use_the_shortest_length_encoding() {
+        for (len, header) in [(0, 2), (125, 2), (126, 4), (65_535, 4), (65_536, 10)] {
+            let mut out = Vec::new();
+            frame(&mut out, OP_TEXT, &vec![b'a'; len]);
+            assert_eq!(out.len(), header + len, "payload of {len}");
+            assert_eq!(out[0], 0x81);
+            let first = match header {
+                2 => len,
+                4 => 126,
+                _ => 127,
+            };
+            assert_eq!(usize::from(out[1]), first);
         }
-        source = err.source();
     }
-    false
 }

@@ -30,6 +30,9 @@
 //!   `play()` is refused, a microphone that ends mid-call replaced without
 //!   a new call, the page hidden and shown again, the call controls on a
 //!   390×844 screen.
+//! - `round_trips`: (ignored by default, a benchmark) the time to audio
+//!   with latency added in user space between the pages and both the server
+//!   and the relay, beside the in-page limit under the same latency.
 //! - `firefox`: Firefox with Firefox and with Chromium: strangers in both
 //!   roles, a locked room of two Firefox and a Chromium, and "hide my IP"
 //!   relayed through the embedded TURN server; matching safety words.
@@ -74,6 +77,7 @@ mod phone;
 mod reach;
 mod roaming;
 mod rooms;
+mod round_trips;
 mod safety;
 mod strangers;
 mod turns;

@@ -1543,7 +1543,7 @@ impl Drop for Coturn {
 /// with a `description` has the first byte of each `a=fingerprint:` value
 /// changed (`tamper.rewritten` counts them), as a server in the middle with
 /// its own certificate would have to. Otherwise it only listens.
-const REACH_JS: &str = r#"
+pub(crate) const REACH_JS: &str = r#"
 (() => {
   const rec = {welcomes: [], iceServers: [], received: [], sent: [],
                tamper: {on: false, rewritten: 0}};

@@ -223,6 +223,7 @@ fn browser_room_of_six_time_to_hear_everyone() -> Result<()> {
         LOG_SHOWS,
         |run| {
             let mut times = Vec::new();
+            let before = CpuTimes::read();
             let result = room_of_six_scenario(run, &mut times);
             if !times.is_empty() {
                 let values: Vec<f64> = times.iter().map(|&(_, _, t)| t).collect();
@@ -232,10 +233,11 @@ fn browser_room_of_six_time_to_hear_everyone() -> Result<()> {
                     .collect();
                 report(&format!(
                     "room of 6: time to hear everyone: median {:.0} ms over {} joiners, each \
-                     joining in turn (samples: {} ms)",
+                     joining in turn (samples: {} ms); {}",
                     median(&values),
                     times.len(),
-                    samples.join(", ")
+                    samples.join(", "),
+                    CpuTimes::load_since(before)
                 ));
             }
             result
@@ -1002,5 +1004,54 @@ impl Browser<'_> {
             Value::Array(pcs) => Ok(pcs),
             other => bail!("{}: no peer connection log: {other}", self.name),
         }
+    }
+}
+
+/// The machine's CPU time so far, from the first line of `/proc/stat`, to
+/// print how busy the machine was beside a figure: six Chromiums on two
+/// shared cores can make a slow run look like a slow protocol.
+#[derive(Clone, Copy)]
+struct CpuTimes {
+    busy: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    fn read() -> Option<CpuTimes> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|t| t.parse().ok())
+            .collect::<Option<_>>()?;
+        let total: u64 = ticks.iter().sum();
+        // idle and iowait
+        let idle = ticks.get(3)? + ticks.get(4)?;
+        Some(CpuTimes {
+            busy: total - idle,
+            total,
+        })
+    }
+
+    /// "CPU busy N % of C cores over the run, load average L" since `before`.
+    fn load_since(before: Option<CpuTimes>) -> String {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let busy = match (before, CpuTimes::read()) {
+            (Some(a), Some(b)) if b.total > a.total => format!(
+                "{:.0} %",
+                100.0 * (b.busy - a.busy) as f64 / (b.total - a.total) as f64
+            ),
+            _ => "-".to_string(),
+        };
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_string))
+            .unwrap_or_else(|| "-".to_string());
+        format!(
+            "machine CPU busy {busy} of {cores} cores over the run, load average {load} at its end"
+        )
     }
 }

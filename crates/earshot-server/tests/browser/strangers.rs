@@ -412,13 +412,13 @@ fn strangers_scenario(
 }
 
 /// The state after pressing End: `idle` (or `ended`), with Start enabled.
-fn is_ended(snap: &Snapshot) -> bool {
+pub(crate) fn is_ended(snap: &Snapshot) -> bool {
     (snap.state == "idle" || snap.state == "ended") && snap.start_enabled == Some(true)
 }
 
 /// Waits until both sides of a call decode audio with energy; milliseconds
 /// from `since` (an epoch time from a page) to the later of the two.
-fn time_to_audio(x: &Browser, y: &Browser, since: f64) -> Result<f64> {
+pub(crate) fn time_to_audio(x: &Browser, y: &Browser, since: f64) -> Result<f64> {
     let deadline = Instant::now() + STEP;
     loop {
         let (px, py) = (x.probe()?, y.probe()?);
@@ -571,7 +571,7 @@ pub(crate) fn milestones(y: &Browser, c: &Browser, since: f64) -> Result<Vec<(&'
 /// and negotiate directly, candidates handed over in the page. Milliseconds
 /// from the start to the later of the two decoding audio with energy,
 /// watched as [`ARM_JS`] does for a call.
-fn in_page_limit(x: &Browser, config: &Value) -> Result<Limit> {
+pub(crate) fn in_page_limit(x: &Browser, config: &Value) -> Result<Limit> {
     let out = x.execute_async(LIMIT_JS, json!([config]))?;
     let get = |key: &str| {
         out[key]
@@ -587,15 +587,15 @@ fn in_page_limit(x: &Browser, config: &Value) -> Result<Limit> {
 
 /// One in-page measurement: milliseconds to the first audio packet on both
 /// sides, and to audio with energy on both.
-struct Limit {
-    connected: f64,
-    packet: f64,
-    audible: f64,
+pub(crate) struct Limit {
+    pub(crate) connected: f64,
+    pub(crate) packet: f64,
+    pub(crate) audible: f64,
 }
 
 /// The configuration of the page's current peer connection, in a form
 /// `RTCPeerConnection` takes back.
-const CONFIG_JS: &str = r#"
+pub(crate) const CONFIG_JS: &str = r#"
 const pc = window.earshot && window.earshot.pc;
 if (!pc) return null;
 const c = pc.getConfiguration();
@@ -744,7 +744,7 @@ return {same: !!window.earshot && window.earshot.pc === w.pc, conn: w.conn, ice:
 /// The stranger page's probes.
 impl Browser<'_> {
     /// Starts recording states and audio for the next call (see `ARM_JS`).
-    fn arm(&self) -> Result<()> {
+    pub(crate) fn arm(&self) -> Result<()> {
         self.session.execute(ARM_JS, json!([]))?;
         Ok(())
     }
@@ -755,7 +755,7 @@ impl Browser<'_> {
 
     /// Connected now, after some other state since [`Browser::arm`]: in a
     /// new call, not still showing the old one.
-    fn newly_connected(&self) -> Result<bool> {
+    pub(crate) fn newly_connected(&self) -> Result<bool> {
         let probe = self.probe()?;
         let states = probe["states"].as_array().cloned().unwrap_or_default();
         Ok(states.last() == Some(&json!("connected"))

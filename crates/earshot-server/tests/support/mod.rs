@@ -7,6 +7,8 @@
 //! - [`server`]: the real `earshot` binary on loopback ports, stopped with
 //!   SIGTERM or killed, with its output kept for failure messages and for
 //!   the log privacy check (`server::check_log`).
+//! - [`delay`]: TCP and UDP proxies on loopback that add latency each way,
+//!   for figures in round trips.
 //! - [`netns`]: the loopback-only network guard that every WebRTC test runs
 //!   behind, so no candidate or packet ever leaves 127.0.0.1.
 //! - [`redis`]: a real `redis-server` on a loopback port, for several
@@ -24,6 +26,7 @@
 #![allow(dead_code)]
 
 pub mod bidi;
+pub mod delay;
 pub mod harness;
 pub mod netns;
 pub mod redis;
