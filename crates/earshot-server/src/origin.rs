@@ -246,9 +246,7 @@ impl OriginPolicy {
             _ => Err(Refusal::Foreign),
         }
     }
-}
 
-impl OriginPolicy {
     /// Whether a stranger's page could have been served under `own`'s name
     /// by pointing that name at us: plain HTTP under a DNS name we were not
     /// told is ours.
