@@ -19,6 +19,7 @@
 use super::TempDir;
 use super::bidi::Bidi;
 use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::marker::PhantomData;
@@ -434,7 +435,10 @@ impl<'d> Session<'d> {
     pub fn screenshot(&self) -> Result<Vec<u8>> {
         let value = self.cmd("GET", "/screenshot", None)?;
         let text = value.as_str().context("the screenshot is not a string")?;
-        base64_decode(text).context("the screenshot is not base64")
+        // Standard base64 with padding, as WebDriver sends screenshots.
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .context("the screenshot is not base64")
     }
 
     /// Every cookie the browser holds for the current page, `HttpOnly` ones
@@ -673,39 +677,4 @@ fn dechunk(mut data: &[u8]) -> Result<Option<Vec<u8>>> {
         out.extend_from_slice(&data[..size]);
         data = &data[size + 2..];
     }
-}
-
-/// Standard base64 (with padding, as WebDriver sends screenshots).
-fn base64_decode(text: &str) -> Result<Vec<u8>> {
-    let value = |c: u8| -> Result<u32> {
-        Ok(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => bail!("not a base64 character: {c:?}"),
-        } as u32)
-    };
-    let digits: Vec<u8> = text
-        .bytes()
-        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
-        .collect();
-    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
-    for chunk in digits.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= value(c)? << (18 - 6 * i);
-        }
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Ok(out)
-}
-
-#[test]
-fn decodes_base64() {
-    assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
-    assert_eq!(base64_decode("aGk=").unwrap(), b"hi");
-    assert_eq!(base64_decode("YWJj").unwrap(), b"abc");
 }
