@@ -1228,7 +1228,12 @@ pub(crate) fn check_safety_words(a: &Browser, b: &Browser) -> Result<Vec<String>
     let shown = poll("safety words on both pages", STEP, || {
         Ok(match (safety_words(a)?, safety_words(b)?) {
             (Some(wa), Some(wb)) => Ok((wa, wb)),
-            other => Err(format!("{other:?}")),
+            // With the warnings, if any: why there are no words.
+            other => Err(format!(
+                "{other:?}, warnings {:?} and {:?}",
+                crate::words::safety_warning(a)?,
+                crate::words::safety_warning(b)?
+            )),
         })
     })?;
     ensure!(

@@ -90,10 +90,15 @@ fn browser_safety_words_warn_when_the_exchange_is_suppressed() -> Result<()> {
                 connected.elapsed()
             );
             for (x, w) in [(a, &warnings.0), (b, &warnings.1)] {
+                // What each page sent of the exchange (dropped or not), to
+                // tell which side broke the turn order if this fails.
+                let sent = |p: &Browser| p.execute("return window.__e2eWords.sent", json!([]));
                 ensure!(
                     w["reason"] == json!("timeout"),
-                    "{}: expected the timeout warning: {w}",
-                    x.name
+                    "{}: expected the timeout warning: {w}; A sent {}, B sent {}",
+                    x.name,
+                    sent(a)?,
+                    sent(b)?
                 );
                 ensure!(
                     w["text"]

@@ -768,7 +768,11 @@ const INIT_JS: &str = r#"
         try { msg = JSON.parse(data); } catch {}
       }
       if (msg && typeof msg.type === 'string' && msg.type.startsWith('safety_')) {
-        if (words.drop) { words.dropped += 1; return; }
+        if (words.drop) {
+          words.dropped += 1;
+          if (words.sent.length < 500) words.sent.push({...msg, at: Date.now(), dropped: true});
+          return;
+        }
         if (words.tamperReveal && msg.type === 'safety_reveal' && typeof msg.nonce === 'string') {
           msg.nonce = (msg.nonce[0] === '0' ? '1' : '0') + msg.nonce.slice(1);
           data = JSON.stringify(msg);
